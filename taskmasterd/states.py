@@ -1,0 +1,95 @@
+"""The per-instance state machine: states, the one table of allowed transitions, and the pure
+decisions taken when an instance exits. No I/O here; `instance.py` applies these decisions."""
+from __future__ import annotations
+
+import enum
+import signal
+
+
+class State(str, enum.Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+S = State
+# Every allowed transition, with what causes it. Anything else is a bug and raises.
+TRANSITIONS: dict[tuple[State, State], str] = {
+    (S.STOPPED, S.STARTING): "start command, autostart, or repair",
+    (S.EXITED, S.STARTING): "autorestart, start command, or repair",
+    (S.FATAL, S.STARTING): "start command or repair",
+    (S.BACKOFF, S.STARTING): "backoff delay elapsed, or start command",
+    (S.STARTING, S.RUNNING): "stayed up for starttime",
+    (S.STARTING, S.BACKOFF): "exited before starttime, or could not be spawned; retries left",
+    (S.STARTING, S.FATAL): "exited before starttime, or could not be spawned; no retries left",
+    (S.STARTING, S.STOPPING): "stop or kill while starting",
+    (S.RUNNING, S.STOPPING): "stop or kill",
+    (S.RUNNING, S.EXITED): "the process exited by itself",
+    (S.STOPPING, S.STOPPED): "the process exited after the stop signal or SIGKILL",
+    (S.BACKOFF, S.STOPPED): "stop or kill while waiting to retry",
+}
+
+# Where an instance counts as up, for `start`'s "redundant" and the job summary.
+ACTIVE = frozenset({S.STARTING, S.RUNNING})
+# States a `start` waits to leave before it can answer.
+START_PENDING = frozenset({S.STARTING})
+# Order in which a job made of several instances reports its summary state: the most urgent first.
+SUMMARY_ORDER = (S.FATAL, S.BACKOFF, S.STARTING, S.STOPPING, S.RUNNING, S.EXITED, S.STOPPED)
+
+BACKOFF_CAP = 60.0
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+def check_transition(old: State, new: State) -> str:
+    """The cause of an allowed transition; raises for one the table does not allow."""
+    try:
+        return TRANSITIONS[(old, new)]
+    except KeyError:
+        raise IllegalTransition(f"{old.value} -> {new.value} is not an allowed transition") from None
+
+
+def exit_is_expected(returncode: int, exitcodes: frozenset[int]) -> bool:
+    """A negative returncode is a death by signal, which is never expected."""
+    return returncode >= 0 and returncode in exitcodes
+
+
+def should_restart(policy: str, expected: bool) -> bool:
+    return policy == "always" or (policy == "unexpected" and not expected)
+
+
+def failed_start_state(failures: int, startretries: int) -> State:
+    """After the `failures`-th failed start in a row: retry (BACKOFF) or give up (FATAL).
+    `startretries` counts retries, so the program gets 1 + startretries attempts; -1 = forever."""
+    if startretries >= 0 and failures > startretries:
+        return S.FATAL
+    return S.BACKOFF
+
+
+def backoff_delay(failures: int) -> float:
+    """1 s, 2 s, 4 s … after the 1st, 2nd, 3rd failed start, capped."""
+    return min(2.0 ** max(failures - 1, 0), BACKOFF_CAP)
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def summarize(states: list[State]) -> str:
+    """One state for a job: the common state, or the most urgent one present."""
+    present = set(states)
+    for state in SUMMARY_ORDER:
+        if state in present:
+            return state.value
+    return S.STOPPED.value
