@@ -1,0 +1,215 @@
+"""The pure wire codec: framing, request parsing, reply encoding and decoding."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from taskmasterd.protocol import (
+    MAX_MESSAGE,
+    FrameDecoder,
+    InvalidRequest,
+    decode_reply,
+    encode_reply,
+    encode_request,
+    parse_request,
+)
+from taskmasterd.verbs import VERBS, Reply, Request
+
+
+def b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def feed_all(chunks: list[bytes], limit: int = MAX_MESSAGE) -> tuple[list[bytes], FrameDecoder]:
+    decoder = FrameDecoder(limit)
+    bodies: list[bytes] = []
+    for chunk in chunks:
+        bodies += decoder.feed(chunk)
+    return bodies, decoder
+
+
+# --- framing -----------------------------------------------------------------------------------
+
+def test_one_message_one_byte_at_a_time() -> None:
+    wire = b'{"command":"status"};;'
+    bodies, decoder = feed_all([wire[i:i + 1] for i in range(len(wire))])
+    assert bodies == [b'{"command":"status"}']
+    assert decoder.pending == 0
+
+
+def test_three_messages_in_one_segment_and_whitespace_between() -> None:
+    bodies, _ = feed_all([b'{"a":1};;\n{"b":2};; \r\n\t{ "c" : 3 }\n;;\n'])
+    assert [json.loads(body) for body in bodies] == [{"a": 1}, {"b": 2}, {"c": 3}]
+
+
+def test_terminator_inside_a_string_is_not_a_terminator() -> None:
+    wire = b'{"x":"a;;b","y":"\\";;"};;'
+    for split in range(len(wire) + 1):
+        bodies, _ = feed_all([wire[:split], wire[split:]])
+        assert [json.loads(body) for body in bodies] == [{"x": "a;;b", "y": '";;'}], split
+
+
+def test_escaped_backslash_before_closing_quote() -> None:
+    wire = b'{"x":"\\\\"};;{"y":1};;'
+    for split in range(len(wire) + 1):
+        bodies, _ = feed_all([wire[:split], wire[split:]])
+        assert [json.loads(body) for body in bodies] == [{"x": "\\"}, {"y": 1}], split
+
+
+def test_terminator_split_between_segments() -> None:
+    bodies, decoder = feed_all([b'{"a":1};', b';{"b":', b"2};", b";"])
+    assert bodies == [b'{"a":1}', b'{"b":2}']
+
+
+def test_garbage_is_a_body_of_its_own() -> None:
+    bodies, _ = feed_all([b"not json;;;;{};;"])
+    assert bodies == [b"not json", b"", b"{}"]
+
+
+def test_oversize_reports_what_came_before_then_stops() -> None:
+    decoder = FrameDecoder(limit=16)
+    assert decoder.feed(b'{"a":1};;') == [b'{"a":1}']
+    assert decoder.feed(b'{"b":"' + b"x" * 20) == []
+    assert decoder.oversize
+    assert decoder.feed(b'"};;{};;') == []
+
+
+def test_oversize_complete_message_in_one_segment() -> None:
+    decoder = FrameDecoder(limit=8)
+    assert decoder.feed(b"{};;" + b" " * 9 + b"{};;{};;") == [b"{}"]
+    assert decoder.oversize
+
+
+def test_a_body_of_exactly_the_limit_is_accepted() -> None:
+    decoder = FrameDecoder(limit=10)
+    assert decoder.feed(b'{"a":"12"};;') == [b'{"a":"12"}']
+    assert not decoder.oversize
+
+
+def test_unterminated_string_of_4_mib_in_segments_is_linear_and_oversize() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(b'{"x":"')
+    chunk = b"\\n" * 32768
+    while not decoder.oversize:
+        assert decoder.feed(chunk) == []
+    assert decoder.pending == 0
+
+
+messages = st.dictionaries(
+    st.text(max_size=8), st.one_of(st.text(alphabet=st.sampled_from('ab;"\\\n é'), max_size=12),
+                                   st.integers(), st.none()), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(messages, max_size=6), st.data())
+def test_any_split_yields_the_same_messages(docs: list[dict], data: st.DataObject) -> None:
+    wire = b"".join(json.dumps(doc).encode() + b";;\n" for doc in docs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    bodies, decoder = feed_all(chunks)
+    assert [json.loads(body) for body in bodies] == docs
+    assert not decoder.oversize
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=10))
+def test_decoder_never_raises_and_never_exceeds_its_limit(chunks: list[bytes]) -> None:
+    decoder = FrameDecoder(limit=100)
+    for chunk in chunks:
+        for body in decoder.feed(chunk):
+            assert len(body) <= 100
+            parse_request(body)  # answers, never raises
+        assert decoder.pending <= 100 + len(chunk)
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+def test_request_with_job_data_and_nowait() -> None:
+    body = json.dumps({"command": "push", "job": b64("web"), "data": b64(b"{}"), "nowait": True,
+                       "extra": [1]}).encode()
+    assert parse_request(body) == ("push", Request(job="web", data=b"{}", nowait=True))
+
+
+def test_cmd_is_a_synonym_and_may_agree() -> None:
+    assert parse_request(b'{"cmd":"list"}') == ("list", Request())
+    assert parse_request(b'{"cmd":"list","command":"list"}') == ("list", Request())
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b'{"cmd":"list","command":"status"}', "disagree"),
+    (b"[1,2]", "JSON object"),
+    (b'"status"', "JSON object"),
+    (b"{", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b'{"command":"status"', "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"{}", 'no "command"'),
+    (b'{"command":"frobnicate"}', "unknown command"),
+    (b'{"command":"STATUS"}', "unknown command"),
+    (b'{"command":7}', "unknown command"),
+    (b'{"command":"status","job":"bm9wZQ"}', "base64"),
+    (b'{"command":"status","job":"bm9w ZQ=="}', "base64"),
+    (b'{"command":"status","job":"bm9-ZQ=="}', "base64"),
+    (b'{"command":"status","job":"bm9wZQ==="}', "base64"),
+    (b'{"command":"status","job":5}', "base64"),
+    (b'{"command":"push","job":"d2Vi","data":"***"}', "base64"),
+    (b'{"command":"status","job":"/w=="}', "UTF-8"),
+    (b'{"command":"stop","job":"d2Vi","nowait":"yes"}', "nowait"),
+])
+def test_invalid_requests(body: bytes, reason: str) -> None:
+    answer = parse_request(body)
+    assert isinstance(answer, InvalidRequest)
+    assert reason in answer.reason
+
+
+def test_every_verb_parses() -> None:
+    for verb in VERBS:
+        assert parse_request(json.dumps({"command": verb}).encode()) == (verb, Request())
+
+
+def test_names_are_passed_through_for_dispatch_to_judge() -> None:
+    # The codec only decodes; `verbs.dispatch` answers `fail` for names like these.
+    assert parse_request(b'{"command":"stop","job":"Li4vZXRjL3Bhc3N3ZA=="}') == (
+        "stop", Request(job="../etc/passwd"))
+    assert parse_request(b'{"command":"stop","job":""}') == ("stop", Request(job=""))
+
+
+# --- replies -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reply, wire", [
+    (Reply("success"), {"response": "success"}),
+    (Reply("redundant"), {"response": "redundant"}),
+    (Reply("fail", error="job \"nope\" does not exist"),
+     {"response": "fail", "error": b64('job "nope" does not exist')}),
+    (Reply("invalid"), {"response": "invalid"}),
+    (Reply("invalid", error="why"), {"response": "invalid", "error": b64("why")}),
+    (Reply("status", value={"jobs": []}), {"response": "status", "data": b64('{"jobs":[]}')}),
+    (Reply("list", value={"jobs": [{"name": "a"}]}),
+     {"response": "list", "list": b64('{"jobs":[{"name":"a"}]}'), "data": b64('{"jobs":[{"name":"a"}]}')}),
+    (Reply("file", job="web", data=b"\x00\xff"), {"response": "file", "job": b64("web"), "data": b64(b"\x00\xff")}),
+])
+def test_reply_encoding(reply: Reply, wire: dict) -> None:
+    encoded = encode_reply(reply)
+    assert encoded.endswith(b";;") and b" " not in encoded
+    assert json.loads(encoded[:-2]) == wire
+    decoded = decode_reply(encoded[:-2])
+    assert decoded.response == reply.response
+    assert (decoded.error, decoded.value, decoded.data, decoded.job) == (reply.error, reply.value, reply.data, reply.job)
+
+
+def test_the_contract_examples_byte_for_byte() -> None:
+    assert encode_request("kill", "nginx") == b'{"command":"kill","job":"bmdpbng="};;'
+    assert encode_reply(Reply("success")) == b'{"response":"success"};;'
+    assert encode_request("start", "nope") == b'{"command":"start","job":"bm9wZQ=="};;'
+    assert encode_reply(Reply("fail", error='job "nope" does not exist')) == (
+        b'{"response":"fail","error":"am9iICJub3BlIiBkb2VzIG5vdCBleGlzdA=="};;')
+
+
+def test_request_encoding_round_trips() -> None:
+    wire = encode_request("push", "web", b"\x00{}", nowait=True)
+    assert parse_request(wire[:-2]) == ("push", Request(job="web", data=b"\x00{}", nowait=True))
