@@ -1,0 +1,55 @@
+"""`taskmasterd`: check what can be checked in the caller's terminal, then run (or detach and run)."""
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from .config import ConfigError, resolve
+from .pidfile import LockedPidfile, PidfileLocked
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = resolve(argv)
+    except ConfigError as exc:
+        print(f"taskmasterd: {exc}", file=sys.stderr)
+        return 1
+
+    from .daemon import raise_fd_limit, run, setup_logging
+    from .server import bind_listener
+
+    # Refuse a second daemon (same pid file or same port) here, where the operator sees the message.
+    pidfile = LockedPidfile(config.pidfile) if config.pidfile else None
+    try:
+        if pidfile is not None:
+            pidfile.acquire()
+        listener = bind_listener(config.host, config.port)
+    except (PidfileLocked, OSError) as exc:
+        print(f"taskmasterd: {exc}", file=sys.stderr)
+        return 1
+
+    if config.daemon:
+        import daemon  # python-daemon
+
+        context = daemon.DaemonContext(
+            working_directory="/",
+            umask=0o022,
+            pidfile=pidfile,
+            files_preserve=[listener.fileno()] + ([pidfile.fd] if pidfile else []),
+            signal_map={},  # asyncio installs the handlers once the loop runs
+        )
+        context.open()
+    elif pidfile is not None:
+        pidfile.__enter__()
+
+    setup_logging(config)
+    raise_fd_limit()
+    try:
+        return asyncio.run(run(config, listener))
+    finally:
+        if pidfile is not None:
+            pidfile.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Daemon settings: defaults, then the `--config` JSON file, then command-line options."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+DEFAULT_PORT = 7777
+
+
+@dataclass
+class DaemonConfig:
+    jobs_dir: str = "jobs"
+    log_dir: str = "logs"
+    state_dir: str = "state"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    daemon: bool = False
+    pidfile: str | None = None
+    log_level: str = "INFO"
+    max_connections: int = 1024
+    idle_timeout: float = 300.0
+    colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
+
+    def absolutize(self) -> None:
+        """Daemon mode changes directory to /: resolve every path against the caller's cwd first."""
+        for name in ("jobs_dir", "log_dir", "state_dir", "pidfile"):
+            value = getattr(self, name)
+            if value:
+                setattr(self, name, os.path.abspath(value))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_TYPES = {"port": int, "max_connections": int, "idle_timeout": (int, float), "daemon": bool, "colonies": dict}
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as src:
+            document = json.loads(src.read())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: must be a JSON object")
+    known = {f.name for f in fields(DaemonConfig)}
+    for key, value in document.items():
+        if key not in known:
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        expected = _TYPES.get(key, (str, type(None)))
+        if isinstance(value, bool) and expected in (int, (int, float)) or not isinstance(value, expected):
+            raise ConfigError(f"{path}: setting {key!r} has the wrong type: {json.dumps(value)}")
+    return document
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskmasterd",
+        description="Supervise the jobs described by *.tm.json files in a jobs directory.",
+        epilog="Signals: HUP reloads every job file, TERM/INT stop every job and exit, "
+               "USR2 reopens every log file.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="JSON file of settings (options given here override it)")
+    parser.add_argument("--jobs-dir", help="directory of *.tm.json job files (default: jobs)")
+    parser.add_argument("--log-dir", help="directory of the jobs' output logs (default: logs)")
+    parser.add_argument("--state-dir", help="directory of the daemon's own state (default: state)")
+    parser.add_argument("--host", help="address of the control protocol (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=f"port of the control protocol (default: {DEFAULT_PORT})")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--foreground", dest="daemon", action="store_false", default=None,
+                      help="stay in the foreground (the default; right under systemd)")
+    mode.add_argument("--daemon", dest="daemon", action="store_true", default=None,
+                      help="detach and run in the background")
+    parser.add_argument("--pidfile", help="write and lock this pid file (refuse to start if locked)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        help="daemon log level (default: INFO)")
+    return parser
+
+
+def resolve(argv: list[str] | None = None) -> DaemonConfig:
+    args = build_parser().parse_args(argv)
+    settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for name in ("jobs_dir", "log_dir", "state_dir", "host", "port", "daemon", "pidfile", "log_level"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    config = DaemonConfig(**settings)
+    config.absolutize()
+    return config

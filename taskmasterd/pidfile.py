@@ -1,0 +1,48 @@
+"""A pid file held with an exclusive flock for the daemon's whole life.
+
+The lock, not the file's existence, says a daemon is running: a stale file left by a crash never
+blocks a start, and two daemons can never share one pid file.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+class PidfileLocked(RuntimeError):
+    pass
+
+
+class LockedPidfile:
+    """Take the lock with `acquire()` before daemonizing (the lock survives the fork); python-daemon
+    enters the context after the fork, which writes the final pid."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = -1
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PidfileLocked(f"another taskmasterd (pid {holder}) holds the pid file {self.path}") from None
+        self.fd = fd
+
+    def __enter__(self) -> "LockedPidfile":
+        if self.fd < 0:
+            self.acquire()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+            self.fd = -1
