@@ -1,0 +1,129 @@
+"""A small synchronous client of the control protocol: one method per verb, `Reply` answers.
+
+    with Client(port=7777) as daemon:
+        reply = daemon.status("web")      # Reply(response="status", value={"jobs": [...]})
+
+It connects on the first request and again after the daemon closed the connection (an idle
+timeout, a restart). Transport trouble — cannot connect, no reply in time, connection lost, a
+reply that is not the protocol — raises `ConnectionFailed`; everything the daemon answers,
+`fail` and `invalid` included, comes back as a `Reply`.
+"""
+from __future__ import annotations
+
+import select
+import socket
+
+from taskmasterd.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
+from taskmasterd.verbs import Reply
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7777
+DEFAULT_TIMEOUT = 60.0  # a stop waits for the job's stoptime before the daemon answers
+MAX_REPLY = 1 << 30  # replies are not capped by the protocol; this only bounds a runaway peer
+
+
+class ConnectionFailed(Exception):
+    """The daemon could not be reached, or stopped answering."""
+
+
+class Client:
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._decoder = FrameDecoder(MAX_REPLY)
+        self._bodies: list[bytes] = []
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # --- one method per verb --------------------------------------------------------------------
+
+    def start(self, job: str, nowait: bool = False) -> Reply:
+        return self.request("start", job, nowait=nowait)
+
+    def stop(self, job: str, nowait: bool = False) -> Reply:
+        return self.request("stop", job, nowait=nowait)
+
+    def kill(self, job: str, nowait: bool = False) -> Reply:
+        return self.request("kill", job, nowait=nowait)
+
+    def repair(self, job: str, nowait: bool = False) -> Reply:
+        return self.request("repair", job, nowait=nowait)
+
+    def reload(self, job: str, nowait: bool = False) -> Reply:
+        return self.request("reload", job, nowait=nowait)
+
+    def status(self, job: str | None = None) -> Reply:
+        return self.request("status", job)
+
+    def pull(self, job: str) -> Reply:
+        return self.request("pull", job)
+
+    def push(self, job: str, data: bytes, nowait: bool = False) -> Reply:
+        return self.request("push", job, data, nowait=nowait)
+
+    def delete(self, job: str) -> Reply:
+        return self.request("delete", job)
+
+    def list(self) -> Reply:
+        return self.request("list")
+
+    def restart(self) -> Reply:
+        return self.request("restart")
+
+    # --- transport -------------------------------------------------------------------------------
+
+    def request(self, verb: str, job: str | None = None, data: bytes | None = None,
+                nowait: bool = False) -> Reply:
+        sock = self._connection()
+        try:
+            sock.sendall(encode_request(verb, job, data, nowait))
+            while not self._bodies:
+                chunk = sock.recv(1 << 18)
+                if not chunk:
+                    raise ConnectionFailed(f"taskmasterd at {self.address} closed the connection")
+                self._bodies += self._decoder.feed(chunk)
+            return decode_reply(self._bodies.pop(0))
+        except TimeoutError:
+            self.close()
+            raise ConnectionFailed(f"no reply from taskmasterd at {self.address} within {self.timeout:g} s") from None
+        except OSError as exc:
+            self.close()
+            raise ConnectionFailed(f"lost the connection to taskmasterd at {self.address}: {exc.strerror or exc}") from None
+        except ReplyError as exc:
+            self.close()
+            raise ConnectionFailed(f"taskmasterd at {self.address}: {exc}") from None
+        except ConnectionFailed:
+            self.close()
+            raise
+
+    def _connection(self) -> socket.socket:
+        # Between exchanges nothing may arrive; a readable socket means the daemon has closed it.
+        if self._sock is not None and select.select([self._sock], [], [], 0)[0]:
+            self.close()
+        if self._sock is None:
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            except OSError as exc:
+                why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+                raise ConnectionFailed(f"cannot connect to taskmasterd at {self.address}: {why}") from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._decoder = FrameDecoder(MAX_REPLY)
+        self._bodies = []
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
