@@ -1,0 +1,182 @@
+"""taskmasterd as a whole process: readiness, signals, refusal of a second daemon, daemon mode,
+leftovers of a killed daemon, and the output of a very fast writer."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .support.daemon import ROOT, Daemon, free_port, pid_alive, wait_for, write_job
+
+SLEEP = {"cmd": "sleep 300", "starttime": 0}
+
+
+def running_pids(daemon, job):
+    return [i["pid"] for i in daemon.instances(job) if i["state"] == "RUNNING"]
+
+
+def test_help_lists_the_options():
+    out = subprocess.run([sys.executable, "-m", "taskmasterd", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    for option in ("--jobs-dir", "--log-dir", "--state-dir", "--host", "--port", "--foreground", "--daemon",
+                   "--pidfile", "--config", "--log-level"):
+        assert option in out.stdout
+
+
+def test_ready_notification_then_clean_shutdown(tmp_path):
+    daemon = Daemon(tmp_path, {"a": SLEEP, "b": {**SLEEP, "numprocs": 2}}).start()
+    try:
+        ready = [m for m in daemon.messages if "READY=1" in m.split("\n")]
+        assert ready and f"MAINPID={daemon.proc.pid}" in ready[0]
+        # READY=1 comes once every autostart job has been launched
+        pids = [i["pid"] for job in ("a", "b") for i in daemon.instances(job)]
+        assert len(pids) == 3 and all(pids)
+    finally:
+        assert daemon.stop() == 0
+    daemon.wait_notify("STOPPING=1", timeout=5)
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_sighup_reloads_changed_jobs_and_keeps_unchanged_pids(tmp_path):
+    with Daemon(tmp_path, {"same": SLEEP, "changed": SLEEP}, args=["--log-level", "DEBUG"]) as daemon:
+        same, changed = running_pids(daemon, "same"), running_pids(daemon, "changed")
+        (tmp_path / "jobs" / "changed.tm.json").write_text(json.dumps({**SLEEP, "env": {"V": "2"}}))
+        (tmp_path / "jobs" / "brand-new.tm.json").write_text(json.dumps(SLEEP))
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: running_pids(daemon, "changed") not in ([], changed), what="changed job restarted")
+        wait_for(lambda: [j["name"] for j in daemon.status()["jobs"] if j["name"] == "brand-new"])
+        assert running_pids(daemon, "same") == same
+        assert not pid_alive(changed[0])
+
+
+def test_sigterm_stops_every_job_in_parallel_leaving_nothing(tmp_path):
+    stubborn = {"cmd": ["sh", "-c", "trap '' TERM; sleep 300 & wait; wait"], "starttime": 0, "stoptime": 1}
+    daemon = Daemon(tmp_path, {f"j{n}": stubborn for n in range(5)}).start()
+    pids = [i["pid"] for n in range(5) for i in daemon.instances(f"j{n}")]
+    children = [int(p) for pid in pids for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    began = time.monotonic()
+    assert daemon.stop() == 0
+    elapsed = time.monotonic() - began
+    assert elapsed < 4.5, f"five jobs with stoptime 1 took {elapsed:.1f}s: not stopped in parallel"
+    assert children and not any(pid_alive(p) for p in pids + children)
+
+
+def test_second_daemon_on_same_port_or_pidfile_refuses(tmp_path):
+    pidfile = tmp_path / "tm.pid"
+    with Daemon(tmp_path / "one", {}, args=["--pidfile", str(pidfile)]) as first:
+        assert pidfile.read_text().strip() == str(first.proc.pid)
+        same_port = Daemon(tmp_path / "two", {})
+        same_port.port = first.port
+        out = subprocess.run(same_port.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 1 and str(first.port) in out.stderr
+        other = Daemon(tmp_path / "three", {}, args=["--pidfile", str(pidfile)])
+        out = subprocess.run(other.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 1 and "pid file" in out.stderr and str(first.proc.pid) in out.stderr
+    assert not pidfile.exists()
+
+
+def test_daemon_mode_detaches_with_a_locked_pidfile(tmp_path):
+    pidfile = tmp_path / "run" / "taskmasterd.pid"
+    pidfile.parent.mkdir()
+    daemon = Daemon(tmp_path, {"a": SLEEP}, args=["--daemon", "--pidfile", str(pidfile)])
+    out = subprocess.run(daemon.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 0, out.stderr
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="pid file"))
+    try:
+        wait_for(lambda: _answers(daemon), what="daemon answering")
+        assert running_pids(daemon, "a")
+        assert (tmp_path / "logs" / "taskmasterd.log").exists()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(pid) and not pidfile.exists(), what="daemon gone and pid file removed")
+
+
+def _answers(daemon):
+    try:
+        return daemon.status()
+    except OSError:
+        return None
+
+
+def test_config_file_and_command_line_override(tmp_path):
+    port = free_port()
+    config = tmp_path / "taskmasterd.json"
+    config.write_text(json.dumps({"port": 1, "log_level": "WARNING", "idle_timeout": 30}))
+    daemon = Daemon(tmp_path, {"a": SLEEP}, args=["--config", str(config), "--port", str(port)])
+    daemon.port = port
+    with daemon:
+        assert daemon.status()["jobs"][0]["name"] == "a"
+    config.write_text(json.dumps({"prot": 1}))
+    out = subprocess.run(daemon.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 1 and "unknown setting 'prot'" in out.stderr
+
+
+def test_children_of_a_daemon_killed_with_sigkill_are_stopped_at_next_start(tmp_path):
+    daemon = Daemon(tmp_path, {"a": SLEEP}).start()
+    orphan = running_pids(daemon, "a")[0]
+    time.sleep(0.5)  # the registry of children is written 0.2 s after a spawn
+    daemon.proc.kill()
+    daemon.proc.wait()
+    assert pid_alive(orphan)
+    with Daemon(tmp_path, {}) as successor:
+        assert not pid_alive(orphan)
+        assert running_pids(successor, "a") and running_pids(successor, "a")[0] != orphan
+
+
+def test_invalid_file_at_startup_does_not_stop_the_others(tmp_path):
+    jobs = {"good": SLEEP, "bad": {"cmd": "sleep 1", "numprocs": "two"}}
+    with Daemon(tmp_path, jobs) as daemon:
+        assert running_pids(daemon, "good")
+        (entry,) = daemon.status("bad")["jobs"]
+        assert entry["state"] == "INVALID" and "bad.tm.json" in entry["error"] and '"numprocs"' in entry["error"]
+
+
+def test_a_very_fast_writer_loses_no_byte(tmp_path):
+    size = 200 * 1024 * 1024
+    job = {"cmd": ["head", "-c", str(size), "/dev/zero"], "starttime": 0, "autorestart": "never", "logmaxbytes": 0}
+    with Daemon(tmp_path, {"flood": job}) as daemon:
+        wait_for(lambda: daemon.instances("flood")[0]["state"] == "EXITED", 120, what="writer done")
+        out = tmp_path / "logs" / "flood.0.out"
+        wait_for(lambda: out.stat().st_size == size, 60, what="every byte in the file")
+        assert daemon.instances("flood")[0]["exitcode"] == 0
+        out.unlink()
+
+
+def test_sigusr2_reopens_log_files(tmp_path):
+    job = {"cmd": ["sh", "-c", "while :; do echo tick; sleep 0.05; done"], "starttime": 0}
+    with Daemon(tmp_path, {"t": job}) as daemon:
+        log = tmp_path / "logs" / "t.0.out"
+        wait_for(lambda: log.exists() and log.stat().st_size > 0)
+        os.rename(log, tmp_path / "logs" / "t.0.out.old")
+        daemon.signal(signal.SIGUSR2)
+        wait_for(lambda: log.exists() and log.stat().st_size > 0, what="writing to a fresh file")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_user_field_runs_the_child_as_that_user(tmp_path):
+    job = {"cmd": ["sh", "-c", "echo $(id -u) $USER $HOME"], "starttime": 0, "autorestart": "never",
+           "user": "nobody", "workingdir": "/"}
+    os.chmod(tmp_path, 0o755)
+    with Daemon(tmp_path, {"u": job}):
+        out = tmp_path / "logs" / "u.0.out"
+        line = wait_for(lambda: out.exists() and out.read_text().strip())
+        assert line.split()[:2] == ["65534", "nobody"]
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (make test installs it)")
+def test_systemd_unit_verifies_clean(tmp_path):
+    unit = (ROOT / "systemd" / "taskmasterd.service").read_text()
+    assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit and "KillMode=mixed" in unit
+    # verify checks that ExecStart's program exists: point it at the installed entry point
+    installed = shutil.which("taskmasterd") or str(ROOT / ".venv" / "bin" / "taskmasterd")
+    copy = tmp_path / "taskmasterd.service"
+    copy.write_text(unit.replace("/usr/local/bin/taskmasterd", installed))
+    out = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "" and out.stderr.strip() == "", out.stderr
