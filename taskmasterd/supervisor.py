@@ -150,10 +150,7 @@ class Supervisor:
                     listener.job_loaded(job)
                 if spec.autostart:
                     job.start_all("autostart")
-                    if not nowait:
-                        failure = await job.wait_started()
-                        if failure:
-                            return fail(failure)
+                    return await _settled_start(job, nowait)
                 return SUCCESS
             had_error, job.error = job.error, None
             if spec == job.spec:
@@ -163,11 +160,7 @@ class Supervisor:
             log.info("reloaded job %s (%d instance(s) restarting)", name, len(restarting))
             for listener in self.listeners:
                 listener.job_changed(job, old)
-            if restarting and not nowait:
-                failure = await job.wait_started()
-                if failure:
-                    return fail(failure)
-            return SUCCESS
+            return await _settled_start(job, nowait) if restarting else SUCCESS
 
     async def _forget(self, job: Job) -> None:
         job.stop_all()
@@ -194,11 +187,7 @@ class Supervisor:
             return job
         if not job.start_all():
             return REDUNDANT
-        if not nowait:
-            failure = await job.wait_started()
-            if failure:
-                return fail(failure)
-        return SUCCESS
+        return await _settled_start(job, nowait)
 
     async def stop(self, name: str, nowait: bool = False, kill: bool = False) -> Reply:
         job = self._job(name)
@@ -219,11 +208,7 @@ class Supervisor:
             return job
         if not any([inst.repair() for inst in job.instances]):
             return REDUNDANT
-        if not nowait:
-            failure = await job.wait_started()
-            if failure:
-                return fail(failure)
-        return SUCCESS
+        return await _settled_start(job, nowait)
 
     def status(self, name: str | None = None) -> Reply:
         now = time.monotonic()
@@ -300,6 +285,15 @@ class Supervisor:
 
     def reopen_logs(self) -> None:
         self.log_files.reopen_all()
+
+
+async def _settled_start(job: Job, nowait: bool) -> Reply:
+    """Answer a request that started instances: at once with `nowait`, else once each is RUNNING
+    or one failed to start."""
+    if nowait:
+        return SUCCESS
+    failure = await job.wait_started()
+    return fail(failure) if failure else SUCCESS
 
 
 def write_atomically(path: str, data: bytes) -> None:

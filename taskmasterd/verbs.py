@@ -8,6 +8,7 @@ protocol's response names.
 from __future__ import annotations
 
 import enum
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -53,7 +54,7 @@ class Request:
     nowait: bool = False  # reply once the action is initiated, not when it has completed
 
 
-Handler = Callable[["Supervisor", Request], Awaitable[Reply]]
+Handler = Callable[["Supervisor", Request], "Awaitable[Reply] | Reply"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,70 +66,20 @@ class Verb:
     summary: str
 
 
-def _verb(name: str, job: JobArg, summary: str, needs_data: bool = False) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        VERBS[name] = Verb(name, job, needs_data, handler, summary)
-        return handler
-
-    return register
-
-
-VERBS: dict[str, Verb] = {}
-
-
-@_verb("start", JobArg.REQUIRED, "start every instance that is not running")
-async def _start(sup: Supervisor, req: Request) -> Reply:
-    return await sup.start(req.job, nowait=req.nowait)
-
-
-@_verb("stop", JobArg.REQUIRED, "stop every instance gracefully")
-async def _stop(sup: Supervisor, req: Request) -> Reply:
-    return await sup.stop(req.job, nowait=req.nowait)
-
-
-@_verb("kill", JobArg.REQUIRED, "SIGKILL every instance's process group now")
-async def _kill(sup: Supervisor, req: Request) -> Reply:
-    return await sup.kill(req.job, nowait=req.nowait)
-
-
-@_verb("repair", JobArg.REQUIRED, "clear FATAL/BACKOFF and start what should run")
-async def _repair(sup: Supervisor, req: Request) -> Reply:
-    return await sup.repair(req.job, nowait=req.nowait)
-
-
-@_verb("status", JobArg.OPTIONAL, "report one job, or every job")
-async def _status(sup: Supervisor, req: Request) -> Reply:
-    return sup.status(req.job)
-
-
-@_verb("pull", JobArg.REQUIRED, "the job file as it is on disk")
-async def _pull(sup: Supervisor, req: Request) -> Reply:
-    return sup.pull(req.job)
-
-
-@_verb("push", JobArg.REQUIRED, "validate, write and apply a job file", needs_data=True)
-async def _push(sup: Supervisor, req: Request) -> Reply:
-    return await sup.push(req.job, req.data or b"", nowait=req.nowait)
-
-
-@_verb("delete", JobArg.REQUIRED, "stop the job, remove its file, forget it")
-async def _delete(sup: Supervisor, req: Request) -> Reply:
-    return await sup.delete(req.job)
-
-
-@_verb("list", JobArg.NONE, "names of every job")
-async def _list(sup: Supervisor, req: Request) -> Reply:
-    return sup.list()
-
-
-@_verb("reload", JobArg.REQUIRED, "re-read one job file and apply the difference")
-async def _reload(sup: Supervisor, req: Request) -> Reply:
-    return await sup.reload(req.job, nowait=req.nowait)
-
-
-@_verb("restart", JobArg.NONE, "reload every job file, as SIGHUP does")
-async def _restart(sup: Supervisor, req: Request) -> Reply:
-    return await sup.reload_all()
+_R, _O, _N = JobArg.REQUIRED, JobArg.OPTIONAL, JobArg.NONE
+VERBS: dict[str, Verb] = {verb.name: verb for verb in (
+    Verb("start", _R, False, lambda s, r: s.start(r.job, nowait=r.nowait), "start every instance that is not running"),
+    Verb("stop", _R, False, lambda s, r: s.stop(r.job, nowait=r.nowait), "stop every instance gracefully"),
+    Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait), "SIGKILL every instance's process group now"),
+    Verb("repair", _R, False, lambda s, r: s.repair(r.job, nowait=r.nowait), "clear FATAL/BACKOFF and start what should run"),
+    Verb("status", _O, False, lambda s, r: s.status(r.job), "report one job, or every job"),
+    Verb("pull", _R, False, lambda s, r: s.pull(r.job), "the job file as it is on disk"),
+    Verb("push", _R, True, lambda s, r: s.push(r.job, r.data or b"", nowait=r.nowait), "validate, write and apply a job file"),
+    Verb("delete", _R, False, lambda s, r: s.delete(r.job), "stop the job, remove its file, forget it"),
+    Verb("list", _N, False, lambda s, r: s.list(), "names of every job"),
+    Verb("reload", _R, False, lambda s, r: s.reload(r.job, nowait=r.nowait), "re-read one job file and apply the difference"),
+    Verb("restart", _N, False, lambda s, r: s.reload_all(), "reload every job file, as SIGHUP does"),
+)}
 
 
 async def dispatch(sup: Supervisor, verb: str, request: Request) -> Reply:
@@ -145,4 +96,5 @@ async def dispatch(sup: Supervisor, verb: str, request: Request) -> Reply:
             return fail(problem)
     if spec.needs_data and request.data is None:
         return fail(f"{verb} needs data")
-    return await spec.handler(sup, request)
+    reply = spec.handler(sup, request)
+    return await reply if inspect.isawaitable(reply) else reply
