@@ -98,8 +98,9 @@ def _tweak(signature: str, *, v_offset: int = 0, high_s: bool = False) -> str:
 def test_go_rejections() -> None:
     prvkey = crypto.generate_prvkey()
     signature = crypto.sign("payload", prvkey)
-    with pytest.raises(crypto.SignatureError, match="recovery code"):
-        crypto.recover_id("payload", _tweak(signature, v_offset=27))
+    for offset in (27, 4):  # Ethereum-style 27/28, and Go's compressed-key codes
+        with pytest.raises(crypto.SignatureError, match="recovery code"):
+            crypto.recover_id("payload", _tweak(signature, v_offset=offset))
     with pytest.raises(crypto.SignatureError, match="half the order"):
         crypto.recover_id("payload", _tweak(signature, high_s=True))
     with pytest.raises(crypto.SignatureError, match="R is 0"):

@@ -79,10 +79,13 @@ def recover_id(message: str, signature: str) -> str:
     r = int.from_bytes(sig[:32], "big")
     s = int.from_bytes(sig[32:64], "big")
     v = sig[64]
-    if v > 3:
+    if v > 7:
         raise SignatureError(
-            f"invalid signature: public key recovery code {v + 27} is not in the valid range [27, 30]"
+            f"invalid signature: public key recovery code {v + 27} is not in the valid range [27, 34]"
         )
+    if v > 3:
+        # Go would take 4..7 as "compressed key" codes; no ColonyOS signer emits them.
+        raise SignatureError(f"invalid signature: unsupported public key recovery code {v + 27}")
     if r == 0:
         raise SignatureError("invalid signature: R is 0")
     if s == 0:
