@@ -87,6 +87,13 @@ async def serve(**server_kwargs: Any) -> AsyncIterator[tuple[ColoniesTestServer,
         await server.stop()
 
 
+@asynccontextmanager
+async def serve_colony(**server_kwargs: Any) -> AsyncIterator[tuple[ColoniesTestServer, ColoniesClient, Colony]]:
+    """``serve()`` with the colony of ``make_colony()`` already set up."""
+    async with serve(**server_kwargs) as (server, client):
+        yield server, client, await make_colony(client)
+
+
 @pytest.fixture
 def colonies_server_thread() -> Iterator[ColoniesTestServer]:
     """The test server on a background thread, for synchronous clients such as pycolonies."""

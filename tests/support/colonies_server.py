@@ -230,8 +230,13 @@ class ColoniesTestServer:
         except ApiError as exc:
             return exc.status, _error_body(exc.status, exc.message)
 
-    def _open_envelope(self, raw: bytes) -> tuple[str, str, dict[str, Any]]:
-        """Check the envelope in the Go server's order; the caller's id, msgtype and payload."""
+    def _open_envelope(self, raw: bytes, actions: dict[str, str] | None = None) -> tuple[str, str, dict[str, Any]]:
+        """Check the envelope in the Go server's order; the caller's id, msgtype and payload.
+
+        ``actions`` maps the accepted payload types to Go's "Failed to <action>" wording.
+        """
+        if actions is None:
+            actions = {msgtype: action for msgtype, (action, _) in self.state.handlers.items()}
         try:
             envelope = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -246,9 +251,9 @@ class ColoniesTestServer:
                 caller = recover_id(payload, str(envelope.get("signature") or ""))
             except SignatureError as exc:
                 raise ApiError(403, f"Failed to recover public key: {exc}") from None
-            if payloadtype not in self.state.handlers:
+            if payloadtype not in actions:
                 raise ApiError(403, f"invalid rpcMsg.PayloadType: {payloadtype or 'empty'}")
-        action = self.state.handlers[payloadtype][0] if payloadtype in self.state.handlers else "get version"
+        action = actions.get(payloadtype, "get version")
         try:
             msg = decode_payload(payload)
         except (binascii.Error, ValueError):
@@ -294,9 +299,7 @@ class ColoniesTestServer:
 
     async def _subscription(self, data: bytes, gone: asyncio.Future[Any]) -> bytes | None:
         try:
-            caller, msgtype, msg = self._open_envelope(data)
-            if msgtype != "subscribeprocessmsg":
-                raise ApiError(400, f"invalid websocket payloadtype {msgtype}")
+            caller, msgtype, msg = self._open_envelope(data, {"subscribeprocessmsg": "subscribe process"})
             try:
                 process = await self.state.wait_for_state(caller, msg, gone)
             except BadJSON:

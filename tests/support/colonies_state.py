@@ -556,6 +556,11 @@ class ColonyState:
             raise ApiError(403, f"Failed to {action}, not allowed to {action}")
         return process
 
+    def _end(self, process: _Process, state: int) -> dict[str, Any]:
+        process.set_state(state, time.time_ns())
+        self._notify()
+        return {}
+
     async def _close_successful(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
         process = self._assigned_process(caller, msg, "successful")
         refused = {FAILED: "failed", CANCELLED: "cancelled"}
@@ -566,9 +571,7 @@ class ColonyState:
         out = _list(msg, "out")
         if out:
             process.doc["out"] = out
-        process.set_state(SUCCESS, time.time_ns())
-        self._notify()
-        return {}
+        return self._end(process, SUCCESS)
 
     async def _close_failed(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
         process = self._assigned_process(caller, msg, "failed")
@@ -576,9 +579,7 @@ class ColonyState:
         if process.state in refused:
             raise ApiError(400, f"Tried to set {refused[process.state]} process as failed")
         process.doc["errors"] = _list(msg, "errors") or []
-        process.set_state(FAILED, time.time_ns())
-        self._notify()
-        return {}
+        return self._end(process, FAILED)
 
     async def _set_output(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
         process = self._process(caller, msg, "set output")
@@ -597,9 +598,7 @@ class ColonyState:
         refused = {SUCCESS: "successful", FAILED: "failed", CANCELLED: "already cancelled"}
         if process.state in refused:
             raise ApiError(400, f"Tried to cancel {refused[process.state]} process")
-        process.set_state(CANCELLED, time.time_ns())
-        self._notify()
-        return {}
+        return self._end(process, CANCELLED)
 
     async def _remove_process(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
         process = self._process(caller, msg, "remove process")
