@@ -118,9 +118,14 @@ def _unb64(field: str, value: Any) -> bytes:
     if not isinstance(value, str):
         raise ValueError(f'field "{field}" must be a base64 string')
     try:
-        return binascii.a2b_base64(value, strict_mode=True)
+        raw = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
-        raise ValueError(f'field "{field}" is not valid base64') from None
+        raw = None
+    # strict_mode still lets stray padding through ("d2Vi=", "d2Vi===="): insist on the one
+    # canonical encoding.
+    if raw is None or _b64(raw) != value:
+        raise ValueError(f'field "{field}" is not valid base64')
+    return raw
 
 
 def _short(value: Any) -> str:

@@ -7,6 +7,7 @@ connection gets one `invalid` reply saying so and is closed at once, before anyt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -24,6 +25,7 @@ log = logging.getLogger("taskmasterd.server")
 
 READ_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 1024 * 1024  # wait for the client to read before answering more than this
+LINGER = 2.0  # seconds a refused client gets to finish sending before the connection is dropped
 FD_RESERVE = 1024  # descriptors kept for the jobs (pipes, log files, pidfds) beyond the connections
 
 
@@ -84,7 +86,10 @@ class ControlServer:
     async def start(self, sock: socket.socket) -> None:
         self.max_connections = _connections_allowed(self.max_connections)
         self._refusal = encode_reply(invalid(f"too many connections (the limit is {self.max_connections})"))
-        self._server = await asyncio.start_server(self._serve, sock=sock, limit=READ_SIZE)
+        # asyncio calls listen() again with its own backlog (100 by default): a burst of connections
+        # past it would lose SYNs and wait a second for the retransmission.
+        self._server = await asyncio.start_server(self._serve, sock=sock, limit=READ_SIZE,
+                                                  backlog=socket.SOMAXCONN)
 
     async def close(self) -> None:
         """Stop listening and drop every connection (a verb in progress is cancelled)."""
@@ -132,7 +137,17 @@ class ControlServer:
             if decoder.oversize:
                 writer.write(encode_reply(invalid(
                     f"message larger than {decoder.limit} bytes before its ';;'; closing")))
+                await self._linger(reader, writer)
                 return
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Half-close, then swallow what the client is still sending for a moment: closing with
+        unread input would reset the connection and could destroy the reply before it is read."""
+        writer.write_eof()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER):
+                while await reader.read(READ_SIZE):
+                    pass
 
     async def _answer(self, body: bytes) -> Reply:
         request = parse_request(body)

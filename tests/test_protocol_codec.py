@@ -156,6 +156,8 @@ def test_cmd_is_a_synonym_and_may_agree() -> None:
     (b'{"command":"status","job":"bm9w ZQ=="}', "base64"),
     (b'{"command":"status","job":"bm9-ZQ=="}', "base64"),
     (b'{"command":"status","job":"bm9wZQ==="}', "base64"),
+    (b'{"command":"status","job":"d2Vi="}', "base64"),
+    (b'{"command":"status","job":"d2Vi===="}', "base64"),
     (b'{"command":"status","job":5}', "base64"),
     (b'{"command":"push","job":"d2Vi","data":"***"}', "base64"),
     (b'{"command":"status","job":"/w=="}', "UTF-8"),
