@@ -1,0 +1,63 @@
+"""ColoniesSettings: config section, environment overrides, and key hygiene."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskmasterd.colonies.settings import ColoniesSettings, from_sources, scrubbed_environ
+
+KEY = "ba949fa134981372d6da62b6a56f336ab4d843b22c02a4257dcf7d0d73097514"
+CONFIG = {"colonies": {"host": "colonies.lan", "port": 50080, "tls": True, "colony": "dev", "colony_prvkey": KEY}}
+
+
+def test_no_host_means_no_colonies() -> None:
+    assert from_sources({}, {}) is None
+    assert from_sources({"colonies": {"colony": "dev"}}, {"COLONIES_COLONY_NAME": "dev"}) is None
+
+
+def test_config_section() -> None:
+    settings = from_sources(CONFIG, {})
+    assert settings == ColoniesSettings("colonies.lan", 50080, True, "dev", KEY)
+
+
+def test_environment_overrides_config() -> None:
+    environ = {
+        "COLONIES_SERVER_HOST": "127.0.0.1",
+        "COLONIES_SERVER_PORT": "1111",
+        "COLONIES_SERVER_HTTP_PORT": "2222",  # preferred over the legacy name
+        "COLONIES_SERVER_TLS": "false",
+        "COLONIES_COLONY_NAME": "prod",
+        "COLONIES_COLONY_PRVKEY": KEY.upper(),
+    }
+    settings = from_sources(CONFIG, environ)
+    assert settings == ColoniesSettings("127.0.0.1", 2222, False, "prod", KEY)
+    assert from_sources({}, {"COLONIES_SERVER_HOST": "h", "COLONIES_SERVER_PORT": "1111", "COLONIES_TLS": "true"}) == (
+        ColoniesSettings("h", 1111, True, "", None)
+    )
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{"COLONIES_SERVER_PORT": "http"}, {"COLONIES_SERVER_PORT": "70000"}, {"COLONIES_TLS": "maybe"}, {"COLONIES_COLONY_PRVKEY": "secret"}],
+)
+def test_invalid_values_are_refused_without_echoing_keys(environ: dict[str, str]) -> None:
+    with pytest.raises(ValueError) as info:
+        from_sources(CONFIG, environ)
+    assert "secret" not in str(info.value)
+
+
+def test_repr_never_shows_the_key() -> None:
+    settings = from_sources(CONFIG, {})
+    assert KEY not in repr(settings) and KEY not in str(settings)
+    assert "<set>" in repr(settings)
+
+
+def test_scrubbed_environ_drops_every_prvkey_variable() -> None:
+    environ = {
+        "PATH": "/bin",
+        "COLONIES_PRVKEY": "a",
+        "COLONIES_COLONY_PRVKEY": "b",
+        "COLONIES_SERVER_PRVKEY": "c",
+        "COLONIES_COLONY_NAME": "dev",
+    }
+    assert scrubbed_environ(environ) == {"PATH": "/bin", "COLONIES_COLONY_NAME": "dev"}
