@@ -1,0 +1,269 @@
+"""taskmasterctl as a user runs it: every verb, exit statuses, --json, and the shell in a pty."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from taskmasterctl.client import Client, ConnectionFailed
+from taskmasterctl.render import status_table, uptime
+from tests.support.control_fixtures import SLEEPER, daemon
+from tests.support.daemon import ROOT, Daemon, free_port, write_job
+
+__all__ = ["daemon"]  # the fixture
+
+
+def ctl(daemon: Daemon | None, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    port = str(daemon.port if daemon else free_port())
+    return subprocess.run([sys.executable, "-m", "taskmasterctl", "--port", port, *args], cwd=ROOT,
+                          input=stdin, capture_output=True, timeout=60)
+
+
+def out(result: subprocess.CompletedProcess) -> str:
+    return result.stdout.decode()
+
+
+def err(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.decode()
+
+
+# --- one-shot ----------------------------------------------------------------------------------
+
+def test_status_table_of_every_job_and_of_some(daemon: Daemon) -> None:
+    result = ctl(daemon, "status")
+    assert result.returncode == 0, err(result)
+    lines = out(result).splitlines()
+    assert lines[0].split() == ["JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "INFO"]
+    assert "\x1b[" not in out(result)  # not a terminal: no colour
+    web = [line.split() for line in lines if line.startswith("web ")]
+    assert [row[1] for row in web] == ["0", "1"] and all(row[2] == "RUNNING" for row in web)
+    assert {row[3] for row in web} == {str(inst["pid"]) for inst in daemon.instances("web")}
+    some = ctl(daemon, "status", "web", "nginx")
+    assert {line.split()[0] for line in out(some).splitlines()[1:]} == {"web", "nginx"}
+
+
+def test_status_of_an_unknown_job_fails_but_shows_the_others(daemon: Daemon) -> None:
+    result = ctl(daemon, "status", "web", "nope")
+    assert result.returncode == 1
+    assert 'status nope: job "nope" does not exist' in err(result)
+    assert "web" in out(result)
+
+
+def test_json_prints_the_decoded_reply(daemon: Daemon) -> None:
+    result = ctl(daemon, "--json", "status", "web")
+    assert result.returncode == 0
+    reply = json.loads(out(result))
+    assert reply["response"] == "status" and reply["data"]["jobs"][0]["name"] == "web"
+    listing = json.loads(out(ctl(daemon, "--json", "list")))
+    assert listing["response"] == "list" and "web" in [job["name"] for job in listing["data"]["jobs"]]
+    failed = ctl(daemon, "--json", "stop", "nope")
+    assert failed.returncode == 1 and json.loads(out(failed))["response"] == "fail"
+
+
+def test_list(daemon: Daemon) -> None:
+    result = ctl(daemon, "list")
+    assert result.returncode == 0
+    assert {"nginx", "web", "stubborn"} <= {line.split()[0] for line in out(result).splitlines()}
+
+
+def test_job_verbs_and_exit_statuses(daemon: Daemon) -> None:
+    write_job(daemon.jobs_dir, "ctl-a", {**SLEEPER, "autostart": False})
+    write_job(daemon.jobs_dir, "ctl-b", {**SLEEPER, "autostart": False})
+    assert ctl(daemon, "restart").returncode == 0
+    started = ctl(daemon, "start", "ctl-a", "ctl-b")
+    assert started.returncode == 0 and out(started).splitlines() == ["start ctl-a: success", "start ctl-b: success"]
+    again = ctl(daemon, "start", "ctl-a")
+    assert again.returncode == 0 and "nothing to do (redundant)" in err(again)
+    assert ctl(daemon, "repair", "ctl-a").returncode == 0
+    assert ctl(daemon, "reload", "ctl-a").returncode == 0
+    assert ctl(daemon, "stop", "--nowait", "ctl-a").returncode == 0
+    assert ctl(daemon, "kill", "ctl-b").returncode == 0
+    assert ctl(daemon, "delete", "ctl-a").returncode == 0
+    assert not (daemon.jobs_dir / "ctl-a.tm.json").exists()
+    mixed = ctl(daemon, "stop", "ctl-b", "ctl-a")
+    assert mixed.returncode == 1 and "stop ctl-a:" in err(mixed)
+    assert ctl(daemon, "delete", "ctl-b").returncode == 0
+
+
+def test_push_and_pull(daemon: Daemon, tmp_path: Path) -> None:
+    source = tmp_path / "ctl-pushed.tm.json"
+    source.write_bytes(json.dumps({**SLEEPER, "autostart": False}, indent=3).encode() + b"\n")
+    result = ctl(daemon, "push", str(source))
+    assert result.returncode == 0, err(result)
+    pulled = ctl(daemon, "pull", "ctl-pushed")
+    assert pulled.returncode == 0 and pulled.stdout == source.read_bytes()
+    target = tmp_path / "copy.json"
+    assert ctl(daemon, "pull", "ctl-pushed", "-o", str(target)).returncode == 0
+    assert target.read_bytes() == source.read_bytes()
+    assert ctl(daemon, "push", "-", "--name", "ctl-stdin", stdin=b'{"cmd": "sleep 5", "autostart": false}').returncode == 0
+    bad = tmp_path / "ctl-bad.tm.json"
+    bad.write_text('{"cmd": "sleep 1", "numprocs": "two"}')
+    rejected = ctl(daemon, "push", str(bad))
+    assert rejected.returncode == 1 and "numprocs" in err(rejected)
+    assert not (daemon.jobs_dir / "ctl-bad.tm.json").exists()
+    assert ctl(daemon, "push", str(tmp_path / "missing.tm.json")).returncode == 2
+    for name in ("ctl-pushed", "ctl-stdin"):
+        assert ctl(daemon, "delete", name).returncode == 0
+
+
+def test_usage_errors_exit_2() -> None:
+    for args in (["frobnicate"], ["start"], ["pull"], ["--port", "x", "list"], ["list", "extra"]):
+        result = ctl(None, *args)
+        assert result.returncode == 2, args
+    helped = ctl(None, "--help")
+    assert helped.returncode == 0
+    for word in ("exit status", "cannot connect", "restart", "push"):
+        assert word in out(helped)
+
+
+def test_bad_names_fail_with_1(daemon: Daemon) -> None:
+    for name in ("../etc/passwd", "a/b", "x" * 65):
+        assert ctl(daemon, "start", name).returncode == 1
+
+
+def test_cannot_connect_exits_3() -> None:
+    result = ctl(None, "status")
+    assert result.returncode == 3 and "cannot connect" in err(result)
+
+
+def test_one_shot_does_not_import_the_heavy_modules(daemon: Daemon) -> None:
+    code = ("import sys; from taskmasterctl.cli import main; main(['--port', sys.argv[1], 'status', 'web']); "
+            "print(sorted(m for m in ('orjson', 'psutil', 'asyncio', 'readline') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, str(daemon.port)], capture_output=True, cwd=ROOT, timeout=60)
+    assert result.stdout.decode().splitlines()[-1] == "[]"
+
+
+# --- the library -------------------------------------------------------------------------------
+
+def test_client_reconnects_after_the_daemon_closed_the_connection(tmp_path: Path) -> None:
+    with Daemon(tmp_path, jobs={"one": SLEEPER}) as first:
+        client = Client(port=first.port, timeout=10)
+        assert client.status("one").value["jobs"][0]["name"] == "one"
+    with pytest.raises(ConnectionFailed):
+        client.status("one")
+    with Daemon(tmp_path, jobs={"one": SLEEPER}) as again:
+        client.port = again.port
+        assert client.list().response == "list"
+        client.close()
+
+
+def test_status_table_shows_errors_and_extra_fields() -> None:
+    jobs = [{"name": "bad", "state": "INVALID", "instances": [], "error": "bad.tm.json: oops"},
+            {"name": "c", "state": "RUNNING", "colonies": {"executor": "x"},
+             "instances": [{"index": 0, "state": "EXITED", "pid": None, "uptime": None, "restarts": 2,
+                            "exitcode": 3, "signal": None, "description": ""}]}]
+    table = status_table(jobs, colour=True)
+    assert "error: bad.tm.json: oops" in table
+    assert 'colonies={"executor":"x"}' in table and "exit code 3" in table
+    assert "\x1b[1;31mINVALID" in table
+    assert [uptime(s) for s in (None, 5, 62, 3700, 90000)] == ["-", "5s", "1m02s", "1h01m", "1d01h"]
+
+
+# --- the interactive shell ---------------------------------------------------------------------
+
+class Terminal:
+    """taskmasterctl's shell on a pseudo-terminal; `expect` waits for output, never sleeps."""
+
+    def __init__(self, port: int, history: Path) -> None:
+        self.master, slave = pty.openpty()
+        env = {**os.environ, "TASKMASTERCTL_HISTORY": str(history), "TERM": "xterm"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "taskmasterctl", "--port", str(port)], cwd=ROOT,
+                                     stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, wanted: bytes, timeout: float = 20.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while wanted not in self.seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.master], [], [], remaining)[0]:
+                raise AssertionError(f"no {wanted!r} in {self.seen!r}")
+            try:
+                self.seen += os.read(self.master, 65536)
+            except OSError:  # the shell has exited
+                raise AssertionError(f"no {wanted!r} in {self.seen!r}") from None
+        found, self.seen = self.seen, self.seen[self.seen.index(wanted) + len(wanted):]
+        return found
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(20)
+        finally:
+            os.close(self.master)
+
+
+@pytest.fixture
+def terminal(daemon: Daemon, tmp_path: Path) -> Iterator[Terminal]:
+    term = Terminal(daemon.port, tmp_path / "history")
+    yield term
+    if term.proc.poll() is None:
+        term.proc.kill()
+        term.close()
+
+
+def test_shell_completes_job_names_and_recalls_history(terminal: Terminal, daemon: Daemon, tmp_path: Path) -> None:
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"sta\t")
+    terminal.expect(b"sta")  # 'start', 'status' and 'stop'... share 'sta': nothing unique yet
+    terminal.type(b"tus ngi\t")
+    terminal.expect(b"tus nginx")  # completed from the daemon's job list
+    terminal.type(b"\n")
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"list\n")
+    terminal.expect(b"stubborn")
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"\x1b[A\x1b[A\n")  # up, up: the status line again
+    terminal.expect(b"status nginx")
+    terminal.expect(b"INSTANCE")
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"help\n")
+    terminal.expect(b"restart")
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"\x04")  # Ctrl-D
+    assert terminal.close() == 0
+    assert (tmp_path / "history").read_text().splitlines() == ["status nginx", "list", "status nginx", "help"]
+
+    again = Terminal(daemon.port, tmp_path / "history")  # the history outlives the session
+    again.expect(b"taskmaster> ")
+    again.type(b"\x1b[A\x1b[A")
+    again.expect(b"status nginx")
+    again.type(b"\x15exit\n")  # Ctrl-U clears the line
+    assert again.close() == 0
+
+
+def test_shell_survives_a_daemon_restart(tmp_path: Path) -> None:
+    first = Daemon(tmp_path / "d", jobs={"alpha": SLEEPER}).start()
+    port = first.port
+    term = Terminal(port, tmp_path / "history")
+    try:
+        term.expect(b"taskmaster> ")
+        term.type(b"status alpha\n")
+        term.expect(b"RUNNING")
+        term.expect(b"taskmaster> ")
+        first.stop()
+        term.type(b"status alpha\n")
+        term.expect(b"cannot connect")
+        term.expect(b"taskmaster> ")
+        second = Daemon(tmp_path / "d", jobs={"alpha": SLEEPER})
+        second.port = port
+        with second:
+            term.type(b"status alpha\n")
+            term.expect(b"RUNNING")
+            term.expect(b"taskmaster> ")
+            term.type(b"exit\n")
+            assert term.close() == 0
+    finally:
+        first.stop()
+        if term.proc.poll() is None:
+            term.proc.kill()
