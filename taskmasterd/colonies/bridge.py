@@ -1,0 +1,110 @@
+"""The ColonyOS bridge: every job whose file allows it is also a Colonies executor (executor.md).
+
+It listens to the supervisor (jobs loaded, changed, removed), owns one JobExecutor per such job,
+and adds each executor's state to the job's status entry.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from .capabilities import host_capabilities
+from .client import ColoniesClient
+from .executor import JobExecutor, Shared, executor_identity
+from .keystore import KeyStore
+from .retry import Outage, Timing
+from .settings import ColoniesSettings
+
+if TYPE_CHECKING:
+    from ..job import Job
+    from ..jobfile import JobSpec
+    from ..supervisor import Supervisor
+
+log = logging.getLogger("taskmasterd.colonies")
+SHUTDOWN_REASON = "taskmasterd is shutting down"
+
+
+class ColoniesBridge:
+    def __init__(self, supervisor: Supervisor, settings: ColoniesSettings, timing: Timing = Timing()) -> None:
+        self.supervisor = supervisor
+        client = ColoniesClient(settings.host, settings.port, settings.tls, timeout=timing.request_timeout, max_idle=16)
+        self._shared = Shared(
+            client=client,
+            settings=settings,
+            keystore=KeyStore(os.path.join(supervisor.state_dir, "colonies")),
+            outage=Outage(f"{settings.host}:{settings.port}"),
+            timing=timing,
+            capabilities=asyncio.ensure_future(_probe()),
+        )
+        self.executors: dict[str, JobExecutor] = {}
+        self._leaving: dict[str, asyncio.Task[None]] = {}  # job -> its old executor still closing
+
+    def open(self) -> None:
+        """Serve the jobs already loaded, then follow the supervisor's changes. Registration runs in
+        the background: the daemon never waits for the server."""
+        self.supervisor.listeners.append(self)
+        self.supervisor.status_extras.append(self.status_of)
+        for job in list(self.supervisor.jobs.values()):
+            self.job_loaded(job)
+        log.info("ColonyOS bridge to %s: %d job(s) served as executors in colony %s",
+                 self._shared.client, len(self.executors), self._shared.settings.colony_name)
+
+    async def close(self) -> None:
+        """Daemon shutdown: stop every run and fail its process with a clear error; registrations
+        and keys stay for the next start."""
+        self.supervisor.listeners.remove(self)
+        self.supervisor.status_extras.remove(self.status_of)
+        executors, self.executors = list(self.executors.values()), {}
+        await asyncio.gather(*(ex.close(SHUTDOWN_REASON, unregister=False) for ex in executors),
+                             *self._leaving.values())
+        self._shared.capabilities.cancel()
+        await self._shared.client.close()
+
+    # --- JobListener ----------------------------------------------------------------------------
+
+    def job_loaded(self, job: Job) -> None:
+        if job.spec.colonies is not None:
+            self.executors[job.name] = JobExecutor(job, self._shared, after=self._leaving.get(job.name))
+
+    def job_changed(self, job: Job, old: JobSpec) -> None:
+        executor, new = self.executors.get(job.name), job.spec.colonies
+        if executor is not None and new is not None and old.colonies is not None:
+            if executor_identity(job.name, new) == executor_identity(job.name, old.colonies):
+                executor.update(job)
+                return
+        if executor is not None:
+            # Off ColonyOS or renamed: the old executor goes; a new type only needs re-registering.
+            renamed = new is None or executor_identity(job.name, new)[0] != executor.executorname
+            self._retire(job.name, "the job's ColonyOS settings changed", unregister=renamed)
+        self.job_loaded(job)
+
+    def job_removed(self, name: str) -> None:
+        if name in self.executors:
+            self._retire(name, "the job was removed from taskmasterd", unregister=True)
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def status_of(self, name: str) -> dict[str, Any]:
+        executor = self.executors.get(name)
+        return {"colonies": executor.status()} if executor is not None else {}
+
+    def _retire(self, name: str, reason: str, unregister: bool) -> None:
+        executor = self.executors.pop(name)
+        task = asyncio.create_task(executor.close(reason, unregister))
+        self._leaving[name] = task
+
+        def gone(done: asyncio.Task[None]) -> None:
+            if self._leaving.get(name) is done:
+                del self._leaving[name]
+
+        task.add_done_callback(gone)
+
+
+async def _probe() -> dict[str, Any]:
+    try:
+        return await host_capabilities()
+    except Exception as exc:  # capabilities are informative: never block registration on them
+        log.warning("cannot probe the host's capabilities: %s", exc)
+        return {}
