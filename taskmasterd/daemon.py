@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 
+from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
 from .sdnotify import notify
 from .supervisor import Supervisor
@@ -52,7 +53,18 @@ async def run(config: DaemonConfig, listener: socket.socket) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(supervisor)))
     loop.add_signal_handler(signal.SIGUSR2, supervisor.reopen_logs)
 
+    try:
+        colonies = ColoniesSettings.from_sources({"colonies": config.colonies}, os.environ)
+    except ValueError as exc:
+        log.error("colonies settings: %s", exc)
+        return 2
     await supervisor.open()
+    bridge = None
+    if colonies is not None:
+        from .colonies.bridge import ColoniesBridge  # only a daemon given a server loads any of it
+
+        bridge = ColoniesBridge(supervisor, colonies)
+        bridge.open()
     server = ControlServer(supervisor, max_connections=config.max_connections, idle_timeout=config.idle_timeout)
     await server.start(listener)
     host, port = listener.getsockname()[:2]
@@ -64,6 +76,8 @@ async def run(config: DaemonConfig, listener: socket.socket) -> int:
     log.info("shutting down")
     notify("STOPPING=1")
     await server.close()
+    if bridge is not None:
+        await bridge.close()
     await supervisor.shutdown()
     return 0
 
