@@ -1,0 +1,346 @@
+"""The ColonyOS bridge end to end: real processes, the test server on 127.0.0.1, a user submitting.
+
+Most scenarios run a Supervisor and the bridge in this process; the last one runs the real daemon
+with pycolonies, the official SDK, as the user.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import orjson
+
+from taskmasterd.colonies.bridge import ColoniesBridge
+from taskmasterd.colonies.client import ColoniesClient, func_spec
+from taskmasterd.colonies.crypto import derive_id, generate_prvkey
+from taskmasterd.colonies.retry import Timing
+from taskmasterd.colonies.settings import ColoniesSettings
+from taskmasterd.supervisor import Supervisor
+from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY, Colony, make_colony
+from tests.support.colonies_server import DEFAULT_SERVER_PRVKEY, ColoniesTestServer, ServerThread
+from tests.support.colonies_state import CANCELLED, FAILED, RUNNING, SUCCESS, UNREGISTERED
+from tests.support.daemon import Daemon, pid_alive, wait_for
+from tests.support.supervised import eventually, run, supervised
+
+FAST = Timing(assign_timeout=2, check_interval=0.2, log_interval=0.1, backoff_base=0.05, backoff_cap=0.4,
+              close_patience=3.0, request_timeout=5.0)
+PIDFILE_THEN_SLEEP = ["sh", "-c", 'echo $$ > "$1"; exec sleep 60', "sh"]
+
+
+@dataclass
+class World:
+    server: ColoniesTestServer
+    client: ColoniesClient  # the user's (and the operator's) client
+    colony: Colony
+    sup: Supervisor
+    bridge: ColoniesBridge
+
+    async def submit(self, job: str, funcname: str = "run", **kwargs: Any) -> str:
+        spec = func_spec(funcname, COLONY_NAME, job, **kwargs)
+        return (await self.client.submit(spec, self.colony.user_prvkey))["processid"]
+
+    async def process(self, processid: str) -> dict[str, Any]:
+        return await self.client.get_process(processid, self.colony.user_prvkey)
+
+    async def ended(self, processid: str, timeout: float = 20.0) -> dict[str, Any]:
+        return await self.reach(processid, SUCCESS, FAILED, CANCELLED, timeout=timeout)
+
+    async def reach(self, processid: str, *states: int, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (doc := await self.process(processid))["state"] not in states:
+            assert asyncio.get_running_loop().time() < deadline, f"process stuck in state {doc['state']}: {doc}"
+            await asyncio.sleep(0.05)
+        return doc
+
+    async def logs(self, processid: str) -> str:
+        entries = await self.client.get_logs(COLONY_NAME, self.colony.user_prvkey, processid=processid, count=500)
+        return "".join(entry["message"] for entry in entries)
+
+    def executor(self, job: str) -> dict[str, Any]:
+        return self.sup.status(job).value["jobs"][0].get("colonies") or {}
+
+    async def polling(self, job: str) -> dict[str, Any]:
+        await eventually(lambda: self.executor(job).get("state") == "polling", what=f"{job} polling")
+        return self.executor(job)
+
+
+@contextlib.asynccontextmanager
+async def world(root: Path, jobs: dict[str, dict], colony_key: bool = True, before_open: Any = None,
+                **server_kwargs: Any) -> AsyncIterator[World]:
+    server = ColoniesTestServer(**server_kwargs)
+    await server.start("127.0.0.1", 0)
+    client = ColoniesClient("127.0.0.1", server.port, timeout=10)
+    try:
+        colony = await make_colony(client)
+        settings = ColoniesSettings(host="127.0.0.1", port=server.port, colony_name=COLONY_NAME,
+                                    colony_prvkey=COLONY_PRVKEY if colony_key else None)
+        async with supervised(root, jobs, watch=False) as sup:
+            bridge = ColoniesBridge(sup, settings, FAST)
+            w = World(server, client, colony, sup, bridge)
+            if before_open is not None:
+                await before_open(w)
+            bridge.open()
+            try:
+                yield w
+            finally:
+                if bridge in sup.listeners:  # a test may have shut it down itself
+                    await bridge.close()
+    finally:
+        await client.close()
+        await server.stop()
+
+
+def job(cmd: list[str] | str, **extra: Any) -> dict[str, Any]:
+    return {"cmd": cmd, "autostart": False, "stoptime": 2, **extra}
+
+
+async def wait_pid(path: Path) -> int:
+    await eventually(lambda: path.exists() and path.read_text().strip(), what=f"pid in {path}")
+    return int(path.read_text())
+
+
+def test_run_success_failure_logs_registration_and_unserved(tmp_path: Path) -> None:
+    jobs = {
+        "echo": job(["sh", "-c", 'echo "$GREETING $*"; echo "to stderr" >&2', "sh"], env={"GREETING": "job"}),
+        "fail": job(["sh", "-c", 'echo "line one" >&2; echo "boom $1" >&2; exit 3', "sh"], exitcodes=[0, 1]),
+    }
+
+    async def scenario() -> None:
+        async with world(tmp_path, jobs) as w:
+            executor = await w.polling("echo")
+            assert executor["executor"] == f"echo.{os.uname().nodename}" and executor["executortype"] == "echo"
+            pid = await w.submit("echo", args=["world", 42, 1.5], env={"GREETING": "hi"})
+            done = await w.ended(pid)
+            assert done["state"] == SUCCESS, done
+            assert done["out"] == ["hi world 42 1.5\n"]
+            logs = await w.logs(pid)
+            assert "hi world 42 1.5\n" in logs and "to stderr\n" in logs
+
+            pid = await w.submit("fail", args=["now"])
+            done = await w.ended(pid)
+            assert done["state"] == FAILED
+            assert done["errors"] == ["exited with code 3", "line one", "boom now"]
+
+            pid = await w.submit("echo", funcname="kill")
+            done = await w.ended(pid)
+            assert done["state"] == FAILED and "'kill' is not served" in done["errors"][0]
+
+            # Registered as the contract says: functions, capabilities, a private key file.
+            user = w.colony.user_prvkey
+            functions = await w.client.get_functions(COLONY_NAME, user, executorname=executor["executor"])
+            assert sorted(f["funcname"] for f in functions) == ["restart", "run", "start", "status", "stop"]
+            registered = await w.client.get_executor(COLONY_NAME, executor["executor"], user)
+            assert registered["state"] == 1 and registered["executorid"] == executor["executorid"]
+            assert registered["capabilities"]["hardware"][0]["cores"] >= 1
+            keyfile = tmp_path / "state" / "colonies" / "echo.key"
+            assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+            prvkey = json.loads(keyfile.read_text())["prvkey"]
+            assert derive_id(prvkey) == executor["executorid"]
+            assert prvkey not in orjson.dumps(w.sup.status().value).decode()
+
+    run(scenario())
+
+
+def test_maxexectime_stops_the_group_and_cancel_stops_the_run(tmp_path: Path) -> None:
+    jobs = {
+        # Ignores SIGTERM: maxexectime must escalate to SIGKILL after stoptime, like an instance.
+        "stubborn": job(["sh", "-c", 'trap "" TERM; echo $$ > "$1"; while :; do sleep 0.1; done', "sh"],
+                        stoptime=0.5),
+        "sleeper": job(PIDFILE_THEN_SLEEP),
+    }
+
+    async def scenario() -> None:
+        # A server that never enforces deadlines itself: what happens is our doing.
+        async with world(tmp_path, jobs, deadline_tick=3600) as w:
+            await w.polling("stubborn")
+            await w.polling("sleeper")
+            slow = await w.submit("stubborn", args=[str(tmp_path / "stubborn.pid")], maxexectime=1, maxretries=0)
+            cancelled = await w.submit("sleeper", args=[str(tmp_path / "sleeper.pid")])
+            stubborn_pid = await wait_pid(tmp_path / "stubborn.pid")
+            sleeper_pid = await wait_pid(tmp_path / "sleeper.pid")
+
+            await w.client.cancel_process(cancelled, w.colony.user_prvkey)
+            await eventually(lambda: not pid_alive(sleeper_pid), what="the cancelled run's child to go")
+            assert (await w.process(cancelled))["state"] == CANCELLED
+
+            done = await w.ended(slow)
+            assert done["state"] == FAILED
+            assert done["errors"][0] == "maximum execution time of 1 s exceeded; the command was stopped (killed by SIGKILL)"
+            assert not pid_alive(stubborn_pid)
+            await eventually(lambda: w.executor("sleeper")["running"] == 0, what="the slot to free")
+
+    run(scenario())
+
+
+def test_control_functions_act_on_the_supervised_job(tmp_path: Path) -> None:
+    jobs = {"svc": job("sleep 300", starttime=0, stoptime=1)}
+
+    async def scenario() -> None:
+        async with world(tmp_path, jobs) as w:
+            await w.polling("svc")
+            instance = w.sup.jobs["svc"].instances[0]
+
+            async def call(funcname: str) -> dict[str, Any]:
+                done = await w.ended(await w.submit("svc", funcname=funcname))
+                assert done["state"] == SUCCESS, done
+                return json.loads(done["out"][0])["jobs"][0]
+
+            status = await call("start")
+            assert status["state"] == "RUNNING" and status["instances"][0]["pid"] == instance.child.pid
+            assert status["colonies"]["executortype"] == "svc"
+            first = instance.child.pid
+            status = await call("restart")
+            assert status["state"] == "RUNNING" and instance.child.pid != first and not pid_alive(first)
+            assert (await call("status"))["instances"][0]["pid"] == instance.child.pid
+            status = await call("stop")
+            assert status["state"] == "STOPPED" and instance.child is None
+
+    run(scenario())
+
+
+def test_server_restart_mid_run_then_fresh_server(tmp_path: Path) -> None:
+    jobs = {"slow": job(["sh", "-c", 'sleep 1; echo "done $1"', "sh"])}
+
+    async def scenario() -> None:
+        async with world(tmp_path, jobs) as w:
+            await w.polling("slow")
+            pid = await w.submit("slow", args=["first"])
+            await w.reach(pid, RUNNING)
+            port, state = w.server.port, w.server.state
+            await w.server.stop()
+            await eventually(lambda: w.executor("slow")["state"] == "offline", what="the executor offline")
+            assert "unreachable" in w.executor("slow")["error"]
+            # The server comes back with its state: the run's close goes through after backoff.
+            w.server = ColoniesTestServer()
+            w.server.state = state
+            await w.server.start("127.0.0.1", port)
+            done = await w.ended(pid)
+            assert done["state"] == SUCCESS and done["out"] == ["done first\n"]
+            await w.polling("slow")
+
+            # A fresh server (its data lost): the operator recreates the colony, we re-register.
+            await w.server.stop()
+            w.server = ColoniesTestServer()
+            await w.server.start("127.0.0.1", port)
+            w.colony = await make_colony(w.client)
+            done = await w.ended(await w.submit("slow", args=["again"]))
+            assert done["state"] == SUCCESS and done["out"] == ["done again\n"]
+            assert w.executor("slow")["error"] is None
+
+    run(scenario())
+
+
+def test_preregistered_key_without_colony_key_and_colonies_false(tmp_path: Path) -> None:
+    jobs = {
+        "pre": job(["echo", "pre-registered"], colonies={"executorname": "pre-exec", "functions": ["run"]}),
+        "nokey": job(["true"]),
+        "off": job(["true"], colonies=False),
+    }
+    prvkey = generate_prvkey()
+
+    async def register_by_hand(w: World) -> None:
+        # What an operator does with `colonies executor add --approve`, then the key file.
+        await w.client.add_executor(COLONY_NAME, "pre-exec", "pre", derive_id(prvkey), COLONY_PRVKEY)
+        await w.client.approve_executor(COLONY_NAME, "pre-exec", COLONY_PRVKEY)
+        keys = tmp_path / "state" / "colonies"
+        keys.mkdir(parents=True)
+        (keys / "pre.key").write_text(prvkey + "\n")
+
+    async def scenario() -> None:
+        async with world(tmp_path, jobs, colony_key=False, before_open=register_by_hand) as w:
+            executor = await w.polling("pre")
+            assert executor["executorid"] == derive_id(prvkey) and executor["executor"] == "pre-exec"
+            done = await w.ended(await w.submit("pre"))
+            assert done["state"] == SUCCESS and done["out"] == ["pre-registered\n"]
+            await eventually(lambda: w.executor("nokey")["state"] == "error", what="nokey in error")
+            assert "no executor key" in w.executor("nokey")["error"]
+            assert w.executor("off") == {} and "off" not in w.bridge.executors
+            names = {e["executorname"] for e in await w.client.get_executors(COLONY_NAME, w.colony.user_prvkey)}
+            assert names == {w.colony.executor_name, "pre-exec"}
+            assert (tmp_path / "state" / "colonies" / "pre.key").read_text().strip() == prvkey
+
+    run(scenario())
+
+
+def test_job_removal_removes_the_executor_and_shutdown_fails_runs(tmp_path: Path) -> None:
+    jobs = {"gone": job(PIDFILE_THEN_SLEEP), "stays": job(PIDFILE_THEN_SLEEP)}
+    keys = tmp_path / "state" / "colonies"
+
+    async def scenario() -> None:
+        async with world(tmp_path, jobs) as w:
+            gone = (await w.polling("gone"))["executor"]
+            stays = (await w.polling("stays"))["executor"]
+            removed = await w.submit("gone", args=[str(tmp_path / "gone.pid")])
+            interrupted = await w.submit("stays", args=[str(tmp_path / "stays.pid")])
+            gone_pid = await wait_pid(tmp_path / "gone.pid")
+            stays_pid = await wait_pid(tmp_path / "stays.pid")
+
+            assert (await w.sup.delete("gone")).response == "success"
+            done = await w.ended(removed)
+            assert done["state"] == FAILED
+            assert done["errors"][0] == "the job was removed from taskmasterd; the command was stopped (killed by SIGTERM)"
+            assert not pid_alive(gone_pid)
+            executors = {e["executorname"]: e for e in await w.client.get_executors(COLONY_NAME, w.colony.user_prvkey)}
+            await eventually(lambda: not (keys / "gone.key").exists(), what="the key file removed")
+            assert executors[gone]["state"] == UNREGISTERED
+
+            await w.bridge.close()
+            done = await w.process(interrupted)
+            assert done["state"] == FAILED
+            assert done["errors"][0] == "taskmasterd is shutting down; the command was stopped (killed by SIGTERM)"
+            assert not pid_alive(stays_pid)
+            executors = {e["executorname"]: e for e in await w.client.get_executors(COLONY_NAME, w.colony.user_prvkey)}
+            assert executors[stays]["state"] == 1 and (keys / "stays.key").exists()
+
+    run(scenario())
+
+
+def test_daemon_with_pycolonies_user_and_no_key_leak(tmp_path: Path) -> None:
+    from pycolonies import Colonies
+    from pycolonies import func_spec as py_func_spec
+
+    user_prvkey = generate_prvkey()
+
+    async def setup(port: int) -> None:
+        async with ColoniesClient("127.0.0.1", port) as client:
+            await client.add_colony(derive_id(COLONY_PRVKEY), COLONY_NAME, DEFAULT_SERVER_PRVKEY)
+            await client.add_user(COLONY_NAME, derive_id(user_prvkey), "bob", COLONY_PRVKEY)
+
+    thread = ServerThread()
+    with thread as server:
+        thread.call(setup(server.port))
+        config = tmp_path / "taskmasterd.json"
+        config.write_text(json.dumps({"colonies": {"host": "127.0.0.1", "port": server.port, "colony": COLONY_NAME}}))
+        jobs = {"env": job(["env"]), "bad": job(["sh", "-c", "echo nope >&2; exit 2"])}
+        with Daemon(tmp_path, jobs, args=["--config", str(config)], env={"COLONIES_COLONY_PRVKEY": COLONY_PRVKEY}) as d:
+            wait_for(lambda: d.status("env")["jobs"][0]["colonies"]["state"] == "polling", what="env polling")
+            colonies = Colonies("127.0.0.1", server.port, tls=False)
+            spec = py_func_spec(func="run", args=["-u", "NOTHING"], colonyname=COLONY_NAME, executortype="env")
+            spec.env = {"FROM_USER": "yes"}
+            process = colonies.submit_func_spec(spec, user_prvkey)
+            done = colonies.wait(process, 20, user_prvkey)
+            assert done.state == SUCCESS
+            out = done.output[0]
+            assert "FROM_USER=yes" in out and f"COLONIES_PROCESS_ID={process.processid}" in out
+            assert "PRVKEY" not in out and COLONY_PRVKEY not in out
+            logs = colonies.get_process_log(COLONY_NAME, process.processid, 100, 0, user_prvkey)
+            assert "FROM_USER=yes" in "".join(entry["message"] for entry in logs)
+
+            bad = colonies.submit_func_spec(
+                py_func_spec(func="run", args=[], colonyname=COLONY_NAME, executortype="bad"), user_prvkey)
+            failed = wait_for(lambda: (p := colonies.get_process(bad.processid, user_prvkey)).state == FAILED and p,
+                              what="bad failed")
+            assert failed.errors == ["exited with code 2", "nope"]
+            status_text = json.dumps(d.status())
+            assert COLONY_PRVKEY not in status_text
+            keys = {json.loads(p.read_text())["prvkey"] for p in (tmp_path / "state" / "colonies").iterdir()}
+            assert len(keys) == 2
+        stderr = d.stderr()
+        assert "registered in colony dev" in stderr
+        assert not any(key in stderr for key in (*keys, COLONY_PRVKEY))
