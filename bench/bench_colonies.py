@@ -1,0 +1,160 @@
+"""ColonyOS bridge benchmark (run by hand: `.venv/bin/python bench/bench_colonies.py`).
+
+A real taskmasterd serves three jobs as executors of the in-memory test server (its own process,
+on loopback); this process is the user submitting to them. Prints one table:
+- processes/s through one job's executor running `true`, with maxconcurrent 1 and 8, from the
+  server's own assignment and close times;
+- overhead from assignment to the command's start, p50/p99: the server's assignment time against
+  the clock read by `date +%s%N` as the command (so exec of `date` itself is included);
+- the CPU each process costs the daemon and the server, and the control protocol's `status`
+  round trip idle and while the executor runs flat out (the bridge must not slow it).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from calendar import timegm
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from taskmasterd.colonies.client import ColoniesClient, func_spec  # noqa: E402
+from taskmasterd.colonies.crypto import derive_id, generate_prvkey  # noqa: E402
+from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY  # noqa: E402
+from tests.support.colonies_server import DEFAULT_SERVER_PRVKEY  # noqa: E402
+from tests.support.daemon import ROOT, Daemon, wait_for  # noqa: E402
+
+WAITING, RUNNING, SUCCESS = 0, 1, 2
+QUIET = {"autostart": False, "stdout": None, "stderr": None}
+
+
+def go_time_ns(text: str) -> int:
+    """RFC3339Nano in UTC (as the test server writes it) to unix ns, keeping every digit."""
+    whole, _, frac = text.rstrip("Z").partition(".")
+    seconds = timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def start_server() -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.colonies_server", "--port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+async def drained(client: ColoniesClient, user: str, executortype: str) -> None:
+    """Until no process of this type waits or runs."""
+    while True:
+        busy = [await client.get_processes(COLONY_NAME, state, user, count=1, executortype=executortype)
+                for state in (WAITING, RUNNING)]
+        if not any(busy):
+            return
+        await asyncio.sleep(0.02)
+
+
+async def throughput(client: ColoniesClient, user: str, job: str, count: int) -> float:
+    submitted = await asyncio.gather(*(client.submit(func_spec("run", COLONY_NAME, job), user) for _ in range(count)))
+    await drained(client, user, job)
+    done = [await client.get_process(p["processid"], user) for p in submitted]
+    assert all(p["state"] == SUCCESS for p in done), [p["errors"] for p in done if p["state"] != SUCCESS][:3]
+    first = min(go_time_ns(p["starttime"]) for p in done)
+    last = max(go_time_ns(p["endtime"]) for p in done)
+    # The in-memory server scans every process it holds on each assign: keep it small.
+    await asyncio.gather(*(client.remove_process(p["processid"], user) for p in done))
+    return count / ((last - first) / 1e9)
+
+
+async def overhead(client: ColoniesClient, user: str, job: str, count: int) -> list[float]:
+    """One at a time, so each submission finds the executor idle in its long-poll."""
+    delays = []
+    for _ in range(count):
+        process = await client.submit(func_spec("run", COLONY_NAME, job), user)
+        while (done := await client.get_process(process["processid"], user))["state"] in (WAITING, RUNNING):
+            await asyncio.sleep(0.002)
+        assert done["state"] == SUCCESS, done["errors"]
+        delays.append((int(done["out"][0]) - go_time_ns(done["starttime"])) / 1e6)
+        await client.remove_process(done["processid"], user)
+    return delays
+
+
+def status_latencies(daemon: Daemon, seconds: float) -> list[float]:
+    """Round trips (ms) of the control protocol's `status` for `seconds`, sorted."""
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        began = time.perf_counter()
+        daemon.request("status", "true8")
+        times.append((time.perf_counter() - began) * 1000)
+    return sorted(times)
+
+
+def percentiles(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} / {times[int(len(times) * 0.99) - 1]:.2f} ms"
+
+
+async def measure(port: int, user: str, count: int, samples: int, daemon: Daemon,
+                  server: psutil.Process) -> dict[str, str]:
+    rows = {"control `status` p50 / p99, idle": percentiles(status_latencies(daemon, 1.0))}
+    procs = psutil.Process(daemon.proc.pid), server
+    async with ColoniesClient("127.0.0.1", port, max_idle=32) as client:
+        for job in ("true1", "true8"):
+            await throughput(client, user, job, 20)  # warm-up: connections, code paths
+            cpu = [sum(p.cpu_times()[:2]) for p in procs]
+            rows[f"`true`, maxconcurrent {job[4:]}"] = f"{await throughput(client, user, job, count):.0f} processes/s"
+            used = [(sum(p.cpu_times()[:2]) - before) / count * 1000 for p, before in zip(procs, cpu)]
+            rows[f"  CPU per process, taskmasterd / test server (mc {job[4:]})"] = f"{used[0]:.2f} / {used[1]:.2f} ms"
+        # The control protocol while the executor runs flat out.
+        _, loaded = await asyncio.gather(throughput(client, user, "true8", count),
+                                         asyncio.to_thread(status_latencies, daemon, 1.0))
+        rows["control `status` p50 / p99, during mc 8 runs"] = percentiles(loaded)
+        await overhead(client, user, "clock", 10)
+        delays = sorted(await overhead(client, user, "clock", samples))
+        rows["assignment -> command start, p50 / p99"] = percentiles(delays)
+        return rows
+
+
+async def setup(port: int, user: str) -> None:
+    async with ColoniesClient("127.0.0.1", port) as client:
+        await client.add_colony(derive_id(COLONY_PRVKEY), COLONY_NAME, DEFAULT_SERVER_PRVKEY)
+        await client.add_user(COLONY_NAME, derive_id(user), "bench", COLONY_PRVKEY)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=500, help="processes per throughput run")
+    parser.add_argument("--samples", type=int, default=300, help="processes timed for the overhead")
+    args = parser.parse_args()
+    server, port = start_server()
+    user = generate_prvkey()
+    try:
+        asyncio.run(setup(port, user))
+        jobs = {
+            "true1": {"cmd": "true", **QUIET, "colonies": {"maxconcurrent": 1}},
+            "true8": {"cmd": "true", **QUIET, "colonies": {"maxconcurrent": 8}},
+            "clock": {"cmd": ["date", "+%s%N"], **QUIET},
+        }
+        with tempfile.TemporaryDirectory(prefix="bench-colonies-") as tmp:
+            config = Path(tmp) / "taskmasterd.json"
+            config.write_text(json.dumps({"colonies": {"host": "127.0.0.1", "port": port, "colony": COLONY_NAME}}))
+            with Daemon(Path(tmp), jobs, args=["--config", str(config)],
+                        env={"COLONIES_COLONY_PRVKEY": COLONY_PRVKEY}) as daemon:
+                for job in jobs:
+                    wait_for(lambda: daemon.status(job)["jobs"][0]["colonies"]["state"] == "polling", 30,
+                             what=f"{job} polling")
+                rows = asyncio.run(measure(port, user, args.count, args.samples, daemon, psutil.Process(server.pid)))
+    finally:
+        server.terminate()
+        server.wait()
+    width = max(map(len, rows))
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in {"measure": "result", **rows}.items()))
+
+
+if __name__ == "__main__":
+    main()
