@@ -17,8 +17,9 @@ import pytest
 from tests.support.daemon import Daemon
 
 SLEEPER = {"cmd": ["sleep", "1000"], "starttime": 0, "stdout": None, "stderr": None}
-# Ignores the stop signal (inherited across exec), so a stop lasts the whole stoptime.
-STUBBORN = {"cmd": ["sh", "-c", "trap '' TERM; exec sleep 1000"], "starttime": 0, "stoptime": 10,
+# Ignores the stop signal (inherited across exec), so a stop lasts the whole stoptime. The
+# starttime gives sh the moment it needs to install the trap before anyone may stop it.
+STUBBORN = {"cmd": ["sh", "-c", "trap '' TERM; exec sleep 1000"], "starttime": 0.5, "stoptime": 10,
             "autostart": False, "stdout": None, "stderr": None}
 JOBS = {"nginx": SLEEPER, "web": {**SLEEPER, "numprocs": 2}, "stubborn": STUBBORN}
 
