@@ -194,7 +194,7 @@ class Instance:
         self._spawn("backoff delay elapsed")
 
     def _escalate(self, why: str) -> None:
-        self._timer = None
+        self._cancel_timer()  # called directly by `kill`, the pending stoptime timer is moot
         if self.child is not None:
             self._stop_reason = "" if why == "kill command" else f"(SIGKILL: {why})"
             self.child.signal_group(signal.SIGKILL)
@@ -240,7 +240,7 @@ class Instance:
         up = self.state in (S.STARTING, S.RUNNING, S.STOPPING) and self.started_at is not None
         return {
             "index": self.index,
-            "state": self.state.value,
+            "state": self.state,  # a str enum: serializes as its name, compares equal to it
             "pid": self.child.pid if self.child else None,
             "since": round(self.since, 3),
             "uptime": round(now - self.started_at, 3) if up else None,

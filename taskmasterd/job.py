@@ -103,6 +103,8 @@ class Job:
     # --- reporting ------------------------------------------------------------------------------
 
     def state(self) -> str:
+        if len(self.instances) == 1:  # the common case, on the hot path of `status`
+            return self.instances[0].state
         return summarize([inst.state for inst in self.instances])
 
     def status(self, now: float) -> dict:
