@@ -6,7 +6,6 @@ found, each naming the file and the field. `host_errors` is the separate, system
 """
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import pwd
@@ -16,32 +15,9 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-SUFFIX = ".tm.json"
-MAX_NAME = 64
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 RESTART_POLICIES = ("always", "never", "unexpected")
 COLONIES_FUNCTIONS = ("run", "start", "stop", "restart", "status", "kill", "repair")
 DEFAULT_COLONIES_FUNCTIONS = ("run", "start", "stop", "restart", "status")
-
-
-def job_name_error(name: str) -> str | None:
-    """Why `name` cannot be a job name, or None. Guards every path built from a name."""
-    if not name:
-        return "a job name cannot be empty"
-    if len(name) > MAX_NAME:
-        return f"job name is longer than {MAX_NAME} characters"
-    if not _NAME_RE.match(name) or name.endswith(SUFFIX):
-        return f"invalid job name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
-    return None
-
-
-def job_name_from_filename(filename: str) -> str | None:
-    """The job a file in the jobs directory defines, or None for files the daemon ignores
-    (other suffixes, hidden files, editor temp files)."""
-    if not filename.endswith(SUFFIX) or filename.startswith("."):
-        return None
-    name = filename[: -len(SUFFIX)]
-    return None if job_name_error(name) else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +278,8 @@ def parse_job(name: str, raw: bytes, source: str) -> JobSpec:
                 problems.append(f"{source}: field {key!r} is an alias of {target!r}; give only one of them")
                 continue
         else:
+            import difflib  # only a misspelt file pays for it
+
             hint = difflib.get_close_matches(key, [*FIELDS, *ALIASES], n=1, cutoff=0.6)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
             problems.append(f"{source}: unknown field {key!r}{suggestion}")

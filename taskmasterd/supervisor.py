@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from .job import Job
-from .jobfile import SUFFIX, JobFileError, JobSpec, host_errors, job_name_from_filename, parse_job
+from .jobfile import JobFileError, JobSpec, host_errors, parse_job
 from .logcapture import LogFiles
+from .names import SUFFIX, job_name_from_filename
 from .orphans import ChildrenRegistry, stop_leftovers
 from .spawner import inherited_environment
 from .verbs import REDUNDANT, SUCCESS, Reply, fail

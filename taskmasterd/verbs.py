@@ -8,11 +8,10 @@ protocol's response names.
 from __future__ import annotations
 
 import enum
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from .jobfile import job_name_error
+from .names import job_name_error
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -97,4 +96,4 @@ async def dispatch(sup: Supervisor, verb: str, request: Request) -> Reply:
     if spec.needs_data and request.data is None:
         return fail(f"{verb} needs data")
     reply = spec.handler(sup, request)
-    return await reply if inspect.isawaitable(reply) else reply
+    return reply if isinstance(reply, Reply) else await reply

@@ -14,7 +14,7 @@ import os
 import struct
 from typing import Callable, Iterable
 
-from .jobfile import job_name_from_filename
+from .names import job_name_from_filename
 
 log = logging.getLogger("taskmasterd.watcher")
 

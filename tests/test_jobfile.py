@@ -4,13 +4,8 @@ import signal
 
 import pytest
 
-from taskmasterd.jobfile import (
-    JobFileError,
-    host_errors,
-    job_name_error,
-    job_name_from_filename,
-    parse_job,
-)
+from taskmasterd.jobfile import JobFileError, host_errors, parse_job
+from taskmasterd.names import job_name_error, job_name_from_filename
 
 SRC = "jobs/web.tm.json"
 
