@@ -166,8 +166,9 @@ class JobExecutor:
                 await self._sync_functions(key)
                 process = await shared.client.assign(self._colony, shared.timing.assign_timeout, key.prvkey)
             except ColoniesError as exc:
-                if not transient(exc):
-                    self._problem(f"executor {key.executorname!r}: assign refused ({exc.message}); registering again")
+                if not transient(exc):  # removed, or the server lost its data: register again
+                    log.warning("%s: executor %s: assign refused (%s); registering again",
+                                self.job.name, key.executorname, exc.message)
                     return
                 self._shared.outage.failed(exc)
                 await asyncio.sleep(self._backoff.next_delay())

@@ -82,6 +82,7 @@ class CommandRun:
         self._stderr = Tail(STDERR_TAIL)
         self._logs = LogBatch(LOG_BATCH, LOG_PENDING)
         self._pipes: list[tuple[asyncio.BaseTransport, _Pipe]] = []
+        self._flushing = asyncio.Lock()
 
     async def run(self) -> None:
         spec = self.job.spec  # a reload during the run applies to the next one
@@ -144,7 +145,7 @@ class CommandRun:
         elif watch in done:
             kind, why = "lost", watch.result()
         elif ship in done:
-            kind, why = "lost", str(ship.exception() or ship.result())
+            kind, why = "lost", str(ship.exception())  # it only ever ends by Lost
         else:
             kind, why = "timeout", f"maximum execution time of {maxexectime} s exceeded"
         log.info("%s: process %s: %s; stopping pid %d", spec.name, self.task.id, why, child.pid)
@@ -161,18 +162,20 @@ class CommandRun:
     async def _ship_logs(self) -> None:
         while True:
             await asyncio.sleep(self._timing.log_interval)
-            await self._flush(final=False)
+            # Shielded: stopping this task mid-send must not make the final flush send it again.
+            await asyncio.shield(self._flush(final=False))
 
     async def _flush(self, final: bool) -> None:
         """Send the output that is ready; raises Lost; a server away keeps it for the next time."""
-        while chunk := self._logs.peek(final):
-            try:
-                await self.task.add_log(chunk.decode("utf-8", "replace"))
-            except Lost:
-                raise
-            except ColoniesError:
-                return
-            self._logs.consume(len(chunk))
+        async with self._flushing:
+            while chunk := self._logs.peek(final):
+                try:
+                    await self.task.add_log(chunk.decode("utf-8", "replace"))
+                except Lost:
+                    raise
+                except ColoniesError:
+                    return
+                self._logs.consume(len(chunk))
 
     async def _drain(self, child: Child) -> None:
         child.kill_leftovers()  # like an instance: nothing of the group outlives the command
