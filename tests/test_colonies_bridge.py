@@ -73,27 +73,29 @@ class World:
 @contextlib.asynccontextmanager
 async def world(root: Path, jobs: dict[str, dict], colony_key: bool = True, before_open: Any = None,
                 **server_kwargs: Any) -> AsyncIterator[World]:
-    server = ColoniesTestServer(**server_kwargs)
-    await server.start("127.0.0.1", 0)
-    client = ColoniesClient("127.0.0.1", server.port, timeout=10)
+    servers = [ColoniesTestServer(**server_kwargs)]
+    await servers[0].start("127.0.0.1", 0)
+    client = ColoniesClient("127.0.0.1", servers[0].port, timeout=10)
     try:
         colony = await make_colony(client)
-        settings = ColoniesSettings(host="127.0.0.1", port=server.port, colony_name=COLONY_NAME,
+        settings = ColoniesSettings(host="127.0.0.1", port=servers[0].port, colony_name=COLONY_NAME,
                                     colony_prvkey=COLONY_PRVKEY if colony_key else None)
         async with supervised(root, jobs, watch=False) as sup:
             bridge = ColoniesBridge(sup, settings, FAST)
-            w = World(server, client, colony, sup, bridge)
+            w = World(servers[0], client, colony, sup, bridge)
             if before_open is not None:
                 await before_open(w)
             bridge.open()
             try:
                 yield w
             finally:
+                servers.append(w.server)  # a test may have replaced it
                 if bridge in sup.listeners:  # a test may have shut it down itself
                     await bridge.close()
     finally:
         await client.close()
-        await server.stop()
+        for server in servers:
+            await server.stop()
 
 
 def job(cmd: list[str] | str, **extra: Any) -> dict[str, Any]:
@@ -344,3 +346,50 @@ def test_daemon_with_pycolonies_user_and_no_key_leak(tmp_path: Path) -> None:
         stderr = d.stderr()
         assert "registered in colony dev" in stderr
         assert not any(key in stderr for key in (*keys, COLONY_PRVKEY))
+
+
+def test_taken_name_reload_and_bounded_output(tmp_path: Path) -> None:
+    jobs = {
+        "taken": job(["true"], colonies={"executorname": "someone-else"}),
+        "svc": job(["sh", "-c", "yes 0123456789 | head -n 200000"], colonies={"functions": ["run"]}),
+    }
+
+    async def squat(w: World) -> None:
+        await w.client.add_executor(COLONY_NAME, "someone-else", "x", derive_id(generate_prvkey()), COLONY_PRVKEY)
+
+    async def scenario() -> None:
+        async with world(tmp_path, jobs, before_open=squat, allow_reregister=False) as w:
+            await eventually(lambda: "is taken" in (w.executor("taken")["error"] or ""), what="taken reported")
+            assert w.executor("taken")["state"] == "error"
+            assert not (tmp_path / "state" / "colonies" / "taken.key").exists()
+
+            # 2.2 MB of output: `out` keeps a bounded tail, the logs carry the rest.
+            executor = await w.polling("svc")
+            done = await w.ended(await w.submit("svc"))
+            assert done["state"] == SUCCESS
+            out = done["out"][0]
+            assert out.startswith("[") and "earlier bytes are in the logs]\n" in out and len(out) < 70_000
+            assert out.endswith("0123456789\n0123456789\n")
+            assert 100_000 < len(await w.logs(done["processid"])) <= 2_200_000
+
+            user = w.colony.user_prvkey
+            svc = {"cmd": ["true"], "autostart": False, "colonies": {"functions": ["run", "status"]}}
+            assert (await w.sup.push("svc", json.dumps(svc).encode())).ok
+            done = await w.ended(await w.submit("svc", funcname="status"))
+            assert done["state"] == SUCCESS
+            functions = await w.client.get_functions(COLONY_NAME, user, executorname=executor["executor"])
+            assert sorted(f["funcname"] for f in functions) == ["run", "status"]
+
+            assert (await w.sup.push("svc", json.dumps({**svc, "colonies": False}).encode())).ok
+            assert w.executor("svc") == {}
+
+            async def unregistered() -> bool:
+                found = await w.client.get_executors(COLONY_NAME, user)
+                return any(e["executorname"] == executor["executor"] and e["state"] == UNREGISTERED for e in found)
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await unregistered():
+                assert asyncio.get_running_loop().time() < deadline, "executor still registered"
+                await asyncio.sleep(0.05)
+
+    run(scenario())
