@@ -104,7 +104,7 @@ class JobExecutor:
             await asyncio.gather(*late, return_exceptions=True)
         if unregister and self._shared.settings.colony_prvkey:
             if self._key is not None:
-                await self._unregister(self.executorname)
+                await self._unregister(self._key)
             await asyncio.to_thread(self._shared.keystore.remove, self.job.name)
         self.state = "closed"
 
@@ -223,7 +223,7 @@ class JobExecutor:
                 f"no executor key in {shared.keystore.path(self.job.name)}: without the colony key, register "
                 f"executor {self.executorname!r} (colonies executor add --approve) and put its private key there")
         if stored is not None and stored.executorname:
-            await self._unregister(stored.executorname)  # renamed in the job file
+            await self._unregister(stored)  # renamed in the job file
         key = ExecutorKey(self.executorname, generate_prvkey())
         await asyncio.to_thread(shared.keystore.save, self.job.name, key)  # before adding: a crash keeps it
         await self._ensure_approved(key, fresh=True)
@@ -279,13 +279,19 @@ class JobExecutor:
                 await client.add_function(self._colony, name, funcname, key.prvkey)
         self._functions = wanted
 
-    async def _unregister(self, name: str) -> None:
+    async def _unregister(self, key: ExecutorKey) -> None:
+        """Remove the executor under `key`'s name, but only once the server shows it is ours:
+        removal goes by name, and the name may belong to someone else."""
         colony_key = self._shared.settings.colony_prvkey
         assert colony_key is not None
+        name = key.executorname or ""
         try:
-            await asyncio.wait_for(self._shared.client.remove_executor(self._colony, name, colony_key),
-                                   self._shared.timing.close_patience)
-        except (ColoniesError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(self._shared.timing.close_patience):
+                current = await self._lookup(key)
+                if current is None or current.get("executorid") != key.executorid:
+                    return
+                await self._shared.client.remove_executor(self._colony, name, colony_key)
+        except (ColoniesError, TimeoutError) as exc:
             log.warning("%s: could not remove executor %s: %s", self.job.name, name, exc)
         else:
             log.info("%s: executor %s removed from colony %s", self.job.name, name, self._colony)
