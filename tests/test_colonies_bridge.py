@@ -111,6 +111,7 @@ def test_run_success_failure_logs_registration_and_unserved(tmp_path: Path) -> N
     jobs = {
         "echo": job(["sh", "-c", 'echo "$GREETING $*"; echo "to stderr" >&2', "sh"], env={"GREETING": "job"}),
         "fail": job(["sh", "-c", 'echo "line one" >&2; echo "boom $1" >&2; exit 3', "sh"], exitcodes=[0, 1]),
+        "missing": job(["/nonexistent/program"]),
     }
 
     async def scenario() -> None:
@@ -128,6 +129,11 @@ def test_run_success_failure_logs_registration_and_unserved(tmp_path: Path) -> N
             done = await w.ended(pid)
             assert done["state"] == FAILED
             assert done["errors"] == ["exited with code 3", "line one", "boom now"]
+
+            done = await w.ended(await w.submit("missing"))
+            assert done["errors"] == ["spawn error: no such file or directory: /nonexistent/program"]
+            done = await w.ended(await w.submit("echo", args=[{"not": "a word"}]))
+            assert done["state"] == FAILED and "neither a string nor a number" in done["errors"][0]
 
             pid = await w.submit("echo", funcname="kill")
             done = await w.ended(pid)
