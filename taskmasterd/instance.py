@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskmasterd.instance")
 S = State
+_UP = frozenset({S.STARTING, S.RUNNING, S.STOPPING})  # states in which uptime means something
 
 
 class Instance:
@@ -237,7 +238,7 @@ class Instance:
     # --- reporting ------------------------------------------------------------------------------
 
     def status(self, now: float) -> dict:
-        up = self.state in (S.STARTING, S.RUNNING, S.STOPPING) and self.started_at is not None
+        up = self.started_at is not None and self.state in _UP
         return {
             "index": self.index,
             "state": self.state,  # a str enum: serializes as its name, compares equal to it
