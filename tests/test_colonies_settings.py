@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from taskmasterd.colonies.settings import ColoniesSettings, from_sources, scrubbed_environ
+from taskmasterd.colonies.settings import ColoniesSettings, from_sources
+from taskmasterd.spawner import inherited_environment
 
 KEY = "ba949fa134981372d6da62b6a56f336ab4d843b22c02a4257dcf7d0d73097514"
 CONFIG = {"colonies": {"host": "colonies.lan", "port": 50080, "tls": True, "colony": "dev", "colony_prvkey": KEY}}
@@ -52,7 +53,7 @@ def test_repr_never_shows_the_key() -> None:
     assert "<set>" in repr(settings)
 
 
-def test_scrubbed_environ_drops_every_prvkey_variable() -> None:
+def test_children_never_inherit_a_prvkey_variable() -> None:
     environ = {
         "PATH": "/bin",
         "COLONIES_PRVKEY": "a",
@@ -60,4 +61,4 @@ def test_scrubbed_environ_drops_every_prvkey_variable() -> None:
         "COLONIES_SERVER_PRVKEY": "c",
         "COLONIES_COLONY_NAME": "dev",
     }
-    assert scrubbed_environ(environ) == {"PATH": "/bin", "COLONIES_COLONY_NAME": "dev"}
+    assert inherited_environment(environ) == {"PATH": "/bin", "COLONIES_COLONY_NAME": "dev"}

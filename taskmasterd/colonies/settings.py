@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 DEFAULT_PORT = 50080
-_PRVKEY_VAR = re.compile(r"^COLONIES_.*PRVKEY$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -60,11 +59,6 @@ class ColoniesSettings:
 
 
 from_sources = ColoniesSettings.from_sources
-
-
-def scrubbed_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment without any COLONIES_*PRVKEY variable, for children to inherit."""
-    return {name: value for name, value in environ.items() if not _PRVKEY_VAR.match(name)}
 
 
 def _port(value: Any) -> int:
