@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
+from .colonies.settings import ColoniesSettings
 from .config import ConfigError, resolve
 from .pidfile import LockedPidfile, PidfileLocked
 
@@ -11,7 +13,8 @@ from .pidfile import LockedPidfile, PidfileLocked
 def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve(argv)
-    except ConfigError as exc:
+        colonies = ColoniesSettings.from_sources({"colonies": config.colonies}, os.environ)
+    except (ConfigError, ValueError) as exc:
         print(f"taskmasterd: {exc}", file=sys.stderr)
         return 1
 
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config)
     raise_fd_limit()
     try:
-        return asyncio.run(run(config, listener))
+        return asyncio.run(run(config, listener, colonies))
     finally:
         if pidfile is not None:
             pidfile.__exit__(None, None, None)

@@ -42,7 +42,7 @@ def raise_fd_limit() -> None:
             pass
 
 
-async def run(config: DaemonConfig, listener: socket.socket) -> int:
+async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesSettings | None) -> int:
     from .server import ControlServer
 
     loop = asyncio.get_running_loop()
@@ -53,11 +53,6 @@ async def run(config: DaemonConfig, listener: socket.socket) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(supervisor)))
     loop.add_signal_handler(signal.SIGUSR2, supervisor.reopen_logs)
 
-    try:
-        colonies = ColoniesSettings.from_sources({"colonies": config.colonies}, os.environ)
-    except ValueError as exc:
-        log.error("colonies settings: %s", exc)
-        return 2
     await supervisor.open()
     bridge = None
     if colonies is not None:

@@ -180,3 +180,11 @@ def test_systemd_unit_verifies_clean(tmp_path):
     copy.write_text(unit.replace("/usr/local/bin/taskmasterd", installed))
     out = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "" and out.stderr.strip() == "", out.stderr
+
+
+def test_bad_colonies_settings_refuse_to_start_with_a_message(tmp_path):
+    config = tmp_path / "taskmasterd.json"
+    config.write_text(json.dumps({"colonies": {"host": "127.0.0.1", "port": "not-a-port", "colony": "dev"}}))
+    daemon = Daemon(tmp_path, {}, args=["--config", str(config)])
+    out = subprocess.run(daemon.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 1 and "port" in out.stderr

@@ -61,8 +61,9 @@ class Daemon:
         self.notify_sock.bind(self.notify_path)
         env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, **self.env}
         self.stderr_path = self.root / "daemon.stderr"
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "ab"))
+        with open(self.stderr_path, "ab") as stderr:  # the child keeps its own copy
+            self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=stderr)
         if wait:
             self.wait_notify("READY=1")
         return self
