@@ -10,12 +10,12 @@ import os
 import sys
 from typing import IO, Callable
 
+from taskmasterd.names import SUFFIX as JOB_SUFFIX
 from taskmasterd.verbs import VERBS, JobArg, Reply
 
 from .client import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, Client, ConnectionFailed
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2, 3
-JOB_SUFFIX = ".tm.json"
 NOWAIT_VERBS = ("start", "stop", "kill", "repair", "reload", "push")  # the verbs that wait (protocol.md)
 
 EXIT_HELP = """exit status:

@@ -40,7 +40,7 @@ class Instance:
         self.job = job
         self.index = index
         self.state = S.STOPPED
-        self.since = time.time()
+        self.since = round(time.time(), 3)
         self.description = "not started"
         self.child: Child | None = None
         self.started_at: float | None = None  # monotonic time of the current spawn
@@ -134,7 +134,7 @@ class Instance:
         old = self.state
         check_transition(old, new)
         self.state = new
-        self.since = time.time()
+        self.since = round(time.time(), 3)
         log.info("%s: %s -> %s (%s)", self.label, old.value, new.value, reason)
         changed, self._changed = self._changed, None
         if changed is not None and not changed.done():
@@ -243,8 +243,8 @@ class Instance:
             "index": self.index,
             "state": self.state,  # a str enum: serializes as its name, compares equal to it
             "pid": self.child.pid if self.child else None,
-            "since": round(self.since, 3),
-            "uptime": round(now - self.started_at, 3) if up else None,
+            "since": self.since,
+            "uptime": now - self.started_at if up else None,  # not rounded: `status` is a hot path
             "restarts": self.restarts,
             "exitcode": self.exitcode,
             "signal": self.signal,

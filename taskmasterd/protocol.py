@@ -241,9 +241,9 @@ class ReplyError(ValueError):
 LARGE_DOCUMENT = 16 * 1024
 
 
-def _loads_document(raw: bytes) -> Any:
-    """A big status (dozens of jobs or more) parses 4x faster with orjson; a small one is not worth
-    orjson's import time in a one-shot command."""
+def _loads(raw: bytes | str) -> Any:
+    """A big status (dozens of jobs or more) parses several times faster with orjson; a small one
+    is not worth orjson's import time in a one-shot command."""
     if len(raw) < LARGE_DOCUMENT:
         return json.loads(raw)
     import orjson
@@ -251,19 +251,29 @@ def _loads_document(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
+def _reply_b64(field: str, value: Any) -> bytes:
+    """The daemon's own base64 needs no strictness check (which costs 5x the decoding)."""
+    if not isinstance(value, str):
+        raise ValueError(f'field "{field}" must be a base64 string')
+    try:
+        return binascii.a2b_base64(value)
+    except binascii.Error:
+        raise ValueError(f'field "{field}" is not valid base64') from None
+
+
 def decode_reply(body: bytes) -> Reply:
     """One framed body from the daemon → Reply (`invalid` included); raises ReplyError."""
     try:
-        message = json.loads(body)
+        message = _loads(body)
         response = message["response"]
         error = message.get("error")
         if error is not None:
-            error = _unb64("error", error).decode("utf-8", "replace")
+            error = _reply_b64("error", error).decode("utf-8", "replace")
         if response in ("status", "list"):
-            return Reply(response, value=_loads_document(_unb64("data", message["data"])))
+            return Reply(response, value=_loads(_reply_b64("data", message["data"])))
         if response == "file":
-            job = _unb64("job", message["job"]).decode("utf-8", "replace")
-            return Reply(response, job=job, data=_unb64("data", message["data"]))
+            job = _reply_b64("job", message["job"]).decode("utf-8", "replace")
+            return Reply(response, job=job, data=_reply_b64("data", message["data"]))
         if not isinstance(response, str):
             raise ReplyError("the reply's response is not a string")
         return Reply(response, error=error)
