@@ -35,8 +35,6 @@ TRANSITIONS: dict[tuple[State, State], str] = {
 
 # Where an instance counts as up, for `start`'s "redundant" and the job summary.
 ACTIVE = frozenset({S.STARTING, S.RUNNING})
-# States a `start` waits to leave before it can answer.
-START_PENDING = frozenset({S.STARTING})
 # Order in which a job made of several instances reports its summary state: the most urgent first.
 SUMMARY_ORDER = (S.FATAL, S.BACKOFF, S.STARTING, S.STOPPING, S.RUNNING, S.EXITED, S.STOPPED)
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .support.daemon import ROOT, Daemon, free_port, pid_alive, wait_for, write_job
+from .support.daemon import ROOT, Daemon, free_port, pid_alive, wait_for
 
 SLEEP = {"cmd": "sleep 300", "starttime": 0}
 
