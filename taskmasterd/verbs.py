@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from .names import job_name_error
 
@@ -26,6 +26,10 @@ class Reply:
     value: Any = None  # JSON-able document of `status` and `list`
     data: bytes | None = None  # the file bytes of `file`
     job: str | None = None  # the job a `file` reply is about
+    # Set on the reply of a following verb (`logs` with follow, `events` with follow): after this
+    # reply the connection carries each Reply the iterator yields, until it ends or the client
+    # closes the connection; the server calls `aclose()` on it when the client goes away.
+    stream: AsyncIterator[Reply] | None = None
 
     @property
     def ok(self) -> bool:
