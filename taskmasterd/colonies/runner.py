@@ -11,11 +11,11 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..spawner import Child, child_environment, spawn, spawn_error_text
+from ..processes import Child
+from ..spawner import child_environment, launch_for, spawn_error_text
 from ..states import describe_exit, exit_is_expected
 from .assignment import Assignment, Lost
 from .client import ColoniesError
@@ -32,7 +32,8 @@ STDERR_TAIL = 8 * 1024
 STDERR_LINES = 20
 LOG_BATCH = 64 * 1024
 LOG_PENDING = 1024 * 1024
-PIPE_GRACE = 2.0  # after the exit, how long the pipes may take to hand over the rest
+PIPE_GRACE = 2.0
+RUN_ORIGIN = ("TASKMASTER_JOB", "COLONIES_PROCESS_ID")  # what marks a run's escaped descendants  # after the exit, how long the pipes may take to hand over the rest
 
 
 def command_args(args: Any) -> tuple[str, ...]:
@@ -90,19 +91,16 @@ class CommandRun:
             args = command_args(self.task.spec.get("args"))
             extra = {str(k): str(v) for k, v in (self.task.spec.get("env") or {}).items()}
             env = child_environment(spec, self.job.supervisor.base_environment,
-                                    {**extra, "COLONIES_PROCESS_ID": self.task.id})
+                                    {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id})
         except (ValueError, KeyError, AttributeError) as exc:
             await self.task.close(False, [f"cannot run {spec.name}: {exc}"])
             return
         child = await self._spawn(spec, args, env)
         if child is None:
             return
-        children = self.job.supervisor.children
-        children.record(child.pid, spec.stopsignal)  # a daemon crash must not leave it running
         try:
             end = await self._supervise(child, spec)
         finally:
-            children.forget(child.pid)
             await self._drain(child)
         await self._finish(spec, end)
 
@@ -110,12 +108,13 @@ class CommandRun:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            child = spawn(spec, env, out_w, err_w, args)
-        except (OSError, KeyError, ValueError, subprocess.SubprocessError) as exc:
+            # The daemon's process table owns it (journaled, stopped at shutdown, escapes included).
+            launch = launch_for(spec, env, args, origin=RUN_ORIGIN)
+            child = self.job.supervisor.processes.spawn(launch, out_w, err_w)
+        except Exception as exc:
             os.close(out_r)
             os.close(err_r)
-            text = spawn_error_text(exc) if isinstance(exc, OSError) else f"spawn error: {exc}"
-            await self.task.close(False, [text])
+            await self.task.close(False, [spawn_error_text(exc)])
             return None
         finally:
             os.close(out_w)
