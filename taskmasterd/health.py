@@ -1,21 +1,19 @@
-"""One instance's health checker: a timer between checks, a short task during one.
+"""One instance's health checker: a timer between checks, and during one a probe under a timeout.
 
 Between two checks nothing of it runs but a TimerHandle, so a thousand instances with a check
-every 10 s cost the loop a hundred short probes a second and nothing else. The checker knows
+every 10 s cost the loop a hundred short probes a second and nothing else. Every check ends by
+its timeout at the latest, whatever its probe does. The checker knows
 nothing of instances or jobs: it is given the check, a way to spawn a command, and a callback.
 """
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any, Callable
 
 from .health_state import Health, HealthTracker
-from .probes import Probe, ProbeResult, SpawnCheck, make_probe
+from .probes import Probe, ProbeResult, Running, SpawnCheck, make_probe
 from .readiness_spec import HealthCheckSpec
-
-log = logging.getLogger("taskmasterd.health")
 
 # (old, new, reason): "healthy", "unhealthy", "http 503"
 HealthChange = Callable[[Health, Health, str], None]
@@ -30,8 +28,12 @@ class HealthChecker:
         self.check = check
         self._probe: Probe = make_probe(check.probe, spawn_check)
         self._tracker: HealthTracker | None = None  # None: not started
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the next check
+        self._running: Running | None = None  # the check under way
+        self._deadline: asyncio.TimerHandle | None = None  # its timeout
+        self._checking = check  # the settings of the check under way
+        self._began = 0.0
+        self._under_way = False  # between _begin and _finished
         self.last: ProbeResult | None = None
         self.last_check: float | None = None  # wall-clock time the last check ended
 
@@ -51,12 +53,10 @@ class HealthChecker:
     def stop(self) -> None:
         """No more checks nor callbacks; a command being run is killed with its group."""
         self._tracker = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for handle in (self._timer, self._deadline, self._running):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._deadline = self._running = None
 
     def update(self, check: HealthCheckSpec, spawn_check: SpawnCheck | None = None) -> None:
         """New settings (a reload): they apply from the next check; the verdict so far stays."""
@@ -66,25 +66,32 @@ class HealthChecker:
 
     def _begin(self) -> None:
         self._timer = None
-        self._task = self._loop.create_task(self._run(self._tracker))
+        self._checking = self.check
+        self._began = self._loop.time()
+        self._under_way = True
+        running = self._probe(self._finished)
+        if self._under_way:  # not over at once, as a tcp check on loopback often is
+            self._running = running
+            self._deadline = self._loop.call_later(self._checking.timeout, self._timed_out)
 
-    async def _run(self, tracker: HealthTracker | None) -> None:
-        began = self._loop.time()
-        check = self.check
-        try:
-            result = await asyncio.wait_for(self._probe(), check.timeout)
-        except asyncio.TimeoutError:
-            result = ProbeResult(False, f"timed out after {check.timeout:g}s")
-        except Exception as exc:  # a probe's bug must not end the checking
-            log.exception("health check %s failed unexpectedly", check.probe.describe())
-            result = ProbeResult(False, f"check error: {exc}")
-        if tracker is not self._tracker:  # stopped or restarted meanwhile
-            return
-        self._task = None
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self._running is not None:
+            self._running.cancel()
+        self._finished(ProbeResult(False, f"timed out after {self._checking.timeout:g}s"))
+
+    def _finished(self, result: ProbeResult) -> None:
+        self._under_way = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._running = None
+        tracker = self._tracker
+        assert tracker is not None  # stop() cancels the check and its callbacks
         self.last, self.last_check = result, time.time()
         old = tracker.state
-        new = tracker.record(result.ok, began, check)
-        self._timer = self._loop.call_later(tracker.next_delay(check), self._begin)
+        new = tracker.record(result.ok, self._began, self._checking)
+        self._timer = self._loop.call_later(tracker.next_delay(self._checking), self._begin)
         if new is not None:
             self._on_change(old, new, result.detail)
 

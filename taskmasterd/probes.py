@@ -1,19 +1,24 @@
 """The three health probes: a tcp connect, an http GET, a command run as a child of the daemon.
 
-A probe is a coroutine function that answers one `ProbeResult`; it does not time itself out: the
-checker cancels it at its timeout, and a command probe then kills its whole process group.
+A probe starts one check and hands its result to a callback; it does not time itself out: the
+checker cancels it at its timeout (a command probe then kills its whole process group). The tcp
+probe runs on loop callbacks alone; the http and command probes, rarer, are short tasks.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Protocol
 
+from .connect import Connect, Outcome, Target, connect
 from .readiness_spec import CmdCheck, HttpCheck, TcpCheck, netloc
 from .spawner import Child, spawn, spawn_error_text
 from .states import describe_exit
@@ -21,9 +26,11 @@ from .states import describe_exit
 if TYPE_CHECKING:
     from .jobfile import JobSpec
 
+log = logging.getLogger("taskmasterd.health")
 OUTPUT_LIMIT = 4096  # of a command's output, the first bytes kept (Docker keeps as many)
 STATUS_LINE_LIMIT = 8192  # an http status line longer than this is a bad response
 KILL_GRACE = 5.0  # after SIGKILL to a check's group, how long its leader may take to be reaped
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: |\r?\n)")
 
 
@@ -34,7 +41,13 @@ class ProbeResult:
     output: str = ""  # a command's output (its first OUTPUT_LIMIT bytes)
 
 
-Probe = Callable[[], Awaitable[ProbeResult]]
+class Running(Protocol):
+    def cancel(self) -> Any: ...
+
+
+Done = Callable[[ProbeResult], None]
+# Starts one check: `done` gets its result, never after cancel(); maybe before the call returns.
+Probe = Callable[[Done], Running]
 # Starts `argv` as a process group with stdout and stderr on the fd; the owner of the daemon's
 # processes provides it (it decides the user, directory, environment and registry of the child).
 SpawnCheck = Callable[[tuple[str, ...], int], Child]
@@ -42,50 +55,77 @@ SpawnCheck = Callable[[tuple[str, ...], int], Child]
 
 def make_probe(check: CmdCheck | TcpCheck | HttpCheck, spawn_check: SpawnCheck | None = None) -> Probe:
     if isinstance(check, TcpCheck):
-        return lambda: _tcp(check)
+        target = Target.of(check.host, check.port)
+        return lambda done: Connect(target, lambda outcome: done(_tcp_result(outcome)), asyncio.get_running_loop())
     if isinstance(check, HttpCheck):
+        target = Target.of(check.host, check.port)
         request = (f"GET {check.target} HTTP/1.1\r\nHost: {netloc(check.host, check.port)}\r\n"
                    "User-Agent: taskmasterd-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n").encode()
-        return lambda: _http(check, request)
+        return _in_task(lambda: _http(target, request))
     if spawn_check is None:
         raise ValueError("a cmd health check needs a spawn function")
-    return lambda: _cmd(check, spawn_check)
+    return _in_task(lambda: _cmd(check, spawn_check))
+
+
+def _in_task(coroutine: Callable[[], Coroutine[Any, Any, ProbeResult]]) -> Probe:
+    def start(done: Done) -> Running:
+        def finished(task: asyncio.Task[ProbeResult]) -> None:
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is not None:  # a probe's bug must not end the checking
+                log.error("health check failed unexpectedly", exc_info=error)
+            done(task.result() if error is None else ProbeResult(False, f"check error: {error}"))
+
+        task = asyncio.get_running_loop().create_task(coroutine())
+        task.add_done_callback(finished)
+        return task
+
+    return start
 
 
 def _connect_failure(what: str, exc: OSError) -> ProbeResult:
-    if isinstance(exc, ConnectionRefusedError):
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
         return ProbeResult(False, f"{what} connect refused")
     if isinstance(exc, socket.gaierror):
         return ProbeResult(False, f"{what} cannot resolve the host: {exc.strerror or exc}")
     return ProbeResult(False, f"{what} connect failed: {exc.strerror or exc}")
 
 
-async def _tcp(check: TcpCheck) -> ProbeResult:
-    try:
-        transport, _ = await asyncio.get_running_loop().create_connection(asyncio.Protocol, check.host, check.port)
-    except OSError as exc:
-        return _connect_failure("tcp", exc)
-    transport.close()
+def _tcp_result(outcome: Outcome) -> ProbeResult:
+    if isinstance(outcome, OSError):
+        return _connect_failure("tcp", outcome)
+    # Closed with a reset (SO_LINGER 0), as kubelet and other probers do: nothing was sent, and
+    # a hundred checks a second would otherwise keep thousands of sockets in TIME_WAIT.
+    outcome.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    outcome.close()
     return ProbeResult(True, "tcp connected")
 
 
-async def _http(check: HttpCheck, request: bytes) -> ProbeResult:
+async def _http(target: Target, request: bytes) -> ProbeResult:
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.open_connection(check.host, check.port, limit=STATUS_LINE_LIMIT)
+        sock = await connect(target)
     except OSError as exc:
         return _connect_failure("http", exc)
+    head = b""
     try:
-        writer.write(request)
-        line = await reader.readline()  # only the status line is read: the rest is never buffered
-    except ValueError:  # longer than the limit
-        return ProbeResult(False, "http bad response: status line too long")
+        await loop.sock_sendall(sock, request)
+        while b"\n" not in head and len(head) < STATUS_LINE_LIMIT:  # only the status line is read
+            chunk = await loop.sock_recv(sock, STATUS_LINE_LIMIT - len(head))
+            if not chunk:
+                break
+            head += chunk
     except OSError as exc:
         return ProbeResult(False, f"http failed: {exc.strerror or exc}")
     finally:
-        writer.close()
-    found = _STATUS_LINE.match(line)
+        sock.close()
+    found = _STATUS_LINE.match(head)
     if found is None:
-        return ProbeResult(False, "http closed before a response" if not line else "http bad response")
+        if not head:
+            return ProbeResult(False, "http closed before a response")
+        too_long = b"\n" not in head and len(head) >= STATUS_LINE_LIMIT
+        return ProbeResult(False, "http bad response" + (": status line too long" if too_long else ""))
     code = int(found.group(1))
     return ProbeResult(200 <= code < 400, f"http {code}")
 

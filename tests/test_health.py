@@ -1,7 +1,9 @@
 """Health checks: Docker's rules as pure logic, then the checker with a real tcp listener, a real
 http server turning 503, and real check commands (one hanging, killed with its group)."""
 import asyncio
+import contextlib
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -96,6 +98,74 @@ def test_a_tcp_check_against_a_real_listener():
         assert await changes.wait(2) == (H.HEALTHY, H.UNHEALTHY, "tcp connect refused")
         checker.stop()
         assert checker.state is None
+
+    run(scenario())
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_tcp_check_on_a_listener_that_never_accepts_times_out_and_leaks_nothing():
+    async def scenario():
+        listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        port = listener.getsockname()[1]
+        queued = []
+        with contextlib.suppress(OSError):  # fill the accept queue: later handshakes never end
+            for _ in range(8):
+                queued.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
+        before = open_fds()
+        changes = Changes()
+        checker = make_checker(f'"tcp": "127.0.0.1:{port}", "timeout": 0.2, {FAST}', changes)
+        checker.start()
+        assert await changes.wait(1) == (H.STARTING, H.UNHEALTHY, "timed out after 0.2s")
+        checker.stop()
+        assert open_fds() == before
+        for sock in queued + [listener]:
+            sock.close()
+
+    run(scenario())
+
+
+def test_a_host_name_is_resolved_off_the_loop():
+    async def scenario():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        changes = Changes()
+        checker = make_checker(f'"tcp": "localhost:{server.sockets[0].getsockname()[1]}", {FAST}', changes)
+        checker.start()
+        assert await changes.wait(1) == (H.STARTING, H.HEALTHY, "tcp connected")
+        checker.stop()
+        server.close()
+
+    run(scenario())
+
+
+def test_each_address_of_a_name_is_tried_and_a_name_error_is_told(monkeypatch):
+    # The resolver is the one thing faked here ("localhost" has one address on this machine);
+    # the connects are real: a refused port first, then a listening one.
+    async def scenario():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        refused = socket.socket()
+        refused.bind(("127.0.0.1", 0))
+        addresses = {"two.test": [("127.0.0.1", refused.getsockname()[1]), ("127.0.0.1", port)]}
+
+        def resolve(host, _port, *args):
+            if host not in addresses:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", address) for address in addresses[host]]
+
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        changes = Changes()
+        checker = make_checker(f'"tcp": "two.test:1", {FAST}', changes)
+        checker.start()
+        assert await changes.wait(1) == (H.STARTING, H.HEALTHY, "tcp connected")
+        checker.update(healthcheck(f'"http": "http://nowhere.test/", {FAST}')[0])
+        assert await changes.wait(2) == (
+            H.HEALTHY, H.UNHEALTHY, "http cannot resolve the host: Name or service not known")
+        checker.stop()
+        refused.close()
+        server.close()
 
     run(scenario())
 
@@ -222,6 +292,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+async def gone(*pids: int) -> bool:
+    """SIGKILLed processes die when next scheduled: give them time (nothing tells us a stranger died)."""
+    deadline = time.monotonic() + 10
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return not any(map(alive, pids))
+
+
 async def pids_in(path: Path, count: int) -> list[int]:
     while len(words := (path.read_text().split() if path.exists() else [])) < count:
         await asyncio.sleep(0.02)
@@ -242,7 +320,7 @@ def test_a_hanging_command_check_is_killed_at_its_timeout_with_its_group(tmp_pat
         assert alive(leader) and alive(grandchild) and os.getpgid(grandchild) == leader
         assert await changes.wait(1) == (H.STARTING, H.UNHEALTHY, "timed out after 0.5s")
         assert 0.5 <= time.monotonic() - began < 10
-        assert not alive(leader) and not alive(grandchild)
+        assert await gone(leader, grandchild)
         checker.stop()
 
     run(scenario())
@@ -256,10 +334,7 @@ def test_stopping_the_checker_kills_a_command_being_run(tmp_path):
         checker.start()
         (leader,) = await pids_in(pids, 1)
         checker.stop()
-        deadline = time.monotonic() + 10
-        while alive(leader) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert not alive(leader)
+        assert await gone(leader)
 
     run(scenario())
 
