@@ -75,7 +75,11 @@ class Connect:
     def _try_next(self, error: OSError | None = None) -> None:
         while self._candidates:
             family, address = self._candidates.pop(0)
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            except OSError as exc:  # no descriptor left
+                error = exc
+                continue
             try:
                 code = sock.connect_ex(address)
             except OSError as exc:

@@ -2,8 +2,8 @@
 
 Between two checks nothing of it runs but a TimerHandle, so a thousand instances with a check
 every 10 s cost the loop a hundred short probes a second and nothing else. Every check ends by
-its timeout at the latest, whatever its probe does. The checker knows
-nothing of instances or jobs: it is given the check, a way to spawn a command, and a callback.
+its timeout at the latest, whatever its probe does. The checker knows nothing of instances or
+jobs: it is given the check, a way to spawn a command, and a callback.
 """
 from __future__ import annotations
 
@@ -69,7 +69,11 @@ class HealthChecker:
         self._checking = self.check
         self._began = self._loop.time()
         self._under_way = True
-        running = self._probe(self._finished)
+        try:
+            running = self._probe(self._finished)
+        except Exception as exc:  # e.g. no descriptor left for a socket: a failed check, not the end of checking
+            self._finished(ProbeResult(False, f"check error: {exc}"))
+            return
         if self._under_way:  # not over at once, as a tcp check on loopback often is
             self._running = running
             self._deadline = self._loop.call_later(self._checking.timeout, self._timed_out)

@@ -7,7 +7,6 @@ probe runs on loop callbacks alone; the http and command probes, rarer, are shor
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import re
@@ -68,24 +67,33 @@ def make_probe(check: CmdCheck | TcpCheck | HttpCheck, spawn_check: SpawnCheck |
 
 
 def _in_task(coroutine: Callable[[], Coroutine[Any, Any, ProbeResult]]) -> Probe:
-    def start(done: Done) -> Running:
-        def finished(task: asyncio.Task[ProbeResult]) -> None:
-            if task.cancelled():
-                return
-            error = task.exception()
-            if error is not None:  # a probe's bug must not end the checking
-                log.error("health check failed unexpectedly", exc_info=error)
-            done(task.result() if error is None else ProbeResult(False, f"check error: {error}"))
+    return lambda done: _TaskRun(coroutine(), done)
 
-        task = asyncio.get_running_loop().create_task(coroutine())
-        task.add_done_callback(finished)
-        return task
 
-    return start
+class _TaskRun:
+    """A check run as a task. Once cancelled it never calls back, even if its clean-up fails."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, ProbeResult], done: Done):
+        self._done: Done | None = done
+        self._task = asyncio.get_running_loop().create_task(coroutine)
+        self._task.add_done_callback(self._finished)
+
+    def cancel(self) -> None:
+        self._done = None
+        self._task.cancel()
+
+    def _finished(self, task: asyncio.Task[ProbeResult]) -> None:
+        done, self._done = self._done, None
+        if done is None or task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:  # a probe's bug must not end the checking
+            log.error("health check failed unexpectedly", exc_info=error)
+        done(task.result() if error is None else ProbeResult(False, f"check error: {error}"))
 
 
 def _connect_failure(what: str, exc: OSError) -> ProbeResult:
-    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+    if isinstance(exc, ConnectionRefusedError):  # OSError(ECONNREFUSED, …) is one too
         return ProbeResult(False, f"{what} connect refused")
     if isinstance(exc, socket.gaierror):
         return ProbeResult(False, f"{what} cannot resolve the host: {exc.strerror or exc}")

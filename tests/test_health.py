@@ -62,6 +62,27 @@ def test_failures_in_the_start_period_do_not_count_until_a_pass():
 # --- the checker ---------------------------------------------------------------------------------
 
 
+async def first_change(fields: str) -> tuple[Health, Health, str]:
+    """Run a checker until its first verdict."""
+    changes = Changes()
+    checker = make_checker(fields, changes)
+    checker.start()
+    try:
+        return await changes.wait(1)
+    finally:
+        checker.stop()
+
+
+@contextlib.asynccontextmanager
+async def listening():
+    """A real tcp listener on 127.0.0.1 that accepts and closes; yields its port."""
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
 class Changes:
     def __init__(self):
         self.seen: list[tuple[Health, Health, str]] = []
@@ -115,11 +136,8 @@ def test_a_tcp_check_on_a_listener_that_never_accepts_times_out_and_leaks_nothin
             for _ in range(8):
                 queued.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
         before = open_fds()
-        changes = Changes()
-        checker = make_checker(f'"tcp": "127.0.0.1:{port}", "timeout": 0.2, {FAST}', changes)
-        checker.start()
-        assert await changes.wait(1) == (H.STARTING, H.UNHEALTHY, "timed out after 0.2s")
-        checker.stop()
+        assert await first_change(f'"tcp": "127.0.0.1:{port}", "timeout": 0.2, {FAST}') == (
+            H.STARTING, H.UNHEALTHY, "timed out after 0.2s")
         assert open_fds() == before
         for sock in queued + [listener]:
             sock.close()
@@ -129,13 +147,9 @@ def test_a_tcp_check_on_a_listener_that_never_accepts_times_out_and_leaks_nothin
 
 def test_a_host_name_is_resolved_off_the_loop():
     async def scenario():
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-        changes = Changes()
-        checker = make_checker(f'"tcp": "localhost:{server.sockets[0].getsockname()[1]}", {FAST}', changes)
-        checker.start()
-        assert await changes.wait(1) == (H.STARTING, H.HEALTHY, "tcp connected")
-        checker.stop()
-        server.close()
+        async with listening() as port:
+            assert await first_change(f'"tcp": "localhost:{port}", {FAST}') == (
+                H.STARTING, H.HEALTHY, "tcp connected")
 
     run(scenario())
 
@@ -144,8 +158,10 @@ def test_each_address_of_a_name_is_tried_and_a_name_error_is_told(monkeypatch):
     # The resolver is the one thing faked here ("localhost" has one address on this machine);
     # the connects are real: a refused port first, then a listening one.
     async def scenario():
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        async with listening() as port:
+            await resolve_two(port)
+
+    async def resolve_two(port: int):
         refused = socket.socket()
         refused.bind(("127.0.0.1", 0))
         addresses = {"two.test": [("127.0.0.1", refused.getsockname()[1]), ("127.0.0.1", port)]}
@@ -165,25 +181,6 @@ def test_each_address_of_a_name_is_tried_and_a_name_error_is_told(monkeypatch):
             H.HEALTHY, H.UNHEALTHY, "http cannot resolve the host: Name or service not known")
         checker.stop()
         refused.close()
-        server.close()
-
-    run(scenario())
-
-
-def test_between_checks_only_a_timer_is_left():
-    async def scenario():
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        changes = Changes()
-        checker = make_checker(f'"tcp": "127.0.0.1:{port}", "start_interval": 0.05, "interval": 3600', changes)
-        checker.start()
-        await changes.wait(1)
-        await asyncio.sleep(0.05)
-        # No task waits for the next check: only the test's own tasks are left.
-        assert not [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("HealthChecker")]
-        assert checker._timer is not None
-        checker.stop()
-        server.close()
 
     run(scenario())
 
@@ -216,6 +213,22 @@ class TurningServer:
         self.server.close()
 
 
+def test_between_checks_nothing_runs_but_a_timer():
+    async def scenario():
+        async with TurningServer() as web:
+            before = asyncio.all_tasks()
+            changes = Changes()
+            checker = make_checker(f'"http": "http://127.0.0.1:{web.port}/", "start_interval": 0.05, '
+                                   '"interval": 3600', changes)
+            checker.start()
+            await changes.wait(1)  # the http check ran in a task of its own
+            await asyncio.sleep(0.05)
+            assert asyncio.all_tasks() - before == set()  # no task waits for the next check
+            checker.stop()
+
+    run(scenario())
+
+
 def test_an_http_check_against_a_server_turning_503():
     async def scenario():
         async with TurningServer() as web:
@@ -245,12 +258,8 @@ def test_an_http_check_against_a_broken_server(answer, reason):
     async def scenario():
         async with TurningServer() as web:
             web.answer = answer
-            changes = Changes()
             fields = f'"http": "http://127.0.0.1:{web.port}/", "timeout": 0.2, {FAST}'
-            checker = make_checker(fields, changes)
-            checker.start()
-            assert await changes.wait(1) == (H.STARTING, H.UNHEALTHY, reason)
-            checker.stop()
+            assert await first_change(fields) == (H.STARTING, H.UNHEALTHY, reason)
 
     run(scenario())
 
@@ -341,28 +350,22 @@ def test_stopping_the_checker_kills_a_command_being_run(tmp_path):
 
 def test_a_command_that_cannot_start_fails_the_check():
     async def scenario():
-        changes = Changes()
-        checker = make_checker(f'"cmd": "/nonexistent/check", {FAST}', changes)
-        checker.start()
-        assert await changes.wait(1) == (H.STARTING, H.UNHEALTHY,
-                                         "spawn error: no such file or directory: /nonexistent/check")
-        checker.stop()
+        assert await first_change(f'"cmd": "/nonexistent/check", {FAST}') == (
+            H.STARTING, H.UNHEALTHY, "spawn error: no such file or directory: /nonexistent/check")
 
     run(scenario())
 
 
 def test_new_settings_apply_from_the_next_check():
     async def scenario():
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        changes = Changes()
-        checker = make_checker(f'"tcp": "127.0.0.1:1", {FAST}', changes)
-        checker.start()
-        assert await changes.wait(1) == (H.STARTING, H.UNHEALTHY, "tcp connect refused")
-        checker.update(healthcheck(f'"tcp": "127.0.0.1:{port}", {FAST}')[0])
-        assert await changes.wait(2) == (H.UNHEALTHY, H.HEALTHY, "tcp connected")
-        assert checker.status()["check"] == f"tcp 127.0.0.1:{port}"
-        checker.stop()
-        server.close()
+        async with listening() as port:
+            changes = Changes()
+            checker = make_checker(f'"tcp": "127.0.0.1:1", {FAST}', changes)
+            checker.start()
+            assert await changes.wait(1) == (H.STARTING, H.UNHEALTHY, "tcp connect refused")
+            checker.update(healthcheck(f'"tcp": "127.0.0.1:{port}", {FAST}')[0])
+            assert await changes.wait(2) == (H.UNHEALTHY, H.HEALTHY, "tcp connected")
+            assert checker.status()["check"] == f"tcp 127.0.0.1:{port}"
+            checker.stop()
 
     run(scenario())
