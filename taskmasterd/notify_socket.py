@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from typing import Callable
 
 from .notify_message import MAX_DATAGRAM, Notification, parse_notification
@@ -37,13 +38,18 @@ PASSED_FDS_KEPT = 16  # room for passed fds to close; the kernel discards those 
 class NotifyDirectory:
     """The private directory of the notification sockets. Created, or taken over when it is a
     real directory of the daemon's user (never through a symlink); its mode is reset and the
-    sockets a previous daemon left are removed."""
+    sockets a previous daemon left are removed. Every directory above it must be safe too (see
+    `_check_ancestors`): sockets are bound by path, and a path is only as private as its parents."""
 
     def __init__(self, path: str):
-        self.path = os.path.abspath(path)
+        # The parents without symlinks, so the checked chain is the one sockets are bound in; the
+        # directory itself is never followed.
+        path = os.path.abspath(path)
+        self.path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
         if len(os.fsencode(self.path)) + 1 + _NAME_LENGTH > MAX_UNIX_PATH:
             raise ValueError(f"notify directory {self.path!r} is too long for a unix socket path "
                              f"(at most {MAX_UNIX_PATH - 1 - _NAME_LENGTH} bytes)")
+        _check_ancestors(os.path.dirname(self.path))
         try:
             os.mkdir(self.path, 0o711)
         except FileExistsError:
@@ -121,6 +127,24 @@ class NotifySocket:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+def _check_ancestors(directory: str) -> None:
+    """Refuse a directory another user could rename or replace a part of (OpenSSH's StrictModes
+    rule): each one from the root down is owned by root or the daemon, and writable by nobody
+    else unless sticky (as /tmp is: others may create entries there, never move ours)."""
+    me = os.geteuid()
+    path = directory
+    while True:
+        info = os.lstat(path)
+        if info.st_uid not in (0, me):
+            raise PermissionError(f"notify directory: {path!r} belongs to uid {info.st_uid}, who could replace it")
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise PermissionError(f"notify directory: {path!r} is writable by others and not sticky")
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
 
 
 def _close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> None:

@@ -81,6 +81,23 @@ def test_a_directory_of_another_user_is_refused(tmp_path):
         NotifyDirectory(str(tmp_path / "notify"))
 
 
+def test_a_directory_under_a_parent_others_can_write_is_refused(tmp_path):
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open").chmod(0o777)
+    with pytest.raises(PermissionError, match="writable by others and not sticky"):
+        NotifyDirectory(str(tmp_path / "open" / "notify"))
+    (tmp_path / "open").chmod(0o1777)  # sticky, like /tmp: others cannot move our entries
+    NotifyDirectory(str(tmp_path / "open" / "notify"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory of another user")
+def test_a_directory_under_a_parent_of_another_user_is_refused(tmp_path):
+    (tmp_path / "theirs").mkdir()
+    os.chown(tmp_path / "theirs", 65534, 65534)
+    with pytest.raises(PermissionError, match="belongs to uid 65534, who could replace it"):
+        NotifyDirectory(str(tmp_path / "theirs" / "notify"))
+
+
 def test_a_path_too_long_for_a_unix_socket_is_refused(tmp_path):
     with pytest.raises(ValueError, match="too long for a unix socket path"):
         NotifyDirectory(str(tmp_path / ("d" * 100)))
