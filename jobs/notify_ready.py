@@ -14,7 +14,7 @@ def notify(message: str) -> None:
             sock.sendto(message.encode(), "\0" + address[1:] if address.startswith("@") else address)
 
 
-time.sleep(float(os.environ.get("STARTUP_SECONDS", "1")))  # loading, connecting…
+time.sleep(float(os.environ.get("STARTUP_SECONDS", "0.5")))  # loading, connecting…
 notify("READY=1\nSTATUS=serving")
 watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
 while True:
