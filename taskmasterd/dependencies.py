@@ -8,9 +8,12 @@ every instance has exited with an expected code (a one-shot setup job).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from .readiness_spec import Dependency
+
+if TYPE_CHECKING:
+    from .jobfile import JobSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,16 @@ def waiting_text(depends_on: Iterable[Dependency], conditions_of: ConditionsOf) 
 
 
 Graph = Mapping[str, Iterable[str]]  # job -> the names it depends on (loaded or not)
+
+
+def dependency_graph(specs: Iterable[JobSpec]) -> dict[str, list[str]]:
+    return {spec.name: [d.job for d in spec.depends_on] for spec in specs}
+
+
+def cycle_problem(graph: Graph, name: str, source: str) -> str | None:
+    """The validation error of job `name` (its file `source`) when its dependencies close a cycle."""
+    cycle = find_cycle(graph, start=name)
+    return f'{source}: field "depends_on": a cycle: {describe_cycle(cycle)}' if cycle else None
 
 
 def find_cycle(graph: Graph, start: str | None = None) -> tuple[str, ...] | None:

@@ -2,12 +2,15 @@
 from taskmasterd.dependencies import (
     Standing,
     conditions_met,
+    cycle_problem,
+    dependency_graph,
     describe_cycle,
     find_cycle,
     stop_layers,
     unmet,
     waiting_text,
 )
+from taskmasterd.jobfile import parse_job
 from taskmasterd.readiness_spec import Dependency
 
 UP = Standing(running=True, healthy=True, completed=False)
@@ -45,6 +48,17 @@ def test_a_cycle_through_a_changed_job_is_found_from_it():
     assert find_cycle(graph, start="b") == ("b", "c", "a", "b")
     assert find_cycle({"a": ["b"], "b": [], "c": ["c"]}, start="a") is None  # c is not reached from a
     assert find_cycle(graph, start="unknown") is None
+
+
+def test_a_job_file_closing_a_cycle_gets_the_message_naming_it():
+    files = {"web": '["db"]', "db": '["cache"]', "cache": '[{"job": "web", "condition": "healthy"}]'}
+    specs = [parse_job(name, f'{{"cmd": "x", "depends_on": {deps}}}'.encode(), f"jobs/{name}.tm.json")
+             for name, deps in files.items()]
+    graph = dependency_graph(specs)
+    assert graph == {"web": ["db"], "db": ["cache"], "cache": ["web"]}
+    assert cycle_problem(graph, "cache", "jobs/cache.tm.json") == (
+        'jobs/cache.tm.json: field "depends_on": a cycle: cache -> web -> db -> cache')
+    assert cycle_problem(dependency_graph(specs[:2]), "db", "jobs/db.tm.json") is None
 
 
 def test_a_long_chain_does_not_exhaust_the_stack():
