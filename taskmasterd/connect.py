@@ -86,7 +86,10 @@ class Connect:
                 code = exc.errno or errno.EINVAL
             if code in (errno.EINPROGRESS, 0):
                 self._sock = sock
-                if code == 0 or _writable_now(sock):
+                events = select.POLLOUT if code == 0 else _poll_now(sock)
+                if events == select.POLLOUT:  # connected, and no error to ask SO_ERROR about
+                    self._finish(None)
+                elif events:
                     self._connected()
                 else:
                     self._loop.add_writer(sock.fileno(), self._writable)
@@ -128,10 +131,12 @@ class Connect:
             self._sock = None
 
 
-def _writable_now(sock: socket.socket) -> bool:
+def _poll_now(sock: socket.socket) -> int:
+    """The socket's events now (0: the connect is still under way)."""
     poller = select.poll()  # not select(): the daemon's descriptors go past FD_SETSIZE
     poller.register(sock.fileno(), select.POLLOUT)
-    return bool(poller.poll(0))
+    ready = poller.poll(0)
+    return ready[0][1] if ready else 0
 
 
 async def connect(target: Target) -> socket.socket:
