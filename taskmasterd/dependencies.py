@@ -21,7 +21,7 @@ class Standing:
     """What a dependant can observe of one instance."""
 
     running: bool  # RUNNING
-    healthy: bool  # RUNNING and not failing its health check (no check: RUNNING)
+    healthy: bool  # RUNNING and its health check says healthy (no health check: RUNNING)
     completed: bool  # EXITED with an expected code
 
 
