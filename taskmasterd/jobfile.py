@@ -14,6 +14,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec
+
 RESTART_POLICIES = ("always", "never", "unexpected")
 # Bounds: whatever a file says, the daemon stays responsive and its memory bounded.
 MAX_FILE = 1 << 20  # bytes of a job file
@@ -68,6 +70,12 @@ class JobSpec:
     umask: int | None = None
     user: str | None = None
     colonies: ColoniesSpec | None = field(default_factory=ColoniesSpec)  # None: kept off ColonyOS
+    depends_on: tuple[Dependency, ...] = ()
+    ready: str = "starttime"  # or "notify", "healthy"
+    ready_timeout: float | None = None  # None: starttime
+    healthcheck: HealthCheckSpec | None = None
+    on_unhealthy: str = "restart"  # or "none"
+    watchdog: float | None = None  # seconds without WATCHDOG=1 before a restart
 
     def spawn_settings(self) -> tuple[Any, ...]:
         """What a running instance was started with: a change here needs a restart."""
@@ -283,6 +291,7 @@ FIELDS: dict[str, _Converter] = {
     "umask": _umask,
     "user": _user,
     "colonies": _colonies,
+    **READINESS_FIELDS,  # depends_on, ready, ready_timeout, healthcheck, on_unhealthy, watchdog
 }
 # Names used by files written for the original Taskmaster daemon: alias -> (field, converter).
 ALIASES: dict[str, tuple[str, _Converter]] = {
