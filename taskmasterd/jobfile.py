@@ -111,7 +111,9 @@ class _Bad(Exception):
 
 def _got(value: Any, limit: int = 80) -> str:
     """The offending value as JSON, short, and always encodable (a message goes into replies)."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, _NonFinite):
+        return value.name
+    text = json.dumps(value, ensure_ascii=False, default=lambda v: v.name if isinstance(v, _NonFinite) else str(v))
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -309,8 +311,11 @@ ALIASES: dict[str, tuple[str, _Converter]] = {
 _SPEC_FIELD = {"cmd": "argv"}
 
 
-def _refuse_constant(name: str) -> Any:
-    raise _Bad(f"{name} is not a number a job file may use")
+class _NonFinite:
+    """What NaN/Infinity parse to: no converter accepts it, so the message names its field."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -327,8 +332,7 @@ def _load(raw: bytes, source: str) -> Any:
     if len(raw) > MAX_FILE:
         raise JobFileError([f"{source}: larger than {MAX_FILE} bytes"])
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant,
-                          object_pairs_hook=_refuse_duplicates)
+        return json.loads(raw.decode("utf-8"), parse_constant=_NonFinite, object_pairs_hook=_refuse_duplicates)
     except UnicodeDecodeError as exc:
         raise JobFileError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
     except json.JSONDecodeError as exc:

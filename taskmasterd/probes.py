@@ -13,13 +13,13 @@ import re
 import signal
 import socket
 import struct
-import subprocess
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Protocol
 
 from .connect import Connect, Outcome, Target, connect
 from .readiness_spec import CmdCheck, HttpCheck, TcpCheck, netloc
-from .spawner import Child, spawn, spawn_error_text
+from .processes import Child, ProcessTable
+from .spawner import INSTANCE_ORIGIN, launch_for, spawn_error_text
 from .states import describe_exit
 
 if TYPE_CHECKING:
@@ -178,9 +178,9 @@ async def _cmd(check: CmdCheck, spawn_check: SpawnCheck) -> ProbeResult:
     output = _Output(read_fd, loop)
     try:
         child = spawn_check(check.argv, write_fd)
-    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+    except Exception as exc:
         output.close()
-        return ProbeResult(False, spawn_error_text(exc) if isinstance(exc, OSError) else f"spawn error: {exc}")
+        return ProbeResult(False, spawn_error_text(exc))
     finally:
         os.close(write_fd)
     try:
@@ -195,7 +195,16 @@ async def _cmd(check: CmdCheck, spawn_check: SpawnCheck) -> ProbeResult:
     return ProbeResult(returncode == 0, detail, text)
 
 
-def job_check_spawner(spec: JobSpec, env: Mapping[str, str]) -> SpawnCheck:
+CHECK_ORIGIN = (*INSTANCE_ORIGIN, "TASKMASTER_CHECK")  # a check's escapes, not its instance's
+
+
+def job_check_spawner(processes: ProcessTable, spec: JobSpec, env: Mapping[str, str]) -> SpawnCheck:
     """A command check runs like the job's own processes: its user, directory, umask and
-    environment, in its own process group, through `spawner.spawn`."""
-    return lambda argv, output_fd: spawn(replace(spec, argv=argv), env, output_fd, output_fd)
+    environment, in its own process group, owned by the daemon's process table."""
+    check_env = {**env, "TASKMASTER_CHECK": "1"}
+
+    def spawn_check(argv: tuple[str, ...], output_fd: int) -> Child:
+        launch = launch_for(replace(spec, argv=argv), check_env, origin=CHECK_ORIGIN)
+        return processes.spawn(launch, output_fd, output_fd)
+
+    return spawn_check

@@ -13,6 +13,7 @@ from taskmasterd.health import HealthChecker
 from taskmasterd.health_state import Health, HealthTracker
 from taskmasterd.jobfile import parse_job
 from taskmasterd.probes import OUTPUT_LIMIT, job_check_spawner
+from taskmasterd.processes import ProcessTable
 from taskmasterd.readiness_spec import HealthCheckSpec, TcpCheck
 from tests.support.supervised import run
 
@@ -24,7 +25,7 @@ def healthcheck(fields: str, job: str = ""):
     """A job file's `"healthcheck": {fields}` (and more of the file in `job`), and a spawn function
     with the job's settings."""
     spec = parse_job("web", f'{{"cmd": "x", "healthcheck": {{{fields}}}{job}}}'.encode(), "jobs/web.tm.json")
-    return spec.healthcheck, job_check_spawner(spec, {"PATH": os.environ["PATH"], **dict(spec.env)})
+    return spec.healthcheck, job_check_spawner(ProcessTable(), spec, {"PATH": os.environ["PATH"], **dict(spec.env)})
 
 
 def make_checker(fields: str, changes, job: str = "") -> HealthChecker:

@@ -43,8 +43,9 @@ def test_any_document_of_known_fields_gives_a_spec_or_a_job_file_error(document)
 
 @pytest.mark.parametrize("raw, expected", [
     (b'{"cmd": "x", "user": "\xc2\xb2"}', None),  # "²" is a name (no such user), not a uid
-    (b'{"cmd": "x", "starttime": NaN}', "NaN is not a number"),
-    (b'{"cmd": "x", "stoptime": Infinity}', "Infinity is not a number"),
+    (b'{"cmd": "x", "starttime": NaN}', 'field "starttime": must be a number of seconds from 0 to 86400, got NaN'),
+    (b'{"cmd": "x", "stoptime": Infinity}', 'field "stoptime": must be a number of seconds from 0 to 86400, got Infinity'),
+    (b'{"cmd": "x", "env": {"A": NaN}}', "variable 'A' must be a string or a number, got NaN"),
     (b'{"cmd": "x", "stoptime": 1e400}', "must be a number of seconds"),
     (b'{"cmd": "x", "starttime": 86401}', "from 0 to 86400"),
     (b'{"cmd": "x", "numprocs": 1e9}', "must be an integer"),

@@ -118,7 +118,7 @@ def test_a_check_command_follows_the_cmd_rules():
     assert parse('"healthcheck": {"cmd": ["sh", "-c", "exit 0"]}').healthcheck.probe.argv == ("sh", "-c", "exit 0")
     assert '"cmd" must be a string or a list of strings' in problem('"healthcheck": {"cmd": [1]}')
     assert '"cmd" must name a program' in problem('"healthcheck": {"cmd": ""}')
-    assert '"cmd" must not contain NUL bytes' in problem('"healthcheck": {"cmd": ["a\\u0000b"]}')
+    assert 'field "healthcheck": contains a NUL byte' in problem('"healthcheck": {"cmd": ["a\\u0000b"]}')
 
 
 def test_depends_on_names_and_objects():
