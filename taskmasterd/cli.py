@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     elif pidfile is not None:
         pidfile.__enter__()
 
-    setup_logging(config)
+    log_writer = setup_logging(config)
     raise_fd_limit()
     try:
         return asyncio.run(run(config, listener, colonies))
     finally:
+        log_writer.stop()  # writes out what is still queued
         if pidfile is not None:
             pidfile.__exit__(None, None, None)
 

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import logging.handlers
 import os
+import queue
 import resource
 import signal
 import socket
@@ -18,7 +19,9 @@ from .supervisor import Supervisor
 log = logging.getLogger("taskmasterd")
 
 
-def setup_logging(config: DaemonConfig) -> None:
+def setup_logging(config: DaemonConfig) -> logging.handlers.QueueListener:
+    """The daemon's log, written by a thread of its own: a slow terminal, journald or disk never
+    blocks the event loop (a log call only queues the record). Stop the returned listener last."""
     if config.daemon:
         os.makedirs(config.log_dir, exist_ok=True)
         # Watched: after logrotate moves the file, the next line goes to a fresh one.
@@ -26,9 +29,13 @@ def setup_logging(config: DaemonConfig) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(config.log_level)
+    listener.start()
+    return listener
 
 
 def raise_fd_limit() -> None:
