@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Protocol
 
+from .instance import Instance
 from .job import Job
 from .jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
 from .jobsdir import JobsDirectory
@@ -242,35 +243,35 @@ class Supervisor:
             return fail(f'job "{name}" does not exist')
         return job
 
-    def _targets(self, job: Job, index: int | None) -> list | Reply:
-        if index is None:
-            return job.active
-        if not 0 <= index < job.spec.numprocs:
-            return fail(f'job "{job.name}" has no instance {index} (numprocs is {job.spec.numprocs})')
-        return [job.instances[index]]
+    async def _act(self, name: str, index: int | None, act: Callable[[Instance], bool],
+                   retired_too: bool = False) -> tuple[Job, list[Instance]] | Reply:
+        """Under the job's lock, `act` on its instances (or on instance `index`); the job and the
+        instances it acted on, or the failure reply. `retired_too`: also the retired ones still
+        stopping (a stop or kill reaches them)."""
+        async with self._locks.hold(name):
+            job = self._job(name)
+            if isinstance(job, Reply):
+                return job
+            if index is None:
+                targets = list(job.instances if retired_too else job.active)
+            elif 0 <= index < job.spec.numprocs:
+                targets = [job.instances[index]]
+            else:
+                return fail(f'job "{name}" has no instance {index} (numprocs is {job.spec.numprocs})')
+            return job, [inst for inst in targets if act(inst)]
 
     async def start(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
-        async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            targets = self._targets(job, index)
-            if isinstance(targets, Reply):
-                return targets
-            starting = [inst for inst in targets if inst.start()]
-        if not starting:
-            return REDUNDANT
-        return await _settled_start(job, starting, nowait)
+        outcome = await self._act(name, index, Instance.start)
+        if isinstance(outcome, Reply):
+            return outcome
+        job, started = outcome
+        return await _settled_start(job, started, nowait) if started else REDUNDANT
 
     async def stop(self, name: str, nowait: bool = False, kill: bool = False, index: int | None = None) -> Reply:
-        async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            targets = job.instances if index is None else self._targets(job, index)
-            if isinstance(targets, Reply):
-                return targets
-            stopping = [inst for inst in list(targets) if inst.stop(kill)]
+        outcome = await self._act(name, index, lambda inst: inst.stop(kill), retired_too=True)
+        if isinstance(outcome, Reply):
+            return outcome
+        job, stopping = outcome
         if not stopping:
             return REDUNDANT
         if not nowait:
@@ -282,25 +283,17 @@ class Supervisor:
 
     async def signal(self, name: str, sig: int, index: int | None = None) -> Reply:
         """`sig` to the process group of every running instance (or of instance `index`)."""
-        async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            targets = self._targets(job, index)
-            if isinstance(targets, Reply):
-                return targets
-            reached = [inst for inst in targets if inst.signal_processes(sig)]
-        return SUCCESS if reached else REDUNDANT
+        outcome = await self._act(name, index, lambda inst: inst.signal_processes(sig))
+        if isinstance(outcome, Reply):
+            return outcome
+        return SUCCESS if outcome[1] else REDUNDANT
 
     async def repair(self, name: str, nowait: bool = False) -> Reply:
-        async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            repaired = [inst for inst in job.active if inst.repair()]
-        if not repaired:
-            return REDUNDANT
-        return await _settled_start(job, repaired, nowait)
+        outcome = await self._act(name, None, Instance.repair)
+        if isinstance(outcome, Reply):
+            return outcome
+        job, repaired = outcome
+        return await _settled_start(job, repaired, nowait) if repaired else REDUNDANT
 
     def status(self, name: str | None = None, index: int | None = None) -> Reply:
         now = time.monotonic()
