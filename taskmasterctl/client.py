@@ -14,7 +14,7 @@ import select
 import socket
 
 from taskmasterd.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
-from taskmasterd.verbs import Reply
+from taskmasterd.reply import Reply
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777

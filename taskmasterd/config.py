@@ -23,6 +23,7 @@ class DaemonConfig:
     max_connections: int = 1024
     idle_timeout: float = 300.0
     colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
+    config_file: str | None = None  # the --config file read, for status's `daemon` object (not a setting)
 
     def absolutize(self) -> None:
         """Daemon mode changes directory to /: resolve every path against the caller's cwd first."""
@@ -36,6 +37,7 @@ class ConfigError(ValueError):
     pass
 
 
+_COMMAND_LINE_ONLY = {"config_file"}
 _TYPES = {"port": int, "max_connections": int, "idle_timeout": (int, float), "daemon": bool, "colonies": dict}
 
 
@@ -49,7 +51,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: must be a JSON object")
-    known = {f.name for f in fields(DaemonConfig)}
+    known = {f.name for f in fields(DaemonConfig)} - _COMMAND_LINE_ONLY
     for key, value in document.items():
         if key not in known:
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
@@ -90,6 +92,6 @@ def resolve(argv: list[str] | None = None) -> DaemonConfig:
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
-    config = DaemonConfig(**settings)
+    config = DaemonConfig(**settings, config_file=os.path.abspath(args.config) if args.config else None)
     config.absolutize()
     return config

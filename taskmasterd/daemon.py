@@ -9,11 +9,17 @@ import resource
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
+from .daemonhandle import DaemonHandle
+from .daemonlog import RingHandler
 from .sdnotify import notify
 from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from .colonies.bridge import ColoniesBridge
 
 log = logging.getLogger("taskmasterd")
 
@@ -25,9 +31,12 @@ def setup_logging(config: DaemonConfig) -> None:
         handler: logging.Handler = logging.handlers.WatchedFileHandler(os.path.join(config.log_dir, "taskmasterd.log"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    ring = RingHandler()  # the last lines in memory, for `maintail` (foreground mode too)
+    ring.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, ring]
     root.setLevel(config.log_level)
 
 
@@ -60,6 +69,17 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
 
         bridge = ColoniesBridge(supervisor, colonies)
         bridge.open()
+    jobs_stopped: asyncio.Task[None] | None = None
+
+    async def stop_jobs() -> None:
+        """Once, whether SIGTERM or the `shutdown` verb asked first: the bridge, then every job."""
+        nonlocal jobs_stopped
+        if jobs_stopped is None:
+            jobs_stopped = loop.create_task(_stop_jobs(supervisor, bridge))
+        await asyncio.shield(jobs_stopped)
+
+    dirs = {"jobs_dir": config.jobs_dir, "log_dir": config.log_dir, "state_dir": config.state_dir}
+    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stopping.set)
     server = ControlServer(supervisor, max_connections=config.max_connections, idle_timeout=config.idle_timeout)
     await server.start(listener)
     host, port = listener.getsockname()[:2]
@@ -71,10 +91,14 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
     log.info("shutting down")
     notify("STOPPING=1")
     await server.close()
+    await stop_jobs()
+    return 0
+
+
+async def _stop_jobs(supervisor: Supervisor, bridge: ColoniesBridge | None) -> None:
     if bridge is not None:
         await bridge.close()
     await supervisor.shutdown()
-    return 0
 
 
 async def _reload(supervisor: Supervisor) -> None:

@@ -99,6 +99,12 @@ class Instance:
         self._timer = asyncio.get_running_loop().call_later(spec.stoptime, self._escalate, "stoptime elapsed")
         return True
 
+    def send_signal(self, signum: int) -> bool:
+        """Operator's hook (`signal` verb): `signum` to the process group; False when nothing runs."""
+        if self.child is None:
+            return False
+        return self.child.signal_group(signum)
+
     def repair(self) -> bool:
         """Start again if broken (FATAL, BACKOFF, crashed) or meant to run but not running."""
         broken = self.state in (S.FATAL, S.BACKOFF) or (
@@ -136,6 +142,7 @@ class Instance:
         self.state = new
         self.since = round(time.time(), 3)
         log.info("%s: %s -> %s (%s)", self.label, old.value, new.value, reason)
+        self.job.supervisor.events.publish_state(self.job.name, self.index, old, new, reason, self.since)  # operator's hook
         changed, self._changed = self._changed, None
         if changed is not None and not changed.done():
             changed.set_result(new)
@@ -249,4 +256,6 @@ class Instance:
             "exitcode": self.exitcode,
             "signal": self.signal,
             "description": self.description,
+            # operator's hook: meant to be up now (a finished run with an expected exit is not)
+            "wanted": self.wanted and not (self.state is S.EXITED and self._last_exit_expected()),
         }

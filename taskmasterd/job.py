@@ -39,10 +39,12 @@ class Job:
     def stop_all(self, kill: bool = False) -> bool:
         return any([inst.stop(kill) for inst in self.instances])
 
-    async def wait_started(self) -> str | None:
-        """Wait for every instance to settle after a start; the first failure's reason, or None."""
-        await asyncio.gather(*(inst.wait_until(Instance.start_settled) for inst in self.instances))
-        for inst in self.instances:
+    async def wait_started(self, instances: list[Instance] | None = None) -> str | None:
+        """Wait for every instance (or those given) to settle after a start; the first failure's
+        reason, or None."""
+        instances = self.instances if instances is None else instances
+        await asyncio.gather(*(inst.wait_until(Instance.start_settled) for inst in instances))
+        for inst in instances:
             if inst.state in (State.BACKOFF, State.FATAL):
                 return f"{inst.label}: {inst.description}"
             if inst.state is State.STOPPED:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .verbs import VERBS, Reply, Request
+from .reply import Reply
+
+if TYPE_CHECKING:
+    from .verbs import Request
 
 TERMINATOR = b";;"
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes before the terminator; more is refused and the link closed
@@ -155,6 +158,8 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
     `null` counts as absent."""
     import orjson
 
+    from .verbs import VERBS, Request
+
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -196,20 +201,23 @@ _CONSTANT_REPLIES = {
 def encode_reply(reply: Reply) -> bytes:
     """A Reply as the bytes on the wire, terminator included."""
     constant = _CONSTANT_REPLIES.get(reply.response)
-    if constant is not None:
+    if constant is not None and reply.value is None:
         return constant
     import orjson
 
     wire: dict[str, str] = {"response": reply.response}
-    if reply.response == "status":
+    if reply.response in ("status", "events"):
         wire["data"] = _b64(orjson.dumps(reply.value))
     elif reply.response == "list":
         wire["list"] = wire["data"] = _b64(orjson.dumps(reply.value))
     elif reply.response == "file":
         wire["job"] = _b64((reply.job or "").encode("utf-8"))
         wire["data"] = _b64(reply.data or b"")
-    elif reply.error is not None:  # fail, invalid
-        wire["error"] = _b64(reply.error.encode("utf-8"))
+    else:  # success, redundant, fail, invalid
+        if reply.error is not None:
+            wire["error"] = _b64(reply.error.encode("utf-8"))
+        if reply.value is not None:  # extension: per-target results, the reload report
+            wire["data"] = _b64(orjson.dumps(reply.value))
     return orjson.dumps(wire) + TERMINATOR
 
 
@@ -269,13 +277,14 @@ def decode_reply(body: bytes) -> Reply:
         error = message.get("error")
         if error is not None:
             error = _reply_b64("error", error).decode("utf-8", "replace")
-        if response in ("status", "list"):
+        if response in ("status", "list", "events"):
             return Reply(response, value=_loads(_reply_b64("data", message["data"])))
         if response == "file":
             job = _reply_b64("job", message["job"]).decode("utf-8", "replace")
             return Reply(response, job=job, data=_reply_b64("data", message["data"]))
         if not isinstance(response, str):
             raise ReplyError("the reply's response is not a string")
-        return Reply(response, error=error)
+        data = message.get("data")  # extension on success/redundant/fail: a JSON document
+        return Reply(response, error=error, value=None if data is None else _loads(_reply_b64("data", data)))
     except (ValueError, TypeError, KeyError) as exc:
         raise ReplyError(f"malformed reply from the daemon: {exc}") from None

@@ -12,15 +12,20 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
+from .events import EventBus
+from .instance import Instance
 from .job import Job
 from .jobfile import JobFileError, JobSpec, host_errors, parse_job
 from .logcapture import LogFiles
 from .names import SUFFIX, job_name_from_filename
 from .orphans import ChildrenRegistry, stop_leftovers
 from .spawner import inherited_environment
-from .verbs import REDUNDANT, SUCCESS, Reply, fail
+from .reply import REDUNDANT, SUCCESS, Reply, fail
+
+if TYPE_CHECKING:
+    from .daemonhandle import DaemonHandle
 
 log = logging.getLogger("taskmasterd")
 
@@ -51,6 +56,8 @@ class Supervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self._watcher = None
         self.closing = False
+        self.events = EventBus()  # operator's hook: every state change, for `events` (Instance._enter)
+        self.daemon: DaemonHandle | None = None  # operator's hook: set by daemon.py (`shutdown`, status's `daemon`)
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -179,37 +186,60 @@ class Supervisor:
     def _job(self, name: str) -> Job | Reply:
         job = self.jobs.get(name)
         if job is None:
+            if name in self.invalid:  # operator's hook: the same words in list, status and start
+                return fail(f'job "{name}" is not loaded: its file is invalid: {self.invalid[name]}')
             return fail(f'job "{name}" does not exist')
         return job
 
-    async def start(self, name: str, nowait: bool = False) -> Reply:
+    def instances_of(self, name: str, index: int | None) -> tuple[Job, list[Instance]] | Reply:
+        """Operator's hook: the job and the instances a verb acts on — all, or only `index` (name:N)."""
         job = self._job(name)
         if isinstance(job, Reply):
             return job
-        if not job.start_all():
-            return REDUNDANT
-        return await _settled_start(job, nowait)
+        if index is None:
+            return job, job.instances
+        if index >= len(job.instances):
+            return fail(f'job "{name}" has no instance {index}')
+        return job, [job.instances[index]]
 
-    async def stop(self, name: str, nowait: bool = False, kill: bool = False) -> Reply:
-        job = self._job(name)
-        if isinstance(job, Reply):
-            return job
-        if not job.stop_all(kill):
+    async def start(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        found = self.instances_of(name, index)
+        if isinstance(found, Reply):
+            return found
+        job, instances = found
+        if not any([inst.start() for inst in instances]):
+            return REDUNDANT
+        return await _settled_start(job, nowait, instances)
+
+    async def stop(self, name: str, nowait: bool = False, kill: bool = False, index: int | None = None) -> Reply:
+        found = self.instances_of(name, index)
+        if isinstance(found, Reply):
+            return found
+        job, instances = found
+        if not any([inst.stop(kill) for inst in instances]):
             return REDUNDANT
         if not nowait:
-            await job.wait_stopped()
+            await job.wait_stopped(instances)
         return SUCCESS
 
-    async def kill(self, name: str, nowait: bool = False) -> Reply:
-        return await self.stop(name, nowait, kill=True)
+    async def kill(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        return await self.stop(name, nowait, kill=True, index=index)
 
-    async def repair(self, name: str, nowait: bool = False) -> Reply:
-        job = self._job(name)
-        if isinstance(job, Reply):
-            return job
-        if not any([inst.repair() for inst in job.instances]):
+    async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        found = self.instances_of(name, index)
+        if isinstance(found, Reply):
+            return found
+        job, instances = found
+        if not any([inst.repair() for inst in instances]):
             return REDUNDANT
-        return await _settled_start(job, nowait)
+        return await _settled_start(job, nowait, instances)
+
+    def signal(self, name: str, signum: int, index: int | None = None) -> Reply:
+        """Operator's hook: `signum` to the process group of every running instance."""
+        found = self.instances_of(name, index)
+        if isinstance(found, Reply):
+            return found
+        return SUCCESS if any([inst.send_signal(signum) for inst in found[1]]) else REDUNDANT
 
     def status(self, name: str | None = None) -> Reply:
         now = time.monotonic()
@@ -222,6 +252,8 @@ class Supervisor:
             return Reply("status", value={"jobs": [self._job_status(job, now)]})
         entries = [self._job_status(job, now) for job in self.jobs.values()]
         entries += [self._invalid_status(name) for name in self.invalid if name not in self.jobs]
+        if self.daemon is not None:  # operator's hook: who answers, for `version` and `pid`
+            return Reply("status", value={"jobs": entries, "daemon": self.daemon.document()})
         return Reply("status", value={"jobs": entries})
 
     def _job_status(self, job: Job, now: float) -> dict:
@@ -234,7 +266,9 @@ class Supervisor:
         return {"name": name, "state": "INVALID", "instances": [], "error": self.invalid[name]}
 
     def list(self) -> Reply:
-        return Reply("list", value={"jobs": [{"name": name, "state": job.state()} for name, job in self.jobs.items()]})
+        entries = [{"name": name, "state": job.state()} for name, job in self.jobs.items()]
+        entries += [{"name": name, "state": "INVALID"} for name in self.invalid if name not in self.jobs]  # operator's hook
+        return Reply("list", value={"jobs": entries})
 
     def pull(self, name: str) -> Reply:
         try:
@@ -288,12 +322,12 @@ class Supervisor:
         self.log_files.reopen_all()
 
 
-async def _settled_start(job: Job, nowait: bool) -> Reply:
+async def _settled_start(job: Job, nowait: bool, instances: list[Instance] | None = None) -> Reply:
     """Answer a request that started instances: at once with `nowait`, else once each is RUNNING
     or one failed to start."""
     if nowait:
         return SUCCESS
-    failure = await job.wait_started()
+    failure = await job.wait_started(instances)
     return fail(failure) if failure else SUCCESS
 
 
