@@ -16,6 +16,10 @@ import socket
 from taskmasterd.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
 from taskmasterd.reply import Reply
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777
 DEFAULT_TIMEOUT = 60.0  # a stop waits for the job's stoptime before the daemon answers
@@ -100,6 +104,31 @@ class Client:
         except ConnectionFailed:
             self.close()
             raise
+
+    def stream(self, verb: str, job: str | None = None, data: bytes | None = None) -> Iterator[Reply]:
+        """Send a following request (`logs`, `events`) and yield each reply as it arrives. The
+        first must come within the timeout; then the connection may stay quiet for as long as
+        the followed thing does. Ends when the daemon closes the connection; the connection is
+        not reused afterwards."""
+        sock = self._connection()
+        try:
+            sock.sendall(encode_request(verb, job, data))
+            while True:
+                while self._bodies:
+                    yield decode_reply(self._bodies.pop(0))
+                    sock.settimeout(None)
+                chunk = sock.recv(1 << 18)
+                if not chunk:
+                    return
+                self._bodies += self._decoder.feed(chunk)
+        except TimeoutError:
+            raise ConnectionFailed(f"no reply from taskmasterd at {self.address} within {self.timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionFailed(f"lost the connection to taskmasterd at {self.address}: {exc.strerror or exc}") from None
+        except ReplyError as exc:
+            raise ConnectionFailed(f"taskmasterd at {self.address}: {exc}") from None
+        finally:
+            self.close()
 
     def _connection(self) -> socket.socket:
         # Between exchanges nothing may arrive; a readable socket means the daemon has closed it.

@@ -11,12 +11,13 @@ from .reply import Reply
 
 T = TypeVar("T")
 MAX_LAST = 100_000  # lines or events one request may ask for
+DEFAULT_LAST = 10
 STREAMS = ("stdout", "stderr")
 
 
 @dataclass(frozen=True, slots=True)
 class FollowOptions:
-    last: int = 10  # how many of the most recent lines (or events) come first
+    last: int = DEFAULT_LAST  # how many of the most recent lines (or events) come first
     follow: bool = False  # then keep sending what comes, until the client closes
     stream: str = "stdout"  # logs: which output of the instance
 
@@ -31,7 +32,7 @@ def parse_options(data: bytes | None) -> FollowOptions | str:
         return 'the options in "data" are not JSON'
     if not isinstance(document, dict):
         return 'the options in "data" must be a JSON object'
-    last = document.get("last", FollowOptions.last)
+    last = document.get("last", DEFAULT_LAST)
     follow = document.get("follow", False)
     stream = document.get("stream", "stdout")
     if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last <= MAX_LAST:

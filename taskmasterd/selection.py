@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import AbstractSet, Mapping, Sequence
 
 from .names import job_name_error
 from .reply import REDUNDANT, SUCCESS, Reply
@@ -76,15 +76,17 @@ def parse(field: str, many: bool = True, globs: bool = True) -> list[Item] | str
     return items
 
 
-def resolve(items: Sequence[Item], known: Mapping[str, int]) -> tuple[list[Target], list[str]]:
+def resolve(items: Sequence[Item], known: Mapping[str, int],
+            unmatched: AbstractSet[str] = frozenset()) -> tuple[list[Target], list[str]]:
     """The targets `items` select among `known` jobs (name -> instance count; 0 for a job whose
     file never loaded), in the order written, each once (a whole job absorbs its instances); and
-    one "<item>: <error>" line per item that selects nothing."""
+    one "<item>: <error>" line per item that selects nothing. Patterns skip `unmatched` names
+    (`stop all` leaves alone the files that never loaded; naming one still reaches it)."""
     targets: list[Target] = []
     problems: list[str] = []
     for item in items:
         if item.name is None:
-            matched = sorted(name for name in known if fnmatch.fnmatchcase(name, item.text))
+            matched = sorted(name for name in known if name not in unmatched and fnmatch.fnmatchcase(name, item.text))
             if not matched:
                 problems.append(f"{item.text}: no job matches this pattern")
             targets += [Target(name) for name in matched]

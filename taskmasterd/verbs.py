@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import signal
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from . import counters, selection
 from .names import job_name_error
+from .signames import signal_number
 from .reply import REDUNDANT, SUCCESS, Reply, fail
 
 if TYPE_CHECKING:
@@ -75,16 +75,6 @@ async def _restart_job(sup: Supervisor, request: Request) -> Reply:
         return stopped
     started = await sup.start(request.job, nowait=request.nowait, index=request.instance)
     return SUCCESS if started.response == "redundant" else started
-
-
-def signal_number(text: str) -> int | None:
-    """`HUP`, `SIGHUP`, `hup` or `1` → 1; None for anything that is not a signal."""
-    if text.isascii() and text.isdigit():
-        number = int(text)
-        return number if number in signal.valid_signals() else None
-    name = text.upper()
-    member = signal.Signals.__members__.get(name if name.startswith("SIG") else "SIG" + name)
-    return int(member) if member is not None else None
 
 
 def _signal(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
@@ -175,8 +165,10 @@ async def _run_selected(sup: Supervisor, spec: Verb, request: Request) -> Reply:
     if isinstance(items, str):
         return fail(items)
     known = {name: len(job.instances) for name, job in sup.jobs.items()}
-    known.update((name, 0) for name in sup.invalid if name not in known)
-    targets, problems = selection.resolve(items, known)
+    never_loaded = {name for name in sup.invalid if name not in known}
+    known.update((name, 0) for name in never_loaded)
+    # A pattern reaches a file that never loaded only in `status`, which shows it INVALID.
+    targets, problems = selection.resolve(items, known, frozenset() if spec.name == "status" else never_loaded)
     if not many:
         if problems:
             return fail(problems[0])
