@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from taskmasterd.reply import Reply
 from taskmasterd.signames import signal_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO")
 JOB_FIELDS = {"name", "state", "instances", "error"}

@@ -9,11 +9,12 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from typing import TYPE_CHECKING, Any
-
 from .reply import Reply
 
+TYPE_CHECKING = False  # typing costs the one-shot taskmasterctl 5 ms to import
 if TYPE_CHECKING:
+    from typing import Any
+
     from .verbs import Request
 
 TERMINATOR = b";;"

@@ -14,25 +14,14 @@ from typing import Iterator
 import pytest
 
 from taskmasterctl.client import Client, ConnectionFailed
-from taskmasterctl.render import status_table, uptime
+from taskmasterctl.cli import main_parser, split_options
+from taskmasterctl.render import reload_report, status_table, uptime
+from taskmasterctl.verdict import not_as_wanted
 from tests.support.control_fixtures import SLEEPER, daemon
-from tests.support.daemon import ROOT, Daemon, free_port, write_job
+from tests.support.ctl import ctl, err, out
+from tests.support.daemon import ROOT, Daemon, write_job
 
 __all__ = ["daemon"]  # the fixture
-
-
-def ctl(daemon: Daemon | None, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    port = str(daemon.port if daemon else free_port())
-    return subprocess.run([sys.executable, "-m", "taskmasterctl", "--port", port, *args], cwd=ROOT,
-                          input=stdin, capture_output=True, timeout=60)
-
-
-def out(result: subprocess.CompletedProcess) -> str:
-    return result.stdout.decode()
-
-
-def err(result: subprocess.CompletedProcess) -> str:
-    return result.stderr.decode()
 
 
 # --- one-shot ----------------------------------------------------------------------------------
@@ -41,7 +30,7 @@ def test_status_table_of_every_job_and_of_some(daemon: Daemon) -> None:
     result = ctl(daemon, "status")
     assert result.returncode == 0, err(result)
     lines = out(result).splitlines()
-    assert lines[0].split() == ["JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "INFO"]
+    assert lines[0].split() == ["JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO"]
     assert "\x1b[" not in out(result)  # not a terminal: no colour
     web = [line.split() for line in lines if line.startswith("web ")]
     assert [row[1] for row in web] == ["0", "1"] and all(row[2] == "RUNNING" for row in web)
@@ -57,11 +46,13 @@ def test_status_of_an_unknown_job_fails_but_shows_the_others(daemon: Daemon) -> 
     assert "web" in out(result)
 
 
-def test_json_prints_the_decoded_reply(daemon: Daemon) -> None:
-    result = ctl(daemon, "--json", "status", "web")
-    assert result.returncode == 0
-    reply = json.loads(out(result))
-    assert reply["response"] == "status" and reply["data"]["jobs"][0]["name"] == "web"
+def test_json_prints_the_decoded_reply_wherever_the_option_is(daemon: Daemon) -> None:
+    for args in (["--json", "status", "web"], ["status", "web", "--json"], ["status", "--json", "web"]):
+        result = ctl(daemon, *args)
+        assert result.returncode == 0, args
+        reply = json.loads(out(result))
+        assert reply["response"] == "status" and reply["data"]["jobs"][0]["name"] == "web"
+    assert ctl(daemon, "status", "web", "--port", str(daemon.port)).returncode == 0  # any option, anywhere
     listing = json.loads(out(ctl(daemon, "--json", "list")))
     assert listing["response"] == "list" and "web" in [job["name"] for job in listing["data"]["jobs"]]
     failed = ctl(daemon, "--json", "stop", "nope")
@@ -77,9 +68,12 @@ def test_list(daemon: Daemon) -> None:
 def test_job_verbs_and_exit_statuses(daemon: Daemon) -> None:
     write_job(daemon.jobs_dir, "ctl-a", {**SLEEPER, "autostart": False})
     write_job(daemon.jobs_dir, "ctl-b", {**SLEEPER, "autostart": False})
-    assert ctl(daemon, "restart").returncode == 0
+    assert ctl(daemon, "reload").returncode == 0  # every file, as SIGHUP does
     started = ctl(daemon, "start", "ctl-a", "ctl-b")
     assert started.returncode == 0 and out(started).splitlines() == ["start ctl-a: success", "start ctl-b: success"]
+    instance = ctl(daemon, "stop", "ctl-a:0")
+    assert instance.returncode == 0 and out(instance) == "stop ctl-a:0: success\n"
+    assert ctl(daemon, "start", "ctl-*").returncode == 0
     again = ctl(daemon, "start", "ctl-a")
     assert again.returncode == 0 and "nothing to do (redundant)" in err(again)
     assert ctl(daemon, "repair", "ctl-a").returncode == 0
@@ -89,7 +83,8 @@ def test_job_verbs_and_exit_statuses(daemon: Daemon) -> None:
     assert ctl(daemon, "delete", "ctl-a").returncode == 0
     assert not (daemon.jobs_dir / "ctl-a.tm.json").exists()
     mixed = ctl(daemon, "stop", "ctl-b", "ctl-a")
-    assert mixed.returncode == 1 and "stop ctl-a:" in err(mixed)
+    assert mixed.returncode == 1 and 'stop ctl-a: job "ctl-a" does not exist' in err(mixed)
+    assert "stop ctl-b: nothing to do (redundant)" in err(mixed)
     assert ctl(daemon, "delete", "ctl-b").returncode == 0
 
 
@@ -115,13 +110,46 @@ def test_push_and_pull(daemon: Daemon, tmp_path: Path) -> None:
 
 
 def test_usage_errors_exit_2() -> None:
-    for args in (["frobnicate"], ["start"], ["pull"], ["--port", "x", "list"], ["list", "extra"]):
+    for args in (["frobnicate"], ["start"], ["pull"], ["--port", "x", "list"], ["list", "extra"], ["restart"],
+                 ["tail"], ["tail", "-n", "-1", "web"], ["signal", "web"], ["completion", "fish"]):
         result = ctl(None, *args)
         assert result.returncode == 2, args
     helped = ctl(None, "--help")
     assert helped.returncode == 0
-    for word in ("exit status", "cannot connect", "restart", "push"):
+    for word in ("exit status", "cannot be reached", "restart", "push", "tail", "not running as wanted"):
         assert word in out(helped)
+
+
+def test_a_misspelt_command_gets_a_suggestion_and_help_explains_one() -> None:
+    result = ctl(None, "stauts")
+    assert result.returncode == 2 and "did you mean 'status'?" in err(result)
+    helped = ctl(None, "help", "tail")
+    assert helped.returncode == 0 and "--follow" in out(helped) and "JOB[:N]" in out(helped)
+    assert "restart" in out(ctl(None, "help")) and ctl(None, "help", "nope").returncode == 2
+    explained = ctl(None, "restart")
+    assert "use 'reload'" in err(explained)
+
+
+def test_version_of_the_client_and_of_the_daemon(daemon: Daemon) -> None:
+    from taskmasterd import __version__
+
+    assert out(ctl(None, "--version")) == f"taskmasterctl {__version__}\n"
+    both = ctl(daemon, "version")
+    assert both.returncode == 0
+    assert out(both).splitlines() == [f"taskmasterctl {__version__}",
+                                      f"taskmasterd {__version__} (pid {daemon.proc.pid})"]
+    document = daemon.status()["daemon"]
+    assert document["pid"] == daemon.proc.pid and document["version"] == __version__
+    assert abs(document["started"] - time.time()) < 3600 and document["jobs_dir"] == str(daemon.jobs_dir)
+
+
+def test_pid_of_the_daemon_and_of_a_job(daemon: Daemon) -> None:
+    assert out(ctl(daemon, "pid")) == f"{daemon.proc.pid}\n"
+    pids = [inst["pid"] for inst in daemon.instances("web")]
+    assert out(ctl(daemon, "pid", "web")).split() == [str(p) for p in pids]
+    assert out(ctl(daemon, "pid", "web:1")).split() == [str(pids[1])]
+    down = ctl(daemon, "pid", "stubborn")
+    assert down.returncode == 1 and "not running" in err(down)
 
 
 def test_bad_names_fail_with_1(daemon: Daemon) -> None:
@@ -135,9 +163,12 @@ def test_cannot_connect_exits_3() -> None:
 
 
 def test_one_shot_does_not_import_the_heavy_modules(daemon: Daemon) -> None:
+    heavy = ('orjson', 'psutil', 'asyncio', 'readline', 'dataclasses', 'typing', 'difflib', 'inspect')
     code = ("import sys; from taskmasterctl.cli import main; main(['--port', sys.argv[1], 'status', 'web']); "
-            "print(sorted(m for m in ('orjson', 'psutil', 'asyncio', 'readline') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code, str(daemon.port)], capture_output=True, cwd=ROOT, timeout=60)
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    # -S: no site, so nothing but what the command itself imports (and no third-party package at all)
+    result = subprocess.run([sys.executable, "-S", "-c", code, str(daemon.port)], capture_output=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert result.stdout.decode().splitlines()[-1] == "[]"
 
 
@@ -155,14 +186,22 @@ def test_client_reconnects_after_the_daemon_closed_the_connection(tmp_path: Path
         client.close()
 
 
-def test_status_table_shows_errors_and_extra_fields() -> None:
-    jobs = [{"name": "bad", "state": "INVALID", "instances": [], "error": "bad.tm.json: oops"},
+def test_status_table_shows_errors_exits_and_extra_fields() -> None:
+    jobs = [{"name": "bad", "state": "INVALID", "instances": [],
+             "error": "bad.tm.json: field \"a\": oops\nbad.tm.json: field \"b\": also"},
             {"name": "c", "state": "RUNNING", "colonies": {"executor": "x"},
              "instances": [{"index": 0, "state": "EXITED", "pid": None, "uptime": None, "restarts": 2,
-                            "exitcode": 3, "signal": None, "description": ""}]}]
+                            "exitcode": 3, "signal": None, "description": "", "wanted": True},
+                           {"index": 1, "state": "STOPPED", "pid": None, "uptime": None, "restarts": 0,
+                            "exitcode": None, "signal": 9, "description": "stopped", "wanted": False}]}]
     table = status_table(jobs, colour=True)
-    assert "error: bad.tm.json: oops" in table
-    assert 'colonies={"executor":"x"}' in table and "exit code 3" in table
+    lines = table.splitlines()
+    assert lines[1].endswith('error: bad.tm.json: field "a": oops')
+    assert lines[2].split() == ["error:", "bad.tm.json:", "field", '"b":', "also"]  # its own row, INFO column
+    assert lines[2].index("error") == status_table(jobs).splitlines()[1].index("error")  # aligned
+    assert 'colonies={"executor":"x"}' in table and "wanted" not in table
+    plain = status_table(jobs).splitlines()
+    assert plain[3].split()[6] == "3" and plain[4].split()[6] == "SIGKILL"  # the EXIT column
     assert "\x1b[1;31mINVALID" in table
     assert [uptime(s) for s in (None, 5, 62, 3700, 90000)] == ["-", "5s", "1m02s", "1h01m", "1d01h"]
 
