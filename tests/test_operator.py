@@ -75,10 +75,10 @@ def test_stop_of_two_jobs_takes_the_longest_stop_not_the_sum(daemon: Daemon) -> 
 
 def test_signal_reaches_a_child_that_traps_it(daemon: Daemon) -> None:
     wait_for(lambda: running(daemon, "trapper"), what="trapper running")
-    tail = Following(daemon, "tail", "-f", "-n", "0", "trapper")
+    result = ctl(daemon, "signal", "trapper", "HUP")
+    assert result.returncode == 0 and out(result) == "signal trapper: success\n", err(result)
+    tail = Following(daemon, "tail", "-f", "-n", "5", "trapper")  # written already, or soon
     try:
-        result = ctl(daemon, "signal", "trapper", "HUP")
-        assert result.returncode == 0 and out(result) == "signal trapper: success\n", err(result)
         tail.wait_for(b"got HUP\n")
     finally:
         tail.interrupt()
@@ -117,10 +117,11 @@ def test_tail_names_one_instance_of_several_and_the_daemons_own_log(daemon: Daem
 def test_events_follow_a_kill_and_the_restart(daemon: Daemon) -> None:
     wait_for(lambda: running(daemon, "always"), what="always running")
     pid = pids(daemon, "always")[0]
-    events = Following(daemon, "events", "-f", "-n", "0")
-    as_json = Following(daemon, "events", "-f", "-n", "0", "--json")
+    events = Following(daemon, "events", "-f", "-n", "1")
+    as_json = Following(daemon, "events", "-f", "-n", "1", "--json")
     try:
-        time.sleep(0.5)  # both subscribed (a follower only sees what happens after it began)
+        events.wait_for(b"\n")  # the last event so far: each is subscribed (taken before that one)
+        as_json.wait_for(b"\n")
         os.kill(pid, signal.SIGKILL)
         events.wait_for(b"always[0] RUNNING -> EXITED (killed by SIGKILL (unexpected))\n")
         events.wait_for(b"always[0] EXITED -> STARTING (autorestart=always)\n")
