@@ -51,7 +51,8 @@ def raise_fd_limit() -> None:
             pass
 
 
-async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesSettings | None) -> int:
+async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesSettings | None,
+              metrics: socket.socket | None = None) -> int:
     from .server import ControlServer
 
     loop = asyncio.get_running_loop()
@@ -82,6 +83,12 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
     supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stopping.set)
     server = ControlServer(supervisor, max_connections=config.max_connections, idle_timeout=config.idle_timeout)
     await server.start(listener)
+    metrics_server = None
+    if metrics is not None:
+        from .metrics import MetricsServer
+
+        metrics_server = MetricsServer(supervisor, lambda: server.connections)
+        await metrics_server.start(metrics)
     host, port = listener.getsockname()[:2]
     log.info("taskmasterd ready: %d job(s) from %s, control on %s:%d",
              len(supervisor.jobs), config.jobs_dir, host, port)
@@ -90,6 +97,8 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
     await stopping.wait()
     log.info("shutting down")
     notify("STOPPING=1")
+    if metrics_server is not None:
+        await metrics_server.close()
     await server.close()
     await stop_jobs()
     return 0

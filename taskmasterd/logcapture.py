@@ -32,6 +32,8 @@ class LogFile:
         self.users = 0
         self.fd = -1
         self.size = 0
+        self.written = 0  # operator's hook (metrics): bytes captured into this file since it was opened
+        self.dropped = 0  # operator's hook (metrics): bytes lost on their way here (none today)
         self.reopen()
 
     def reopen(self) -> None:
@@ -95,6 +97,12 @@ class LogFiles:
             del self._files[file.path]
             file.close()
 
+    def byte_counts(self, path: str) -> tuple[int, int] | None:
+        """Operator's hook (metrics): (bytes written, bytes dropped) of the open log file `path`,
+        None when it is not open."""
+        file = self._files.get(path)
+        return None if file is None else (file.written, file.dropped)
+
     def reopen_all(self) -> None:
         for file in self._files.values():
             try:
@@ -152,6 +160,7 @@ class Drain:
                 self.close()
                 return
             file.size += moved
+            file.written += moved
             moved_total += moved
             if not self._grown and moved >= DEFAULT_PIPE:
                 self._grown = True
