@@ -6,12 +6,10 @@ takes plain names only (reload, delete) expand patterns from `list` first.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from taskmasterd import __version__
-from taskmasterd.names import SUFFIX as JOB_SUFFIX
 from taskmasterd.reply import Reply
 
 from .session import EXIT_FAIL, EXIT_INVALID, EXIT_NOT_AS_WANTED, Session
@@ -129,6 +127,8 @@ def pull(session: Session, args: Namespace) -> None:
 
 
 def push(session: Session, args: Namespace) -> None:
+    from taskmasterd.names import SUFFIX as JOB_SUFFIX
+
     path, name = args.file, args.name
     if name is None:
         if path == "-":
@@ -221,6 +221,8 @@ def version(session: Session, args: Namespace) -> None:
     if document is None:
         return
     if session.as_json:
+        import json
+
         print(json.dumps({"taskmasterctl": __version__, "taskmasterd": document}), file=session.out)
         return
     config = f", config {document['config']}" if document.get("config") else ""

@@ -6,71 +6,56 @@ line: `status nginx --json` is `--json status nginx`.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from taskmasterd import __version__
 
-from .client import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, Client, ConnectionFailed
-from .commands import COMMANDS, commands_help, parser_for, unknown_command
+from .client import Client, ConnectionFailed
+from .commands import COMMANDS, commands_help, parse, unknown_command
+from .options import add_global_options, command_position, formatter
 from .session import EXIT_HELP, EXIT_INVALID, EXIT_OK, EXIT_UNREACHABLE, Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from typing import Callable
 
 
 def main_parser() -> argparse.ArgumentParser:
+    """The line without a command: help, version, or the options of the shell."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="taskmasterctl",
         usage="%(prog)s [--host H] [--port P] [--json] [--timeout S] [COMMAND [ARGS...]]",
         description="Control taskmasterd. Without a command, start an interactive shell. "
                     "Options may come before or after the command.",
         epilog=f"{commands_help()}\n\n'taskmasterctl help COMMAND' shows a command's arguments.\n\n{EXIT_HELP}",
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"daemon address (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"daemon port (default {DEFAULT_PORT})")
-    parser.add_argument("--json", action="store_true", help="print each decoded reply as one line of JSON")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
-                        help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})")
+        formatter_class=formatter, allow_abbrev=False)
+    add_global_options(parser)
     parser.add_argument("--version", action="version", version=f"taskmasterctl {__version__}")
     return parser
 
 
-def split_options(parser: argparse.ArgumentParser, words: list[str]) -> tuple[list[str], list[str]]:
-    """(the words of `parser`'s options, found anywhere on the line; the command and its own
-    words, in order). -h/--help belongs to `parser` only before the command; `--` ends options."""
-    arity = {option: action.nargs != 0 for action in parser._actions for option in action.option_strings}
-    mine: list[str] = []
-    rest: list[str] = []
-    words = iter(words)
-    for word in words:
-        if word == "--":
-            rest += [word, *words]
-            break
-        option = word.split("=", 1)[0] if word.startswith("--") else word
-        if option not in arity or (option in ("-h", "--help") and rest):
-            rest.append(word)
-            continue
-        mine.append(word)
-        if arity[option] and "=" not in word:
-            mine += [value for value in [next(words, None)] if value is not None]
-    return mine, rest
-
-
-def run_command(client: Client, words: list[str], as_json: bool) -> int:
-    """Run `COMMAND ARGS...`; its exit status (2 for a usage error, after argparse's message)."""
-    name, args = words[0], words[1:]
+def run_command(words: list[str], client: Client | None = None, as_json: bool = False) -> int:
+    """Run the line `words` (a command and its arguments, global options anywhere among them)
+    with `client`, or a client made from the line's options; its exit status (2 for a usage
+    error, after argparse's message)."""
+    position = command_position(words)
+    if position is None:
+        print("taskmasterctl: no command given ('help' lists them)", file=sys.stderr)
+        return EXIT_INVALID
+    name = words[position]
     command = COMMANDS.get(name)
     if command is None:
         print(f"taskmasterctl: {unknown_command(name)}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        parsed = parser_for(name).parse_args(args)
+        parsed = parse(name, words[:position] + words[position + 1:])
     except SystemExit as exc:  # argparse has printed the usage or the help
         return exc.code if isinstance(exc.code, int) else EXIT_INVALID
-    session = Session(client, as_json or parsed.json)
+    session = Session(client or Client(parsed.host, parsed.port, parsed.timeout), as_json or parsed.json)
     try:
         command.run(session, parsed)
     except ConnectionFailed as exc:
@@ -79,15 +64,13 @@ def run_command(client: Client, words: list[str], as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = main_parser()
-    mine, words = split_options(parser, sys.argv[1:] if argv is None else argv)
-    options = parser.parse_args(mine)
-    client = Client(options.host, options.port, options.timeout)
-    if not words:
-        from .shell import Shell
+    words = sys.argv[1:] if argv is None else argv
+    if command_position(words) is not None:
+        return _quiet_broken_pipe(lambda: run_command(words))
+    options = main_parser().parse_args(words)
+    from .shell import Shell
 
-        return Shell(client, options.json).run()
-    return _quiet_broken_pipe(lambda: run_command(client, words, options.json))
+    return Shell(Client(options.host, options.port, options.timeout), options.json).run()
 
 
 def _quiet_broken_pipe(run: Callable[[], int]) -> int:

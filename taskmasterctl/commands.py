@@ -6,16 +6,16 @@ A command is not always one wire verb: `restart JOB` is the extension verb `rest
 """
 from __future__ import annotations
 
-import argparse
-
-from taskmasterd.names import SUFFIX as JOB_SUFFIX
-
 from . import actions
+from .options import VALUE_OPTIONS, add_global_options, formatter, quick_parse
 from .session import EXIT_HELP
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from typing import Callable
+
+    from types import SimpleNamespace
 
     from .actions import Runner
 
@@ -31,14 +31,22 @@ class Command:
         self.takes_jobs = takes_jobs  # TAB completes job names after it
 
 
-def _jobs(required: bool, nowait: bool = False) -> Callable[[argparse.ArgumentParser], None]:
-    def configure(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("job", nargs="+" if required else "*", metavar="JOB",
-                            help=JOB_HELP if required else f"{JOB_HELP} (default: every job)")
-        if nowait:
+class JobArguments:
+    """`JOB...` (or `[JOB...]`), and `--nowait` where the wire verb waits: the arguments a quick
+    parse can read without argparse (options.quick_parse)."""
+
+    __slots__ = ("required", "nowait")
+
+    def __init__(self, required: bool, nowait: bool = False) -> None:
+        self.required, self.nowait = required, nowait
+
+    def __call__(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("job", nargs="+" if self.required else "*", metavar="JOB",
+                            help=JOB_HELP if self.required else f"{JOB_HELP} (default: every job)")
+        if self.nowait:
             parser.add_argument("--nowait", action="store_true",
                                 help="reply as soon as the action has begun, not when it is done")
-    return configure
+
 
 
 def _nothing(parser: argparse.ArgumentParser) -> None:
@@ -74,14 +82,11 @@ def _pull(parser: argparse.ArgumentParser) -> None:
 
 
 def _push(parser: argparse.ArgumentParser) -> None:
+    from taskmasterd.names import SUFFIX as JOB_SUFFIX
+
     parser.add_argument("file", metavar="FILE", help="the job file to send ('-': standard input)")
     parser.add_argument("--name", metavar="JOB", help=f"job name (default: FILE's name without {JOB_SUFFIX})")
     parser.add_argument("--nowait", action="store_true", help="reply as soon as the job is applied, not when it runs")
-
-
-def _restart(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", nargs="*", metavar="JOB", help=JOB_HELP)
-    parser.add_argument("--nowait", action="store_true", help="reply as soon as the restart has begun")
 
 
 def _restart_run(session: actions.Session, args: argparse.Namespace) -> None:
@@ -99,12 +104,9 @@ def _completion(parser: argparse.ArgumentParser) -> None:
 
 
 def _completion_run(session: actions.Session, args: argparse.Namespace) -> None:
-    from .cli import main_parser
     from .completion import script
 
-    value_options = [option for action in main_parser()._actions if action.nargs != 0
-                     for option in action.option_strings]
-    session.out.write(script(args.shell, value_options))
+    session.out.write(script(args.shell, sorted(VALUE_OPTIONS)))
 
 
 def _help_run(session: actions.Session, args: argparse.Namespace) -> None:
@@ -118,13 +120,14 @@ def _help_run(session: actions.Session, args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command("status", "a table of every job, or of those named; exit 3 if one is not as wanted",
-            _jobs(False), actions.status),
-    Command("start", "start every instance that is not running", _jobs(True, nowait=True), actions.act("start")),
+            JobArguments(False), actions.status),
+    Command("start", "start every instance that is not running", JobArguments(True, nowait=True), actions.act("start")),
     Command("stop", "stop every instance gracefully (stop signal, SIGKILL after stoptime)",
-            _jobs(True, nowait=True), actions.act("stop")),
-    Command("restart", "stop, then start (to re-read every job file: reload)", _restart, _restart_run),
-    Command("kill", "SIGKILL every instance's process group now", _jobs(True, nowait=True), actions.act("kill")),
-    Command("repair", "clear FATAL/BACKOFF and start what should run", _jobs(True, nowait=True),
+            JobArguments(True, nowait=True), actions.act("stop")),
+    Command("restart", "stop, then start (to re-read every job file: reload)", JobArguments(False, nowait=True),
+            _restart_run),
+    Command("kill", "SIGKILL every instance's process group now", JobArguments(True, nowait=True), actions.act("kill")),
+    Command("repair", "clear FATAL/BACKOFF and start what should run", JobArguments(True, nowait=True),
             actions.act("repair")),
     Command("signal", "send a signal to every running instance's process group", _signal, actions.send_signal),
     Command("tail", "the last lines of a job's output; -f to follow it", _following("lines", job=True), actions.tail),
@@ -132,13 +135,13 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
             actions.maintail, takes_jobs=False),
     Command("events", "the last state changes; -f to follow them as they happen", _following("events"),
             actions.events, takes_jobs=False),
-    Command("pid", "the daemon's pid, or the pids of a job's running instances", _jobs(False), actions.pid),
+    Command("pid", "the daemon's pid, or the pids of a job's running instances", JobArguments(False), actions.pid),
     Command("list", "the job names, with a state summary", _nothing, actions.job_list, takes_jobs=False),
     Command("reload", "re-read every job file (as SIGHUP does), or the named jobs' files",
-            _jobs(False, nowait=True), actions.reload),
+            JobArguments(False, nowait=True), actions.reload),
     Command("pull", "the job's file, byte for byte", _pull, actions.pull),
     Command("push", "validate, write and apply a job file", _push, actions.push, takes_jobs=False),
-    Command("delete", "stop the job, remove its file, forget it", _jobs(True), actions.delete),
+    Command("delete", "stop the job, remove its file, forget it", JobArguments(True), actions.delete),
     Command("version", "the versions of taskmasterctl and of the daemon", _nothing, actions.version, takes_jobs=False),
     Command("shutdown", "stop every job as SIGTERM does, then stop the daemon", _nothing, actions.shutdown,
             takes_jobs=False),
@@ -148,14 +151,27 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
 )}
 
 
+def parse(name: str, words: list[str]) -> argparse.Namespace | SimpleNamespace:
+    """The arguments of command `name` on the line `words` (the command word taken out); raises
+    SystemExit after argparse's message for a usage error, or for --help."""
+    arguments = COMMANDS[name].configure
+    if isinstance(arguments, JobArguments):
+        quick = quick_parse(words, arguments.required, arguments.nowait)
+        if quick is not None:
+            return quick
+    return parser_for(name).parse_intermixed_args(words)
+
+
 def parser_for(name: str) -> argparse.ArgumentParser:
-    """The arguments of one command; shared by the one-shot command line and the shell. `--json`
-    is accepted among them (options may come anywhere on the line)."""
+    """The arguments of one command, with the options of every command among them (options may
+    come anywhere on the line); shared by the one-shot command line and the shell."""
+    import argparse
+
     command = COMMANDS[name]
     parser = argparse.ArgumentParser(prog=f"taskmasterctl {name}", description=command.summary, epilog=EXIT_HELP,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+                                     formatter_class=formatter, allow_abbrev=False)
     command.configure(parser)
-    parser.add_argument("--json", action="store_true", help="print the decoded replies as JSON lines")
+    add_global_options(parser)
     return parser
 
 

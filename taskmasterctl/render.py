@@ -1,10 +1,7 @@
 """Human (and --json) renderings of the daemon's replies. Pure: strings in, strings out."""
 from __future__ import annotations
 
-import json
-
 from taskmasterd.reply import Reply
-from taskmasterd.signames import signal_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,6 +26,8 @@ def reply_json(reply: Reply) -> str:
         doc["data"] = reply.value
     elif reply.data is not None:
         doc["data"] = reply.data.decode("utf-8", "replace")
+    import json
+
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -55,13 +54,19 @@ def uptime(seconds: float | None) -> str:
 
 
 def _extras(doc: dict, known: set[str]) -> list[str]:
-    return [f"{key}={json.dumps(value, separators=(',', ':'))}"
-            for key, value in doc.items() if key not in known and value is not None]
+    extra = [(key, value) for key, value in doc.items() if key not in known and value is not None]
+    if not extra:
+        return []
+    import json  # only for the fields a bridge adds (colonies=...)
+
+    return [f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in extra]
 
 
 def last_exit(instance: dict) -> str:
     """The last exit: its code, or the signal that killed it; "-" before any."""
     if instance.get("signal") is not None:
+        from taskmasterd.signames import signal_name  # signal (and enum) only when there is one
+
         return signal_name(instance["signal"])
     if instance.get("exitcode") is not None:
         return str(instance["exitcode"])

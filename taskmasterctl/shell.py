@@ -74,7 +74,7 @@ class Shell:
             if words[0] in SHELL_WORDS:
                 return
             try:
-                run_command(self.client, words, self.as_json)
+                run_command(words, self.client, self.as_json)
             except KeyboardInterrupt:  # stop waiting; the daemon carries on
                 self.client.close()
                 print()

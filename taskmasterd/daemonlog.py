@@ -53,7 +53,7 @@ class RingHandler(logging.Handler):
         first = _lines_reply(recent, 0)
         if subscription is None:
             return first
-        return first._replace(stream=SubscriptionStream(subscription, _lines_reply))
+        return first.with_(stream=SubscriptionStream(subscription, _lines_reply))
 
 
 def _lines_reply(lines: list[str], lost: int) -> Reply:

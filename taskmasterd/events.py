@@ -52,7 +52,7 @@ class EventBus:
         first = events_document(recent, 0)
         if subscription is None:
             return first
-        return first._replace(stream=SubscriptionStream(subscription, events_document))
+        return first.with_(stream=SubscriptionStream(subscription, events_document))
 
 
 def events_document(events: list[Event], lost: int) -> Reply:

@@ -7,12 +7,13 @@ by the one-shot client.
 from __future__ import annotations
 
 import binascii
-import json
-import re
+
+from . import leanjson
 from .reply import Reply
 
 TYPE_CHECKING = False  # typing costs the one-shot taskmasterctl 5 ms to import
 if TYPE_CHECKING:
+    import re
     from typing import Any
 
     from .verbs import Request
@@ -20,9 +21,21 @@ if TYPE_CHECKING:
 TERMINATOR = b";;"
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes before the terminator; more is refused and the link closed
 
-# The rest of a JSON string from inside it: ordinary bytes and complete escapes. It stops at the
-# closing quote, or before a backslash whose escaped byte has not arrived yet.
-_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+
+
+def _string_body() -> re.Pattern[bytes]:
+    """The rest of a JSON string from inside it: ordinary bytes and complete escapes; it stops at
+    the closing quote, or before a backslash whose escaped byte has not arrived yet. Compiled on
+    first use: the daemon's replies never hold an escape, so taskmasterctl never imports `re`."""
+    global _STRING_BODY
+    if _STRING_BODY is None:
+        import re
+
+        _STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+    return _STRING_BODY
+
+
+_STRING_BODY: re.Pattern[bytes] | None = None
 
 
 def _find_terminator(buf: bytearray, pos: int, stop: int) -> int:
@@ -91,7 +104,7 @@ class FrameDecoder:
                 stop = quote if quote >= 0 else end
                 if buf.find(b"\\", pos, stop) >= 0:
                     # Escapes ahead: let the regex walk them (memchr-speed finds are for the rest).
-                    stop = _STRING_BODY.match(buf, pos).end()
+                    stop = _string_body().match(buf, pos).end()
                     quote = stop if stop < end and buf[stop] == 0x22 else -1
                 if quote < 0:  # the string goes on in a later segment
                     pos = stop
@@ -226,21 +239,19 @@ def invalid(reason: str) -> Reply:
     return Reply("invalid", error=reason)
 
 
-# --- the client's side (stdlib json: the one-shot taskmasterctl must start fast) ---------------
-
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds a new encoder per call
-
+# --- the client's side (no json package: the one-shot taskmasterctl must start fast) -----------
 
 def encode_request(verb: str, job: str | None = None, data: bytes | None = None,
                    nowait: bool = False) -> bytes:
-    message: dict[str, Any] = {"command": verb}
+    """Compact JSON, as json.dumps(..., separators=(",", ":")) writes it."""
+    fields = ['{"command":', leanjson.quote(verb)]
     if job is not None:
-        message["job"] = _b64(job.encode("utf-8"))
+        fields += [',"job":"', _b64(job.encode("utf-8")), '"']
     if data is not None:
-        message["data"] = _b64(data)
+        fields += [',"data":"', _b64(data), '"']
     if nowait:
-        message["nowait"] = True
-    return _COMPACT.encode(message).encode("ascii") + TERMINATOR
+        fields.append(',"nowait":true')
+    return "".join(fields).encode("ascii") + b"}" + TERMINATOR
 
 
 class ReplyError(ValueError):
@@ -254,7 +265,7 @@ def _loads(raw: bytes | str) -> Any:
     """A big status (dozens of jobs or more) parses several times faster with orjson; a small one
     is not worth orjson's import time in a one-shot command."""
     if len(raw) < LARGE_DOCUMENT:
-        return json.loads(raw)
+        return leanjson.loads(raw)
     import orjson
 
     return orjson.loads(raw)

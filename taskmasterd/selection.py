@@ -115,8 +115,8 @@ def aggregate(targets: Sequence[Target], replies: Sequence[Reply], problems: Seq
     if failures:
         return Reply("fail", error="\n".join(failures), value=document)
     if replies and all(reply.response == "redundant" for reply in replies):
-        return REDUNDANT._replace(value=document)
-    return SUCCESS._replace(value=document)
+        return REDUNDANT.with_(value=document)
+    return SUCCESS.with_(value=document)
 
 
 def merge_status(replies: Sequence[Reply], problems: Sequence[str], targets: Sequence[Target]) -> Reply:

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskmasterctl.client import Client, ConnectionFailed
-from taskmasterctl.cli import main_parser, split_options
+from taskmasterctl.commands import COMMANDS, parser_for
+from taskmasterctl.options import command_position, quick_parse
 from taskmasterctl.render import reload_report, status_table, uptime
 from taskmasterctl.verdict import not_as_wanted
 from tests.support.control_fixtures import SLEEPER, daemon
@@ -306,3 +309,26 @@ def test_shell_survives_a_daemon_restart(tmp_path: Path) -> None:
         first.stop()
         if term.proc.poll() is None:
             term.proc.kill()
+
+
+# --- parsing the command line (pure) -------------------------------------------------------------
+
+def test_the_command_is_the_first_word_that_is_not_an_option_or_its_value() -> None:
+    assert command_position(["status", "web"]) == 0
+    assert command_position(["--port", "7777", "--json", "stop", "web"]) == 3
+    assert command_position(["--json", "--timeout", "5"]) is None
+    assert command_position([]) is None
+
+
+WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--port", "7778", "--host", "h", "--timeout", "2.5",
+         "-n", "--", "--port=1", "x"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["status", "stop", "restart", "pid", "delete"]), st.lists(st.sampled_from(WORDS), max_size=6))
+def test_the_quick_parse_of_job_commands_is_what_argparse_makes_of_them(command: str, words: list[str]) -> None:
+    arguments = COMMANDS[command].configure
+    quick = quick_parse(words, arguments.required, arguments.nowait)
+    if quick is None:
+        return  # argparse decides
+    assert vars(quick) == vars(parser_for(command).parse_intermixed_args(words))
