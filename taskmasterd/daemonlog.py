@@ -13,7 +13,7 @@ import threading
 from collections import deque
 
 from .fanout import Fanout
-from .following import FollowOptions, SubscriptionStream
+from .following import FollowOptions, recent_then_stream
 from .reply import Reply, fail
 
 RING_LINES = 1000  # lines kept for `maintail`
@@ -45,15 +45,9 @@ class RingHandler(logging.Handler):
     def follow(self, options: FollowOptions) -> Reply:
         """The last `options.last` lines as a `file` reply (job ""), with `follow` a stream of
         each later batch."""
-        subscription = None
         if options.follow:
             self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
-            subscription = self._fanout.subscribe()
-        recent = list(self.lines)[-options.last:] if options.last else []
-        first = _lines_reply(recent, 0)
-        if subscription is None:
-            return first
-        return first.with_(stream=SubscriptionStream(subscription, _lines_reply))
+        return recent_then_stream(self._fanout, self.lines, options, _lines_reply)
 
 
 def _lines_reply(lines: list[str], lost: int) -> Reply:

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .fanout import Fanout
-from .following import FollowOptions, SubscriptionStream, parse_options
+from .following import FollowOptions, parse_options, recent_then_stream
 from .reply import Reply, fail
 from .states import State
 
@@ -47,12 +47,7 @@ class EventBus:
 
     def follow(self, options: FollowOptions) -> Reply:
         """The last `options.last` events, and with `follow` a stream of every later one."""
-        subscription = self._fanout.subscribe() if options.follow else None  # before the snapshot: nothing falls between
-        recent = list(self.history)[-options.last:] if options.last else []
-        first = events_document(recent, 0)
-        if subscription is None:
-            return first
-        return first.with_(stream=SubscriptionStream(subscription, events_document))
+        return recent_then_stream(self._fanout, self.history, options, events_document)
 
 
 def events_document(events: list[Event], lost: int) -> Reply:

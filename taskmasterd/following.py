@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Sequence, TypeVar
 
-from .fanout import Subscription
+from .fanout import Fanout, Subscription
 from .reply import Reply
 
 T = TypeVar("T")
@@ -61,3 +61,14 @@ class SubscriptionStream(Generic[T]):
 
     async def aclose(self) -> None:
         self._subscription.close()
+
+
+def recent_then_stream(fanout: Fanout[T], history: Sequence[T], options: FollowOptions,
+                       render: Callable[[list[T], int], Reply]) -> Reply:
+    """The reply of the last `options.last` items of `history`; with `follow`, it carries the
+    stream of every later one. The subscription is taken before the snapshot: nothing falls
+    between the two."""
+    subscription = fanout.subscribe() if options.follow else None
+    recent = list(history)[-options.last:] if options.last else []
+    first = render(recent, 0)
+    return first if subscription is None else first.with_(stream=SubscriptionStream(subscription, render))
