@@ -18,7 +18,7 @@ from taskmasterd.reply import Reply
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterator
+    from typing import Generator
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777
@@ -105,7 +105,7 @@ class Client:
             self.close()
             raise
 
-    def stream(self, verb: str, job: str | None = None, data: bytes | None = None) -> Iterator[Reply]:
+    def stream(self, verb: str, job: str | None = None, data: bytes | None = None) -> Generator[Reply, None, None]:
         """Send a following request (`logs`, `events`) and yield each reply as it arrives. The
         first must come within the timeout; then the connection may stay quiet for as long as
         the followed thing does. Ends when the daemon closes the connection; the connection is

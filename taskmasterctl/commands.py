@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     import argparse
     from typing import Callable
 
-    from types import SimpleNamespace
-
     from .actions import Runner
 
 JOB_HELP = "a job name, 'all', a pattern like 'web*', or NAME:N for instance N"
@@ -151,14 +149,14 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
 )}
 
 
-def parse(name: str, words: list[str]) -> argparse.Namespace | SimpleNamespace:
+def parse(name: str, words: list[str]) -> argparse.Namespace:
     """The arguments of command `name` on the line `words` (the command word taken out); raises
     SystemExit after argparse's message for a usage error, or for --help."""
     arguments = COMMANDS[name].configure
     if isinstance(arguments, JobArguments):
         quick = quick_parse(words, arguments.required, arguments.nowait)
         if quick is not None:
-            return quick
+            return quick  # type: ignore[return-value]  # the runners only read its attributes
     return parser_for(name).parse_intermixed_args(words)
 
 

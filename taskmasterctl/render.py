@@ -83,7 +83,7 @@ def _rows(job: dict) -> list[tuple[str, ...]]:
     problems = [f"error: {line}" for line in (job.get("error") or "").splitlines() if line.strip()]
     extras = _extras(job, JOB_FIELDS)
     instances = job.get("instances") or []
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for position, inst in enumerate(instances):
         info = ([inst["description"]] if inst.get("description") else []) + _extras(inst, INSTANCE_FIELDS)
         rows.append((job["name"], str(inst.get("index", position)), inst.get("state", "-"),
@@ -104,7 +104,7 @@ def status_table(jobs: list[dict], colour: bool = False) -> str:
     widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     lines = []
     for number, row in enumerate([COLUMNS, *rows]):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
         if colour and number and row[2] in STATE_COLOURS:
             cells[2] = f"\x1b[{STATE_COLOURS[row[2]]}m{cells[2]}\x1b[0m"
         lines.append("  ".join(cells).rstrip())

@@ -14,10 +14,9 @@ if TYPE_CHECKING:
 _WHITESPACE = " \t\n\r"
 
 try:
-    from _json import encode_basestring_ascii as _quote
-    from _json import make_scanner as _make_scanner
-except ImportError:  # pragma: no cover - not CPython
-    _make_scanner = None
+    import _json
+except ImportError:  # not CPython
+    _json = None  # type: ignore[assignment]
 
 
 class _Context:
@@ -34,7 +33,8 @@ class _Context:
         return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
 
 
-_scan: Callable[[str, int], tuple[Any, int]] | None = _make_scanner(_Context()) if _make_scanner else None
+_scan: Callable[[str, int], tuple[Any, int]] | None = (
+    _json.make_scanner(_Context()) if _json is not None else None)  # type: ignore[arg-type]
 
 
 def loads(raw: bytes | str) -> Any:
@@ -56,8 +56,8 @@ def loads(raw: bytes | str) -> Any:
 
 def quote(text: str) -> str:
     """`text` as a JSON string literal (ASCII, as json.dumps writes it)."""
-    if _make_scanner is None:
+    if _json is None:
         import json
 
         return json.dumps(text)
-    return _quote(text)
+    return _json.encode_basestring_ascii(text)

@@ -107,9 +107,9 @@ def aggregate(targets: Sequence[Target], replies: Sequence[Reply], problems: Seq
     selected nothing included) when anything failed; else `redundant` when every target was
     redundant, `success` otherwise. Its `value` lists each target's own response."""
     results = [{"target": target.label, "response": reply.response, **({"error": reply.error} if reply.error else {})}
-               for target, reply in zip(targets, replies)]
+               for target, reply in zip(targets, replies, strict=True)]
     failures = [f"{target.label}: {reply.error or reply.response}"
-                for target, reply in zip(targets, replies) if reply.response not in ("success", "redundant")]
+                for target, reply in zip(targets, replies, strict=True) if reply.response not in ("success", "redundant")]
     failures += problems
     document = {"targets": results}
     if failures:
@@ -122,7 +122,7 @@ def aggregate(targets: Sequence[Target], replies: Sequence[Reply], problems: Seq
 def merge_status(replies: Sequence[Reply], problems: Sequence[str], targets: Sequence[Target]) -> Reply:
     """One `status` document for a selector: every selected job once, its instances merged when
     several of them were named; `fail` naming what selected nothing or failed."""
-    failures = [f"{target.label}: {reply.error}" for target, reply in zip(targets, replies) if reply.response != "status"]
+    failures = [f"{target.label}: {reply.error}" for target, reply in zip(targets, replies, strict=True) if reply.response != "status"]
     failures += problems
     if failures:
         return Reply("fail", error="\n".join(failures))

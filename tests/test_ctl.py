@@ -332,3 +332,25 @@ def test_the_quick_parse_of_job_commands_is_what_argparse_makes_of_them(command:
     if quick is None:
         return  # argparse decides
     assert vars(quick) == vars(parser_for(command).parse_intermixed_args(words))
+
+
+def test_the_reload_report_one_line_per_kind_of_change() -> None:
+    report = reload_report([{"job": "new", "change": "added"}, {"job": "web", "change": "restarted"},
+                            {"job": "a", "change": "unchanged"}, {"job": "b", "change": "unchanged"},
+                            {"job": "cfg", "change": "applied"}, {"job": "old", "change": "removed"},
+                            {"job": "bad", "change": "invalid", "error": "bad.tm.json: x\nbad.tm.json: y"}])
+    assert report.splitlines() == ["  added: new", "  removed: old", "  restarted: web", "  applied in place: cfg",
+                                   "  invalid: bad: bad.tm.json: x", "  invalid: bad: bad.tm.json: y",
+                                   "  unchanged: 2 job(s)"]
+
+
+def test_not_as_wanted_from_the_status_document() -> None:
+    def job(name: str, *instances: tuple[str, bool], state: str = "RUNNING") -> dict:
+        return {"name": name, "state": state,
+                "instances": [{"index": i, "state": s, "wanted": w} for i, (s, w) in enumerate(instances)]}
+
+    assert not_as_wanted([job("ok", ("RUNNING", True), ("STOPPED", False), ("EXITED", False), ("STARTING", True))]) == []
+    assert not_as_wanted([job("w", ("FATAL", False), ("BACKOFF", True), ("STOPPED", True), ("EXITED", True))]) == [
+        "w[0]: FATAL", "w[1]: BACKOFF", "w[2]: STOPPED", "w[3]: EXITED"]
+    assert not_as_wanted([{"name": "bad", "state": "INVALID", "instances": [], "error": "x"}]) == ["bad: INVALID"]
+    assert not_as_wanted([job("old-daemon", ("STOPPED", False))]) == []  # no `wanted`: never counted down
