@@ -1,12 +1,14 @@
 """taskmasterctl as a user runs it: every verb, exit statuses, --json, and the shell in a pty."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Iterator
@@ -217,8 +219,10 @@ class Terminal:
     def __init__(self, port: int, history: Path) -> None:
         self.master, slave = pty.openpty()
         env = {**os.environ, "TASKMASTERCTL_HISTORY": str(history), "TERM": "xterm"}
+        # The pty is its controlling terminal, so that Ctrl-C typed there is a SIGINT, as for a person.
         self.proc = subprocess.Popen([sys.executable, "-m", "taskmasterctl", "--port", str(port)], cwd=ROOT,
-                                     stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+                                     stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+                                     start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         os.close(slave)
         self.seen = b""
 
@@ -354,3 +358,22 @@ def test_not_as_wanted_from_the_status_document() -> None:
         "w[0]: FATAL", "w[1]: BACKOFF", "w[2]: STOPPED", "w[3]: EXITED"]
     assert not_as_wanted([{"name": "bad", "state": "INVALID", "instances": [], "error": "x"}]) == ["bad: INVALID"]
     assert not_as_wanted([job("old-daemon", ("STOPPED", False))]) == []  # no `wanted`: never counted down
+
+
+def test_shell_options_anywhere_help_of_a_command_and_a_follow_ended_by_ctrl_c(terminal: Terminal) -> None:
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"status nginx --json\n")
+    terminal.expect(b'{"response":"status"')
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"help stop\n")
+    terminal.expect(b"--nowait")
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"stpo nginx\n")
+    terminal.expect(b"did you mean 'stop'?")
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"events -f -n 1\n")
+    terminal.expect(b" -> ")  # the last event: following now
+    terminal.type(b"\x03")  # Ctrl-C ends the follow, not the shell
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"exit\n")
+    assert terminal.close() == 0
