@@ -97,11 +97,9 @@ class LogFiles:
             del self._files[file.path]
             file.close()
 
-    def byte_counts(self, path: str) -> tuple[int, int] | None:
-        """Operator's hook (metrics): (bytes written, bytes dropped) of the open log file `path`,
-        None when it is not open."""
-        file = self._files.get(path)
-        return None if file is None else (file.written, file.dropped)
+    def get(self, path: str) -> LogFile | None:
+        """Operator's hook (metrics read its `written` and `dropped`): the open log file `path`."""
+        return self._files.get(path)
 
     def reopen_all(self) -> None:
         for file in self._files.values():

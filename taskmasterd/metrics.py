@@ -133,10 +133,10 @@ class SupervisorCollector:
             for inst in job.instances:
                 for stream in STREAMS:
                     path = job.spec.log_path(stream, inst.index, sup.log_dir)
-                    counts = sup.log_files.byte_counts(path) if path is not None else None
-                    if counts is not None:
-                        written.add_metric([job.name, str(inst.index), stream], counts[0])
-                        dropped.add_metric([job.name, str(inst.index), stream], counts[1])
+                    file = sup.log_files.get(path) if path is not None else None
+                    if file is not None:
+                        written.add_metric([job.name, str(inst.index), stream], file.written)
+                        dropped.add_metric([job.name, str(inst.index), stream], file.dropped)
         yield from (written, dropped)
 
 
