@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import os
+import re
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -59,6 +61,16 @@ def process_ms(command: list[str], runs: int) -> str:
     return f"median {statistics.median(samples) * 1000:.1f} ms  min {min(samples) * 1000:.1f} ms"
 
 
+def instructions(command: list[str]) -> str:
+    """Instructions the whole process executes, counted by callgrind: the same on a busy machine."""
+    if shutil.which("valgrind") is None:
+        return "valgrind not installed"
+    run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+                         capture_output=True, text=True, check=True)
+    match = re.search(r"Collected : (\d+)", run.stderr)
+    return f"{int(match.group(1)) / 1e6:.1f} M instructions" if match else "no count"
+
+
 def percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
     return f"p50 {ordered[len(ordered) // 2] * 1000:.2f} ms  p99 {ordered[int(len(ordered) * 0.99)] * 1000:.2f} ms"
@@ -101,6 +113,8 @@ def main() -> None:
                                                                            ONE_SHOT_RUNS), "< 30 ms"))
             rows.append(("  python -c pass, same interpreter", process_ms([str(script.with_name("python")), "-c", "pass"],
                                                                           ONE_SHOT_RUNS), "(floor)"))
+            rows.append(("  counted", instructions([str(script), *port, "status", "web"]),
+                         instructions([str(script.with_name("python")), "-c", "pass"]) + " for the floor"))
             dev = [str(Path(sys.executable).with_name("taskmasterctl")), *port, "status", "web"]
             rows.append(("  the same from the editable dev install", process_ms(dev, ONE_SHOT_RUNS), "(info)"))
 
