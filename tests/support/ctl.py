@@ -51,10 +51,15 @@ class Following:
         return time.monotonic() - self.started
 
     def interrupt(self) -> int:
-        """Ctrl-C, as an operator ends a follow; the exit status."""
+        """Ctrl-C, as an operator ends a follow; the exit status (or an error saying it hung)."""
         self.proc.send_signal(signal.SIGINT)
         try:
             return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"still running 20 s after SIGINT; printed {self.seen[-500:]!r}, "
+                                 f"stderr {self.proc.stderr.read()[-500:]!r}") from None
         finally:
             self.proc.stdout.close()
             self.proc.stderr.close()
