@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,6 +174,8 @@ def test_completion_scripts_offer_commands_and_job_names(daemon: Daemon) -> None
     assert result.stdout.decode().splitlines() == ["nginx", "status start"], result.stderr
     zsh = out(ctl(None, "completion", "zsh"))
     assert zsh.startswith("#compdef taskmasterctl") and "'tail:" in zsh
+    if shutil.which("zsh"):  # not on every machine: the syntax, at least, where it is
+        assert subprocess.run(["zsh", "-n"], input=zsh.encode(), capture_output=True, timeout=30).returncode == 0
 
 
 def test_shutdown_stops_every_job_replies_and_exits_0(tmp_path: Path) -> None:
