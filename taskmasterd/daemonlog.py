@@ -17,7 +17,7 @@ from .following import FollowOptions, recent_then_stream
 from .reply import Reply, fail
 
 RING_LINES = 1000  # lines kept for `maintail`
-QUEUE = 10_000  # lines a follower may be behind before it loses the oldest
+QUEUE = 1000  # lines a follower may be behind before it loses the oldest
 
 
 class RingHandler(logging.Handler):

@@ -15,7 +15,7 @@ from .reply import Reply, fail
 from .states import State
 
 HISTORY = 1000  # events kept for `events` without follow, and for the start of a follow
-QUEUE = 10_000  # events a follower may be behind before it loses the oldest
+QUEUE = 1000  # events a follower may be behind before it loses the oldest (~200 KB at most)
 
 
 @dataclass(frozen=True, slots=True)
