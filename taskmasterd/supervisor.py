@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Protocol
 
 from .instance import Instance
 from .job import Job
@@ -26,8 +26,12 @@ from .jobsdir import JobsDirectory
 from .logcapture import DEFAULT_LOG_MODE, LogFiles
 from .orphans import ChildJournal, stop_leftovers
 from .processes import ProcessTable
+from .events import EventBus
+from .reply import REDUNDANT, SUCCESS, Reply, fail
 from .spawner import inherited_environment
-from .verbs import REDUNDANT, SUCCESS, Reply, fail
+
+if TYPE_CHECKING:
+    from .daemonhandle import DaemonHandle
 
 log = logging.getLogger("taskmasterd")
 SHUTTING_DOWN = "taskmasterd is shutting down"
@@ -83,6 +87,8 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher = None
         self.closing = False
+        self.events = EventBus()  # every state change, for the `events` verb (Instance._enter publishes)
+        self.daemon: DaemonHandle | None = None  # set by daemon.py: `shutdown`, and status's `daemon` object
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -166,7 +172,7 @@ class Supervisor:
                           ) -> tuple[Reply, str]:
         """Bring job `name` in line with its file (the `reload` verb), or with `pushed` (bytes
         already validated into a spec), which is written first. Returns the reply and what
-        changed: added, removed, restarted, applied in place, unchanged, invalid or missing."""
+        changed: added, removed, restarted, applied (in place), unchanged, invalid or missing."""
         async with self._locks.hold(name):
             if self.closing:
                 return fail(SHUTTING_DOWN), "unchanged"
@@ -202,7 +208,7 @@ class Supervisor:
                     return (SUCCESS if had_error else REDUNDANT), "unchanged"
                 old = job.spec
                 starting, retiring, restarted = job.apply(spec)
-                change = "restarted" if restarted else "applied in place"
+                change = "restarted" if restarted else "applied"  # applied in place
                 log.info("reloaded job %s: %s", name, change)
                 for listener in self.listeners:
                     listener.job_changed(job, old)
@@ -243,21 +249,28 @@ class Supervisor:
             return fail(f'job "{name}" does not exist')
         return job
 
+    def instances_of(self, name: str, index: int | None, retired_too: bool = False
+                     ) -> tuple[Job, list[Instance]] | Reply:
+        """The job and the instances a verb acts on — every one, or only `index` (`name:N`);
+        `retired_too`: also the retired ones still stopping (a stop or kill reaches them)."""
+        job = self._job(name)
+        if isinstance(job, Reply):
+            return job
+        if index is None:
+            return job, list(job.instances if retired_too else job.active)
+        if 0 <= index < job.spec.numprocs:
+            return job, [job.instances[index]]
+        return fail(f'job "{name}" has no instance {index} (numprocs is {job.spec.numprocs})')
+
     async def _act(self, name: str, index: int | None, act: Callable[[Instance], bool],
                    retired_too: bool = False) -> tuple[Job, list[Instance]] | Reply:
-        """Under the job's lock, `act` on its instances (or on instance `index`); the job and the
-        instances it acted on, or the failure reply. `retired_too`: also the retired ones still
-        stopping (a stop or kill reaches them)."""
+        """Under the job's lock, `act` on the instances of `instances_of`; the job and the ones it
+        acted on, or the failure reply."""
         async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            if index is None:
-                targets = list(job.instances if retired_too else job.active)
-            elif 0 <= index < job.spec.numprocs:
-                targets = [job.instances[index]]
-            else:
-                return fail(f'job "{name}" has no instance {index} (numprocs is {job.spec.numprocs})')
+            found = self.instances_of(name, index, retired_too)
+            if isinstance(found, Reply):
+                return found
+            job, targets = found
             return job, [inst for inst in targets if act(inst)]
 
     async def start(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
@@ -288,8 +301,8 @@ class Supervisor:
             return outcome
         return SUCCESS if outcome[1] else REDUNDANT
 
-    async def repair(self, name: str, nowait: bool = False) -> Reply:
-        outcome = await self._act(name, None, Instance.repair)
+    async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        outcome = await self._act(name, index, Instance.repair)
         if isinstance(outcome, Reply):
             return outcome
         job, repaired = outcome
@@ -311,6 +324,8 @@ class Supervisor:
             return Reply("status", value={"jobs": [entry]})
         entries = [self._job_status(job, now) for job in self.jobs.values()]
         entries += [self._invalid_status(name) for name in self.invalid if name not in self.jobs]
+        if self.daemon is not None:  # who answers: `version` and `pid`
+            return Reply("status", value={"jobs": entries, "daemon": self.daemon.document()})
         return Reply("status", value={"jobs": entries})
 
     def _job_status(self, job: Job, now: float) -> dict:
@@ -364,25 +379,35 @@ class Supervisor:
             return SUCCESS
 
     async def reload(self, name: str, nowait: bool = False) -> Reply:
-        reply, _ = await self._apply_file(name, nowait)
-        return reply
+        reply, change = await self._apply_file(name, nowait)
+        return _with_report(reply, [(name, reply, change)])
 
     async def reload_all(self) -> Reply:
         """Reload every job file (SIGHUP, `restart`): new, changed, removed and unchanged alike.
-        The reply carries what happened to each job."""
+        The reply carries what happened to each job (docs/protocol.md, "The reload report")."""
         names = sorted(self.directory.names() | set(self.jobs) | set(self.invalid))
         outcomes = await asyncio.gather(*(self._apply_file(name, nowait=True) for name in names))
-        changes = {name: change for name, (_, change) in zip(names, outcomes) if change != "missing"}
-        done = [f"{name} {change}" for name, change in changes.items() if change != "unchanged"]
+        done = [f"{name} {change}" for name, (_, change) in zip(names, outcomes) if change not in ("unchanged", "missing")]
         log.info("reload: %s", ", ".join(done) if done else "nothing changed")
         problems = [reply.error for reply, _ in outcomes if reply.response == "fail" and reply.error]
-        value = {"changes": changes}
-        if problems:
-            return Reply("fail", error="\n".join(problems), value=value)
-        return Reply("success", value=value)
+        overall = fail("\n".join(problems)) if problems else SUCCESS
+        return _with_report(overall, [(name, reply, change) for name, (reply, change) in zip(names, outcomes)])
 
     def reopen_logs(self) -> None:
         self.log_files.reopen_all()
+
+
+def _with_report(reply: Reply, outcomes: list[tuple[str, Reply, str]]) -> Reply:
+    """`reply` carrying the reload report: what changed per job (an invalid file with its error)."""
+    changes = []
+    for name, outcome, change in outcomes:
+        if change == "missing":
+            continue
+        entry = {"job": name, "change": change}
+        if change == "invalid" and outcome.error:
+            entry["error"] = outcome.error
+        changes.append(entry)
+    return Reply(reply.response, error=reply.error, value={"changes": changes})
 
 
 async def _settled_start(job: Job, starting: list, nowait: bool) -> Reply:
