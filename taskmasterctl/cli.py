@@ -34,12 +34,14 @@ def verbs_help() -> str:
 def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskmasterctl",
-        usage="%(prog)s [--host H] [--port P] [--json] [--timeout S] [VERB [ARGS...]]",
+        usage="%(prog)s [--host H] [--port P | --socket PATH] [--json] [--timeout S] [VERB [ARGS...]]",
         description="Control taskmasterd. Without a verb, start an interactive shell.",
         epilog=f"{verbs_help()}\n\n'taskmasterctl VERB --help' shows a verb's arguments.\n\n{EXIT_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"daemon address (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"daemon port (default {DEFAULT_PORT})")
+    parser.add_argument("--socket", metavar="PATH", default=os.environ.get("TASKMASTER_SOCKET") or None,
+                        help="the daemon's unix socket instead of TCP (default: $TASKMASTER_SOCKET; '' for TCP)")
     parser.add_argument("--json", action="store_true", help="print each decoded reply as one line of JSON")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                         help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})")
@@ -171,7 +173,7 @@ def parse_command(words: list[str], as_json: bool) -> Command | int:
 
 def main(argv: list[str] | None = None) -> int:
     options = main_parser().parse_args(argv)
-    client = Client(options.host, options.port, options.timeout)
+    client = Client(options.host, options.port, options.timeout, socket_path=options.socket or None)
     if options.verb is None:
         from .shell import Shell
 

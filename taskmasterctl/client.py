@@ -1,6 +1,6 @@
 """A small synchronous client of the control protocol: one method per verb, `Reply` answers.
 
-    with Client(port=7777) as daemon:
+    with Client(port=7777) as daemon:   # or Client(socket_path="/run/taskmaster/taskmasterd.sock")
         reply = daemon.status("web")      # Reply(response="status", value={"jobs": [...]})
 
 It connects on the first request and again after the daemon closed the connection (an idle
@@ -28,9 +28,10 @@ class ConnectionFailed(Exception):
 
 class Client:
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, socket_path: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.socket_path = socket_path  # when set, the daemon's unix socket instead of TCP
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder(MAX_REPLY)
@@ -38,7 +39,7 @@ class Client:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.socket_path or f"{self.host}:{self.port}"
 
     # --- one method per verb --------------------------------------------------------------------
 
@@ -107,13 +108,26 @@ class Client:
             self.close()
         if self._sock is None:
             try:
-                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                sock = self._connect()
             except OSError as exc:
                 why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
                 raise ConnectionFailed(f"cannot connect to taskmasterd at {self.address}: {why}") from None
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = sock
         return self._sock
+
+    def _connect(self) -> socket.socket:
+        if self.socket_path is None:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def close(self) -> None:
         if self._sock is not None:

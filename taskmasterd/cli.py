@@ -18,16 +18,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taskmasterd: {exc}", file=sys.stderr)
         return 1
 
+    from .accounts import resolve_policy
     from .daemon import raise_fd_limit, run, setup_logging
-    from .server import bind_listener
+    from .listeners import open_listeners
 
-    # Refuse a second daemon (same pid file or same port) here, where the operator sees the message.
+    # Refuse a second daemon (same pid file, port or socket) here, where the operator sees the message.
     pidfile = LockedPidfile(config.pidfile) if config.pidfile else None
     try:
+        policy, control_gids = resolve_policy(config.control_users, config.control_groups, config.allow_remote)
         if pidfile is not None:
             pidfile.acquire()
-        listener = bind_listener(config.host, config.port)
-    except (PidfileLocked, OSError) as exc:
+        listeners = open_listeners(config.host, config.port, config.socket, control_gids[0] if control_gids else None,
+                                   policy.users, control_gids[1:])
+    except (PidfileLocked, OSError, ValueError) as exc:
         print(f"taskmasterd: {exc}", file=sys.stderr)
         return 1
 
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             working_directory="/",
             umask=0o022,
             pidfile=pidfile,
-            files_preserve=[listener.fileno()] + ([pidfile.fd] if pidfile else []),
+            files_preserve=[sock.fileno() for sock in listeners.sockets] + ([pidfile.fd] if pidfile else []),
             signal_map={},  # asyncio installs the handlers once the loop runs
         )
         context.open()
@@ -48,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config)
     raise_fd_limit()
     try:
-        return asyncio.run(run(config, listener, colonies))
+        return asyncio.run(run(config, listeners, policy, colonies))
     finally:
+        listeners.close()
         if pidfile is not None:
             pidfile.__exit__(None, None, None)
 

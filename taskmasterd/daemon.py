@@ -7,11 +7,12 @@ import logging.handlers
 import os
 import resource
 import signal
-import socket
 import sys
 
+from .access import AccessPolicy
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
+from .listeners import Listeners
 from .sdnotify import notify
 from .supervisor import Supervisor
 
@@ -42,7 +43,8 @@ def raise_fd_limit() -> None:
             pass
 
 
-async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesSettings | None) -> int:
+async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
+              colonies: ColoniesSettings | None) -> int:
     from .server import ControlServer
 
     loop = asyncio.get_running_loop()
@@ -60,11 +62,11 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
 
         bridge = ColoniesBridge(supervisor, colonies)
         bridge.open()
-    server = ControlServer(supervisor, max_connections=config.max_connections, idle_timeout=config.idle_timeout)
-    await server.start(listener)
-    host, port = listener.getsockname()[:2]
-    log.info("taskmasterd ready: %d job(s) from %s, control on %s:%d",
-             len(supervisor.jobs), config.jobs_dir, host, port)
+    server = ControlServer(supervisor, policy, max_connections=config.max_connections,
+                           idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)
+    await server.start(listeners.sockets)
+    log.info("taskmasterd ready: %d job(s) from %s, control on %s",
+             len(supervisor.jobs), config.jobs_dir, listeners.describe())
     notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=supervising {len(supervisor.jobs)} job(s)")
 
     await stopping.wait()
