@@ -26,13 +26,14 @@ _NOT_QUOTE_OR_MARK = bytes(b for b in range(256) if b not in (0x22, 0x01))
 
 def _neutral(raw: bytes) -> bytes:
     """raw's neutral image, of the same length, in which every `"` opens or closes a string, every
-    MARK begins a `;;`, and no other byte means anything. A backslash pairs with the byte after it,
-    left to right (inside strings this is JSON's escape; outside them valid JSON has no backslash),
-    and a pair is never a delimiter. A `;;` pairs left to right too."""
+    MARK begins a `;;`, and no other byte means anything. A backslash pairs with a backslash or a
+    quote after it, left to right, and such a pair is never a delimiter: inside strings this is
+    JSON's escape, and outside them valid JSON has no backslash (so `x\\;;` still ends a message).
+    A `;;` pairs left to right too."""
     if _MARK in raw:  # binary input must not fake a terminator
         raw = raw.translate(_PLAIN)
     if b"\\" in raw:
-        raw = raw.replace(b"\\\\", b"aa").replace(b'\\"', b"aa").replace(b"\\;", b"aa")
+        raw = raw.replace(b"\\\\", b"aa").replace(b'\\"', b"aa")
     return raw.replace(b";;", b"\x01a")
 
 

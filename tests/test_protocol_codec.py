@@ -118,12 +118,12 @@ def test_any_split_yields_the_same_messages(docs: list[dict], data: st.DataObjec
 
 
 def reference_bodies(wire: bytes) -> list[bytes]:
-    """The framing rule one byte at a time: a backslash pairs with the byte after it, a quote not
-    in such a pair opens or closes a string, and `;;` outside strings ends a body."""
+    """The framing rule one byte at a time: a backslash pairs with a backslash or a quote after it,
+    a quote not in such a pair opens or closes a string, and `;;` outside strings ends a body."""
     bodies, start, i, in_string = [], 0, 0, False
     while i < len(wire):
         byte = wire[i]
-        if byte == 0x5C:
+        if byte == 0x5C and wire[i + 1:i + 2] in (b"\\", b'"'):
             i += 2
             continue
         if byte == 0x22:
