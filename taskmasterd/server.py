@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskmasterd.server")
 
 READ_SIZE = 256 * 1024  # one recv() at most
-READ_AHEAD = 64 * 1024  # input buffered past the request being answered
-WRITE_HIGH_WATER = 64 * 1024  # unread replies past which no further request is taken
+READ_AHEAD = 16 * 1024  # input buffered past the request being answered
+WRITE_HIGH_WATER = 16 * 1024  # unread replies past which no further request is taken
 MEMORY_CAP = 64 * 1024 * 1024  # input and unread output of all connections together
 LINGER = 2.0  # seconds a closing connection's late input is swallowed, so the last reply survives
 FD_RESERVE = 1024  # descriptors kept for the jobs (pipes, log files, pidfds) beyond the connections
@@ -207,9 +207,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.server.accept(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._waiting is not None or self.discarding:
-            return self.server.scratch
-        return self.server.scratch[:max(4096, READ_AHEAD - self.decoder.pending)]
+        pending = self.decoder.pending
+        if self.discarding or self._waiting is not None and pending >= READ_AHEAD:
+            return self.server.scratch  # dropping it, or in the middle of a large message
+        return self.server.scratch[:max(4096, READ_AHEAD - pending)]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.discarding:
