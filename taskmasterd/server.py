@@ -6,8 +6,9 @@ requests strictly in order, so a connection waiting on a slow verb (a 10 s stop)
 itself. In the life of a connection:
 
 - At accept, before a byte is read, the kernel names the peer (`peercred`) and the access policy
-  decides (`access`); a refused peer gets one `fail` and is closed. Past `max_connections` a new
-  connection gets one `invalid` saying so.
+  decides (`access`); a refused peer gets one `fail` and is closed. Only admitted connections
+  count against `max_connections`, so peers that are refused cannot crowd out those that are not;
+  past it a new admitted connection gets one `invalid` saying so.
 - A connection that opens like an HTTP request is closed at once, unanswered (`http_guard`).
 - Requests are taken one at a time, and the task yields to the loop between two pipelined ones.
 - Memory is bounded: a connection reads ahead at most READ_AHEAD bytes past the request being
@@ -45,6 +46,7 @@ READ_AHEAD = 16 * 1024  # input buffered past the request being answered
 WRITE_HIGH_WATER = 16 * 1024  # unread replies past which no further request is taken
 MEMORY_CAP = 64 * 1024 * 1024  # input and unread output of all connections together
 LINGER = 2.0  # seconds a closing connection's late input is swallowed, so the last reply survives
+REFUSED_LINGERING = 64  # refused peers given that grace at once; later ones are closed straight away
 FD_RESERVE = 1024  # descriptors kept for the jobs (pipes, log files, pidfds) beyond the connections
 
 
@@ -77,7 +79,9 @@ class ControlServer:
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._held = 0  # bytes all connections hold, as last counted (it can only overestimate)
-        self._refusal = b""
+        self.admitted = 0  # connections past the access check, which max_connections bounds
+        self.refused_lingering = 0
+        self.too_many = invalid("too many connections")
         self._closing = False
 
     @property
@@ -86,7 +90,7 @@ class ControlServer:
 
     async def start(self, sockets: Iterable[socket.socket]) -> None:
         self.max_connections = _connections_allowed(self.max_connections)
-        self._refusal = encode_reply(invalid(f"too many connections (the limit is {self.max_connections})"))
+        self.too_many = invalid(f"too many connections (the limit is {self.max_connections})")
         self.identifier = PeerIdentifier()
         loop = asyncio.get_running_loop()
         for sock in sockets:
@@ -114,10 +118,6 @@ class ControlServer:
         transport = connection.transport
         if self._closing:
             transport.abort()
-            return
-        if len(self._connections) >= self.max_connections:
-            transport.write(self._refusal)
-            transport.close()
             return
         assert self.identifier is not None
         connection.peer = self.identifier.identify(transport.get_extra_info("socket"))
@@ -273,9 +273,15 @@ class _Connection(asyncio.BufferedProtocol):
             refusal = await self.server.refusal(self.peer)
             if refusal is not None:
                 await self._send(fail(refusal))
-                await self._linger()
+                await self._linger_refused()
+            elif self.server.admitted >= self.server.max_connections:
+                await self._send(self.server.too_many)  # and closed at once: it must not hang
             else:
-                await self._converse()
+                self.server.admitted += 1
+                try:
+                    await self._converse()
+                finally:
+                    self.server.admitted -= 1
         except (ConnectionError, TimeoutError):
             pass  # the client went away, fell silent, or stopped reading; nobody is left to tell
         finally:
@@ -369,6 +375,16 @@ class _Connection(asyncio.BufferedProtocol):
         self.decoder = FrameDecoder()
         self.server.count(self)
         self.transport.resume_reading()
+
+    async def _linger_refused(self) -> None:
+        """Linger for a refused peer while few do; a crowd of them is not worth the descriptors."""
+        if self.server.refused_lingering >= REFUSED_LINGERING:
+            return
+        self.server.refused_lingering += 1
+        try:
+            await self._linger()
+        finally:
+            self.server.refused_lingering -= 1
 
     async def _linger(self) -> None:
         """Half-close, then swallow what the client still sends for a moment: closing with unread

@@ -9,8 +9,10 @@ import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +20,7 @@ import psutil
 import pytest
 
 from taskmasterd.verbs import VERBS, JobArg
-from tests.support.control_fixtures import SLEEPER, message, tree
+from tests.support.control_fixtures import SLEEPER, Raw, message, text, tree
 from tests.support.daemon import ROOT, Daemon
 
 # The project's interpreter may sit under a directory only root enters (~root/.pyenv): other uids
@@ -171,3 +173,35 @@ def test_an_http_post_of_a_valid_push_creates_nothing_and_starts_nothing(tmp_pat
         assert tree(daemon.root) == files and not (daemon.jobs_dir / "intruder.tm.json").exists()
         assert daemon.processes() == processes
         assert [job["name"] for job in daemon.status()["jobs"]] == ["web"]
+
+
+def test_refused_peers_cannot_crowd_out_admitted_ones(tmp_path: Path, socket_dir: Path) -> None:
+    with AccessDaemon(tmp_path, socket_dir, {"max_connections": 5}) as daemon:
+        ready_read, ready_write = os.pipe()
+        crowd = os.fork()
+        if crowd == 0:  # nobody opens 60 connections and holds them, never closing its side
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                held = [socket.socket() for _ in range(60)]
+                for sock in held:  # not create_connection: its idna codec is not importable as nobody
+                    sock.connect(("127.0.0.1", daemon.port))
+                os.write(ready_write, str(len(held)).encode())
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        os.close(ready_write)
+        try:
+            assert os.read(ready_read, 8) == b"60"
+            admitted = [Raw(daemon.port) for _ in range(5)]
+            for raw in admitted:
+                assert raw.exchange(message("list"))["response"] == "list"
+            with Raw(daemon.port) as sixth:
+                assert "too many connections" in text(sixth.reply()["error"])
+            for raw in admitted:
+                raw.close()
+        finally:
+            os.kill(crowd, 9)
+            os.waitpid(crowd, 0)
+            os.close(ready_read)
