@@ -15,6 +15,7 @@ this branch with the accept-time check disabled (the kernel lookup replaced by "
 """
 from __future__ import annotations
 
+import io
 import os
 import resource
 import socket
@@ -33,7 +34,7 @@ import psutil  # noqa: E402
 
 from taskmasterctl.client import Client  # noqa: E402
 from taskmasterd.access import AccessPolicy  # noqa: E402
-from taskmasterd.peercred import Peer, PeerIdentifier  # noqa: E402
+from taskmasterd.peercred import PeerIdentifier  # noqa: E402
 from taskmasterd.protocol import MAX_MESSAGE, FrameDecoder  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
 
@@ -59,7 +60,7 @@ class SourceDaemon(Daemon):
 def main_source() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="bench-security-main-"))
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "main"], check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder)
     return folder
 
@@ -198,10 +199,9 @@ def main() -> None:
                 before, after = rss_with_stuck_clients(daemon, count)
             rows.append((f"RSS, {name}, {count} clients that never read", f"{before / 2**20:.0f} -> {after / 2**20:.0f} MiB",
                          "bounded"))
-    width = [max(len(row[i]) for row in rows) for i in range(3)]
-    print(f"{'measure':<{width[0]}}  {'result':<{width[1]}}  target")
-    for name, result, target in rows:
-        print(f"{name:<{width[0]}}  {result:<{width[1]}}  {target}")
+    print("| measure | result | target |\n|---|---|---|")  # markdown, to paste into a report
+    for row in rows:
+        print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
 
 
 if __name__ == "__main__":

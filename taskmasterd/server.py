@@ -107,6 +107,8 @@ class ControlServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for connection in list(self._connections):  # its task was cancelled before it began
+            connection.drop()
         for server in self._servers:
             await server.wait_closed()
         if self.identifier is not None:
@@ -141,7 +143,7 @@ class ControlServer:
         account = None
         if self.policy.needs_account(peer):
             assert peer.uid is not None
-            account = self.accounts.cached(peer.uid) or await self.accounts.get(peer.uid)
+            account = await self.accounts.get(peer.uid)  # at once when known, else from a worker thread
         refusal = self.policy.decide(peer, account)
         who = peer.uid if peer.uid is not None else peer.address
         if refusal is not None and self.refusals.should_log(who, asyncio.get_running_loop().time()):
@@ -176,8 +178,8 @@ class ControlServer:
         self._held = sum(connection.held for connection in self._connections)
         while self._held > self.memory_cap and self._connections:
             biggest = max(self._connections, key=lambda connection: connection.held)
-            log.warning("dropped the control connection holding the most (%d bytes): connections "
-                        "together held more than %d bytes", biggest.held, self.memory_cap)
+            log.warning("dropped the control connection holding the most (uid %s, %d bytes): connections "
+                        "together held more than %d bytes", biggest.peer.uid, biggest.held, self.memory_cap)
             biggest.drop()
             self.forget(biggest)
 

@@ -26,6 +26,12 @@ def b64(text: str | bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+def random_pieces(wire: bytes, data: st.DataObject, cuts: int) -> list[bytes]:
+    """wire cut at up to `cuts` places that hypothesis chooses."""
+    places = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=cuts)))
+    return [wire[a:b] for a, b in zip([0, *places], [*places, len(wire)])]
+
+
 def feed_all(chunks: list[bytes], limit: int = MAX_MESSAGE) -> tuple[list[bytes], FrameDecoder]:
     decoder = FrameDecoder(limit)
     bodies: list[bytes] = []
@@ -110,9 +116,7 @@ messages = st.dictionaries(
 @given(st.lists(messages, max_size=6), st.data())
 def test_any_split_yields_the_same_messages(docs: list[dict], data: st.DataObject) -> None:
     wire = b"".join(json.dumps(doc).encode() + b";;\n" for doc in docs)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
-    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
-    bodies, decoder = feed_all(chunks)
+    bodies, decoder = feed_all(random_pieces(wire, data, 10))
     assert [json.loads(body) for body in bodies] == docs
     assert not decoder.oversize
 
@@ -143,10 +147,8 @@ tricky_bytes = st.lists(st.sampled_from([b'"', b";", b"\\", b"a", b"{", b"\x01",
 @settings(max_examples=500, deadline=None)
 @given(tricky_bytes, st.data())
 def test_any_bytes_split_anywhere_frame_as_the_byte_by_byte_rule(wire: bytes, data: st.DataObject) -> None:
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=12)))
-    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
     expected = reference_bodies(wire)
-    bodies, decoder = feed_all(chunks)
+    bodies, decoder = feed_all(random_pieces(wire, data, 12))
     assert bodies == expected
     assert decoder.pending == len(wire) - sum(len(body) + 2 for body in expected)
 

@@ -7,16 +7,16 @@ fairness and memory tests run a real daemon and measure it from outside.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import threading
 import time
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 import psutil
 import pytest
@@ -223,16 +223,15 @@ class Ticker:
 
 
 @pytest.fixture
-def ticker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ticker]:
-    created: list[Ticker] = []
+def ticker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Ticker]]:
+    """Installs a Ticker as the verb `tick` for the test's duration."""
 
     def install(replies: list[Reply], wait: bool = False) -> Ticker:
         made = Ticker(replies, wait)
         monkeypatch.setitem(VERBS, "tick", made.verb())
-        created.append(made)
         return made
 
-    yield install  # type: ignore[misc]
+    yield install
 
 
 def lines(n: int) -> list[Reply]:
@@ -310,7 +309,7 @@ def test_a_slow_reader_of_a_stream_gets_everything_in_order(tmp_path: Path, tick
                 if i % 20 == 0:
                     await asyncio.sleep(0.05)
                 jobs.append(json.loads((await reader.readuntil(b";;"))[:-2])["job"])
-            assert [__import__("base64").b64decode(job).decode() for job in jobs] == [str(i) for i in range(200)]
+            assert [base64.b64decode(job).decode() for job in jobs] == [str(i) for i in range(200)]
             writer.close()
 
     run(scenario())
