@@ -205,3 +205,54 @@ def test_refused_peers_cannot_crowd_out_admitted_ones(tmp_path: Path, socket_dir
             os.kill(crowd, 9)
             os.waitpid(crowd, 0)
             os.close(ready_read)
+
+
+IP = shutil.which("ip")
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[tuple[str, str, str]]:
+    """Another host: a network namespace joined to ours by a veth pair. (our address, its address,
+    the namespace.)"""
+    tag = os.getpid() % 10000
+    namespace, ours, theirs = f"tmtest{tag}", f"tmva{tag}", f"tmvb{tag}"
+    here, there = "10.213.7.1", "10.213.7.2"
+    steps = [["netns", "add", namespace], ["link", "add", ours, "type", "veth", "peer", "name", theirs],
+             ["link", "set", theirs, "netns", namespace], ["addr", "add", f"{here}/30", "dev", ours],
+             ["link", "set", ours, "up"], ["-n", namespace, "addr", "add", f"{there}/30", "dev", theirs],
+             ["-n", namespace, "link", "set", theirs, "up"], ["-n", namespace, "link", "set", "lo", "up"]]
+    try:
+        for step in steps:
+            made = subprocess.run([str(IP), *step], capture_output=True, text=True)
+            if made.returncode != 0:
+                pytest.skip(f"cannot make a network namespace here: ip {' '.join(step)}: {made.stderr.strip()}")
+        yield here, there, namespace
+    finally:
+        subprocess.run([str(IP), "link", "del", ours], capture_output=True)
+        subprocess.run([str(IP), "netns", "del", namespace], capture_output=True)
+
+
+def from_namespace(namespace: str, exchanges: list[dict]) -> list[dict]:
+    out = subprocess.run([str(IP), "netns", "exec", namespace, str(SYSTEM_PYTHON), str(PROBE)],
+                         input=json.dumps(exchanges), capture_output=True, text=True, cwd="/", timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(IP is None, reason="ip (iproute2) is needed to make a second host")
+def test_a_host_elsewhere_needs_allow_remote_and_a_local_user_cannot_pass_for_one(
+        tmp_path: Path, socket_dir: Path, elsewhere: tuple[str, str, str]) -> None:
+    here, there, namespace = elsewhere
+    wire = base64.b64encode(message("list")).decode()
+    with AccessDaemon(tmp_path / "closed", socket_dir, args=["--host", here]) as daemon:
+        exchange = {"tcp": daemon.port, "host": here, "send": wire, "replies": 1, "close_wait": 10}
+        (remote,) = from_namespace(namespace, [exchange])
+        assert remote == {"replies": [refusal_bytes(f"permission denied: {there} is not on this host and not "
+                                                    "in allow_remote")], "closed": True, "error": None}
+    with AccessDaemon(tmp_path / "open", socket_dir, {"allow_remote": ["10.213.7.0/30"]}, ["--host", here]) as daemon:
+        exchange = {"tcp": daemon.port, "host": here, "send": wire, "replies": 1}
+        (remote,) = from_namespace(namespace, [exchange])
+        assert json.loads(remote["replies"][0][:-2])["response"] == "list", remote
+        # nobody, from this host, through the same address (inside allow_remote): still judged by uid
+        (local,) = run_as(NOBODY, NOBODY, [exchange])
+        assert local["replies"] == [refusal_bytes(REFUSED)], local

@@ -23,7 +23,7 @@ def test_help_lists_the_options():
     out = subprocess.run([sys.executable, "-m", "taskmasterd", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
     for option in ("--jobs-dir", "--log-dir", "--state-dir", "--host", "--port", "--foreground", "--daemon",
-                   "--pidfile", "--config", "--log-level"):
+                   "--pidfile", "--config", "--log-level", "--socket", "--control-group"):
         assert option in out.stdout
 
 

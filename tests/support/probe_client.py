@@ -1,6 +1,7 @@
 """A raw control client for tests that must run as another uid (started with subprocess's `user=`).
 
-Reads a JSON list of exchanges on stdin, each {"tcp": port} or {"unix": path}, "send": base64
+Reads a JSON list of exchanges on stdin, each {"tcp": port} (with "host", 127.0.0.1 by default) or
+{"unix": path}, "send": base64
 bytes, "replies": how many replies to wait for, "close_wait": seconds to wait after them for the
 daemon to close the connection (default 0: do not wait); prints a JSON list of results, each {"replies":
 [the bytes of each reply, as text], "closed": whether the daemon closed the connection after
@@ -23,7 +24,7 @@ def exchange(spec: dict) -> dict:
             sock.settimeout(TIMEOUT)
             sock.connect(spec["unix"])
         else:
-            sock = socket.create_connection(("127.0.0.1", spec["tcp"]), timeout=TIMEOUT)
+            sock = socket.create_connection((spec.get("host", "127.0.0.1"), spec["tcp"]), timeout=TIMEOUT)
     except OSError as exc:
         result["error"] = exc.strerror or str(exc)
         return result
