@@ -116,7 +116,11 @@ def bind_unix(path: str, group: int | None, grant_users: Iterable[int] = (),
         os.umask(previous)
     try:
         if group is not None:
-            os.chown(path, -1, group, follow_symlinks=False)
+            try:
+                os.chown(path, -1, group, follow_symlinks=False)
+            except PermissionError:
+                raise PermissionError(errno.EPERM, f"cannot give it to group {group}: the daemon's user is "
+                                                   "not a member of it") from None
         _grant(path, set(grant_users) - {os.geteuid(), 0}, set(grant_groups) - {group})
         sock.listen(socket.SOMAXCONN)
     except OSError as exc:
