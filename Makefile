@@ -24,16 +24,17 @@ run: $(STAMP)
 	mkdir -p run/logs run/state
 	$(BIN)/taskmasterd --jobs-dir jobs --log-dir run/logs --state-dir run/state
 
-# The whole test suite. systemd-analyze (Debian package systemd) checks the unit file; curl
-# scrapes the metrics endpoint as a monitoring system would.
+# The whole test suite. Tools it takes from Debian, as tool:package: systemd-analyze checks the
+# unit files, curl sends the cross-protocol HTTP request and scrapes
+# the metrics endpoint as a monitoring system would. Missing ones are installed when possible;
+# otherwise the tests that need them are skipped.
+TEST_TOOLS := systemd-analyze:systemd curl:curl
 test: $(TSTAMP)
-	@missing=""; \
-	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
-	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
-	[ -z "$$missing" ] || { \
+	@for pair in $(TEST_TOOLS); do tool=$${pair%%:*}; package=$${pair#*:}; \
+	  command -v $$tool >/dev/null 2>&1 || { \
 	  command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || \
-	  echo "warning: could not install$$missing; the tests that need them will be skipped"; }
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null) || \
+	  echo "warning: $$tool unavailable; the tests that need it will be skipped"; }; done
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks are run by hand; supervisord is installed only to compare capture rates in the same run.

@@ -79,7 +79,7 @@ def reload(session: Session, args: Namespace) -> None:
 
 def _print_changes(session: Session, reply: Reply) -> None:
     changes = reply.value.get("changes") if isinstance(reply.value, dict) else None
-    if changes and not session.as_json:
+    if changes and not session.as_json and any(entry.get("change") != "unchanged" for entry in changes):
         from .render import reload_report
 
         session.out.write(reload_report(changes))

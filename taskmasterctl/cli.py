@@ -28,7 +28,7 @@ def main_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="taskmasterctl",
-        usage="%(prog)s [--host H] [--port P] [--json] [--timeout S] [COMMAND [ARGS...]]",
+        usage="%(prog)s [--host H] [--port P | --socket PATH] [--json] [--timeout S] [COMMAND [ARGS...]]",
         description="Control taskmasterd. Without a command, start an interactive shell. "
                     "Options may come before or after the command.",
         epilog=f"{commands_help()}\n\n'taskmasterctl help COMMAND' shows a command's arguments.\n\n{EXIT_HELP}",
@@ -55,7 +55,7 @@ def run_command(words: list[str], client: Client | None = None, as_json: bool = 
         parsed = parse(name, words[:position] + words[position + 1:])
     except SystemExit as exc:  # argparse has printed the usage or the help
         return exc.code if isinstance(exc.code, int) else EXIT_INVALID
-    session = Session(client or Client(parsed.host, parsed.port, parsed.timeout), as_json or parsed.json)
+    session = Session(client or client_for(parsed), as_json or parsed.json)
     try:
         command.run(session, parsed)
     except ConnectionFailed as exc:
@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     options = main_parser().parse_args(words)
     from .shell import Shell
 
-    return Shell(Client(options.host, options.port, options.timeout), options.json).run()
+    return Shell(client_for(options), options.json).run()
+
+
+def client_for(options: argparse.Namespace) -> Client:
+    """The client the line's options name: the unix socket when given (or $TASKMASTER_SOCKET), else TCP."""
+    return Client(options.host, options.port, options.timeout, socket_path=options.socket or None)
 
 
 def _quiet_broken_pipe(run: Callable[[], int]) -> int:

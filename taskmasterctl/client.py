@@ -1,6 +1,6 @@
 """A small synchronous client of the control protocol: one method per verb, `Reply` answers.
 
-    with Client(port=7777) as daemon:
+    with Client(port=7777) as daemon:   # or Client(socket_path="/run/taskmaster/taskmasterd.sock")
         reply = daemon.status("web")      # Reply(response="status", value={"jobs": [...]})
 
 It connects on the first request and again after the daemon closed the connection (an idle
@@ -32,9 +32,10 @@ class ConnectionFailed(Exception):
 
 class Client:
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, socket_path: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.socket_path = socket_path  # when set, the daemon's unix socket instead of TCP
         self.timeout = timeout
         self._sock: _socket.socket | None = None
         self._decoder = FrameDecoder(MAX_REPLY)
@@ -42,7 +43,7 @@ class Client:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.socket_path or f"{self.host}:{self.port}"
 
     # --- one method per verb --------------------------------------------------------------------
 
@@ -136,15 +137,28 @@ class Client:
             self.close()
         if self._sock is None:
             try:
-                # An ASCII host as bytes: a str would make getaddrinfo load the IDNA codec (3 ms).
-                host = self.host.encode("ascii") if self.host.isascii() else self.host
-                sock = _connect(host, self.port, self.timeout)
+                sock = self._connect()
             except OSError as exc:
                 why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
                 raise ConnectionFailed(f"cannot connect to taskmasterd at {self.address}: {why}") from None
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             self._sock = sock
         return self._sock
+
+    def _connect(self) -> _socket.socket:
+        if self.socket_path is None:
+            # An ASCII host as bytes: a str would make getaddrinfo load the IDNA codec (3 ms).
+            host = self.host.encode("ascii") if self.host.isascii() else self.host
+            sock = _connect(host, self.port, self.timeout)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            return sock
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def close(self) -> None:
         if self._sock is not None:

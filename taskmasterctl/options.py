@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 GLOBAL_OPTIONS: tuple[tuple[str, bool, dict[str, Any]], ...] = (
     ("--host", True, {"default": DEFAULT_HOST, "metavar": "H", "help": f"daemon address (default {DEFAULT_HOST})"}),
     ("--port", True, {"type": int, "default": DEFAULT_PORT, "metavar": "P", "help": f"daemon port (default {DEFAULT_PORT})"}),
+    ("--socket", True, {"default": os.environ.get("TASKMASTER_SOCKET") or None, "metavar": "PATH",
+                        "help": "the daemon's unix socket instead of TCP (default: $TASKMASTER_SOCKET; '' for TCP)"}),
     ("--json", False, {"action": "store_true", "help": "print each decoded reply as one line of JSON"}),
     ("--timeout", True, {"type": float, "default": DEFAULT_TIMEOUT, "metavar": "S",
                          "help": f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})"}),

@@ -23,15 +23,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taskmasterd: {exc}", file=sys.stderr)
         return 1
 
+    from .accounts import resolve_policy
     from .daemon import raise_fd_limit, run, setup_logging
-    from .server import bind_listener
+    from .listeners import open_listeners
 
-    # Refuse a second daemon (same pid file or same port) here, where the operator sees the message.
+    # Refuse a second daemon (same pid file, port or socket) here, where the operator sees the message.
     pidfile = LockedPidfile(config.pidfile) if config.pidfile else None
     try:
+        policy, control_gids = resolve_policy(config.control_users, config.control_groups, config.allow_remote)
         if pidfile is not None:
             pidfile.acquire()
-        listener = bind_listener(config.host, config.port)
+        listeners = open_listeners(config.host, config.port, config.socket, control_gids[0] if control_gids else None,
+                                   policy.users, control_gids[1:])
         metrics = _bind_metrics(config.metrics) if config.metrics else None
     except (PidfileLocked, OSError, ValueError) as exc:
         print(f"taskmasterd: {exc}", file=sys.stderr)
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             working_directory="/",
             umask=0o022,
             pidfile=pidfile,
-            files_preserve=[listener.fileno()] + ([pidfile.fd] if pidfile else []) + ([metrics.fileno()] if metrics else []),
+            files_preserve=[sock.fileno() for sock in listeners.sockets] + ([pidfile.fd] if pidfile else [])
+            + ([metrics.fileno()] if metrics else []),
             signal_map={},  # asyncio installs the handlers once the loop runs
         )
         context.open()
@@ -54,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     log_writer = setup_logging(config)
     raise_fd_limit()
     try:
-        return asyncio.run(run(config, listener, colonies, metrics=metrics))
+        return asyncio.run(run(config, listeners, policy, colonies, metrics=metrics))
     finally:
         log_writer.stop()  # writes out what is still queued
+        listeners.close()
         if pidfile is not None:
             pidfile.__exit__(None, None, None)
 

@@ -19,7 +19,8 @@ class DaemonConfig:
     log_dir: str = "logs"
     state_dir: str = "state"
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
+    port: int | None = DEFAULT_PORT  # None: no TCP listener
+    socket: str | None = None  # path of a unix-socket listener
     daemon: bool = False
     pidfile: str | None = None
     log_level: str = "INFO"
@@ -30,11 +31,15 @@ class DaemonConfig:
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
     config_file: str | None = None  # the --config file read, for status's `daemon` object (not a setting)
     check: str | None = None  # --check: validate this jobs directory ("" = the configured one) and exit
+    write_timeout: float = 30.0  # a client that reads none of its replies for this long is dropped
+    control_users: list[str | int] = field(default_factory=list)  # who may connect, beyond root and
+    control_groups: list[str] = field(default_factory=list)  # the daemon's own uid (see access.py)
+    allow_remote: list[str] = field(default_factory=list)  # networks of peers on other hosts
     colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
 
     def absolutize(self) -> None:
         """Daemon mode changes directory to /: resolve every path against the caller's cwd first."""
-        for name in ("jobs_dir", "log_dir", "state_dir", "pidfile"):
+        for name in ("jobs_dir", "log_dir", "state_dir", "pidfile", "socket"):
             value = getattr(self, name)
             if value:
                 setattr(self, name, os.path.abspath(value))
@@ -64,8 +69,30 @@ def default_directories(cwd: str, euid: int, environ: dict[str, str] | os._Envir
             "state_dir": os.path.join(state, "taskmaster", "state")}
 
 
-_TYPES = {"port": int, "max_connections": int, "idle_timeout": (int, float), "daemon": bool, "colonies": dict,
-          "max_numprocs": int}
+_TYPES = {"port": (int, type(None)), "max_connections": int, "idle_timeout": (int, float),
+          "write_timeout": (int, float), "daemon": bool, "colonies": dict,
+          "control_users": list, "control_groups": list, "allow_remote": list, "max_numprocs": int}
+_NUMBERS = (int, (int, float), (int, type(None)))
+
+
+def check_listeners(config: DaemonConfig) -> None:
+    port, path = config.port, config.socket
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"port {port} is out of range: give 1-65535, or none to turn TCP off")
+    if port is None and not path:
+        raise ConfigError("nothing to listen on: with port none, give a unix socket (--socket PATH)")
+    if path is not None and len(os.fsencode(os.path.abspath(path))) > 107:
+        raise ConfigError(f"socket path {path!r} is too long for a unix socket (107 bytes at most)")
+    if config.write_timeout <= 0:
+        raise ConfigError("write_timeout must be positive")
+
+
+def _check_lists(path: str, document: dict[str, Any]) -> None:
+    for key, kinds in (("control_users", (str, int)), ("control_groups", (str,)), ("allow_remote", (str,))):
+        for item in document.get(key, []):
+            if isinstance(item, bool) or not isinstance(item, kinds):
+                raise ConfigError(f"{path}: {key} must list {' or '.join(k.__name__ for k in kinds)} values, "
+                                  f"not {json.dumps(item)}")
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -88,8 +115,9 @@ def load_config_file(path: str) -> dict[str, Any]:
         if key not in known:
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
         expected = _TYPES.get(key, (str, type(None)))
-        if isinstance(value, bool) and expected in (int, (int, float)) or not isinstance(value, expected):
+        if isinstance(value, bool) and expected in _NUMBERS or not isinstance(value, expected):
             raise ConfigError(f"{path}: setting {key!r} has the wrong type: {json.dumps(value)}")
+    _check_lists(path, document)
     return document
 
 
@@ -108,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", help="directory of the daemon's own state (default: ./state beside ./jobs; "
                         "else /var/lib/taskmaster, or $XDG_STATE_HOME/taskmaster/state)")
     parser.add_argument("--host", help="address of the control protocol (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, help=f"port of the control protocol (default: {DEFAULT_PORT})")
+    parser.add_argument("--port", type=_port, default=argparse.SUPPRESS,
+                        help=f"TCP port of the control protocol, 1-65535, or 'none' to listen on the unix "
+                             f"socket only (default: {DEFAULT_PORT})")
+    parser.add_argument("--socket", metavar="PATH", help="also listen on a unix socket at PATH (mode 0660)")
+    parser.add_argument("--control-group", dest="control_groups", metavar="GROUP", action="append",
+                        help="members of GROUP may control the daemon (repeatable; replaces the config "
+                             "file's control_groups; the first is the unix socket's group)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--foreground", dest="daemon", action="store_false", default=None,
                       help="stay in the foreground (the default; right under systemd)")
@@ -125,17 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r} (give 1-65535, or none)") from None
+
+
 def resolve(argv: list[str] | None = None) -> DaemonConfig:
     args = build_parser().parse_args(argv)
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for name in ("jobs_dir", "log_dir", "state_dir", "host", "port", "daemon", "pidfile", "log_level", "metrics"):
+    for name in ("jobs_dir", "log_dir", "state_dir", "host", "daemon", "pidfile", "log_level", "socket",
+                 "control_groups", "metrics"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
+    if hasattr(args, "port"):  # absent unless given: `--port none` is None, and means it
+        settings["port"] = args.port
     if any(name not in settings for name in DIRECTORIES):
         defaults = default_directories(os.getcwd(), os.geteuid(), os.environ)
         settings = {**{name: defaults[name] for name in DIRECTORIES}, **settings}
     config = DaemonConfig(**settings, config_file=os.path.abspath(args.config) if args.config else None,
                           check=args.check)
+    check_listeners(config)
     config.absolutize()
     return config

@@ -12,10 +12,12 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Callable
 
+from .access import AccessPolicy
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
 from .daemonhandle import DaemonHandle
 from .daemonlog import RingHandler
+from .listeners import Listeners
 from .sdnotify import notify
 from .supervisor import Supervisor
 
@@ -58,8 +60,8 @@ def raise_fd_limit() -> None:
             pass
 
 
-async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesSettings | None,
-              metrics: socket.socket | None = None) -> int:
+async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
+              colonies: ColoniesSettings | None, metrics: socket.socket | None = None) -> int:
     from .jobfile import Limits
     from .server import ControlServer
 
@@ -86,8 +88,9 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
     dirs = {"jobs_dir": config.jobs_dir, "log_dir": config.log_dir, "state_dir": config.state_dir}
     supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stopping.set)
     # The port answers from the start: while the jobs load, status shows what is loaded so far.
-    server = ControlServer(supervisor, max_connections=config.max_connections, idle_timeout=config.idle_timeout)
-    await server.start(listener)
+    server = ControlServer(supervisor, policy, max_connections=config.max_connections,
+                           idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)
+    await server.start(listeners.sockets)
     metrics_server = None
     if metrics is not None:
         from .metrics import MetricsServer
@@ -104,9 +107,8 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
 
             bridge = ColoniesBridge(supervisor, colonies)
             bridge.open()
-        host, port = listener.getsockname()[:2]
-        log.info("taskmasterd ready: %d job(s) from %s, control on %s:%d",
-                 len(supervisor.jobs), config.jobs_dir, host, port)
+        log.info("taskmasterd ready: %d job(s) from %s, control on %s",
+                 len(supervisor.jobs), config.jobs_dir, listeners.describe())
         notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=supervising {len(supervisor.jobs)} job(s)")
         await stopping.wait()
     stop_requested.cancel()

@@ -13,7 +13,6 @@ from .reply import Reply
 
 TYPE_CHECKING = False  # typing costs the one-shot taskmasterctl 5 ms to import
 if TYPE_CHECKING:
-    import re
     from typing import Any
 
     from .verbs import Request
@@ -21,112 +20,179 @@ if TYPE_CHECKING:
 TERMINATOR = b";;"
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes before the terminator; more is refused and the link closed
 
+# The framing scan runs in C: bytes methods (translate, replace, find, count) over whole runs of
+# input. Python-level work is a few calls per message, never per byte or per string, so 4 MiB of
+# adversarial bytes (`";` repeated, escapes, strings full of `;;`) cost milliseconds, not seconds.
+_MARK = b"\x01"  # in the neutral image: the first byte of a `;;`
+_SPECIAL = (0x22, 0x3B, 0x5C)  # `"`, `;`, backslash
+_PLAIN = bytes(b if b in _SPECIAL else 0x61 for b in range(256))  # any other byte becomes `a`
+_NOT_QUOTE_OR_MARK = bytes(b for b in range(256) if b not in (0x22, 0x01))
+_LONG = 4096  # past this, searches that run at memchr speed beat the plain ones
 
 
-def _string_body() -> re.Pattern[bytes]:
-    """The rest of a JSON string from inside it: ordinary bytes and complete escapes; it stops at
-    the closing quote, or before a backslash whose escaped byte has not arrived yet. Compiled on
-    first use: the daemon's replies never hold an escape, so taskmasterctl never imports `re`."""
-    global _STRING_BODY
-    if _STRING_BODY is None:
-        import re
+def _neutral(raw: bytes) -> bytes:
+    """raw's neutral image, of the same length, in which every `"` opens or closes a string, every
+    MARK begins a `;;`, and no other byte means anything. A backslash pairs with a backslash or a
+    quote after it, left to right, and such a pair is never a delimiter: inside strings this is
+    JSON's escape, and outside them valid JSON has no backslash (so `x\\;;` still ends a message).
+    A `;;` pairs left to right too."""
+    if _MARK in raw:  # binary input must not fake a terminator
+        raw = raw.translate(_PLAIN)
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"aa").replace(b'\\"', b"aa")
+    if len(raw) < _LONG:
+        return raw.replace(b";;", b"\x01a")
+    first = raw.find(b";")  # memchr speed; a two-byte search is not, and base64 has no `;`
+    if first < 0:
+        return raw
+    return raw[:first] + raw[first:].replace(b";;", b"\x01a")
 
-        _STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
-    return _STRING_BODY
+
+def _odd_quotes(image: bytearray, stop: int) -> bool:
+    """Whether image[:stop] holds an odd number of quotes. In a long stretch a few are found at
+    memchr speed (a large reply has a handful); past that, or in a short one, count() walks them."""
+    if stop < _LONG:
+        return image.count(b'"', 0, stop) % 2 == 1
+    found, at = 0, image.find(b'"', 0, stop)
+    while at >= 0:
+        found += 1
+        if found == 16:
+            return image.count(b'"', 0, stop) % 2 == 1
+        at = image.find(b'"', at + 1, stop)
+    return found % 2 == 1
 
 
-_STRING_BODY: re.Pattern[bytes] | None = None
+def _first_mark_after_a_string(image: bytearray, first_mark: int) -> int | None:
+    """Where the first terminator outside every string is in `image` (a neutral image that starts
+    outside a string and whose first MARK, at `first_mark`, lies inside one), or None if it is not
+    there.
 
-
-def _find_terminator(buf: bytearray, pos: int, stop: int) -> int:
-    """Index of the first `;;` in buf[pos:stop], or -1. Single-byte finds run at memchr speed,
-    a two-byte find does not, and a large reply is mostly one long base64 string."""
+    Only quotes and marks matter, and two adjacent quotes cancel: what remains alternates a quote
+    and a run of marks, so the first mark after the second quote is the first one outside. The
+    window doubles until it holds that mark, which keeps the work linear in the message's length.
+    """
+    size = 2 * first_mark + 64
     while True:
-        semicolon = buf.find(b";", pos, stop - 1)
-        if semicolon < 0 or buf[semicolon + 1] == 0x3B:
-            return semicolon
-        pos = semicolon + 1
+        window = image[:size]
+        skeleton = window.translate(None, _NOT_QUOTE_OR_MARK).replace(b'""', b"")
+        second_quote = skeleton.find(b'"', 1)
+        if 0 < second_quote < len(skeleton) - 1:
+            inside = second_quote - 1  # the marks between the first two quotes
+            return window.replace(_MARK, b"a", inside).find(_MARK)
+        if size >= len(image):
+            return None
+        size *= 2
 
 
 class FrameDecoder:
     """Cuts a byte stream into message bodies at each `;;` that is not inside a JSON string.
 
-    Feed it whatever the socket gave; it returns the complete bodies (without the terminator, in
-    order) and keeps the rest. Once a body grows past `limit`, `oversize` turns true, the bodies
-    before it have been returned and everything after is dropped.
+    `push` what the socket gave and take the complete bodies (without the terminator, in order) one
+    at a time with `next_frame`, or both at once with `feed`. Each byte is scanned once, when the
+    body it belongs to is asked for. Once a body grows past `limit`, `oversize` turns true, the
+    bodies before it have been returned and everything after is dropped.
     """
 
-    __slots__ = ("_buf", "_pos", "_in_string", "limit", "oversize")
+    __slots__ = ("_raw", "_image", "_pos", "_in_string", "limit", "oversize")
 
     def __init__(self, limit: int = MAX_MESSAGE) -> None:
-        self._buf = bytearray()
-        self._pos = 0  # bytes of the pending body already scanned
-        self._in_string = False  # whether `_pos` is inside a JSON string
+        self._raw = bytearray()  # received bytes from the start of the pending body on
+        # The neutral image of _raw[_pos:_pos + len(_image)]: what has been neutralized but not
+        # yet scanned. At most one byte of _raw lies beyond it: a `;` or a backslash whose
+        # partner has not arrived.
+        self._image = bytearray()
+        self._pos = 0  # _raw before this has been scanned; `_in_string` tells the state there
+        self._in_string = False
         self.limit = limit
         self.oversize = False
 
     @property
     def pending(self) -> int:
-        """Bytes received but not yet part of a complete message."""
-        return len(self._buf)
+        """Bytes received but not yet returned in a body."""
+        return len(self._raw)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        if self.oversize:
-            return []
-        buf = self._buf
-        buf += data
-        end = len(buf)
-        start, pos, in_string = 0, self._pos, self._in_string
-        bodies: list[bytes] = []
-        while pos < end:
-            if not in_string:
-                # Fast path, the common case: no escapes and an even number of quotes before the
-                # next `;;` means that terminator is outside every string.
-                term = _find_terminator(buf, pos, end)
-                if term >= 0 and buf.find(b"\\", pos, term) < 0 and buf.count(b'"', pos, term) % 2 == 0:
-                    if not self._take(bodies, buf, start, term):
-                        return bodies
-                    start = pos = term + 2
-                    continue
-                quote = buf.find(b'"', pos)
-                term = _find_terminator(buf, pos, quote if quote >= 0 else end)
-                if term >= 0:
-                    if not self._take(bodies, buf, start, term):
-                        return bodies
-                    start = pos = term + 2
-                elif quote >= 0:
-                    in_string, pos = True, quote + 1
-                else:  # a lone `;` at the end may be half of a terminator
-                    pos = end - 1 if buf[-1] == 0x3B else end
-                    break
-            else:
-                quote = buf.find(b'"', pos)
-                stop = quote if quote >= 0 else end
-                if buf.find(b"\\", pos, stop) >= 0:
-                    # Escapes ahead: let the regex walk them (memchr-speed finds are for the rest).
-                    stop = _string_body().match(buf, pos).end()
-                    quote = stop if stop < end and buf[stop] == 0x22 else -1
-                if quote < 0:  # the string goes on in a later segment
-                    pos = stop
-                    break
-                in_string, pos = False, quote + 1
-        del buf[:start]
-        self._pos, self._in_string = pos - start, in_string
-        if len(buf) > self.limit:
-            self._overflow()
+    def push(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.oversize:
+            self._raw += data
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        self.push(data)
+        bodies = []
+        while (body := self.next_frame()) is not None:
+            bodies.append(body)
         return bodies
 
-    def _take(self, bodies: list[bytes], buf: bytearray, start: int, term: int) -> bool:
-        if term - start > self.limit:
+    def next_frame(self) -> bytes | None:
+        """The next complete body, or None until more bytes arrive (or for good, once oversize)."""
+        if self.oversize or self._pos == len(self._raw):  # nothing that has not been scanned
+            return None
+        if not self._image and not self._in_string and len(self._raw) - self._pos < _LONG:
+            body = self._plain_message()
+            if body is not None:
+                return body
+        self._neutralize_arrivals()
+        image = self._image
+        if self._in_string:
+            quote = image.find(b'"')
+            if quote < 0:
+                return self._scanned_all()
+            self._skip(quote + 1, in_string=False)
+        mark = image.find(_MARK)
+        if mark < 0:
+            self._in_string = _odd_quotes(image, len(image))
+            return self._scanned_all()
+        if _odd_quotes(image, mark):
+            found = _first_mark_after_a_string(image, mark)
+            if found is None:
+                self._in_string = _odd_quotes(image, len(image))
+                return self._scanned_all()
+            mark = found
+        end = self._pos + mark
+        if end > self.limit:
+            return self._overflow()
+        body = bytes(self._raw[:end])
+        del self._raw[:end + 2]
+        del image[:mark + 2]
+        self._pos, self._in_string = 0, False
+        return body
+
+    def _plain_message(self) -> bytes | None:
+        """The common short message, with no backslash before its terminator, cut straight from
+        the received bytes (its quotes pair up, so the terminator is outside every string)."""
+        raw = self._raw
+        end = raw.find(b";;", self._pos)
+        if end < 0 or end > self.limit or raw.find(b"\\", self._pos, end) >= 0 or raw.count(b'"', self._pos, end) % 2:
+            return None
+        body = bytes(raw[:end])
+        del raw[:end + 2]
+        self._pos = 0
+        return body
+
+    def _neutralize_arrivals(self) -> None:
+        known = self._pos + len(self._image)
+        if known == len(self._raw):
+            return
+        with memoryview(self._raw) as raw:
+            image = _neutral(bytes(raw[known:]))
+        unpaired = 1 if image[-1] in (0x3B, 0x5C) else 0
+        with memoryview(image) as view:
+            self._image += view[:len(image) - unpaired]
+
+    def _skip(self, count: int, in_string: bool) -> None:
+        del self._image[:count]
+        self._pos += count
+        self._in_string = in_string
+
+    def _scanned_all(self) -> None:
+        self._skip(len(self._image), self._in_string)
+        if self._pos > self.limit:
             self._overflow()
-            return False
-        with memoryview(buf) as view:  # one copy, not two
-            bodies.append(bytes(view[start:term]))
-        return True
+        return None
 
     def _overflow(self) -> None:
         self.oversize = True
-        self._buf = bytearray()
+        self._raw, self._image = bytearray(), bytearray()
+        return None
 
 
 class InvalidRequest:

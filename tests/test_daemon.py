@@ -23,7 +23,7 @@ def test_help_lists_the_options():
     out = subprocess.run([sys.executable, "-m", "taskmasterd", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
     for option in ("--jobs-dir", "--log-dir", "--state-dir", "--host", "--port", "--foreground", "--daemon",
-                   "--pidfile", "--config", "--log-level"):
+                   "--pidfile", "--config", "--log-level", "--socket", "--control-group"):
         assert option in out.stdout
 
 
@@ -171,14 +171,24 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (make test installs it)")
-def test_systemd_unit_verifies_clean(tmp_path):
-    unit = (ROOT / "systemd" / "taskmasterd.service").read_text()
-    assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit and "KillMode=mixed" in unit
+@pytest.mark.parametrize("unit, manager", [("taskmasterd.service", []), ("taskmasterd-user.service", ["--user"])])
+def test_systemd_unit_verifies_clean(tmp_path, unit, manager):
+    text = (ROOT / "systemd" / unit).read_text()
+    expected = ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "RuntimeDirectory=taskmaster"]
+    if manager:  # the user's own daemon: its socket only, in the user's runtime directory
+        expected += ["--socket %t/taskmaster/taskmasterd.sock", "--port none", "NoNewPrivileges=yes"]
+    else:
+        expected += ["--socket /run/taskmaster/taskmasterd.sock", "--host 127.0.0.1 --port 7777",
+                     "--control-group taskmaster", "UMask=0027"]
+    assert [line for line in expected if line not in text] == []
     # verify checks that ExecStart's program exists: point it at the installed entry point
     installed = shutil.which("taskmasterd") or str(ROOT / ".venv" / "bin" / "taskmasterd")
-    copy = tmp_path / "taskmasterd.service"
-    copy.write_text(unit.replace("/usr/local/bin/taskmasterd", installed))
-    out = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    copy = tmp_path / unit
+    copy.write_text(text.replace("/usr/local/bin/taskmasterd", installed))
+    runtime = tmp_path / "runtime"  # a user manager needs one; CI has no login session
+    runtime.mkdir(mode=0o700)
+    out = subprocess.run([SYSTEMD_ANALYZE, *manager, "verify", str(copy)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
     assert out.returncode == 0 and out.stdout.strip() == "" and out.stderr.strip() == "", out.stderr
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,12 @@ from taskmasterd.verbs import VERBS, Reply, Request
 def b64(text: str | bytes) -> str:
     raw = text.encode() if isinstance(text, str) else text
     return base64.b64encode(raw).decode()
+
+
+def random_pieces(wire: bytes, data: st.DataObject, cuts: int) -> list[bytes]:
+    """wire cut at up to `cuts` places that hypothesis chooses."""
+    places = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=cuts)))
+    return [wire[a:b] for a, b in zip([0, *places], [*places, len(wire)])]
 
 
 def feed_all(chunks: list[bytes], limit: int = MAX_MESSAGE) -> tuple[list[bytes], FrameDecoder]:
@@ -109,11 +116,81 @@ messages = st.dictionaries(
 @given(st.lists(messages, max_size=6), st.data())
 def test_any_split_yields_the_same_messages(docs: list[dict], data: st.DataObject) -> None:
     wire = b"".join(json.dumps(doc).encode() + b";;\n" for doc in docs)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
-    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
-    bodies, decoder = feed_all(chunks)
+    bodies, decoder = feed_all(random_pieces(wire, data, 10))
     assert [json.loads(body) for body in bodies] == docs
     assert not decoder.oversize
+
+
+def reference_bodies(wire: bytes) -> list[bytes]:
+    """The framing rule one byte at a time: a backslash pairs with a backslash or a quote after it,
+    a quote not in such a pair opens or closes a string, and `;;` outside strings ends a body."""
+    bodies, start, i, in_string = [], 0, 0, False
+    while i < len(wire):
+        byte = wire[i]
+        if byte == 0x5C and wire[i + 1:i + 2] in (b"\\", b'"'):
+            i += 2
+            continue
+        if byte == 0x22:
+            in_string = not in_string
+        elif byte == 0x3B and not in_string and wire[i + 1:i + 2] == b";":
+            bodies.append(wire[start:i])
+            start = i = i + 2
+            continue
+        i += 1
+    return bodies
+
+
+tricky_bytes = st.lists(st.sampled_from([b'"', b";", b"\\", b"a", b"{", b"\x01", b" ", b";;", b'\\"', b'"a"']),
+                        max_size=60).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(tricky_bytes, st.data())
+def test_any_bytes_split_anywhere_frame_as_the_byte_by_byte_rule(wire: bytes, data: st.DataObject) -> None:
+    expected = reference_bodies(wire)
+    bodies, decoder = feed_all(random_pieces(wire, data, 12))
+    assert bodies == expected
+    assert decoder.pending == len(wire) - sum(len(body) + 2 for body in expected)
+
+
+def framing_seconds(wire: bytes, segment: int) -> tuple[float, int]:
+    """CPU seconds (what the loop would lose; other processes on the machine do not count) and bodies."""
+    decoder = FrameDecoder()
+    started, bodies = time.process_time(), 0
+    for offset in range(0, len(wire), segment):
+        bodies += len(decoder.feed(wire[offset:offset + segment]))
+    return time.process_time() - started, bodies
+
+
+def repeated(pattern: bytes, size: int) -> bytes:
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+# Each makes a scanner that works per byte, per quote or per `;` in Python (or one that rescans)
+# slow: a string per 3 bytes, a `;` per 2, an escape per 2, strings full of candidate `;;`.
+ADVERSARIAL = [b'";', b";x", b'"\\"', b"\\\\", b'"a"', b'";;"x', b'"', b"\\;", b'"\\;;\\""', b"\x01;", b"{[", b'"' + b";;" * 8 + b'"']
+
+
+@pytest.mark.parametrize("pattern", ADVERSARIAL)
+def test_4_mib_of_adversarial_bytes_are_framed_well_under_100_ms(pattern: bytes) -> None:
+    wire = repeated(pattern, MAX_MESSAGE)
+    for segment in (len(wire), 64 * 1024):
+        elapsed = min(framing_seconds(wire, segment)[0] for _ in range(3))
+        assert elapsed < 0.1, f"{pattern!r} in {segment}-byte segments: {elapsed * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize("pattern", [b";;", b"{};;", b'";;";;', b'"\\";;";;', b'"' + b";;" * 8])
+def test_many_tiny_messages_cost_a_bounded_time_each(pattern: bytes) -> None:
+    elapsed, bodies = framing_seconds(repeated(pattern, 1024 * 1024), 64 * 1024)
+    assert bodies >= 1024 * 1024 // len(pattern) - 1
+    assert elapsed < 0.1 + bodies * 10e-6, f"{pattern!r}: {elapsed * 1e6 / bodies:.1f} us per message"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=1, max_size=8), st.sampled_from([4096, 65536, 1 << 20]))
+def test_any_repeated_pattern_is_framed_in_linear_time(pattern: bytes, segment: int) -> None:
+    elapsed, bodies = framing_seconds(repeated(pattern, 1024 * 1024), segment)
+    assert elapsed < 0.05 + bodies * 10e-6, f"{pattern!r}: {elapsed * 1000:.0f} ms for {bodies} messages"
 
 
 @settings(max_examples=300, deadline=None)
