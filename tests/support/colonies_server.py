@@ -107,15 +107,19 @@ class ColoniesTestServer:
         server_prvkey: str = DEFAULT_SERVER_PRVKEY,
         allow_reregister: bool = True,
         deadline_tick: float = 0.25,
+        stale_executor_duration: float | None = None,
+        cleanup_interval: float = 0.25,
     ) -> None:
         self.server_id = derive_id(server_prvkey)
-        self.state = ColonyState(self.server_id, allow_reregister=allow_reregister)
+        self.state = ColonyState(self.server_id, allow_reregister=allow_reregister,
+                                 stale_executor_duration=stale_executor_duration)
         # Tests flip this to exercise a client's chunked-body parsing.
         self.chunked_replies = False
         self.requests_served = 0
         self.host = "127.0.0.1"
         self.port = 0
         self._deadline_tick = deadline_tick
+        self._cleanup_interval = cleanup_interval  # COLONIES_CLEANUP_INTERVAL (60 s on the real server)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[_Connection] = set()
@@ -130,6 +134,7 @@ class ColoniesTestServer:
         self._server = await asyncio.start_server(self._serve, host, port)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
         self._spawn(self._deadline_loop())
+        self._spawn(self._cleanup_loop())
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -158,6 +163,11 @@ class ColoniesTestServer:
         while True:
             await asyncio.sleep(self._deadline_tick)
             self.state.check_deadlines()
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cleanup_interval)
+            self.state.remove_stale_executors()
 
     # ------------------------------------------------------------------ HTTP
 
@@ -372,8 +382,10 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
 
 
-async def _serve_forever(host: str, port: int, server_prvkey: str, allow_reregister: bool) -> None:
-    server = ColoniesTestServer(server_prvkey=server_prvkey, allow_reregister=allow_reregister)
+async def _serve_forever(host: str, port: int, server_prvkey: str, allow_reregister: bool,
+                         stale_executor_duration: float | None) -> None:
+    server = ColoniesTestServer(server_prvkey=server_prvkey, allow_reregister=allow_reregister,
+                                stale_executor_duration=stale_executor_duration)
     await server.start(host, port)
     print(server.port, flush=True)
     stop = asyncio.Event()
@@ -390,8 +402,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port; the port is printed")
     parser.add_argument("--server-prvkey", default=DEFAULT_SERVER_PRVKEY)
     parser.add_argument("--no-reregister", action="store_true", help="executor names can never be reused")
+    parser.add_argument("--stale-executor-duration", type=float, default=None,
+                        help="seconds without an assign after which an executor is removed (default: never)")
     args = parser.parse_args(argv)
-    asyncio.run(_serve_forever(args.host, args.port, args.server_prvkey, not args.no_reregister))
+    asyncio.run(_serve_forever(args.host, args.port, args.server_prvkey, not args.no_reregister,
+                               args.stale_executor_duration))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from taskmasterd.colonies.crypto import sha3_256_hex
+from tests.support.colonies_units import QuantityError, available, cpu_millis, memory_bytes
 
 WAITING, RUNNING, SUCCESS, FAILED, CANCELLED = range(5)
 PENDING, APPROVED, REJECTED, UNREGISTERED = range(4)
@@ -135,6 +136,9 @@ def _normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class _Process:
     doc: dict[str, Any]
+    submitted: int  # unix ns
+    cpu: int  # millicores, as AddProcess stores conditions.cpu
+    mem: int  # bytes
     wait_deadline: int | None = None
     exec_deadline: int | None = None
 
@@ -157,9 +161,13 @@ class _Process:
 class ColonyState:
     """Colonies, executors, users, functions, processes and logs of one server."""
 
-    def __init__(self, server_id: str, allow_reregister: bool = True) -> None:
+    def __init__(self, server_id: str, allow_reregister: bool = True,
+                 stale_executor_duration: float | None = None) -> None:
         self.server_id = server_id
         self.allow_reregister = allow_reregister
+        # COLONIES_STALE_EXECUTOR_DURATION (the real default is 600 s); None: never.
+        self.stale_executor_duration = stale_executor_duration
+        self._heard: dict[str, int] = {}  # executorid -> unix ns of its last assign (MarkAlive)
         self.colonies: dict[str, dict[str, Any]] = {}
         self.executors: dict[tuple[str, str], dict[str, Any]] = {}
         self.users: dict[str, dict[str, dict[str, Any]]] = {}
@@ -187,6 +195,7 @@ class ColonyState:
             "assignprocessmsg": ("assign process", self._assign),
             "getprocessmsg": ("get process", self._get_process),
             "getprocessesmsg": ("get processes", self._get_processes),
+            "getprocesshistmsg": ("get process hist", self._get_process_hist),
             "closesuccessfulmsg": ("close process as successful", self._close_successful),
             "closefailedmsg": ("close process as failed", self._close_failed),
             "setoutputmsg": ("set output", self._set_output),
@@ -303,9 +312,12 @@ class ColonyState:
         self._require_colony_owner(caller, colonyname)
         old = self.executors.get((colonyname, name))
         if old is not None:
+            # handlers/executor HandleAddExecutor: a known name, even UNREGISTERED, is refused unless
+            # re-registration is allowed; then the old one is removed (its processes requeued) and replaced.
             if not self.allow_reregister:
                 raise ApiError(400, f"Executor with name <{name}> in Colony <{colonyname}> already exists")
-            self._drop_functions(colonyname, name)
+            self._unregister(old)
+            self._heard.pop(old["executorid"], None)
             del self.executors[(colonyname, name)]
         if self._executor_by_id(executorid) is not None:
             raise ApiError(400, f"Failed to add executor, executor with Id <{executorid}> already exists")
@@ -327,12 +339,37 @@ class ColonyState:
         return executor
 
     async def _set_executor_state(self, caller: str, msg: dict[str, Any], state: int, action: str) -> Any:
+        # By name, whatever the state: approving an UNREGISTERED executor restores it, same id
+        # (postgresql/executors.go ApproveExecutor sets STATE=1 by EXECUTOR_ID).
         self._require_colony_owner(caller, _str(msg, "colonyname"))
         executor = self._named_executor(msg, action)
-        executor["state"] = state
         if state == UNREGISTERED:
-            self._drop_functions(executor["colonyname"], executor["executorname"])
+            self._unregister(executor)
+        else:
+            executor["state"] = state
         return {}
+
+    def _unregister(self, executor: dict[str, Any]) -> None:
+        """postgresql/executors.go RemoveExecutorByName: the row stays, UNREGISTERED; its RUNNING
+        processes go back to the queue as they were submitted (no retry counted); its functions go."""
+        executor["state"] = UNREGISTERED
+        for process in self.processes.values():
+            if process.state == RUNNING and process.doc["assignedexecutorid"] == executor["executorid"]:
+                process.doc.update(isassigned=False, starttime=GO_ZERO_TIME, endtime=GO_ZERO_TIME,
+                                   assignedexecutorid="", state=WAITING)
+        self._drop_functions(executor["colonyname"], executor["executorname"])
+        self._notify()
+
+    def remove_stale_executors(self) -> None:
+        """controllers/colonies_controller_worker.go cleanupStaleExecutors: every executor that is not
+        UNREGISTERED, has been heard from (an assign) and not for the stale duration, is removed."""
+        if self.stale_executor_duration is None:
+            return
+        oldest = time.time_ns() - int(self.stale_executor_duration * _NS)
+        for executor in self.executors.values():
+            heard = self._heard.get(executor["executorid"])
+            if executor["state"] != UNREGISTERED and heard is not None and heard < oldest:
+                self._unregister(executor)
 
     async def _approve_executor(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
         return await self._set_executor_state(caller, msg, APPROVED, "approve executor")
@@ -415,6 +452,11 @@ class ColonyState:
             raise ApiError(
                 400, f"Failed to submit function spec, priority outside range [-{MAX_PRIORITY}, {MAX_PRIORITY}]"
             )
+        conditions = spec["conditions"]
+        try:
+            cpu, mem = cpu_millis(conditions["cpu"]), memory_bytes(conditions["mem"])
+        except QuantityError as exc:
+            raise ApiError(400, str(exc)) from None
         now = time.time_ns()
         processid = random_id()
         wait_deadline = now + spec["maxwaittime"] * _NS if spec["maxwaittime"] > 0 else None
@@ -455,23 +497,28 @@ class ColonyState:
             "out": [],
             "errors": [],
         }
-        self.processes[processid] = _Process(doc, wait_deadline=wait_deadline)
+        self.processes[processid] = _Process(doc, now, cpu, mem, wait_deadline=wait_deadline)
         self._notify()
         return doc
 
-    def _matches(self, process: _Process, executor: dict[str, Any]) -> bool:
+    def _matches(self, process: _Process, executor: dict[str, Any], cpu: int, mem: int) -> bool:
+        """postgresql/processes.go SelectAndAssign's WHERE clause."""
         conditions = process.doc["spec"]["conditions"]
         names = conditions["executornames"] or []
+        location = conditions.get("locationname", "")
         return (
             process.state == WAITING
             and not process.doc["waitforparents"]
             and process.colony == executor["colonyname"]
             and conditions["executortype"] == executor["executortype"]
             and (not names or names == ["*"] or executor["executorname"] in names)
+            and process.cpu <= cpu
+            and process.mem <= mem
+            and (not location or location.lower() == executor.get("locationname", "").lower())
         )
 
-    def _try_assign(self, executor: dict[str, Any]) -> dict[str, Any] | None:
-        candidates = [p for p in self.processes.values() if self._matches(p, executor)]
+    def _try_assign(self, executor: dict[str, Any], cpu: int, mem: int) -> dict[str, Any] | None:
+        candidates = [p for p in self.processes.values() if self._matches(p, executor, cpu, mem)]
         if not candidates:
             return None
         process = min(candidates, key=lambda p: p.doc["prioritytime"])
@@ -497,11 +544,19 @@ class ColonyState:
         executor = self._executor_by_id(caller)
         if executor is None:
             raise ApiError(500, "Failed to assign process, executor not found")
+        try:
+            cpu = available(_str(msg, "availablecpu"), cpu_millis)
+            mem = available(_str(msg, "availablemem"), memory_bytes)
+        except QuantityError as exc:
+            raise ApiError(400, str(exc)) from None
         deadline = time.monotonic() + timeout
         while True:
-            executor["lastheardfromtime"] = go_time(time.time_ns())
+            # Every try of the long-poll marks the executor alive (DistributedAssign's MarkAlive).
+            now = time.time_ns()
+            executor["lastheardfromtime"] = go_time(now)
+            self._heard[executor["executorid"]] = now
             changed = self._changed
-            assigned = self._try_assign(executor)
+            assigned = self._try_assign(executor, cpu, mem)
             if assigned is not None:
                 return assigned
             remaining = deadline - time.monotonic()
@@ -546,6 +601,22 @@ class ColonyState:
         ]
         found.sort(key=lambda d: d["prioritytime"])
         return found[:count] or None
+
+    async def _get_process_hist(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
+        """handlers/process HandleGetProcessHist -> postgresql FindProcessesByExecutorID (or
+        FindProcessesByColonyName without an executorid): every process in `state` submitted in the
+        last `seconds`, oldest first, no count limit. (The real server sends no reply at all to a
+        non-member; this one answers 403.)"""
+        colonyname, executorid = _str(msg, "colonyname"), _str(msg, "executorid")
+        self._require_member(caller, colonyname)
+        since = time.time_ns() - _int(msg, "seconds") * _NS
+        state = _int(msg, "state")
+        found = [
+            p for p in self.processes.values()
+            if p.colony == colonyname and p.state == state and p.submitted >= since
+            and (not executorid or p.doc["assignedexecutorid"] == executorid)
+        ]
+        return [p.doc for p in sorted(found, key=lambda p: p.submitted)] or None
 
     def _assigned_process(self, caller: str, msg: dict[str, Any], verb: str) -> _Process:
         action = f"close process as {verb}"
