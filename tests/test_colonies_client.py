@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from taskmasterd.colonies.client import ColoniesClient, ColoniesError, ColoniesUnavailable, func_spec
+from taskmasterd.colonies.client import (
+    IDLE_REUSE_LIMIT,
+    ColoniesClient,
+    ColoniesError,
+    ColoniesOutcomeUnknown,
+    ColoniesUnavailable,
+    func_spec,
+)
 from taskmasterd.colonies.crypto import derive_id, generate_prvkey
 from tests.support.colonies_fixtures import COLONY_NAME, EXECUTOR_TYPE, run, serve_colony
 from tests.support.colonies_state import CANCELLED, FAILED, RUNNING, SUCCESS, WAITING
@@ -236,6 +243,43 @@ def test_transport_keep_alive_reconnect_chunked_and_unavailable() -> None:
             await unreachable.version()
         assert info.value.status == 0
         await unreachable.close()
+
+    run(scenario())
+
+
+def test_a_lost_reply_is_never_resent_for_what_must_not_happen_twice() -> None:
+    async def scenario() -> None:
+        async with serve_colony() as (server, client, col):
+            exe, user = col.executor_prvkey, col.user_prvkey
+            submitted = await client.submit(spec(maxexectime=-1), user)
+            assert server.drop_idle_connections() >= 1
+            await asyncio.sleep(0.05)
+            served = server.requests_served
+            # The kept-alive connection is gone: an assign may or may not have reached the server.
+            with pytest.raises(ColoniesOutcomeUnknown, match="not sent again"):
+                await client.assign(COLONY_NAME, 1, exe)
+            assert server.requests_served == served
+            assert (await client.get_process(submitted["processid"], user))["state"] == 0
+            # A connection idle for too long is not reused at all: nothing is lost.
+            for conn in client._idle:
+                conn.idle_since -= IDLE_REUSE_LIMIT + 1
+            assert server.drop_idle_connections() >= 1
+            assert (await client.assign(COLONY_NAME, 1, exe))["processid"] == submitted["processid"]
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100000)
+            await asyncio.sleep(10)
+
+        listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        quiet = ColoniesClient("127.0.0.1", port, timeout=0.5)
+        with pytest.raises(ColoniesOutcomeUnknown):
+            await quiet.add_log("1" * 64, "text", generate_prvkey())
+        with pytest.raises(ColoniesUnavailable) as info:
+            await quiet.get_process("1" * 64, generate_prvkey())
+        assert not isinstance(info.value, ColoniesOutcomeUnknown)
+        await quiet.close()
+        listener.close()
 
     run(scenario())
 
