@@ -26,6 +26,7 @@ class ColoniesSpec:
     executorname: str | None = None  # None: <job>.<hostname>
     functions: tuple[str, ...] = DEFAULT_COLONIES_FUNCTIONS
     maxconcurrent: int = 1
+    location: str | None = None  # None: the daemon's colonies location
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +203,10 @@ def _colonies(value: Any) -> ColoniesSpec | None:
         return None
     if not isinstance(value, dict):
         raise _Bad(f"must be an object or false, got {_got(value)}")
-    unknown = set(value) - {"executortype", "executorname", "functions", "maxconcurrent"}
+    unknown = set(value) - {"executortype", "executorname", "functions", "maxconcurrent", "location"}
     if unknown:
         raise _Bad(f"unknown key {_got(sorted(unknown)[0])}")
-    for key in ("executortype", "executorname"):
+    for key in ("executortype", "executorname", "location"):
         if key in value and (not isinstance(value[key], str) or not value[key]):
             raise _Bad(f"{key} must be a non-empty string, got {_got(value[key])}")
     functions = value.get("functions", list(DEFAULT_COLONIES_FUNCTIONS))
@@ -216,6 +217,7 @@ def _colonies(value: Any) -> ColoniesSpec | None:
         executorname=value.get("executorname"),
         functions=tuple(dict.fromkeys(functions)),
         maxconcurrent=_int(value.get("maxconcurrent", 1), 1, "an integer ≥ 1"),
+        location=value.get("location"),
     )
 
 

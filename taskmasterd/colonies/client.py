@@ -44,6 +44,11 @@ class ColoniesUnavailable(ColoniesError):
         super().__init__(status, message)
 
 
+def transient(exc: ColoniesError) -> bool:
+    """Worth retrying: the server is away or failing, rather than refusing."""
+    return isinstance(exc, ColoniesUnavailable) or exc.status >= 500 or exc.status == 408
+
+
 class ColoniesOutcomeUnknown(ColoniesUnavailable):
     """A call in NOT_REPEATABLE may have reached the server, but no reply came back; it is not
     sent again, and the caller finds out from the server what happened."""

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import hashlib
 import http
 import ipaddress
@@ -42,6 +43,10 @@ T = TypeVar("T")
 
 class _BadRequest(Exception):
     """A request that is not HTTP we understand; the connection is dropped."""
+
+
+class _ReplyLost(Exception):
+    """The request was carried out, and the connection dropped instead of replying."""
 
 
 class _Request:
@@ -115,6 +120,9 @@ class ColoniesTestServer:
                                  stale_executor_duration=stale_executor_duration)
         # Tests flip this to exercise a client's chunked-body parsing.
         self.chunked_replies = False
+        # msgtype -> how many of its next replies are lost (done, then the connection reset).
+        self.lose_replies: collections.Counter[str] = collections.Counter()
+        self.reply_delays: dict[str, float] = {}  # msgtype -> seconds each one takes (a slow server)
         self.requests_served = 0
         self.host = "127.0.0.1"
         self.port = 0
@@ -190,7 +198,7 @@ class ColoniesTestServer:
                 keep_alive = await self._answer(reader, writer, request)
                 if not keep_alive:
                     return
-        except (_BadRequest, ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (_BadRequest, _ReplyLost, ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         except asyncio.CancelledError:
             pass  # stop(): end quietly, asyncio's start_server callback logs cancelled handlers
@@ -232,10 +240,15 @@ class ColoniesTestServer:
             if msgtype == "versionmsg":
                 return 200, _reply_body(msgtype, {"buildversion": "", "buildtime": "", "msgtype": msgtype}, False)
             action, handler = self.state.handlers[msgtype]
+            if msgtype in self.reply_delays:
+                await asyncio.sleep(self.reply_delays[msgtype])
             try:
                 reply = await handler(caller, msg, gone)
             except BadJSON:
                 raise ApiError(400, f"Failed to {action}, invalid JSON") from None
+            if self.lose_replies[msgtype] > 0:
+                self.lose_replies[msgtype] -= 1
+                raise _ReplyLost(msgtype)
             return 200, _reply_body(msgtype, reply, False)
         except ApiError as exc:
             return exc.status, _error_body(exc.status, exc.message)

@@ -8,6 +8,7 @@ status codes and messages the real v1.9.12 server uses (wire-samples.json).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +51,13 @@ def go_time(ns: int | None) -> str:
     if frac:
         text += "." + f"{frac:09d}".rstrip("0")
     return text + "Z"
+
+
+def go_time_ns(text: str) -> int:
+    """The inverse of go_time (UTC "Z" times only), every digit kept."""
+    whole, _, frac = text.rstrip("Z").partition(".")
+    seconds = int(datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp())
+    return seconds * _NS + int((frac + "000000000")[:9])
 
 
 def random_id() -> str:
@@ -168,6 +176,7 @@ class ColonyState:
         # COLONIES_STALE_EXECUTOR_DURATION (the real default is 600 s); None: never.
         self.stale_executor_duration = stale_executor_duration
         self._heard: dict[str, int] = {}  # executorid -> unix ns of its last assign (MarkAlive)
+        self.held_assigns: collections.Counter[str] = collections.Counter()  # executorid -> long-polls waiting
         self.colonies: dict[str, dict[str, Any]] = {}
         self.executors: dict[tuple[str, str], dict[str, Any]] = {}
         self.users: dict[str, dict[str, dict[str, Any]]] = {}
@@ -562,7 +571,12 @@ class ColonyState:
             remaining = deadline - time.monotonic()
             if timeout < 0 or remaining <= 0:
                 raise ApiError(404, NO_PROCESS_MESSAGE)
-            if not await self._wait_change(changed, remaining, gone):
+            self.held_assigns[caller] += 1
+            try:
+                listening = await self._wait_change(changed, remaining, gone)
+            finally:
+                self.held_assigns[caller] -= 1
+            if not listening:
                 raise ApiError(404, NO_PROCESS_MESSAGE)  # nobody is listening any more
 
     def _process(self, caller: str, msg: dict[str, Any], action: str) -> _Process:
