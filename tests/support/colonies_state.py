@@ -185,6 +185,8 @@ class ColonyState:
         self.logs: list[dict[str, Any]] = []
         self._last_log_ns = 0
         self._changed = asyncio.Event()
+        # executortype -> assign long-polls waiting, oldest first: (their location, what wakes them)
+        self._assign_waiters: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
         # msgtype -> (what Go says it failed to do, handler)
         self.handlers: dict[str, tuple[str, Handler]] = {
             "addcolonymsg": ("add colony", self._add_colony),
@@ -220,6 +222,30 @@ class ColonyState:
         # Waiters hold the previous event; swapping wakes all of them at once.
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _signal_waiting(self, process: _Process) -> None:
+        """backends/gin/eventhandler.go sendSignal: a process now WAITING wakes exactly one assign
+        long-poll of its type (a located process: one at its location or at none)."""
+        location = process.doc["spec"]["conditions"].get("locationname", "")
+        waiters = self._assign_waiters.get(process.doc["spec"]["conditions"]["executortype"], [])
+        for waiter_location, woken in waiters:
+            if not woken.done() and (not location or waiter_location in ("", location)):
+                woken.set_result(None)
+                return
+
+    async def _wait_signal(self, executor: dict[str, Any], seconds: float, gone: asyncio.Future[Any] | None) -> bool:
+        """Wait to be signalled up to ``seconds``; False when the client went away."""
+        woken = asyncio.get_running_loop().create_future()
+        entry = (executor.get("locationname", ""), woken)
+        waiters = self._assign_waiters.setdefault(executor["executortype"], [])
+        waiters.append(entry)
+        try:
+            await asyncio.wait({woken} if gone is None else {woken, gone}, timeout=max(seconds, 0),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiters.remove(entry)
+            woken.cancel()
+        return gone is None or not gone.done()
 
     async def _wait_change(self, changed: asyncio.Event, seconds: float, gone: asyncio.Future[Any] | None) -> bool:
         """Wait for ``changed`` up to ``seconds``; False when the client went away."""
@@ -508,6 +534,7 @@ class ColonyState:
         }
         self.processes[processid] = _Process(doc, now, cpu, mem, wait_deadline=wait_deadline)
         self._notify()
+        self._signal_waiting(self.processes[processid])
         return doc
 
     def _matches(self, process: _Process, executor: dict[str, Any], cpu: int, mem: int) -> bool:
@@ -564,7 +591,6 @@ class ColonyState:
             now = time.time_ns()
             executor["lastheardfromtime"] = go_time(now)
             self._heard[executor["executorid"]] = now
-            changed = self._changed
             assigned = self._try_assign(executor, cpu, mem)
             if assigned is not None:
                 return assigned
@@ -573,7 +599,7 @@ class ColonyState:
                 raise ApiError(404, NO_PROCESS_MESSAGE)
             self.held_assigns[caller] += 1
             try:
-                listening = await self._wait_change(changed, remaining, gone)
+                listening = await self._wait_signal(executor, remaining, gone)
             finally:
                 self.held_assigns[caller] -= 1
             if not listening:
@@ -707,6 +733,7 @@ class ColonyState:
                 else:
                     process.doc.update(assignedexecutorid="", isassigned=False, retries=process.doc["retries"] + 1)
                     process.set_state(WAITING, now)
+                    self._signal_waiting(process)  # UnassignExecutor signals; RemoveExecutorByName does not
                 self._notify()
             elif process.state == WAITING and process.wait_deadline is not None and now > process.wait_deadline:
                 process.doc["errors"] = ["Maximum waiting time limit exceeded"]
