@@ -55,7 +55,8 @@ class JobExecutor:
         self._registration = Registration(shared, job.name, self.identity)
         self._runs: dict[str, asyncio.Task[None]] = {}  # processid -> its run
         self._polls: set[asyncio.Task[None]] = set()  # assigns in flight for free slots
-        self._keepalive: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None  # a keep-alive assign in flight
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         self._reconciling: asyncio.Task[None] | None = None
         self._adopted: set[str] | None = None  # while reconciling: what assigns brought meanwhile
         self._reconcile_due = False
@@ -174,6 +175,7 @@ class JobExecutor:
                 self._plan(key)
                 await self._wake.wait()
         finally:
+            self._disarm_keepalive()
             pending = [t for t in (*self._polls, self._keepalive, self._reconciling) if t is not None]
             for task in pending:
                 task.cancel()
@@ -208,12 +210,21 @@ class JobExecutor:
         for _ in range(room):
             delay = self._backoff.next_delay() if self._failing else 0.0
             self._polls.add(self._spawn(self._assign(key, delay)))
-        if self._polls and self._keepalive is not None:
-            self._keepalive.cancel()  # an assign in flight marks the executor alive itself
-            self._keepalive = None
-        elif not self._polls and self._keepalive is None:
-            self._keepalive = self._spawn(self._keep_alive(key))
+        if self._polls:
+            self._disarm_keepalive()  # an assign in flight marks the executor alive itself
+        elif self._keepalive is None and self._keepalive_timer is None:
+            self._keepalive_timer = asyncio.get_running_loop().call_later(
+                self._shared.timing.keepalive_interval, self._keep_alive_now, key)
         self.state = "polling" if self._polls else "running"
+
+    def _keep_alive_now(self, key: ExecutorKey) -> None:
+        self._keepalive_timer = None
+        self._keepalive = self._spawn(self._keep_alive(key))
+
+    def _disarm_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -249,23 +260,19 @@ class JobExecutor:
             self._begin(key, process)
 
     async def _keep_alive(self, key: ExecutorKey) -> None:
-        """While every slot is busy: an assign that can take nothing, every keepalive_interval."""
+        """Every slot has been busy for keepalive_interval: an assign that can take nothing."""
         shared = self._shared
-        while True:
-            await asyncio.sleep(shared.timing.keepalive_interval)
-            try:
-                process = await shared.client.assign(self._colony, -1, key.prvkey, NOTHING_CPU, NOTHING_MEM)
-            except ColoniesError as exc:
-                self._failed(exc)
-                if self._refused is not None:
-                    return
-                continue
-            self._answered()
-            if process is not None:  # it asked for less than no cpu and memory: not ours to run now
-                await self._assignment(key, process).close(False, [
-                    f"executor {self.executorname!r} was busy: its keep-alive assign (availablecpu {NOTHING_CPU}, "
-                    f"availablemem {NOTHING_MEM}) matched this process's negative cpu and memory conditions"],
-                    shared.timing.close_patience)
+        try:
+            process = await shared.client.assign(self._colony, -1, key.prvkey, NOTHING_CPU, NOTHING_MEM)
+        except ColoniesError as exc:
+            self._failed(exc)
+            return
+        self._answered()
+        if process is not None:  # it asked for less than no cpu and memory: not ours to run now
+            await self._assignment(key, process).close(False, [
+                f"executor {self.executorname!r} was busy: its keep-alive assign (availablecpu {NOTHING_CPU}, "
+                f"availablemem {NOTHING_MEM}) matched this process's negative cpu and memory conditions"],
+                shared.timing.close_patience)
 
     async def _reconcile(self, key: ExecutorKey) -> None:
         """Close failed what the server shows running for this executor that it does not run."""
