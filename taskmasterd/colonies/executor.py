@@ -164,7 +164,7 @@ class JobExecutor:
         self._refused, self._failing = None, False
         await self._reconcile(key)  # before any assign: whatever runs for us now is a leftover
         try:
-            while self._refused is None:
+            while True:
                 self._wake.clear()
                 self._collect()
                 if not self._failing:
@@ -172,6 +172,8 @@ class JobExecutor:
                         await self._registration.sync_functions(key, self.conf.functions)
                     except ColoniesError as exc:
                         self._failed(exc)
+                if self._refused is not None:
+                    break
                 self._plan(key)
                 await self._wake.wait()
         finally:
