@@ -14,10 +14,9 @@ from typing import Any
 
 import orjson
 
-from taskmasterd.colonies.client import ColoniesClient
 from taskmasterd.colonies.crypto import derive_id, generate_prvkey
-from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY, make_colony
-from tests.support.colonies_server import DEFAULT_SERVER_PRVKEY, ColoniesTestServer, ServerThread
+from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY, daemon_options, make_colony, open_colony
+from tests.support.colonies_server import ColoniesTestServer, ServerThread
 from tests.support.colonies_state import CANCELLED, FAILED, RUNNING, SUCCESS, UNREGISTERED
 from tests.support.colonies_world import PIDFILE_THEN_SLEEP, World, job, wait_pid, world
 from tests.support.daemon import Daemon, pid_alive, wait_for
@@ -233,18 +232,11 @@ def test_daemon_with_pycolonies_user_and_no_key_leak(tmp_path: Path) -> None:
 
     user_prvkey = generate_prvkey()
 
-    async def setup(port: int) -> None:
-        async with ColoniesClient("127.0.0.1", port) as client:
-            await client.add_colony(derive_id(COLONY_PRVKEY), COLONY_NAME, DEFAULT_SERVER_PRVKEY)
-            await client.add_user(COLONY_NAME, derive_id(user_prvkey), "bob", COLONY_PRVKEY)
-
     thread = ServerThread()
     with thread as server:
-        thread.call(setup(server.port))
-        config = tmp_path / "taskmasterd.json"
-        config.write_text(json.dumps({"colonies": {"host": "127.0.0.1", "port": server.port, "colony": COLONY_NAME}}))
+        thread.call(open_colony(server.port, user_prvkey))
         jobs = {"env": job(["env"]), "bad": job(["sh", "-c", "echo nope >&2; exit 2"])}
-        with Daemon(tmp_path, jobs, args=["--config", str(config)], env={"COLONIES_COLONY_PRVKEY": COLONY_PRVKEY}) as d:
+        with Daemon(tmp_path, jobs, **daemon_options(tmp_path, server.port)) as d:
             wait_for(lambda: d.status("env")["jobs"][0]["colonies"]["state"] == "polling", what="env polling")
             colonies = Colonies("127.0.0.1", server.port, tls=False)
             spec = py_func_spec(func="run", args=["-u", "NOTHING"], colonyname=COLONY_NAME, executortype="env")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from taskmasterd.colonies.client import ColoniesClient, func_spec
-from taskmasterd.colonies.crypto import derive_id, generate_prvkey
-from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY
-from tests.support.colonies_server import DEFAULT_SERVER_PRVKEY, ServerThread
+from taskmasterd.colonies.crypto import generate_prvkey
+from tests.support.colonies_fixtures import COLONY_NAME, daemon_options, open_colony
+from tests.support.colonies_server import ServerThread
 from tests.support.colonies_state import APPROVED, FAILED, RUNNING, SUCCESS, UNREGISTERED, go_time_ns
 from tests.support.colonies_world import PIDFILE_THEN_SLEEP, job, world
 from tests.support.daemon import Daemon, pid_alive, wait_for
@@ -80,11 +80,6 @@ def test_a_run_of_three_stale_durations_succeeds_having_run_once(tmp_path: Path)
 def test_sigkill_mid_run_then_restart_closes_the_process_failed(tmp_path: Path) -> None:
     user_prvkey = generate_prvkey()
 
-    async def setup(port: int) -> None:
-        async with ColoniesClient("127.0.0.1", port) as client:
-            await client.add_colony(derive_id(COLONY_PRVKEY), COLONY_NAME, DEFAULT_SERVER_PRVKEY)
-            await client.add_user(COLONY_NAME, derive_id(user_prvkey), "bob", COLONY_PRVKEY)
-
     async def submit(port: int) -> str:
         async with ColoniesClient("127.0.0.1", port) as client:
             spec = func_spec("run", COLONY_NAME, "sleeper", args=[str(tmp_path / "child.pid")], maxexectime=-1)
@@ -96,10 +91,8 @@ def test_sigkill_mid_run_then_restart_closes_the_process_failed(tmp_path: Path) 
 
     thread = ServerThread()
     with thread as server:
-        thread.call(setup(server.port))
-        config = tmp_path / "taskmasterd.json"
-        config.write_text(json.dumps({"colonies": {"host": "127.0.0.1", "port": server.port, "colony": COLONY_NAME}}))
-        options = {"args": ["--config", str(config)], "env": {"COLONIES_COLONY_PRVKEY": COLONY_PRVKEY}}
+        thread.call(open_colony(server.port, user_prvkey))
+        options = daemon_options(tmp_path, server.port)
         jobs = {"sleeper": job(PIDFILE_THEN_SLEEP)}
 
         def polling(d: Daemon) -> bool:

@@ -24,7 +24,7 @@ def test_args_then_kwargs_as_sorted_options() -> None:
     (None, {"": "x"}, "cannot be an option name"),
     (None, {"-x": "x"}, "cannot be an option name"),
     (None, {"a b": "x"}, "cannot be an option name"),
-    (None, {"flag": False}, "'flag': false is not a string"),
+    (None, {"flag": False}, "kwarg 'flag': false is neither a string nor a number"),
     (None, {"n": None}, "'n': null"),
     (None, {"o": {"k": 1}}, "'o'"),
     (None, {"nested": [["a"]]}, "'nested'"),

@@ -18,12 +18,12 @@ class BadArguments(ValueError):
     """Why a process's args or kwargs cannot become command-line words."""
 
 
-def _word(value: Any) -> str | None:
+def _word(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    return None
+    raise BadArguments(f"{where} {json.dumps(value)} is neither a string nor a number")
 
 
 def command_words(args: Any, kwargs: Any) -> tuple[str, ...]:
@@ -35,13 +35,7 @@ def _positional(args: Any) -> tuple[str, ...]:
         return ()
     if not isinstance(args, list):
         raise BadArguments(f"args must be a list, got {json.dumps(args)}")
-    words = []
-    for arg in args:
-        word = _word(arg)
-        if word is None:
-            raise BadArguments(f"argument {json.dumps(arg)} is neither a string nor a number")
-        words.append(word)
-    return tuple(words)
+    return tuple(_word(arg, "argument") for arg in args)
 
 
 def _options(kwargs: Any) -> tuple[str, ...]:
@@ -54,11 +48,6 @@ def _options(kwargs: Any) -> tuple[str, ...]:
         if not _OPTION_NAME.fullmatch(key):
             raise BadArguments(f"kwarg {key!r} cannot be an option name (letters, digits, _ . : - only)")
         value = kwargs[key]
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            word = _word(item)
-            if word is None:
-                raise BadArguments(f"kwarg {key!r}: {json.dumps(item)} is not a string or a number "
-                                   "(nor a list of them)")
-            words.append(f"--{key}={word}")
+        for item in value if isinstance(value, list) else [value]:
+            words.append(f"--{key}={_word(item, f'kwarg {key!r}:')}")
     return tuple(words)

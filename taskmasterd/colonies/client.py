@@ -179,10 +179,11 @@ class ColoniesClient:
             conn.close()
 
     def _reusable_idle(self) -> _Connection | None:
+        """A kept-alive connection neither idle too long nor already closed by the server."""
         oldest = time.monotonic() - IDLE_REUSE_LIMIT
         while self._idle:
             conn = self._idle.pop()
-            if conn.idle_since >= oldest:
+            if conn.idle_since >= oldest and not conn.reader.at_eof() and not conn.writer.is_closing():
                 return conn
             conn.close()
         return None
