@@ -40,8 +40,10 @@ class Assignment:
         self.client = client
         self.process = process
         self.id: str = process["processid"]
-        self.spec: dict[str, Any] = process.get("spec") or {}
-        self.funcname: str = self.spec.get("funcname") or ""
+        spec = process.get("spec")
+        self.spec: dict[str, Any] = spec if isinstance(spec, dict) else {}
+        funcname = self.spec.get("funcname")
+        self.funcname = funcname if isinstance(funcname, str) else ""
         self.assigned_at = assigned_at  # the loop's clock when the assign reply arrived
         self._prvkey = prvkey
         self._executorid = executorid

@@ -285,6 +285,8 @@ class JobExecutor:
             self._failed(exc)
             self._reconcile_due = True
             return
+        if not isinstance(listed, list):
+            listed = []
         # An assign in flight may bring one of them: wait for their answers before judging.
         self._adopted = set()
         try:
@@ -294,7 +296,7 @@ class JobExecutor:
         finally:
             self._adopted = None
         for process in listed:
-            if process.get("processid") not in ours:
+            if _process_id(process) not in (None, *ours):
                 log.warning("%s: process %s runs for executor %s on the server, not here: closing it failed",
                             self.job.name, process.get("processid"), key.executorname)
                 await self._assignment(key, process).close(False, [LOST_TRACK], shared.timing.close_patience)
@@ -304,7 +306,10 @@ class JobExecutor:
         return Assignment(shared.client, key.prvkey, key.executorid, process, shared.timing, shared.outage,
                           asyncio.get_running_loop().time())
 
-    def _begin(self, key: ExecutorKey, process: dict[str, Any]) -> None:
+    def _begin(self, key: ExecutorKey, process: Any) -> None:
+        if _process_id(process) is None:
+            log.warning("%s: ignoring an assigned process without a process id: %.200r", self.job.name, process)
+            return
         task = self._assignment(key, process)
         if self._adopted is not None:
             self._adopted.add(task.id)
@@ -331,3 +336,9 @@ class JobExecutor:
         except Exception as exc:  # one broken process must not take the executor down
             log.exception("%s: process %s failed inside taskmasterd", self.job.name, task.id)
             await task.close(False, [f"taskmasterd internal error: {exc!r}"], self._shared.timing.close_patience)
+
+
+def _process_id(process: Any) -> str | None:
+    """A process document's id; None when the server sent something else."""
+    processid = process.get("processid") if isinstance(process, dict) else None
+    return processid if isinstance(processid, str) and processid else None

@@ -138,14 +138,17 @@ class Registration:
             if transient(exc):
                 raise
             return None
-        return next((e for e in executors if e.get("executorname") == key.executorname), None)
+        if not isinstance(executors, list):
+            return None
+        return next((e for e in executors if isinstance(e, dict) and e.get("executorname") == key.executorname), None)
 
     async def sync_functions(self, key: ExecutorKey, wanted: tuple[str, ...]) -> None:
         """Register each served function once (addfunctionmsg), whatever the server already knows."""
         if wanted == self._functions:
             return
         client, name = self._shared.client, key.executorname or ""
-        known = {f.get("funcname") for f in await client.get_functions(self._colony, key.prvkey, executorname=name)}
+        found = await client.get_functions(self._colony, key.prvkey, executorname=name)
+        known = {f.get("funcname") for f in found if isinstance(f, dict)} if isinstance(found, list) else set()
         for funcname in wanted:
             if funcname not in known:
                 await client.add_function(self._colony, name, funcname, key.prvkey)
