@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -22,6 +23,8 @@ class DaemonConfig:
     log_level: str = "INFO"
     max_connections: int = 1024
     idle_timeout: float = 300.0
+    max_numprocs: int = 1024  # the most instances one job file may ask for
+    log_mode: str = "0640"  # mode of the log files the daemon creates (octal)
     colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
 
     def absolutize(self) -> None:
@@ -36,7 +39,8 @@ class ConfigError(ValueError):
     pass
 
 
-_TYPES = {"port": int, "max_connections": int, "idle_timeout": (int, float), "daemon": bool, "colonies": dict}
+_TYPES = {"port": int, "max_connections": int, "idle_timeout": (int, float), "daemon": bool, "colonies": dict,
+          "max_numprocs": int}
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -49,6 +53,11 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: must be a JSON object")
+    if isinstance(document.get("max_numprocs"), int) and not 1 <= document["max_numprocs"] <= 1 << 20:
+        raise ConfigError(f"{path}: setting 'max_numprocs' must be from 1 to {1 << 20}")
+    if "log_mode" in document and not (isinstance(document["log_mode"], str)
+                                       and re.fullmatch(r"0?[0-7]{3}", document["log_mode"])):
+        raise ConfigError(f"{path}: setting 'log_mode' must be an octal mode like \"0640\"")
     known = {f.name for f in fields(DaemonConfig)}
     for key, value in document.items():
         if key not in known:

@@ -43,33 +43,42 @@ def raise_fd_limit() -> None:
 
 
 async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesSettings | None) -> int:
+    from .jobfile import Limits
     from .server import ControlServer
 
     loop = asyncio.get_running_loop()
-    supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir)
+    supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
+                            log_mode=int(config.log_mode, 8), adopt_orphans=True)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(supervisor)))
+    loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.background(_reload(supervisor), "SIGHUP reload"))
     loop.add_signal_handler(signal.SIGUSR2, supervisor.reopen_logs)
 
-    await supervisor.open()
-    bridge = None
-    if colonies is not None:
-        from .colonies.bridge import ColoniesBridge  # only a daemon given a server loads any of it
-
-        bridge = ColoniesBridge(supervisor, colonies)
-        bridge.open()
+    # The port answers from the start: while the jobs load, status shows what is loaded so far.
     server = ControlServer(supervisor, max_connections=config.max_connections, idle_timeout=config.idle_timeout)
     await server.start(listener)
-    host, port = listener.getsockname()[:2]
-    log.info("taskmasterd ready: %d job(s) from %s, control on %s:%d",
-             len(supervisor.jobs), config.jobs_dir, host, port)
-    notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=supervising {len(supervisor.jobs)} job(s)")
+    opening = loop.create_task(supervisor.open())
+    stop_requested = loop.create_task(stopping.wait())
+    await asyncio.wait([opening, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+    bridge = None
+    if opening.done():
+        opening.result()
+        if colonies is not None:
+            from .colonies.bridge import ColoniesBridge  # only a daemon given a server loads any of it
 
-    await stopping.wait()
+            bridge = ColoniesBridge(supervisor, colonies)
+            bridge.open()
+        host, port = listener.getsockname()[:2]
+        log.info("taskmasterd ready: %d job(s) from %s, control on %s:%d",
+                 len(supervisor.jobs), config.jobs_dir, host, port)
+        notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=supervising {len(supervisor.jobs)} job(s)")
+        await stopping.wait()
+    stop_requested.cancel()
     log.info("shutting down")
     notify("STOPPING=1")
+    supervisor.closing = True  # a load still in progress stops at the next file
+    await asyncio.gather(opening, return_exceptions=True)
     await server.close()
     if bridge is not None:
         await bridge.close()

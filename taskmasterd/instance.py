@@ -1,8 +1,9 @@
 """One supervised instance of a job: applies the state machine of `states.py` to a real process.
 
-Everything here is a callback of the event loop: a spawn, the pidfd reporting an exit, a timer
-(starttime, backoff, stoptime). No task or thread per instance, so 1000 idle instances cost
-nothing but memory.
+Everything here is a callback of the event loop: a queued spawn, the pidfd reporting an exit, a
+timer (starttime, backoff). No task or thread per instance, so 1000 idle instances cost nothing
+but memory. The process itself belongs to the daemon's `ProcessTable`; stopping it is the table's
+one stop path (`Child.terminate`).
 """
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .logcapture import open_capture
-from .spawner import Child, spawn, spawn_error_text
+from .logcapture import LogFile, open_capture
+from .processes import Child, SpawnRefused, SpawnTicket
+from .safepath import UnsafePath
+from .spawner import launch_for, spawn_error_text
 from .states import (
     ACTIVE,
+    QUICK_EXIT,
     State,
     backoff_delay,
     check_transition,
+    crash_loop_delay,
     describe_exit,
     exit_is_expected,
     failed_start_state,
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskmasterd.instance")
 S = State
 _UP = frozenset({S.STARTING, S.RUNNING, S.STOPPING})  # states in which uptime means something
+_BUSY = frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.BACKOFF})  # what a retired instance waits out
 
 
 class Instance:
@@ -46,11 +51,14 @@ class Instance:
         self.started_at: float | None = None  # monotonic time of the current spawn
         self.restarts = 0  # automatic restarts after an exit from RUNNING
         self.failures = 0  # failed starts in a row
+        self.quick_exits = 0  # exits in a row within QUICK_EXIT of the spawn (a crash loop)
         self.exitcode: int | None = None
         self.signal: int | None = None
         self.wanted = False  # should be running: autostart or a start command, until a stop/kill
-        self._start_when_stopped = False
-        self._stop_reason = ""
+        self.retired = False  # numprocs shrank below it: it leaves the job once stopped
+        self.discarded = False  # its job is gone: it never spawns again
+        self.logs: tuple[LogFile, ...] = ()  # the files of the current spawn's output
+        self._ticket: SpawnTicket | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._changed: asyncio.Future[State] | None = None
 
@@ -62,42 +70,48 @@ class Instance:
 
     def start(self, reason: str = "start command") -> bool:
         """Start unless already up; resets the retry budget. False when it was already up."""
+        if self.discarded:
+            return False
         self.wanted = True
-        self.failures = 0
+        self.failures = self.quick_exits = 0
         if self.state in ACTIVE:
             return False
         if self.state is S.STOPPING:
-            self._start_when_stopped = True
-            return True
+            return True  # spawned again at its exit, since it is wanted
         self._spawn(reason)
         return True
 
     def stop(self, kill: bool = False) -> bool:
         """Stop signal (or SIGKILL) to the process group; False when nothing was running."""
         self.wanted = False
-        self._start_when_stopped = False
+        why = "kill command" if kill else "stop command"
         if self.state is S.BACKOFF:
             self._cancel_timer()
-            self._enter(S.STOPPED, "kill command" if kill else "stop command")
+            self._enter(S.STOPPED, why)
             return True
         if self.state is S.STOPPING:
-            if kill:
-                self._escalate("kill command")
+            if kill and self.child is not None:
+                self.child.kill()
             return True
         if self.state not in ACTIVE:
             return False
-        assert self.child is not None
         self._cancel_timer()
-        if kill:
-            self._enter(S.STOPPING, "kill command")
-            self._escalate("kill command")
+        if self.child is None:  # its spawn is still queued
+            self._cancel_ticket()
+            self._enter(S.STOPPED, why)
             return True
-        spec = self.job.spec
-        self._enter(S.STOPPING, f"stop command: {signal.Signals(spec.stopsignal).name} to the process group")
-        self._stop_reason = ""
-        self.child.signal_group(spec.stopsignal)
-        self._timer = asyncio.get_running_loop().call_later(spec.stoptime, self._escalate, "stoptime elapsed")
+        if kill:
+            self._enter(S.STOPPING, why)
+            self.child.kill()
+        else:
+            spec = self.job.spec  # the current file's stop settings, even for an older spawn
+            self._enter(S.STOPPING, f"{why}: {signal.Signals(spec.stopsignal).name} to the process group")
+            self.child.terminate(spec.stopsignal, spec.stoptime)
         return True
+
+    def signal_processes(self, sig: int) -> bool:
+        """`sig` to the running process group; False when nothing runs."""
+        return self.child is not None and self.child.signal_group(sig)
 
     def repair(self) -> bool:
         """Start again if broken (FATAL, BACKOFF, crashed) or meant to run but not running."""
@@ -109,13 +123,30 @@ class Instance:
             return self.start("repair")
         return False
 
+    def retire(self) -> None:
+        """numprocs no longer covers this index: stop, then leave the job (see Job.retired)."""
+        self.retired = True
+        self.stop()
+        self._maybe_leave()
+
+    def unretire(self) -> None:
+        self.retired = False
+
+    def discard(self) -> None:
+        """Its job is forgotten: cancel whatever is pending; it never spawns again."""
+        self.discarded = True
+        self.wanted = False
+        self._cancel_timer()
+        self._cancel_ticket()
+        self._wake()
+
     def _last_exit_expected(self) -> bool:
         return self.signal is None and self.exitcode in self.job.spec.exitcodes
 
     # --- waiting --------------------------------------------------------------------------------
 
     async def wait_until(self, done: Callable[[Instance], bool]) -> State:
-        while not done(self):
+        while not done(self) and not self.discarded:
             if self._changed is None:
                 self._changed = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._changed)
@@ -123,10 +154,13 @@ class Instance:
 
     def start_settled(self) -> bool:
         """A start has an answer: up for starttime, or failed (BACKOFF/FATAL), or was stopped."""
-        return self.state not in (S.STARTING, S.STOPPING) and not self._start_when_stopped
+        return self.state not in (S.STARTING, S.STOPPING)
 
     def stop_settled(self) -> bool:
         return self.state is not S.STOPPING
+
+    def busy(self) -> bool:
+        return self.state in _BUSY
 
     # --- the machine ----------------------------------------------------------------------------
 
@@ -135,39 +169,65 @@ class Instance:
         check_transition(old, new)
         self.state = new
         self.since = round(time.time(), 3)
-        log.info("%s: %s -> %s (%s)", self.label, old.value, new.value, reason)
+        log.log(logging.WARNING if new is S.FATAL else logging.INFO,
+                "%s: %s -> %s (%s)", self.label, old.value, new.value, reason)
+        self._wake()
+        if self.retired:
+            self._maybe_leave()
+
+    def _wake(self) -> None:
         changed, self._changed = self._changed, None
         if changed is not None and not changed.done():
-            changed.set_result(new)
+            changed.set_result(self.state)
+
+    def _maybe_leave(self) -> None:
+        if not self.busy():
+            self.job.retired(self)
 
     def _spawn(self, reason: str) -> None:
-        spec = self.job.spec
-        loop = asyncio.get_running_loop()
+        """STARTING now; the fork itself waits its turn in the table's spawn queue."""
         self._cancel_timer()
         self._enter(S.STARTING, reason)
         self.exitcode = self.signal = None
-        log_dir = self.job.supervisor.log_dir
+        self.description = "spawning"
+        self._ticket = self.job.supervisor.processes.queue(self._fork)
+
+    def _fork(self) -> None:
+        self._ticket = None
+        if self.discarded or self.state is not S.STARTING:
+            return
+        spec = self.job.spec
+        supervisor = self.job.supervisor
+        loop = asyncio.get_running_loop()
         child_fds: list[int] = []
+        logs: list[LogFile] = []
         try:
             for stream in ("stdout", "stderr"):
                 # A drain outlives its child and closes itself at EOF, so no byte is lost on exit.
-                fd, _ = open_capture(spec.log_path(stream, self.index, log_dir), spec.logmaxbytes,
-                                     spec.logbackups, self.job.supervisor.log_files, loop)
+                fd, file = open_capture(spec.log_path(stream, self.index, supervisor.log_dir), spec.logmaxbytes,
+                                        spec.logbackups, supervisor.log_files, loop)
                 child_fds.append(fd)
-            env = self.job.environment(self.index)
-            self.child = spawn(spec, env, child_fds[0], child_fds[1])
-        except (OSError, KeyError, subprocess.SubprocessError) as exc:
-            text = spawn_error_text(exc) if isinstance(exc, OSError) else f"spawn error: {exc}"
-            self._failed_start(text)
+                if file is not None:
+                    logs.append(file)
+            launch = launch_for(spec, self.job.environment(self.index))
+            self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[1])
+        except UnsafePath as exc:
+            self._failed_start(f"unsafe log file: {exc.strerror}", final=True)
+            return
+        except SpawnRefused as exc:
+            self._failed_start(str(exc), final=True)
+            return
+        except Exception as exc:  # whatever the reason, the instance says it and never hangs in STARTING
+            self._failed_start(spawn_error_text(exc))
             return
         finally:
             for fd in child_fds:
                 if fd >= 0:
                     os.close(fd)
+        self.logs = tuple(logs)
         self.started_at = time.monotonic()
         self.description = f"pid {self.child.pid}"
         self.child.exited.add_done_callback(self._on_exit)
-        self.job.supervisor.children.record(self.child.pid, spec.stopsignal)
         if spec.starttime <= 0:
             self._became_running()
         else:
@@ -178,68 +238,75 @@ class Instance:
         self.failures = 0
         self._enter(S.RUNNING, f"pid {self.child.pid if self.child else '?'} up for {self.job.spec.starttime:g}s")
 
-    def _failed_start(self, why: str) -> None:
+    def _failed_start(self, why: str, final: bool = False) -> None:
         self.failures += 1
         spec = self.job.spec
-        new = failed_start_state(self.failures, spec.startretries)
+        new = S.FATAL if final else failed_start_state(self.failures, spec.startretries)
         if new is S.BACKOFF:
             delay = backoff_delay(self.failures)
             self.description = f"{why}; retry {self.failures} in {delay:g}s"
-            self._timer = asyncio.get_running_loop().call_later(delay, self._retry)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._retry, "backoff delay elapsed")
+        elif final:
+            self.description = why
         else:
             self.description = f"{why}; gave up after {self.failures} attempts"
         self._enter(new, self.description)
 
-    def _retry(self) -> None:
+    def _retry(self, reason: str) -> None:
         self._timer = None
-        self._spawn("backoff delay elapsed")
-
-    def _escalate(self, why: str) -> None:
-        self._cancel_timer()  # called directly by `kill`, the pending stoptime timer is moot
-        if self.child is not None:
-            self._stop_reason = "" if why == "kill command" else f"(SIGKILL: {why})"
-            self.child.signal_group(signal.SIGKILL)
+        self._spawn(reason)
 
     def _on_exit(self, exited: asyncio.Future[int]) -> None:
         child, self.child = self.child, None
         if child is None:
             return
         returncode = exited.result()
-        child.kill_leftovers()
-        self.job.supervisor.children.forget(child.pid)
         self._cancel_timer()
         self.exitcode, self.signal = (None, -returncode) if returncode < 0 else (returncode, None)
         what = describe_exit(returncode)
+        lived = time.monotonic() - (self.started_at or 0.0)
         if self.state is S.STARTING:
             self._failed_start(f"exited too soon ({what})")
         elif self.state is S.RUNNING:
             expected = exit_is_expected(returncode, self.job.spec.exitcodes)
             self.description = f"{what} ({'expected' if expected else 'unexpected'})"
             self._enter(S.EXITED, self.description)
-            if should_restart(self.job.spec.autorestart, expected):
-                self.restarts += 1
-                self._spawn(f"autorestart={self.job.spec.autorestart}")
+            if should_restart(self.job.spec.autorestart, expected) and not self.discarded:
+                self._restart_after(lived)
         elif self.state is S.STOPPING:
             self.description = f"stopped ({what})"
-            self._enter(S.STOPPED, f"{what} {self._stop_reason}".strip())
-            if self._start_when_stopped:
-                self._start_when_stopped = False
+            self._enter(S.STOPPED, what)
+            if self.wanted and not self.retired and not self.discarded:
                 self._spawn("start after stop")
+
+    def _restart_after(self, lived: float) -> None:
+        """Autorestart, throttled when the instance keeps dying young, whatever its starttime."""
+        self.restarts += 1
+        self.quick_exits = self.quick_exits + 1 if lived < QUICK_EXIT else 0
+        delay = crash_loop_delay(self.quick_exits)
+        if delay <= 0:
+            self._spawn(f"autorestart={self.job.spec.autorestart}")
+            return
+        self.description = (f"{self.description}; exited {self.quick_exits} times in a row within "
+                            f"{QUICK_EXIT:g}s of starting, restart in {delay:g}s")
+        self._timer = asyncio.get_running_loop().call_later(delay, self._retry, f"autorestart={self.job.spec.autorestart}")
+        self._enter(S.BACKOFF, self.description)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def discard(self) -> None:
-        """Forget a stopped instance (numprocs shrank or the job was removed)."""
-        self._cancel_timer()
+    def _cancel_ticket(self) -> None:
+        if self._ticket is not None:
+            self._ticket.cancel()
+            self._ticket = None
 
     # --- reporting ------------------------------------------------------------------------------
 
     def status(self, now: float) -> dict:
         up = self.started_at is not None and self.state in _UP
-        return {
+        entry = {
             "index": self.index,
             "state": self.state,  # a str enum: serializes as its name, compares equal to it
             "pid": self.child.pid if self.child else None,
@@ -249,4 +316,9 @@ class Instance:
             "exitcode": self.exitcode,
             "signal": self.signal,
             "description": self.description,
+            "wanted": self.wanted,
         }
+        dropped = sum(file.dropped for file in self.logs)
+        if dropped:
+            entry["dropped"] = dropped
+        return entry

@@ -1,4 +1,9 @@
-"""A loaded job: its current spec, its instances, and how a new version of its file is applied."""
+"""A loaded job: its current spec, its instances, and how a new version of its file is applied.
+
+`instances` holds one Instance per index below numprocs, followed by the retired ones that are
+still stopping after numprocs shrank: an index is never served by two processes, and a shrink
+followed by a grow brings the same Instance back rather than a twin.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -26,23 +31,32 @@ class Job:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def active(self) -> list[Instance]:
+        """The instances numprocs asks for (without the retired ones still stopping)."""
+        return self.instances[: self.spec.numprocs]
+
     def environment(self, index: int) -> dict[str, str]:
         if self._env is None:
-            self._env = child_environment(self.spec, self.supervisor.base_environment)
+            self._env = child_environment(self.spec, self.supervisor.base_environment,
+                                          {"TASKMASTER_JOB": self.name})
         return {**self._env, "TASKMASTER_INSTANCE": str(index)}
 
     # --- commands over every instance -----------------------------------------------------------
 
     def start_all(self, reason: str = "start command") -> bool:
-        return any([inst.start(reason) for inst in self.instances])
+        return any([inst.start(reason) for inst in self.active])
 
     def stop_all(self, kill: bool = False) -> bool:
         return any([inst.stop(kill) for inst in self.instances])
 
-    async def wait_started(self) -> str | None:
+    async def wait_started(self, instances: list[Instance] | None = None) -> str | None:
         """Wait for every instance to settle after a start; the first failure's reason, or None."""
-        await asyncio.gather(*(inst.wait_until(Instance.start_settled) for inst in self.instances))
-        for inst in self.instances:
+        instances = self.active if instances is None else instances
+        await asyncio.gather(*(inst.wait_until(Instance.start_settled) for inst in instances))
+        for inst in instances:
+            if inst.discarded:
+                return f"{inst.label}: its job was removed"
             if inst.state in (State.BACKOFF, State.FATAL):
                 return f"{inst.label}: {inst.description}"
             if inst.state is State.STOPPED:
@@ -50,14 +64,25 @@ class Job:
         return None
 
     async def wait_stopped(self, instances: list[Instance] | None = None) -> None:
-        await asyncio.gather(*(inst.wait_until(Instance.stop_settled) for inst in instances or self.instances))
+        instances = list(self.instances) if instances is None else instances
+        await asyncio.gather(*(inst.wait_until(Instance.stop_settled) for inst in instances))
+
+    async def wait_gone(self, retiring: list[Instance]) -> None:
+        """Until these retired instances have left the job (or came back by a new resize)."""
+        await asyncio.gather(*(inst.wait_until(lambda i: not i.retired or i not in self.instances)
+                               for inst in retiring))
+
+    def discard(self) -> None:
+        for inst in self.instances:
+            inst.discard()
 
     # --- applying a new version of the file -----------------------------------------------------
 
-    def apply(self, new: JobSpec) -> list[Instance]:
-        """Switch to `new`: settings that do not affect spawning take effect at once; the
-        instances that must restart for spawn settings are returned (already told to stop and
-        to start again); numprocs only adds or removes instances."""
+    def apply(self, new: JobSpec) -> tuple[list[Instance], list[Instance], bool]:
+        """Switch to `new`: settings that do not affect spawning take effect at once; instances
+        whose spawn settings changed are told to stop and start again; numprocs only adds or
+        retires instances. Returns the instances starting (restarted or added), the ones retiring,
+        and whether any running process had to restart."""
         old, self.spec = self.spec, new
         self._env = None
         for inst in self.instances:
@@ -65,47 +90,55 @@ class Job:
                 if path is not None:
                     self.supervisor.log_files.update_limits(path, new.logmaxbytes, new.logbackups)
         spawn_changed = old.spawn_settings() != new.spawn_settings()
-        restarting = []
-        for inst in self.instances[: new.numprocs]:
+        restarting: list[Instance] = []
+        for inst in self.instances[: min(old.numprocs, new.numprocs)]:
             # numprocs crossing 1 can move an instance's log file: that needs a restart too
             moved = self._log_paths(old, inst.index) != self._log_paths(new, inst.index)
             if (spawn_changed or moved) and inst.state in (State.STARTING, State.RUNNING, State.BACKOFF):
                 inst.stop()
                 inst.start("restart for new settings")
                 restarting.append(inst)
+        starting = list(restarting)
         if new.numprocs != old.numprocs:
-            wanted = any(inst.wanted for inst in self.instances) or new.autostart
-            added = self._resize(new.numprocs)
-            if wanted:
-                for inst in added:
-                    inst.start("numprocs increased")
-        return restarting
+            wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.autostart
+            for inst in self._resize(new.numprocs):
+                if wanted and inst.start("numprocs increased"):
+                    starting.append(inst)
+        return starting, self.instances[new.numprocs:], bool(restarting)
 
     def _log_paths(self, spec: JobSpec, index: int) -> tuple[str | None, str | None]:
         log_dir = self.supervisor.log_dir
         return spec.log_path("stdout", index, log_dir), spec.log_path("stderr", index, log_dir)
 
     def _resize(self, count: int) -> list[Instance]:
-        """Grow or shrink to `count` instances; removed ones are stopped and then forgotten."""
-        added = [Instance(self, i) for i in range(len(self.instances), count)]
-        removed = self.instances[count:]
-        self.instances = self.instances[:count] + added
-        for inst in removed:
-            inst.stop()
-            asyncio.get_running_loop().create_task(self._forget_when_stopped(inst))
-        return added
+        """Grow or shrink to `count` instances; returns the ones that (re)joined. Shrinking retires
+        the tail: each stops and leaves once stopped. Growing brings back a retired instance of
+        that index if it is still there, so its process and the new one never overlap."""
+        joined = []
+        for inst in self.instances[:count]:
+            if inst.retired:
+                inst.unretire()
+                joined.append(inst)
+        for index in range(len(self.instances), count):
+            inst = Instance(self, index)
+            self.instances.append(inst)
+            joined.append(inst)
+        for inst in self.instances[count:]:
+            if not inst.retired:
+                inst.retire()
+        return joined
 
-    @staticmethod
-    async def _forget_when_stopped(inst: Instance) -> None:
-        await inst.wait_until(Instance.stop_settled)
-        inst.discard()
+    def retired(self, inst: Instance) -> None:
+        """A retired instance stopped: drop the tail of stopped retired instances."""
+        while self.instances and self.instances[-1].retired and not self.instances[-1].busy():
+            self.instances.pop().discard()
 
     # --- reporting ------------------------------------------------------------------------------
 
     def state(self) -> str:
         if len(self.instances) == 1:  # the common case, on the hot path of `status`
             return self.instances[0].state
-        return summarize([inst.state for inst in self.instances])
+        return summarize([inst.state for inst in self.active])
 
     def status(self, now: float) -> dict:
         return {

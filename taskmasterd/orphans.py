@@ -1,106 +1,247 @@
 """What survives a daemon killed with SIGKILL.
 
-The daemon keeps `<state_dir>/children.json`: the process groups it started, each with its
-leader's start time. A daemon that starts and finds the file from a predecessor that died without
-cleaning up stops those groups (stop signal, then SIGKILL) before it starts any job, so children
-are never left running unsupervised past the next start. Under systemd, KillMode=mixed already
-kills the whole cgroup when the daemon dies; this covers every other way of running it.
+The daemon journals every process group it starts in `<state_dir>/children.json`, one JSON array
+per line, appended at the moment of the spawn (`["+", pid, start, stopsignal, stoptime]`) and of
+the reap (`["-", pid]`). `start` is the leader's start time in clock ticks since boot
+(/proc/<pid>/stat), which a wall-clock step cannot shift and a recycled pid cannot match. A
+daemon that starts and finds entries of a predecessor that died without cleaning up stops those
+groups — also the ones whose leader died meanwhile but whose members live on — before it starts
+any job. Under systemd, KillMode=mixed already kills the cgroup; this covers every other way.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
-import time
+from dataclasses import dataclass
 
 import orjson
-import psutil
 
 log = logging.getLogger("taskmasterd.orphans")
-FLUSH_DELAY = 0.2  # coalesce the writes of a burst of spawns into one
+MAX_JOURNAL = 16 * 1024 * 1024  # bytes of a predecessor's journal we are willing to read
+COMPACT_AFTER = 4096  # journal lines beyond twice the live groups before it is rewritten
+LEFTOVER_GRACE_CAP = 10.0  # a leftover's recorded stoptime, but never longer than this
 
 
-class ChildrenRegistry:
-    def __init__(self, path: str):
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3 onwards)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as src:
+            raw = src.read()
+    except OSError:
+        return None
+    return raw.rpartition(b")")[2].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """Clock ticks since boot at which `pid` started (field 22), or None when it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+class ChildJournal:
+    """Append-only record of the live groups; rewritten when mostly made of ended entries."""
+
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._groups: dict[int, tuple[float, int]] = {}  # leader pid -> (start time, stop signal)
-        self._flush: asyncio.TimerHandle | None = None
+        self._fd = -1
+        self._live: dict[int, bytes] = {}  # pid -> its "+" line
+        self._lines = 0
+        self._failed = False
 
-    def record(self, pid: int, stopsignal: int) -> None:
-        try:
-            self._groups[pid] = (psutil.Process(pid).create_time(), stopsignal)
-        except psutil.Error:
+    def open(self) -> None:
+        """Start a fresh journal (after `stop_leftovers` consumed the predecessor's)."""
+        self._rewrite()
+
+    def started(self, pid: int, stopsignal: int, stoptime: float) -> None:
+        ticks = start_ticks(pid)
+        if ticks is None:
             return  # already gone
-        self._schedule()
+        line = orjson.dumps(["+", pid, ticks, stopsignal, stoptime]) + b"\n"
+        self._live[pid] = line
+        self._append(line)
 
-    def forget(self, pid: int) -> None:
-        self._groups.pop(pid, None)
-        self._schedule()
+    def ended(self, pid: int) -> None:
+        if self._live.pop(pid, None) is None:
+            return
+        self._append(orjson.dumps(["-", pid]) + b"\n")
+        if self._lines > 2 * len(self._live) + COMPACT_AFTER:
+            self._rewrite()
 
-    def _schedule(self) -> None:
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+    def _append(self, line: bytes) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.write(self._fd, line)  # O_APPEND, one write per line: no torn interleaving
+            self._lines += 1
+        except OSError as exc:
+            self._complain(exc)
 
-    def flush(self) -> None:
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
-        entries = [[pid, created, sig] for pid, (created, sig) in self._groups.items()]
+    def _rewrite(self) -> None:
         tmp = f"{self.path}.tmp"
         try:
-            with open(tmp, "wb") as out:
-                out.write(orjson.dumps(entries))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"".join(self._live.values()))
+            finally:
+                os.close(fd)
             os.replace(tmp, self.path)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
-            log.warning("cannot record children in %s: %s", self.path, exc)
+            self._complain(exc)
+            return
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._lines, self._failed = fd, len(self._live), False
+
+    def _complain(self, exc: OSError) -> None:
+        if not self._failed:
+            log.warning("cannot record children in %s: %s (a daemon killed now would leave them running)",
+                        self.path, exc.strerror or exc)
+            self._failed = True
+
+    def close(self) -> None:
+        """A clean shutdown leaves an empty journal: nothing to recover."""
+        if self._fd >= 0:
+            self._live.clear()
+            self._rewrite()
+            os.close(self._fd)
+            self._fd = -1
 
 
-def _leftover_groups(path: str) -> list[tuple[int, int]]:
+@dataclass(frozen=True)
+class Leftover:
+    pgid: int
+    stopsignal: int
+    stoptime: float
+    members: tuple[int, ...]
+
+
+def read_journal(path: str) -> dict[int, tuple[int, int, float]]:
+    """The groups a journal says are live: pid -> (start ticks, stop signal, stoptime). Whatever
+    does not have the journal's shape is skipped with one warning, never raised."""
     try:
         with open(path, "rb") as src:
-            entries = orjson.loads(src.read())
+            raw = src.read(MAX_JOURNAL + 1)
     except FileNotFoundError:
-        return []
-    except (OSError, orjson.JSONDecodeError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        return []
-    groups = []
-    for pid, created, sig in entries:
-        try:
-            # Same pid and same start time: the very process we started, not a recycled pid.
-            if abs(psutil.Process(pid).create_time() - created) < 0.05 and os.getpgid(pid) == pid:
-                groups.append((pid, sig))
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return groups
+        return {}
+    except OSError as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc.strerror)
+        return {}
+    if len(raw) > MAX_JOURNAL:
+        log.warning("%s is larger than %d bytes; reading only its start", path, MAX_JOURNAL)
+    live: dict[int, tuple[int, int, float]] = {}
+    bad = 0
+    for line in raw[:MAX_JOURNAL].splitlines():
+        entry = _entry(line)
+        if entry is None:
+            bad += bool(line.strip())
+        elif entry[0] == "+":
+            live[entry[1]] = entry[2:]  # type: ignore[assignment]
+        else:
+            live.pop(entry[1], None)
+    if bad:
+        log.warning("ignoring %d line(s) of %s that are not journal entries", bad, path)
+    return live
 
 
-async def stop_leftovers(path: str, grace: float = 5.0) -> int:
-    """Stop the process groups a previous daemon left running; returns how many there were."""
-    groups = _leftover_groups(path)
-    if not groups:
-        return 0
-    log.warning("stopping %d process group(s) left by a daemon that did not shut down", len(groups))
-    for pid, sig in groups:
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_group_alive(pid) for pid, _ in groups):
-        await asyncio.sleep(0.05)  # not our children: no pidfd or SIGCHLD can tell us; bounded
-    for pid, _ in groups:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(groups)
-
-
-def _group_alive(pgid: int) -> bool:
+def _entry(line: bytes) -> tuple | None:
     try:
-        os.killpg(pgid, 0)
-        return True
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, list) or not value:
+        return None
+    if value[0] == "-" and len(value) == 2 and _positive_int(value[1]):
+        return ("-", value[1])
+    if value[0] == "+" and len(value) == 5 and _positive_int(value[1]) and _positive_int(value[2]) \
+            and isinstance(value[3], int) and value[3] in signal.valid_signals() \
+            and isinstance(value[4], (int, float)) and 0 <= value[4] < float("inf"):
+        return ("+", value[1], value[2], value[3], float(value[4]))
+    return None
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31
+
+
+def find_leftovers(journal: dict[int, tuple[int, int, float]]) -> list[Leftover]:
+    """The recorded groups that still have members. A leader that is alive must have the
+    recorded start time (else its pid was reused: not ours). A leader that died leaves its pid
+    held by the group while any member lives (the kernel does not reuse a pid still in use as a
+    process group id), so its surviving members are ours."""
+    if not journal:
+        return []
+    groups: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is None or len(fields) < 20:
+            continue
+        pgid, session = int(fields[2]), int(fields[3])
+        if pgid in journal and session == pgid:
+            groups.setdefault(pgid, []).append(int(entry))
+    found = []
+    for pgid, members in groups.items():
+        ticks, stopsignal, stoptime = journal[pgid]
+        leader = start_ticks(pgid)
+        if leader is not None and leader != ticks:
+            continue
+        found.append(Leftover(pgid, stopsignal, min(stoptime, LEFTOVER_GRACE_CAP), tuple(members)))
+    return found
+
+
+async def stop_leftovers(path: str) -> int:
+    """Stop the process groups a previous daemon left running; returns how many there were."""
+    leftovers = find_leftovers(read_journal(path))
+    if not leftovers:
+        return 0
+    log.warning("stopping %d process group(s) left by a daemon that did not shut down", len(leftovers))
+    for group in leftovers:
+        _killpg(group.pgid, group.stopsignal)
+    members = [pid for group in leftovers for pid in group.members]
+    await wait_gone(members, max(group.stoptime for group in leftovers))
+    for group in leftovers:
+        _killpg(group.pgid, signal.SIGKILL)
+    await wait_gone(members, 5.0)
+    return len(leftovers)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
     except ProcessLookupError:
-        return False
+        pass
+
+
+async def wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait on their pidfds (they need not be our children) until every pid has exited."""
+    loop = asyncio.get_running_loop()
+    waiters: list[tuple[int, asyncio.Future[None]]] = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as exc:
+            if exc.errno in (errno.ESRCH, errno.EINVAL):
+                continue
+            raise
+        done: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve_once, loop, fd, done)
+        waiters.append((fd, done))
+    try:
+        if waiters:
+            await asyncio.wait([done for _, done in waiters], timeout=timeout)
+    finally:
+        for fd, done in waiters:
+            loop.remove_reader(fd)
+            os.close(fd)
+            done.cancel()
+
+
+def _resolve_once(loop: asyncio.AbstractEventLoop, fd: int, done: asyncio.Future[None]) -> None:
+    loop.remove_reader(fd)  # a pidfd stays readable: one wake-up is enough
+    if not done.done():
+        done.set_result(None)

@@ -27,8 +27,10 @@ TRANSITIONS: dict[tuple[State, State], str] = {
     (S.STARTING, S.BACKOFF): "exited before starttime, or could not be spawned; retries left",
     (S.STARTING, S.FATAL): "exited before starttime, or could not be spawned; no retries left",
     (S.STARTING, S.STOPPING): "stop or kill while starting",
+    (S.STARTING, S.STOPPED): "stop or kill before the queued spawn ran",
     (S.RUNNING, S.STOPPING): "stop or kill",
     (S.RUNNING, S.EXITED): "the process exited by itself",
+    (S.EXITED, S.BACKOFF): "autorestart of a crash loop, throttled",
     (S.STOPPING, S.STOPPED): "the process exited after the stop signal or SIGKILL",
     (S.BACKOFF, S.STOPPED): "stop or kill while waiting to retry",
 }
@@ -39,6 +41,7 @@ ACTIVE = frozenset({S.STARTING, S.RUNNING})
 SUMMARY_ORDER = (S.FATAL, S.BACKOFF, S.STARTING, S.STOPPING, S.RUNNING, S.EXITED, S.STOPPED)
 
 BACKOFF_CAP = 60.0
+QUICK_EXIT = 1.0  # seconds: an instance that lived less than this and exited is crash-looping
 
 
 class IllegalTransition(RuntimeError):
@@ -73,6 +76,12 @@ def failed_start_state(failures: int, startretries: int) -> State:
 def backoff_delay(failures: int) -> float:
     """1 s, 2 s, 4 s … after the 1st, 2nd, 3rd failed start, capped."""
     return min(2.0 ** max(failures - 1, 0), BACKOFF_CAP)
+
+
+def crash_loop_delay(quick_exits: int) -> float:
+    """Pause before restarting after the `quick_exits`-th exit in a row within QUICK_EXIT of the
+    spawn: 0 s for the first (a single crash comes back at once), then 1 s, 2 s, 4 s … capped."""
+    return 0.0 if quick_exits <= 1 else backoff_delay(quick_exits - 1)
 
 
 def describe_exit(returncode: int) -> str:

@@ -1,7 +1,13 @@
 """The supervisor: the jobs it knows, their files on disk, and the async API behind every verb.
 
-Every method that answers a verb returns a `verbs.Reply`; the TCP server, the signal handlers,
-the jobs-directory watcher and the Colonies bridge all come through here.
+Every method that answers a verb returns a `verbs.Reply`; the control server, the signal
+handlers, the jobs-directory watcher and the Colonies bridge all come through here.
+
+Verbs on one job are serialized by that job's lock: a verb holds it while it acts (a state change
+is synchronous), and waits for the outcome (RUNNING, stopped) after releasing it, so a `kill`
+can overtake a slow `stop`. Only what ends a job's existence — `delete`, a reload that finds the
+file gone — holds the lock until the job's processes are gone, so nothing can start an instance
+of a job that is being forgotten. Other jobs are never held up.
 """
 from __future__ import annotations
 
@@ -9,20 +15,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Protocol
 
 from .job import Job
-from .jobfile import JobFileError, JobSpec, host_errors, parse_job
-from .logcapture import LogFiles
-from .names import SUFFIX, job_name_from_filename
-from .orphans import ChildrenRegistry, stop_leftovers
+from .jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
+from .jobsdir import JobsDirectory
+from .logcapture import DEFAULT_LOG_MODE, LogFiles
+from .orphans import ChildJournal, stop_leftovers
+from .processes import ProcessTable
 from .spawner import inherited_environment
 from .verbs import REDUNDANT, SUCCESS, Reply, fail
 
 log = logging.getLogger("taskmasterd")
+SHUTTING_DOWN = "taskmasterd is shutting down"
 
 
 class JobListener(Protocol):
@@ -35,139 +42,188 @@ class JobListener(Protocol):
     def job_removed(self, name: str) -> None: ...
 
 
+class _NameLocks:
+    """One asyncio.Lock per job name, kept only while someone holds or waits for it (names come
+    from clients: the table must not grow with every name ever asked for)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[name]
+
+
 class Supervisor:
     def __init__(self, jobs_dir: Path | str, log_dir: Path | str, state_dir: Path | str,
-                 environ: Mapping[str, str] | None = None):
+                 environ: Mapping[str, str] | None = None, *, limits: Limits = Limits(),
+                 log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False):
         self.jobs_dir = os.path.abspath(jobs_dir)
         self.log_dir = os.path.abspath(log_dir)
         self.state_dir = os.path.abspath(state_dir)
+        self.directory = JobsDirectory(self.jobs_dir)
+        self.limits = limits
         self.base_environment = inherited_environment(os.environ if environ is None else environ)
         self.jobs: dict[str, Job] = {}
         self.invalid: dict[str, str] = {}  # files that never loaded: name -> error
-        self.log_files = LogFiles()
-        self.children = ChildrenRegistry(os.path.join(self.state_dir, "children.json"))
+        self.log_files = LogFiles(log_mode)
+        self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json")), adopt_orphans)
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = _NameLocks()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher = None
         self.closing = False
 
     # --- life cycle -----------------------------------------------------------------------------
 
     async def open(self, watch: bool = True) -> None:
-        """Load every job file, start the autostart jobs, and watch the directory."""
-        for path in (self.jobs_dir, self.log_dir, self.state_dir):
-            os.makedirs(path, exist_ok=True)
-        await stop_leftovers(self.children.path)
-        for name in sorted(self._names_on_disk()):
-            await self._apply_file(name, nowait=True)
-        self.children.flush()
+        """Stop what a killed predecessor left, watch the directory, load every job file and start
+        the autostart jobs; returns once every autostart spawn has been made. The loop serves
+        other work (the control port answers, status shows what is loaded so far) meanwhile."""
+        os.makedirs(self.jobs_dir, exist_ok=True)
+        os.makedirs(self.log_dir, exist_ok=True)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        journal = self.processes.journal
+        assert journal is not None
+        await stop_leftovers(journal.path)
+        journal.open()
+        self.processes.open(asyncio.get_running_loop())
         if watch:
             from .watcher import DirectoryWatcher
 
-            self._watcher = DirectoryWatcher(self.jobs_dir, self._files_changed)
+            self._watcher = DirectoryWatcher(self.jobs_dir, self.directory.job_name, self._files_changed)
             self._watcher.start()
+        for name in sorted(self.directory.names()):
+            if self.closing:
+                return
+            await self._apply_file(name, nowait=True)
+            await asyncio.sleep(0)  # one file per loop iteration: the port keeps answering
+        await self.processes.queue_flushed()
 
     async def shutdown(self) -> None:
-        """Stop every job in parallel, each with its own stoptime."""
+        """Stop every job in parallel, each with its own stoptime, then anything else the daemon
+        started (Colonies runs, escaped grandchildren); nothing it started is left."""
         self.closing = True
         if self._watcher is not None:
             self._watcher.close()
         for job in self.jobs.values():
             job.stop_all()
         await asyncio.gather(*(job.wait_stopped() for job in self.jobs.values()))
-        self.children.flush()
+        await self.processes.drain()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.processes.close()
         log.info("every job stopped")
+
+    def background(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        """A task the supervisor keeps (and cancels at shutdown); its failure is logged."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed", what, exc_info=task.exception())
+
+        task.add_done_callback(done)
+        return task
 
     # --- files ----------------------------------------------------------------------------------
 
     def path_of(self, name: str) -> str:
-        return os.path.join(self.jobs_dir, name + SUFFIX)
-
-    def _names_on_disk(self) -> set[str]:
-        try:
-            return {n for n in map(job_name_from_filename, os.listdir(self.jobs_dir)) if n}
-        except FileNotFoundError:
-            return set()
-
-    def _read(self, name: str) -> JobSpec | None:
-        """The spec in `name`'s file; None when there is no file; JobFileError when invalid."""
-        path = self.path_of(name)
-        try:
-            with open(path, "rb") as src:
-                raw = src.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise JobFileError([f"{path}: cannot read: {exc.strerror}"]) from None
-        return self._validate(name, raw)
+        return self.directory.path_of(name)
 
     def _validate(self, name: str, raw: bytes) -> JobSpec:
         path = self.path_of(name)
-        spec = parse_job(name, raw, path)
+        spec = parse_job(name, raw, path, self.limits)
         problems = host_errors(spec, path)
         if problems:
             raise JobFileError(problems)
         return spec
-
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
 
     def _files_changed(self, names: Iterable[str] | None) -> None:
         """From the watcher: these files changed (None: the kernel lost track, rescan all)."""
         if self.closing:
             return
         if names is None:
-            asyncio.get_running_loop().create_task(self.reload_all())
+            self.background(self.reload_all(), "rescan of the jobs directory")
             return
         for name in names:
-            asyncio.get_running_loop().create_task(self._apply_file(name, nowait=True))
+            self.background(self._apply_file(name, nowait=True), f"reload of {name}")
 
-    async def _apply_file(self, name: str, nowait: bool) -> Reply:
-        """Bring job `name` in line with its file (the `reload` verb)."""
-        async with self._lock(name):
+    async def _apply_file(self, name: str, nowait: bool, pushed: tuple[bytes, JobSpec] | None = None,
+                          ) -> tuple[Reply, str]:
+        """Bring job `name` in line with its file (the `reload` verb), or with `pushed` (bytes
+        already validated into a spec), which is written first. Returns the reply and what
+        changed: added, removed, restarted, applied in place, unchanged, invalid or missing."""
+        async with self._locks.hold(name):
+            if self.closing:
+                return fail(SHUTTING_DOWN), "unchanged"
             job = self.jobs.get(name)
             try:
-                spec = self._read(name)
-            except JobFileError as exc:
-                message = str(exc)
-                log.error("%s", message.replace("\n", "; "))
-                if job is not None:
-                    job.error = message
-                    log.error("%s keeps running its last valid version", name)
+                if pushed is not None:
+                    self.directory.write(name, pushed[0])
+                    spec: JobSpec | None = pushed[1]
                 else:
-                    self.invalid[name] = message
-                return fail(message)
+                    raw = self.directory.read(name)
+                    spec = None if raw is None else self._validate(name, raw)
+            except JobFileError as exc:
+                return self._invalid_file(name, job, str(exc)), "invalid"
+            except OSError as exc:
+                return fail(f"cannot write {self.path_of(name)}: {exc.strerror}"), "invalid"
             self.invalid.pop(name, None)
             if spec is None:
                 if job is None:
-                    return fail(f"job {name!r} has no file {self.path_of(name)} and is not loaded")
+                    return fail(f"job {name!r} has no file {self.path_of(name)} and is not loaded"), "missing"
                 await self._forget(job)
-                return SUCCESS
+                return SUCCESS, "removed"
             if job is None:
                 job = self.jobs[name] = Job(self, spec)
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
-                if spec.autostart:
-                    job.start_all("autostart")
-                    return await _settled_start(job, nowait)
-                return SUCCESS
-            had_error, job.error = job.error, None
-            if spec == job.spec:
-                return SUCCESS if had_error else REDUNDANT
-            old = job.spec
-            restarting = job.apply(spec)
-            log.info("reloaded job %s (%d instance(s) restarting)", name, len(restarting))
-            for listener in self.listeners:
-                listener.job_changed(job, old)
-            return await _settled_start(job, nowait) if restarting else SUCCESS
+                starting = list(job.active) if spec.autostart and job.start_all("autostart") else []
+                retiring: list = []
+                change = "added"
+            else:
+                had_error, job.error = job.error, None
+                if spec == job.spec:
+                    return (SUCCESS if had_error else REDUNDANT), "unchanged"
+                old = job.spec
+                starting, retiring, restarted = job.apply(spec)
+                change = "restarted" if restarted else "applied in place"
+                log.info("reloaded job %s: %s", name, change)
+                for listener in self.listeners:
+                    listener.job_changed(job, old)
+        if retiring and not nowait:
+            await job.wait_gone(retiring)
+        return await _settled_start(job, starting, nowait), change
+
+    def _invalid_file(self, name: str, job: Job | None, message: str) -> Reply:
+        log.error("%s", message.replace("\n", "; "))
+        if job is not None:
+            job.error = message
+            log.error("%s keeps running its last valid version", name)
+        else:
+            self.invalid[name] = message
+        return fail(message)
 
     async def _forget(self, job: Job) -> None:
+        """Stop every instance, wait until their processes are gone, then drop the job. Called
+        with the job's lock held, so nothing can start it meanwhile."""
         job.stop_all()
         await job.wait_stopped()
-        for inst in job.instances:
-            inst.discard()
+        job.discard()
         if self.jobs.get(job.name) is job:
             del self.jobs[job.name]
         log.info("forgot job %s", job.name)
@@ -177,49 +233,89 @@ class Supervisor:
     # --- verbs ----------------------------------------------------------------------------------
 
     def _job(self, name: str) -> Job | Reply:
+        if self.closing:
+            return fail(SHUTTING_DOWN)
         job = self.jobs.get(name)
         if job is None:
+            if name in self.invalid:
+                return fail(f'job "{name}" is not loaded: its file is invalid: {self.invalid[name]}')
             return fail(f'job "{name}" does not exist')
         return job
 
-    async def start(self, name: str, nowait: bool = False) -> Reply:
-        job = self._job(name)
-        if isinstance(job, Reply):
-            return job
-        if not job.start_all():
-            return REDUNDANT
-        return await _settled_start(job, nowait)
+    def _targets(self, job: Job, index: int | None) -> list | Reply:
+        if index is None:
+            return job.active
+        if not 0 <= index < job.spec.numprocs:
+            return fail(f'job "{job.name}" has no instance {index} (numprocs is {job.spec.numprocs})')
+        return [job.instances[index]]
 
-    async def stop(self, name: str, nowait: bool = False, kill: bool = False) -> Reply:
-        job = self._job(name)
-        if isinstance(job, Reply):
-            return job
-        if not job.stop_all(kill):
-            return REDUNDANT
-        if not nowait:
-            await job.wait_stopped()
-        return SUCCESS
-
-    async def kill(self, name: str, nowait: bool = False) -> Reply:
-        return await self.stop(name, nowait, kill=True)
-
-    async def repair(self, name: str, nowait: bool = False) -> Reply:
-        job = self._job(name)
-        if isinstance(job, Reply):
-            return job
-        if not any([inst.repair() for inst in job.instances]):
-            return REDUNDANT
-        return await _settled_start(job, nowait)
-
-    def status(self, name: str | None = None) -> Reply:
-        now = time.monotonic()
-        if name is not None:
+    async def start(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        async with self._locks.hold(name):
             job = self._job(name)
             if isinstance(job, Reply):
+                return job
+            targets = self._targets(job, index)
+            if isinstance(targets, Reply):
+                return targets
+            starting = [inst for inst in targets if inst.start()]
+        if not starting:
+            return REDUNDANT
+        return await _settled_start(job, starting, nowait)
+
+    async def stop(self, name: str, nowait: bool = False, kill: bool = False, index: int | None = None) -> Reply:
+        async with self._locks.hold(name):
+            job = self._job(name)
+            if isinstance(job, Reply):
+                return job
+            targets = job.instances if index is None else self._targets(job, index)
+            if isinstance(targets, Reply):
+                return targets
+            stopping = [inst for inst in list(targets) if inst.stop(kill)]
+        if not stopping:
+            return REDUNDANT
+        if not nowait:
+            await job.wait_stopped(stopping)
+        return SUCCESS
+
+    async def kill(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        return await self.stop(name, nowait, kill=True, index=index)
+
+    async def signal(self, name: str, sig: int, index: int | None = None) -> Reply:
+        """`sig` to the process group of every running instance (or of instance `index`)."""
+        async with self._locks.hold(name):
+            job = self._job(name)
+            if isinstance(job, Reply):
+                return job
+            targets = self._targets(job, index)
+            if isinstance(targets, Reply):
+                return targets
+            reached = [inst for inst in targets if inst.signal_processes(sig)]
+        return SUCCESS if reached else REDUNDANT
+
+    async def repair(self, name: str, nowait: bool = False) -> Reply:
+        async with self._locks.hold(name):
+            job = self._job(name)
+            if isinstance(job, Reply):
+                return job
+            repaired = [inst for inst in job.active if inst.repair()]
+        if not repaired:
+            return REDUNDANT
+        return await _settled_start(job, repaired, nowait)
+
+    def status(self, name: str | None = None, index: int | None = None) -> Reply:
+        now = time.monotonic()
+        if name is not None:
+            job = self.jobs.get(name)
+            if job is None:
                 if name in self.invalid:
                     return Reply("status", value={"jobs": [self._invalid_status(name)]})
-                return job
-            return Reply("status", value={"jobs": [self._job_status(job, now)]})
+                return fail(f'job "{name}" does not exist')
+            entry = self._job_status(job, now)
+            if index is not None:
+                if not 0 <= index < len(job.instances):
+                    return fail(f'job "{name}" has no instance {index}')
+                entry["instances"] = [entry["instances"][index]]
+            return Reply("status", value={"jobs": [entry]})
         entries = [self._job_status(job, now) for job in self.jobs.values()]
         entries += [self._invalid_status(name) for name in self.invalid if name not in self.jobs]
         return Reply("status", value={"jobs": entries})
@@ -234,86 +330,73 @@ class Supervisor:
         return {"name": name, "state": "INVALID", "instances": [], "error": self.invalid[name]}
 
     def list(self) -> Reply:
-        return Reply("list", value={"jobs": [{"name": name, "state": job.state()} for name, job in self.jobs.items()]})
+        entries = [{"name": name, "state": job.state()} for name, job in self.jobs.items()]
+        entries += [{"name": name, "state": "INVALID"} for name in self.invalid if name not in self.jobs]
+        return Reply("list", value={"jobs": entries})
 
     def pull(self, name: str) -> Reply:
         try:
-            with open(self.path_of(name), "rb") as src:
-                return Reply("file", job=name, data=src.read())
-        except FileNotFoundError:
-            return fail(f'job "{name}" has no file')
-        except OSError as exc:
-            return fail(f"cannot read {self.path_of(name)}: {exc.strerror}")
-
-    async def push(self, name: str, data: bytes, nowait: bool = False) -> Reply:
-        try:
-            self._validate(name, data)
+            data = self.directory.read(name)
         except JobFileError as exc:
             return fail(str(exc))
+        if data is None:
+            return fail(f'job "{name}" has no file')
+        return Reply("file", job=name, data=data)
+
+    async def push(self, name: str, data: bytes, nowait: bool = False) -> Reply:
+        """Validate first — the whole job, so nothing invalid or unbuildable is ever written —
+        then write and apply it under the job's lock."""
         try:
-            write_atomically(self.path_of(name), data)
-        except OSError as exc:
-            return fail(f"cannot write {self.path_of(name)}: {exc.strerror}")
-        reply = await self._apply_file(name, nowait)
+            spec = self._validate(name, data)
+        except JobFileError as exc:
+            return fail(str(exc))
+        reply, _ = await self._apply_file(name, nowait, pushed=(data, spec))
         return SUCCESS if reply.response == "redundant" else reply
 
     async def delete(self, name: str) -> Reply:
-        async with self._lock(name):
+        async with self._locks.hold(name):
+            if self.closing:
+                return fail(SHUTTING_DOWN)
             job = self.jobs.get(name)
             path = self.path_of(name)
-            if job is None and not os.path.exists(path):
+            if job is None and name not in self.invalid and not os.path.lexists(path):
                 return fail(f'job "{name}" does not exist')
             if job is not None:
                 await self._forget(job)
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+                self.directory.remove(name)
             except OSError as exc:
                 return fail(f"cannot remove {path}: {exc.strerror}")
             self.invalid.pop(name, None)
             return SUCCESS
 
     async def reload(self, name: str, nowait: bool = False) -> Reply:
-        return await self._apply_file(name, nowait)
+        reply, _ = await self._apply_file(name, nowait)
+        return reply
 
     async def reload_all(self) -> Reply:
-        """Reload every job file (SIGHUP, `restart`): new, changed, removed and unchanged alike."""
-        names = sorted(self._names_on_disk() | set(self.jobs) | set(self.invalid))
-        replies = await asyncio.gather(*(self._apply_file(name, nowait=True) for name in names))
-        problems = [r.error for r in replies if r.response == "fail" and r.error]
-        return fail("\n".join(problems)) if problems else SUCCESS
+        """Reload every job file (SIGHUP, `restart`): new, changed, removed and unchanged alike.
+        The reply carries what happened to each job."""
+        names = sorted(self.directory.names() | set(self.jobs) | set(self.invalid))
+        outcomes = await asyncio.gather(*(self._apply_file(name, nowait=True) for name in names))
+        changes = {name: change for name, (_, change) in zip(names, outcomes) if change != "missing"}
+        done = [f"{name} {change}" for name, change in changes.items() if change != "unchanged"]
+        log.info("reload: %s", ", ".join(done) if done else "nothing changed")
+        problems = [reply.error for reply, _ in outcomes if reply.response == "fail" and reply.error]
+        value = {"changes": changes}
+        if problems:
+            return Reply("fail", error="\n".join(problems), value=value)
+        return Reply("success", value=value)
 
     def reopen_logs(self) -> None:
         self.log_files.reopen_all()
 
 
-async def _settled_start(job: Job, nowait: bool) -> Reply:
+async def _settled_start(job: Job, starting: list, nowait: bool) -> Reply:
     """Answer a request that started instances: at once with `nowait`, else once each is RUNNING
     or one failed to start."""
-    if nowait:
+    if nowait or not starting:
         return SUCCESS
-    failure = await job.wait_started()
+    failure = await job.wait_started(starting)
     return fail(failure) if failure else SUCCESS
 
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Temp file in the same directory (hidden, so the watcher ignores it), fsync, rename, fsync dir."""
-    directory, base = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -105,7 +105,7 @@ def test_sigkill_mid_run_then_restart_closes_the_process_failed(tmp_path: Path) 
             child = wait_for(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text().strip(),
                              what="the run's child")
             assert thread.call(process(server.port, processid))["state"] == RUNNING
-            # Mid-run: the daemon has recorded its child (it coalesces those writes for 0.2 s).
+            # Mid-run: the daemon has journaled its child.
             wait_for(lambda: child in (tmp_path / "state" / "children.json").read_text(), what="the child recorded")
         finally:
             first.proc.send_signal(signal.SIGKILL)

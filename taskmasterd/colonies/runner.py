@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..spawner import Child, child_environment, spawn, spawn_error_text
+from ..processes import Child
+from ..spawner import child_environment, launch_for, spawn_error_text
 from ..states import describe_exit, exit_is_expected
 from .arguments import BadArguments, command_words
 from .assignment import Assignment, Lost
@@ -37,32 +37,30 @@ LOG_BATCH = 64 * 1024
 LOG_HIGH_WATER = 1024 * 1024  # output waiting for the server past which the pipes are not read
 PIPE_GRACE = 2.0  # after the exit, how long pipes may stay open and silent (held by an escapee)
 DRAIN_LIMIT = 30.0  # after the exit, the longest the rest of the output may take to reach the logs
+RUN_ORIGIN = ("TASKMASTER_JOB", "COLONIES_PROCESS_ID")  # what marks a run's escaped descendants
 
 
 class _Command:
-    """The one place where a run touches its process: spawned in its own process group and
-    recorded (a daemon crash cannot leave it running), stopped like an instance, and released
-    (what it left in its group killed, its record dropped)."""
+    """The one place where a run touches its process: spawned by the daemon's process table
+    (journaled, stopped at shutdown, its escapes included), stopped like an instance, and
+    released (what it left in its group killed)."""
 
-    def __init__(self, child: Child, job: Job) -> None:
+    def __init__(self, child: Child) -> None:
         self._child = child
-        self._children = job.supervisor.children
         self.pid = child.pid
         self.exited = child.exited
 
     @classmethod
     def start(cls, job: Job, spec: JobSpec, env: dict[str, str], words: tuple[str, ...],
               stdout: int, stderr: int) -> _Command:
-        child = spawn(spec, env, stdout, stderr, words)
-        job.supervisor.children.record(child.pid, spec.stopsignal)
-        return cls(child, job)
+        launch = launch_for(spec, env, words, origin=RUN_ORIGIN)
+        return cls(job.supervisor.processes.spawn(launch, stdout, stderr))
 
     async def stop(self, spec: JobSpec) -> int:
         return await self._child.stop(spec.stopsignal, spec.stoptime)
 
     def release(self) -> None:
         self._child.kill_leftovers()  # like an instance: nothing of the group outlives the command
-        self._children.forget(self.pid)
 
 
 class _Pipe(asyncio.Protocol):
@@ -116,7 +114,7 @@ class CommandRun:
             words = command_words(self.task.spec.get("args"), self.task.spec.get("kwargs"))
             extra = {str(k): str(v) for k, v in (self.task.spec.get("env") or {}).items()}
             env = child_environment(spec, self.job.supervisor.base_environment,
-                                    {**extra, "COLONIES_PROCESS_ID": self.task.id})
+                                    {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id})
         except (BadArguments, ValueError, KeyError, AttributeError) as exc:
             await self.task.close(False, [f"cannot run {spec.name}: {exc}"])
             return
@@ -141,11 +139,10 @@ class CommandRun:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             command = _Command.start(self.job, spec, env, words, out_w, err_w)
-        except (OSError, KeyError, ValueError, subprocess.SubprocessError) as exc:
+        except Exception as exc:  # whatever stops a spawn fails this process, never the executor
             os.close(out_r)
             os.close(err_r)
-            text = spawn_error_text(exc) if isinstance(exc, OSError) else f"spawn error: {exc}"
-            await self.task.close(False, [text])
+            await self.task.close(False, [spawn_error_text(exc)])
             return None
         finally:
             os.close(out_w)

@@ -1,0 +1,395 @@
+"""The one owner of every process the daemon starts: job instances, Colonies runs, health checks.
+
+`ProcessTable.spawn` is the only way a process is started. Each becomes a `Child` that the table
+holds until it is reaped, and it is journaled for crash recovery before anything else can happen
+to it. Every stop goes through `Child.terminate` (stop signal to the group, SIGKILL after the
+grace), and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
+shutdown. Spawns are queued and run a few milliseconds' worth at a time, so starting 1000
+instances never freezes the loop.
+
+With `adopt_orphans` (the daemon, not in-process tests) the process is a child subreaper: a
+grandchild that double-forks or calls setsid is reparented to it, reaped when it exits, and
+stopped with the spawn it came from — recognised by the `origin` variables it inherited
+(TASKMASTER_JOB and TASKMASTER_INSTANCE, or COLONIES_PROCESS_ID).
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from .orphans import ChildJournal, wait_gone
+from .spawner import lookup_account
+
+log = logging.getLogger("taskmasterd.processes")
+
+SPAWN_SLICE = 0.005  # seconds of spawning per loop iteration before other callbacks get a turn
+ESCAPE_RECHECK = 0.25  # a second look for escapes once a killed group has had time to die
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class SpawnRefused(Exception):
+    """The table is closed: the daemon is shutting down."""
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything needed to start one process and to stop it."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str | None = None
+    umask: int | None = None
+    user: str | None = None
+    stopsignal: int = int(signal.SIGTERM)
+    stoptime: float = 10.0
+    # Variables of `env` that identify this spawn's descendants after they escaped its group.
+    origin: tuple[str, ...] = field(default=())
+
+    def origin_pairs(self) -> frozenset[tuple[str, str]]:
+        return frozenset((name, self.env[name]) for name in self.origin if name in self.env)
+
+
+class Child:
+    """A spawned process group leader. `exited` resolves with subprocess's returncode (negative:
+    killed by that signal) as soon as the kernel reports the exit on the pidfd; by then whatever
+    the leader left in its group has been SIGKILLed."""
+
+    def __init__(self, table: ProcessTable, popen: subprocess.Popen, launch: Launch,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.pid = popen.pid
+        self.launch = launch
+        self._table = table
+        self._popen = popen
+        self._loop = loop
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._pidfd = os.pidfd_open(popen.pid)  # may fail (EMFILE): the table then kills and reaps it
+        loop.add_reader(self._pidfd, self._reap)
+
+    def _reap(self) -> None:
+        if self.exited.done():
+            return
+        # The leader is a zombie now and its pid cannot be reused: kill its group before reaping,
+        # so the SIGKILL can never reach a recycled process group.
+        self.signal_group(signal.SIGKILL)
+        returncode = self._popen.poll()
+        if returncode is None:
+            return
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._cancel_kill_timer()
+        self._table._ended(self)
+        self.exited.set_result(returncode)
+
+    def signal_group(self, sig: int) -> bool:
+        """Signal the whole process group; False when nothing of it is left."""
+        try:
+            os.killpg(self.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a group member changed user; still try the leader
+            try:
+                os.kill(self.pid, sig)
+                return True
+            except ProcessLookupError:
+                return False
+
+    def terminate(self, sig: int | None = None, grace: float | None = None) -> asyncio.Future[int]:
+        """The one stop path: `sig` (default: the launch's stop signal) to the group and to its
+        escapes, SIGKILL after `grace` (default: its stoptime). Returns `exited`."""
+        if self.exited.done():
+            return self.exited
+        sig = self.launch.stopsignal if sig is None else sig
+        grace = self.launch.stoptime if grace is None else grace
+        self.signal_group(sig)
+        self._table._signal_escapes(self, sig)
+        if self._kill_timer is None:
+            self._kill_timer = self._loop.call_later(grace, self.kill)
+        return self.exited
+
+    def kill(self) -> asyncio.Future[int]:
+        """SIGKILL to the group and its escapes now."""
+        self._cancel_kill_timer()
+        if not self.exited.done():
+            self.signal_group(signal.SIGKILL)
+            self._table._signal_escapes(self, signal.SIGKILL)
+        return self.exited
+
+    async def stop(self, sig: int, grace: float) -> int:
+        return await self.terminate(sig, grace)
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what is left of the group (the leader's exit already did it; harmless again)."""
+        self.signal_group(signal.SIGKILL)
+
+    def _cancel_kill_timer(self) -> None:
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+            self._kill_timer = None
+
+
+class SpawnTicket:
+    """A queued spawn; `cancel()` before it runs and it never does."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ProcessTable:
+    def __init__(self, journal: ChildJournal | None = None, adopt_orphans: bool = False) -> None:
+        self.journal = journal
+        self.adopt_orphans = adopt_orphans
+        self.children: dict[int, Child] = {}
+        self.closing = False
+        self._abandoned: dict[int, subprocess.Popen] = {}  # spawned, pidfd failed: killed, to reap
+        self._queue: deque[SpawnTicket] = deque()
+        self._queue_running = False
+        self._queue_empty: asyncio.Event | None = None
+        self._escape_signals: dict[frozenset[tuple[str, str]], int] = {}  # origin -> signal to send
+        self._escape_sweep: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.nofile_limit = resource.getrlimit(resource.RLIMIT_NOFILE)  # what children get
+
+    # --- life -----------------------------------------------------------------------------------
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take over SIGCHLD (reaping abandoned spawns and, when adopting, every orphan)."""
+        self._loop = loop
+        if self.adopt_orphans:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                log.warning("cannot become a child subreaper (%s): escaped grandchildren are not stopped",
+                            os.strerror(ctypes.get_errno()))
+        loop.add_signal_handler(signal.SIGCHLD, self._reap_others)
+
+    async def drain(self) -> None:
+        """Refuse new spawns, stop every live child with its own signal and stoptime, then every
+        orphan that is still around; return once all are reaped."""
+        self.closing = True
+        for ticket in self._queue:
+            ticket.cancel()
+        children = list(self.children.values())
+        await asyncio.gather(*(child.terminate() for child in children))
+        if self.adopt_orphans:
+            await self._stop_every_orphan()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+        if self._escape_sweep is not None:
+            self._escape_sweep.cancel()
+        if self.journal is not None:
+            self.journal.close()
+
+    # --- spawning -------------------------------------------------------------------------------
+
+    def queue(self, callback: Callable[[], None]) -> SpawnTicket:
+        """Run `callback` (which spawns) soon, a time slice of spawns per loop iteration."""
+        ticket = SpawnTicket(callback)
+        self._queue.append(ticket)
+        if not self._queue_running:
+            self._queue_running = True
+            asyncio.get_running_loop().call_soon(self._run_queue)
+        return ticket
+
+    def _run_queue(self) -> None:
+        deadline = time.monotonic() + SPAWN_SLICE
+        while self._queue and time.monotonic() < deadline:
+            ticket = self._queue.popleft()
+            if not ticket.cancelled:
+                ticket.callback()
+        if self._queue:
+            asyncio.get_running_loop().call_soon(self._run_queue)
+            return
+        self._queue_running = False
+        if self._queue_empty is not None:
+            self._queue_empty.set()
+            self._queue_empty = None
+
+    async def queue_flushed(self) -> None:
+        """Wait until every queued spawn has run."""
+        if self._queue_running:
+            if self._queue_empty is None:
+                self._queue_empty = asyncio.Event()
+            await self._queue_empty.wait()
+
+    def spawn(self, launch: Launch, stdout: int, stderr: int) -> Child:
+        """Start `launch` in a new session. `stdout`/`stderr` are fds or subprocess.DEVNULL.
+        Raises SpawnRefused when closing, and whatever Popen raises when it cannot start."""
+        if self.closing:
+            raise SpawnRefused("taskmasterd is shutting down")
+        kwargs: dict = {}
+        if launch.user is not None:
+            account = lookup_account(launch.user)
+            kwargs = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
+        popen = subprocess.Popen(
+            launch.argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=launch.cwd,
+            env=launch.env, umask=launch.umask if launch.umask is not None else -1,
+            start_new_session=True, close_fds=True, **kwargs)
+        try:
+            child = Child(self, popen, launch, asyncio.get_running_loop())
+        except BaseException:
+            self._abandon(popen)
+            raise
+        self.children[child.pid] = child
+        if self.journal is not None:
+            self.journal.started(child.pid, launch.stopsignal, launch.stoptime)
+        self._give_original_nofile(child.pid)
+        return child
+
+    def _give_original_nofile(self, pid: int) -> None:
+        """The child runs with the descriptor limit the daemon was started with, not the one the
+        daemon raised for itself (select()-based programs and fd-closing loops need it)."""
+        try:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, self.nofile_limit)
+        except (OSError, ValueError):
+            pass  # already gone, or a setuid program we may not touch
+
+    def _abandon(self, popen: subprocess.Popen) -> None:
+        """A process we could not watch: SIGKILL its group and reap it from SIGCHLD."""
+        with _suppress_gone():
+            os.killpg(popen.pid, signal.SIGKILL)
+        self._abandoned[popen.pid] = popen
+        self._reap_others()
+
+    def _ended(self, child: Child) -> None:
+        self.children.pop(child.pid, None)
+        if self.journal is not None:
+            self.journal.ended(child.pid)
+        if self.adopt_orphans and child.launch.origin and not self.closing:
+            # Escapes of a spawn that ended go with it, like the rest of its group; a second look
+            # catches those whose parent was still dying from the group's SIGKILL.
+            origin = child.launch.origin_pairs()
+            self._mark_escapes(origin, signal.SIGKILL)
+            asyncio.get_running_loop().call_later(ESCAPE_RECHECK, self._mark_escapes, origin, signal.SIGKILL)
+
+    # --- orphans --------------------------------------------------------------------------------
+
+    def _reap_others(self) -> None:
+        """SIGCHLD: reap abandoned spawns and, as a subreaper, every orphan that exited. Our own
+        children are reaped through their Child (and their Popen), so no exit status is stolen."""
+        for pid, popen in list(self._abandoned.items()):
+            if popen.poll() is not None:
+                del self._abandoned[pid]
+        if not self.adopt_orphans:
+            return
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            pid = info.si_pid
+            child = self.children.get(pid)
+            if child is not None:
+                child._reap()
+                if pid in self.children:  # not reaped after all: leave it to its pidfd
+                    return
+            elif pid in self._abandoned:
+                self._abandoned.pop(pid).poll()
+            else:
+                with _suppress_gone():
+                    os.waitpid(pid, os.WNOHANG)
+
+    def _signal_escapes(self, child: Child, sig: int) -> None:
+        if self.adopt_orphans and child.launch.origin:
+            self._mark_escapes(child.launch.origin_pairs(), sig)
+
+    def _mark_escapes(self, origin: frozenset[tuple[str, str]], sig: int) -> None:
+        """Queue `sig` for the escapes of `origin` (SIGKILL wins over a stop signal); one sweep per
+        loop iteration serves every spawn marked meanwhile."""
+        if self._escape_signals.get(origin) != signal.SIGKILL:
+            self._escape_signals[origin] = sig
+        if self._escape_sweep is None and self._loop is not None:
+            self._escape_sweep = self._loop.call_soon(self._sweep_escapes)
+
+    def _sweep_escapes(self) -> None:
+        self._escape_sweep = None
+        signals, self._escape_signals = self._escape_signals, {}
+        if not signals:
+            return
+        for pid in _orphans(self.children, self._abandoned):
+            environ = _environment_of(pid)
+            for origin, sig in signals.items():
+                if origin <= environ:
+                    _signal_orphan(pid, sig)
+                    break
+
+    async def _stop_every_orphan(self, grace: float = 1.0) -> None:
+        orphans = list(_orphans(self.children, self._abandoned))
+        if not orphans:
+            return
+        log.info("stopping %d escaped process(es) reparented to the daemon", len(orphans))
+        for pid in orphans:
+            _signal_orphan(pid, signal.SIGTERM)
+        await wait_gone(orphans, grace)
+        for pid in orphans:
+            _signal_orphan(pid, signal.SIGKILL)
+        await wait_gone(orphans, grace)
+        self._reap_others()
+
+
+class _suppress_gone:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+        return kind is not None and issubclass(kind, (ProcessLookupError, ChildProcessError, PermissionError))
+
+
+def _orphans(children: Mapping[int, Child], abandoned: Mapping[int, object]) -> set[int]:
+    """Our direct children that we did not spawn: escapes reparented to the subreaper."""
+    found: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as src:
+                found.update(int(p) for p in src.read().split())
+        except OSError:
+            continue
+    return {pid for pid in found if pid not in children and pid not in abandoned}
+
+
+def _environment_of(pid: int, limit: int = 256 * 1024) -> frozenset[tuple[str, str]]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as src:
+            raw = src.read(limit)
+    except OSError:
+        return frozenset()
+    pairs = set()
+    for item in raw.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep and name.startswith((b"TASKMASTER_", b"COLONIES_PROCESS_ID")):
+            pairs.add((name.decode(errors="replace"), value.decode(errors="replace")))
+    return frozenset(pairs)
+
+
+def _signal_orphan(pid: int, sig: int) -> None:
+    """An escape usually leads its own group (setsid): signal the group, else the process."""
+    with _suppress_gone():
+        pgid = os.getpgid(pid)
+        if pgid != os.getpgid(0):
+            os.killpg(pgid, sig)
+        else:
+            os.kill(pid, sig)

@@ -1,0 +1,129 @@
+"""Open the files the daemon writes (logs) without being steered by someone else's symlink.
+
+A job running as an ordinary user may control a directory on its own log path. The path is
+therefore walked one component at a time with O_NOFOLLOW, holding a descriptor of each directory
+(no window between a check and its use); a symlink on the way is followed only when it belongs to
+root or to the daemon's own user, the file itself never is, and a file with other hard links or
+that is not a regular file is refused.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+
+MAX_LINKS = 40  # like the kernel's limit on symlinks followed in one lookup
+DIRECTORY_MODE = 0o755
+
+
+class UnsafePath(OSError):
+    """A path the daemon refuses to write through; the message says which component and why."""
+
+
+def _trusted(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def open_parent(path: str) -> tuple[int, str]:
+    """(descriptor of the directory that holds `path`, final component), creating missing
+    directories on the way."""
+    pending = os.path.normpath(os.path.abspath(path)).split("/")[1:]
+    if not pending or not pending[-1]:
+        raise UnsafePath(errno.EISDIR, f"{path}: not a file path")
+    name = pending.pop()
+    here, dir_fd, links = "/", os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), 0
+    try:
+        while pending:
+            part = pending.pop(0)
+            try:
+                next_fd = _open_directory(part, dir_fd)
+            except _SymbolicLink as link:
+                links += 1
+                if links > MAX_LINKS:
+                    raise UnsafePath(errno.ELOOP, f"{path}: too many symbolic links") from None
+                if not _trusted(link.owner):
+                    raise UnsafePath(errno.EPERM, f"{os.path.join(here, part)} is a symbolic link owned by "
+                                     f"uid {link.owner}: not followed") from None
+                # Continue from the link's target, resolved against where the link is.
+                rest = os.path.normpath(os.path.join(here, link.target, *pending, name)).split("/")[1:]
+                name = rest.pop()
+                pending = rest
+                os.close(dir_fd)
+                here, dir_fd = "/", os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                continue
+            os.close(dir_fd)
+            dir_fd, here = next_fd, os.path.join(here, part)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd, name
+
+
+class _SymbolicLink(Exception):
+    def __init__(self, owner: int, target: str) -> None:
+        self.owner, self.target = owner, target
+
+
+def _open_directory(part: str, dir_fd: int) -> int:
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(2):
+        try:
+            return os.open(part, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            try:
+                os.mkdir(part, DIRECTORY_MODE, dir_fd=dir_fd)
+            except FileExistsError:
+                pass  # created meanwhile: open it
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            info = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                raise _SymbolicLink(info.st_uid, os.readlink(part, dir_fd=dir_fd)) from None
+            raise UnsafePath(errno.ENOTDIR, f"{part}: not a directory") from None
+    return os.open(part, flags, dir_fd=dir_fd)
+
+
+def open_append(path: str, mode: int) -> int:
+    """A descriptor of `path` for appending, created with `mode` if missing."""
+    dir_fd, name = open_parent(path)
+    try:
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, mode, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(errno.ELOOP, f"{path} is a symbolic link: not followed") from None
+            if exc.errno == errno.ENXIO:
+                raise UnsafePath(errno.ENXIO, f"{path} is not a regular file") from None
+            raise
+    finally:
+        os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath(errno.EINVAL, f"{path} is not a regular file")
+        if info.st_nlink > 1:
+            raise UnsafePath(errno.EPERM, f"{path} has other hard links: not written")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def same_file(path: str, fd: int) -> bool:
+    """Whether `path` (walked safely, not followed at its end) is the file open as `fd`."""
+    try:
+        dir_fd, name = open_parent(path)
+    except OSError:
+        return False
+    try:
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+    here = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)

@@ -1,0 +1,92 @@
+"""The jobs directory on a deploy's bad day: special files, a swapped directory, an editor's save,
+jobs added with ln and ln -s — through the real daemon and its inotify watch."""
+import json
+import os
+import time
+
+from .support.daemon import Daemon, wait_for, write_job
+
+SLEEP = {"cmd": "sleep 300", "starttime": 0, "stdout": None, "stderr": None}
+
+
+def pid_of(daemon, job):
+    jobs = {j["name"]: j for j in daemon.status()["jobs"]}
+    instances = jobs.get(job, {}).get("instances") or [{}]
+    return instances[0].get("pid")
+
+
+def states(daemon):
+    return {job["name"]: job["state"] for job in daemon.status()["jobs"]}
+
+
+def test_a_fifo_or_a_link_to_dev_zero_neither_hangs_nor_exhausts_the_daemon(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    os.mkfifo(jobs / "fifo.tm.json")
+    (jobs / "zero.tm.json").symlink_to("/dev/zero")
+    with Daemon(tmp_path, {"ok": SLEEP}) as daemon:
+        status = {job["name"]: job for job in daemon.status()["jobs"]}
+        assert status["ok"]["state"] == "RUNNING"
+        for name in ("fifo", "zero"):
+            assert status[name]["state"] == "INVALID" and "not a regular file" in status[name]["error"]
+        os.mkfifo(jobs / "late.tm.json")  # noticed live too
+        wait_for(lambda: states(daemon).get("late") == "INVALID", 5, what="the new FIFO refused")
+        reply = daemon.request("start", "late")
+        assert reply["response"] == "fail" and b"invalid" in reply["error"]
+
+
+def test_a_swapped_jobs_directory_rearms_the_watch_and_keeps_unchanged_jobs(tmp_path):
+    with Daemon(tmp_path, {"keep": SLEEP, "gone": SLEEP}) as daemon:
+        keep = pid_of(daemon, "keep")
+        new = tmp_path / "jobs.new"
+        new.mkdir()
+        write_job(new, "keep", SLEEP)
+        write_job(new, "added", SLEEP)
+        os.rename(tmp_path / "jobs", tmp_path / "jobs.old")  # the deploy's rename dance
+        time.sleep(0.3)  # a moment with no jobs directory at all: nothing is stopped for it
+        assert set(states(daemon)) == {"keep", "gone"} and pid_of(daemon, "keep") == keep
+        os.rename(new, tmp_path / "jobs")
+        wait_for(lambda: set(states(daemon)) == {"keep", "added"}, 10, what="rescan of the new directory")
+        assert pid_of(daemon, "keep") == keep
+        write_job(tmp_path / "jobs", "later", SLEEP)  # and the new directory is watched
+        wait_for(lambda: "later" in states(daemon), 5, what="a job dropped in the new directory")
+
+
+def test_a_symlinked_jobs_directory_swapped_with_ln_sfn(tmp_path):
+    releases = tmp_path / "releases"
+    one, two = releases / "1", releases / "2"
+    for release in (one, two):
+        release.mkdir(parents=True)
+        write_job(release, "keep", SLEEP)
+    write_job(two, "fresh", SLEEP)
+    (tmp_path / "jobs").symlink_to(one)
+    with Daemon(tmp_path, {}) as daemon:
+        keep = pid_of(daemon, "keep")
+        (tmp_path / "jobs.tmp").symlink_to(two)
+        os.rename(tmp_path / "jobs.tmp", tmp_path / "jobs")  # ln -sfn, atomically
+        wait_for(lambda: "fresh" in states(daemon), 10, what="the new release loaded")
+        assert pid_of(daemon, "keep") == keep
+
+
+def test_an_editors_save_of_an_unchanged_file_restarts_nothing(tmp_path):
+    with Daemon(tmp_path, {"web": SLEEP}) as daemon:
+        pid = pid_of(daemon, "web")
+        path = tmp_path / "jobs" / "web.tm.json"
+        os.rename(path, tmp_path / "jobs" / "web.tm.json~")  # vim: rename the old file away...
+        time.sleep(0.15)
+        path.write_text(json.dumps(SLEEP))  # ...then write the new one
+        time.sleep(1.5)
+        assert pid_of(daemon, "web") == pid and states(daemon)["web"] == "RUNNING"
+        path.unlink()  # a real removal still counts, after the grace
+        wait_for(lambda: "web" not in states(daemon), 5, what="the removed job forgotten")
+
+
+def test_jobs_added_with_ln_and_ln_s_are_loaded(tmp_path):
+    elsewhere = tmp_path / "library"
+    elsewhere.mkdir()
+    write_job(elsewhere, "soft", SLEEP)
+    write_job(elsewhere, "hard", SLEEP)
+    with Daemon(tmp_path, {}) as daemon:
+        (tmp_path / "jobs" / "soft.tm.json").symlink_to(elsewhere / "soft.tm.json")
+        os.link(elsewhere / "hard.tm.json", tmp_path / "jobs" / "hard.tm.json")
+        wait_for(lambda: states(daemon) == {"soft": "RUNNING", "hard": "RUNNING"}, 10, what="both links loaded")

@@ -1,0 +1,180 @@
+"""One owner of every process: verbs racing on one job, numprocs changes, spawn failures, crash
+loops and crash-recovery records — with the Supervisor in this process and real processes."""
+import asyncio
+import errno
+import os
+import signal
+import time
+
+import pytest
+
+from taskmasterd import processes
+from taskmasterd.job import Job
+from taskmasterd.jobfile import JobSpec
+from taskmasterd.orphans import find_leftovers, read_journal, start_ticks, stop_leftovers
+from taskmasterd.states import State
+
+from .support.daemon import pid_alive, write_job
+from .support.processes import marked, new_mark
+from .support.supervised import eventually, reach, run, supervised
+
+S = State
+# Ignores SIGTERM (inherited across exec), so every stop lasts its stoptime.
+STUBBORN = ["sh", "-c", "trap '' TERM; exec sleep 300"]
+
+
+def stubborn(mark, **fields):
+    return {"cmd": STUBBORN, "starttime": 0.3, "stoptime": 1, "env": mark, **fields}
+
+
+def test_start_and_repair_during_delete_are_answered_and_start_nothing(tmp_path):
+    mark = new_mark()
+
+    async def scenario():
+        async with supervised(tmp_path, {"slow": stubborn(mark)}) as sup:
+            await reach(sup.jobs["slow"].instances[0], S.RUNNING)
+            deleting = asyncio.create_task(sup.delete("slow"))
+            await asyncio.sleep(0.1)  # the delete is waiting out the stoptime now
+            late = [asyncio.create_task(verb("slow")) for verb in (sup.start, sup.repair, sup.stop, sup.kill)]
+            replies = await asyncio.wait_for(asyncio.gather(deleting, *late), 10)
+            assert replies[0].response == "success"
+            assert all(r.response == "fail" and "does not exist" in r.error for r in replies[1:]), replies
+            assert "slow" not in sup.jobs and not sup.processes.children
+            assert not marked(mark)
+        assert not marked(mark)
+
+    run(scenario())
+
+
+def test_numprocs_decrease_then_shutdown_leaves_nothing(tmp_path):
+    mark = new_mark()
+    # Instance 0 stops at once; the others ignore SIGTERM and linger for the whole stoptime.
+    job = {"cmd": ["sh", "-c", 'test "$TASKMASTER_INSTANCE" = 0 || trap "" TERM; exec sleep 300'],
+           "starttime": 0, "stoptime": 3, "env": mark}
+
+    async def scenario():
+        async with supervised(tmp_path, {"w": {**job, "numprocs": 3}}, watch=False) as sup:
+            await eventually(lambda: len(marked(mark)) == 3, what="three instances")
+            write_job(tmp_path / "jobs", "w", {**job, "numprocs": 1})
+            assert (await sup.reload("w", nowait=True)).response == "success"
+        # shutdown returned: the two retired instances were waited for like every other
+        assert not marked(mark)
+
+    run(scenario())
+
+
+def test_shrink_then_grow_never_runs_two_processes_for_one_index(tmp_path):
+    mark = new_mark()
+
+    def index_one():
+        return [pid for pid in marked(mark)
+                if open(f"/proc/{pid}/environ", "rb").read().split(b"\0").count(b"TASKMASTER_INSTANCE=1")]
+
+    async def scenario():
+        async with supervised(tmp_path, {"w": stubborn(mark, numprocs=2, starttime=0)}, watch=False) as sup:
+            await eventually(lambda: len(marked(mark)) == 2, what="two instances")
+            for numprocs in (1, 2):
+                write_job(tmp_path / "jobs", "w", stubborn(mark, numprocs=numprocs, starttime=0))
+                await sup.reload("w", nowait=True)
+            assert len(index_one()) == 1  # still the old process, stopping
+            inst = sup.jobs["w"].instances[1]
+            assert len(sup.jobs["w"].instances) == 2
+            await reach(inst, S.RUNNING, timeout=10)  # the same Instance, respawned after its stop
+            assert len(index_one()) == 1 and inst.restarts == 0
+            assert len(sup.jobs["w"].instances) == 2
+        assert not marked(mark)
+
+    run(scenario())
+
+
+def test_a_spawn_that_raises_anything_fails_the_start_and_shutdown_still_stops_the_rest(tmp_path):
+    mark = new_mark()
+
+    async def scenario():
+        async with supervised(tmp_path, {"later": {"cmd": "sleep 300", "starttime": 0, "env": mark}}) as sup:
+            # A spec no job file can produce (validation refuses NUL): the spawn path itself must
+            # survive Popen's ValueError and report it.
+            job = sup.jobs["nul"] = Job(sup, JobSpec(name="nul", argv=("sle\0ep", "1"), startretries=0))
+            reply = await sup.start("nul")
+            assert reply.response == "fail" and "null byte" in reply.error
+            assert job.instances[0].state is S.FATAL
+        assert not marked(mark)
+
+    run(scenario())
+
+
+def test_pidfd_failure_after_fork_kills_and_reaps_the_child(tmp_path, monkeypatch):
+    mark = new_mark()
+    seen = []
+    real = os.pidfd_open
+
+    def failing_once(pid, *args):
+        if not seen:
+            seen.append(pid)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(pid, *args)
+
+    async def scenario():
+        monkeypatch.setattr(processes.os, "pidfd_open", failing_once)
+        job = {"cmd": "sleep 300", "starttime": 0, "env": mark, "startretries": 1}
+        async with supervised(tmp_path, {"p": job}) as sup:
+            inst = sup.jobs["p"].instances[0]
+            await reach(inst, S.RUNNING, timeout=10)  # the retry after the backoff worked
+            assert inst.failures == 0 and "Too many open files" not in inst.description
+            assert seen and not pid_alive(seen[0])
+            await eventually(lambda: not os.path.exists(f"/proc/{seen[0]}"), 5, "the abandoned child reaped")
+
+    run(scenario())
+
+
+def test_crash_loop_is_throttled_whatever_starttime_says(tmp_path):
+    async def scenario():
+        job = {"cmd": "true", "starttime": 0, "autorestart": "always", "stdout": None, "stderr": None}
+        async with supervised(tmp_path, {"loop": job}) as sup:
+            inst = sup.jobs["loop"].instances[0]
+            await asyncio.sleep(3.5)
+            # spawns at 0 s, then after 0, 1, 2 s: a handful, not thousands
+            assert 2 <= inst.restarts <= 5, inst.restarts
+            assert inst.state is S.BACKOFF and "restart in" in inst.description
+            assert (await sup.stop("loop")).response == "success"
+            assert inst.state is S.STOPPED
+
+    run(scenario())
+
+
+def test_one_sigkill_of_a_settled_instance_still_restarts_at_once(tmp_path):
+    async def scenario():
+        async with supervised(tmp_path, {"s": {"cmd": "sleep 300", "starttime": 0}}) as sup:
+            inst = sup.jobs["s"].instances[0]
+            await asyncio.sleep(1.1)  # up for longer than a crash loop's QUICK_EXIT
+            old = inst.child.pid
+            began = time.monotonic()
+            os.kill(old, signal.SIGKILL)
+            await asyncio.wait_for(inst.wait_until(lambda i: i.restarts == 1 and i.state is S.RUNNING), 5)
+            assert time.monotonic() - began < 0.5 and inst.child.pid != old
+
+    run(scenario())
+
+
+def test_journal_records_each_spawn_at_once_with_boot_relative_start(tmp_path):
+    async def scenario():
+        async with supervised(tmp_path, {"s": {"cmd": "sleep 300", "starttime": 0, "numprocs": 2}}) as sup:
+            pids = [i.child.pid for i in sup.jobs["s"].instances]
+            journal = read_journal(str(tmp_path / "state" / "children.json"))  # no flush delay
+            assert {pid: entry[0] for pid, entry in journal.items()} == {pid: start_ticks(pid) for pid in pids}
+            assert {g.pgid for g in find_leftovers(journal)} == set(pids)
+            # the same pid with another start time is a recycled pid: never ours
+            assert not find_leftovers({pid: (ticks + 1, 15, 1.0) for pid, (ticks, *_) in journal.items()})
+        assert read_journal(str(tmp_path / "state" / "children.json")) == {}  # clean shutdown: empty
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("content", [
+    b'{"a": 1}', b"[1, 2, 3]", b"[[1]]", b'[[1, 2, 3]]', b"\xff\xfe garbage", b"null",
+    b'["+", -5, 1, 15, 1]\n["+", "x", 1, 15, 1]\n["-"]\n["+", 1, 1, 999, 1]\n', b"[" * 100000,
+])
+def test_recovery_never_crashes_on_a_journal_of_the_wrong_shape(tmp_path, content):
+    path = tmp_path / "children.json"
+    path.write_bytes(content)
+    assert run(stop_leftovers(str(path))) == 0

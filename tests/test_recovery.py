@@ -1,0 +1,82 @@
+"""What the real daemon leaves behind: after SIGKILL (the next daemon cleans up) and after escapes
+(double-forks and setsid, reparented to the daemon as child subreaper)."""
+import os
+import signal
+
+from .support.daemon import Daemon, wait_for
+from .support.processes import environment_of, marked, new_mark
+
+
+def sleeper(mark, **fields):
+    return {"cmd": "sleep 300", "starttime": 0, "stdout": None, "stderr": None, "env": mark, **fields}
+
+
+def kill_daemon(daemon):
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait(10)
+
+
+def test_children_spawned_just_before_a_sigkill_are_stopped_by_the_next_daemon(tmp_path):
+    mark = new_mark()
+    first = Daemon(tmp_path, {"late": sleeper(mark, numprocs=5, autostart=False)}).start()
+    try:
+        assert first.request("start", "late", nowait=True)["response"] == "success"
+        wait_for(lambda: len(marked(mark)) == 5, 10, what="five instances")
+        kill_daemon(first)  # well within any flush delay: the journal must already hold them
+    finally:
+        first.stop()
+    assert len(marked(mark)) == 5
+    (tmp_path / "jobs" / "late.tm.json").unlink()
+    with Daemon(tmp_path, {}):
+        assert not marked(mark)  # gone before READY=1
+
+
+def test_a_group_whose_leader_died_while_the_daemon_was_down_is_found(tmp_path):
+    mark = new_mark()
+    job = {"cmd": ["sh", "-c", "sleep 300 & sleep 300 & wait"], "starttime": 0, "env": mark}
+    first = Daemon(tmp_path, {"g": job}).start()
+    try:
+        leader = first.instances("g")[0]["pid"]
+        wait_for(lambda: len(marked(mark)) == 3, 10, what="leader and two children")
+        kill_daemon(first)
+    finally:
+        first.stop()
+    os.kill(leader, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{leader}"), 10, what="the leader reaped by init")
+    assert len(marked(mark)) == 2  # its group lives on
+    (tmp_path / "jobs" / "g.tm.json").unlink()
+    with Daemon(tmp_path, {}):
+        assert not marked(mark)
+
+
+ESCAPES = ("(setsid sleep 301 &); "  # double fork + setsid: reparented to the daemon at once
+           "python3 -c 'import os; os.setsid(); os.execvp(\"sleep\", [\"sleep\", \"302\"])' & "  # setsid, parent alive
+           "exec sleep 300")
+
+
+def escapes_of(mark, job, leader):
+    return [pid for pid in marked(mark) if environment_of(pid).get("TASKMASTER_JOB") == job and _sid(pid) != leader]
+
+
+def _sid(pid):
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_escaped_grandchildren_are_stopped_with_their_instance_and_at_shutdown(tmp_path):
+    mark = new_mark()
+    job = {"cmd": ["sh", "-c", ESCAPES], "starttime": 0, "stoptime": 2, "env": mark}
+    daemon = Daemon(tmp_path, {"esc": job, "other": {**job, "env": {**mark, "OTHER": "1"}}}).start()
+    try:
+        leader = daemon.instances("esc")[0]["pid"]
+        escaped = wait_for(lambda: len(escapes_of(mark, "esc", leader)) == 2 and escapes_of(mark, "esc", leader),
+                           10, what="two escapes of esc")
+        assert daemon.request("stop", "esc")["response"] == "success"
+        wait_for(lambda: not any(pid in marked(mark) for pid in escaped), 5, what="escapes of esc stopped")
+        others = [pid for pid in marked(mark) if environment_of(pid).get("OTHER") == "1"]
+        assert len(others) == 3  # the other job's processes, escapes included, are untouched
+    finally:
+        assert daemon.stop() == 0
+    assert not marked(mark)  # shutdown stopped the other job's escapes too
