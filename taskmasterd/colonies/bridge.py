@@ -38,7 +38,7 @@ class ColoniesBridge:
             keystore=KeyStore(os.path.join(supervisor.state_dir, "colonies")),
             outage=Outage(f"{settings.host}:{settings.port}"),
             timing=timing,
-            capabilities=asyncio.ensure_future(_probe()),
+            capabilities=asyncio.ensure_future(_probe(supervisor)),
         )
         self.executors: dict[str, JobExecutor] = {}
         self._leaving: dict[str, asyncio.Task[None]] = {}  # job -> its old executor still closing
@@ -108,9 +108,9 @@ class ColoniesBridge:
         task.add_done_callback(gone)
 
 
-async def _probe() -> dict[str, Any]:
+async def _probe(supervisor: Supervisor) -> dict[str, Any]:
     try:
-        return await host_capabilities()
+        return await host_capabilities(supervisor.processes)
     except Exception as exc:  # capabilities are informative: never block registration on them
         log.warning("cannot probe the host's capabilities: %s", exc)
         return {}
