@@ -396,9 +396,10 @@ class ServerThread:
 
 
 async def _serve_forever(host: str, port: int, server_prvkey: str, allow_reregister: bool,
-                         stale_executor_duration: float | None) -> None:
+                         stale_executor_duration: float | None, reply_delays: dict[str, float]) -> None:
     server = ColoniesTestServer(server_prvkey=server_prvkey, allow_reregister=allow_reregister,
                                 stale_executor_duration=stale_executor_duration)
+    server.reply_delays.update(reply_delays)
     await server.start(host, port)
     print(server.port, flush=True)
     stop = asyncio.Event()
@@ -417,9 +418,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-reregister", action="store_true", help="executor names can never be reused")
     parser.add_argument("--stale-executor-duration", type=float, default=None,
                         help="seconds without an assign after which an executor is removed (default: never)")
+    parser.add_argument("--reply-delay", action="append", default=[], metavar="MSGTYPE=SECONDS",
+                        help="every such request takes this long more (a database round trip)")
     args = parser.parse_args(argv)
+    delays = {msgtype: float(seconds) for msgtype, _, seconds in (d.partition("=") for d in args.reply_delay)}
     asyncio.run(_serve_forever(args.host, args.port, args.server_prvkey, not args.no_reregister,
-                               args.stale_executor_duration))
+                               args.stale_executor_duration, delays))
 
 
 if __name__ == "__main__":
