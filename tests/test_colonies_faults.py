@@ -35,18 +35,16 @@ def test_a_removed_job_added_again_is_the_same_executor(tmp_path: Path) -> None:
             first = await w.polling("again")
             spec = (tmp_path / "jobs" / "again.tm.json").read_bytes()
             assert (await w.sup.delete("again")).ok
-            await eventually(lambda: "again" not in w.bridge.executors, what="the executor retired")
 
-            async def state() -> int:
-                found = await w.client.get_executors(COLONY_NAME, w.colony.user_prvkey)
-                return next(e["state"] for e in found if e["executorname"] == first["executor"])
+            def state() -> int:  # as the server has it
+                return w.server.state.executors[(COLONY_NAME, first["executor"])]["state"]
 
-            await eventually(lambda: "again" not in w.bridge._leaving, what="the executor removed")
-            assert await state() == UNREGISTERED
+            await eventually(lambda: state() == UNREGISTERED, what="the executor removed on the server")
+            await eventually(lambda: "again" not in w.bridge._leaving, what="the executor retired")
             assert (await w.sup.push("again", spec)).ok
             again = await w.polling("again")
             assert again["executorid"] == first["executorid"] and again["error"] is None
-            assert await state() == APPROVED
+            assert state() == APPROVED
             done = await w.ended(await w.submit("again"))
             assert done["state"] == SUCCESS and done["out"] == ["back\n"]
 
