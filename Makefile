@@ -24,12 +24,16 @@ run: $(STAMP)
 	mkdir -p run/logs run/state
 	$(BIN)/taskmasterd --jobs-dir jobs --log-dir run/logs --state-dir run/state
 
-# The whole test suite. systemd-analyze (Debian package systemd) checks the unit file.
+# The whole test suite. systemd-analyze (Debian package systemd) checks the unit file; curl
+# scrapes the metrics endpoint as a monitoring system would.
 test: $(TSTAMP)
-	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	[ -z "$$missing" ] || { \
 	  command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) || \
-	  echo "warning: systemd-analyze unavailable; the unit-file check will be skipped"; }
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || \
+	  echo "warning: could not install$$missing; the tests that need them will be skipped"; }
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks are run by hand; supervisord is installed only to compare capture rates in the same run.

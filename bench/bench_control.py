@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from taskmasterctl.client import Client  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
+from report import print_table  # noqa: E402  (bench/ is the script's directory)
 
 SLEEP = {"cmd": ["sleep", "100000"], "starttime": 0, "stdout": None, "stderr": None}
 ROUND_TRIPS = 2000
@@ -109,10 +110,7 @@ def main() -> None:
         rows.append((f"status, {CLIENT_PROCESSES * CONNECTIONS_EACH} connections", f"{rate:,.0f} req/s", ">= 5000 req/s"))
         rows.append(("taskmasterctl status JOB (process)", f"median {one_shot(daemon.port, 'job0000') * ms:.1f} ms",
                      "< 80 ms"))
-    width = [max(len(row[i]) for row in rows) for i in range(3)]
-    print(f"{'measure':<{width[0]}}  {'result':<{width[1]}}  target")
-    for name, result, target in rows:
-        print(f"{name:<{width[0]}}  {result:<{width[1]}}  {target}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,9 @@ def bench_scale(root: Path, count: int, idle_seconds: float, kills: int) -> dict
     time.sleep(idle_seconds)
     idle_cpu = (sum(proc.cpu_times()[:2]) - cpu0) / idle_seconds * 100
     latencies = []
-    for _ in range(kills):
+    originals = sorted(children_of(daemon.proc.pid))  # each victim settled: a crash loop is throttled
+    for victim in originals[:kills]:
         before = children_of(daemon.proc.pid)
-        victim = next(iter(before))
         t0 = time.perf_counter()
         os.kill(victim, signal.SIGKILL)
         while True:  # the bench watches from outside; the daemon itself is told by its pidfd
@@ -103,6 +103,50 @@ stdout_logfile_maxbytes=0
         proc.wait(30)
 
 
+def bench_many(root: Path, jobs: int, per_job: int, captured: bool, idle_seconds: float) -> dict[str, str]:
+    """`jobs` × `per_job` sleepers: time until all RUNNING, then idle CPU and RSS, then SIGTERM."""
+    output = {} if captured else {"stdout": None, "stderr": None}
+    spec = {"cmd": "sleep 100000", "starttime": 0, "numprocs": per_job, **output}
+    daemon = Daemon(root, {f"many{n}": spec for n in range(jobs)})
+    total = jobs * per_job
+    began = time.monotonic()
+    daemon.start(wait=False)
+    try:
+        daemon.wait_notify("READY=1", timeout=300)  # every spawn made
+        wait_for(lambda: sum(i["state"] == "RUNNING" for j in daemon.status()["jobs"] for i in j["instances"])
+                 == total, 120, interval=0.1)
+        up = time.monotonic() - began
+        proc = psutil.Process(daemon.proc.pid)
+        time.sleep(2)
+        rss = proc.memory_info().rss / MIB
+        cpu0 = sum(proc.cpu_times()[:2])
+        time.sleep(idle_seconds)
+        idle_cpu = (sum(proc.cpu_times()[:2]) - cpu0) / idle_seconds * 100
+        fds = proc.num_fds()
+    finally:
+        stopping = time.monotonic()
+        daemon.stop()
+    down = time.monotonic() - stopping
+    what = f"{total} sleepers, {'both streams captured' if captured else 'output discarded'}"
+    return {f"{what}: all RUNNING": f"{up:.2f} s", f"{what}: RSS": f"{rss:.1f} MB",
+            f"{what}: idle CPU over {idle_seconds:g} s": f"{idle_cpu:.3f} %", f"{what}: descriptors": str(fds),
+            f"{what}: SIGTERM shutdown": f"{down:.2f} s"}
+
+
+def bench_crash_loop(root: Path, jobs: int, seconds: float) -> str:
+    """CPU of the daemon over the second half of `seconds` while `jobs` jobs run `true` forever."""
+    spec = {"cmd": "true", "starttime": 0, "autorestart": "always", "stdout": None, "stderr": None}
+    daemon = Daemon(root, {f"loop{n}": spec for n in range(jobs)}).start()
+    try:
+        proc = psutil.Process(daemon.proc.pid)
+        time.sleep(seconds / 2)
+        cpu0 = sum(proc.cpu_times()[:2])
+        time.sleep(seconds / 2)
+        return f"{(sum(proc.cpu_times()[:2]) - cpu0) / (seconds / 2) * 100:.2f} %"
+    finally:
+        daemon.stop()
+
+
 def bench_shutdown(root: Path, count: int) -> float:
     stubborn = {"cmd": ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"], "starttime": 0, "stoptime": 1,
                 "numprocs": count, "stdout": None, "stderr": None}
@@ -118,6 +162,9 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--capture-mib", type=int, default=200)
+    parser.add_argument("--crash-jobs", type=int, default=100)
+    parser.add_argument("--crash-seconds", type=float, default=60.0)
+    parser.add_argument("--many", type=int, default=10, help="jobs of 1000 sleepers for the scale runs (0: skip)")
     args = parser.parse_args()
     rows: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +175,11 @@ def main() -> None:
         theirs = bench_supervisord_capture(Path(tempfile.mkdtemp(dir=tmp)), size)
         rows[f"capture {args.capture_mib} MiB (supervisord)"] = f"{theirs:.0f} MiB/s" if theirs else "not installed"
         rows["SIGTERM shutdown, 100 stubborn (stoptime 1)"] = f"{bench_shutdown(root / 'shutdown', 100):.2f} s"
+        rows[f"crash loop: {args.crash_jobs} `true` jobs, CPU over the 2nd half of {args.crash_seconds:g} s"] = \
+            bench_crash_loop(root / "crash", args.crash_jobs, args.crash_seconds)
+        if args.many:
+            rows.update(bench_many(root / "many", args.many, 1000, False, args.idle))
+            rows.update(bench_many(root / "many-captured", args.many // 2, 1000, True, args.idle))
     width = max(map(len, rows))
     print(f"{'measure':<{width}}  value")
     for key, value in rows.items():

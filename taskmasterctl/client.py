@@ -10,11 +10,15 @@ reply that is not the protocol — raises `ConnectionFailed`; everything the dae
 """
 from __future__ import annotations
 
+import _socket
 import select
-import socket
 
 from taskmasterd.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
-from taskmasterd.verbs import Reply
+from taskmasterd.reply import Reply
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Generator
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777
@@ -32,7 +36,7 @@ class Client:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._decoder = FrameDecoder(MAX_REPLY)
         self._bodies: list[bytes] = []
 
@@ -101,17 +105,44 @@ class Client:
             self.close()
             raise
 
-    def _connection(self) -> socket.socket:
+    def stream(self, verb: str, job: str | None = None, data: bytes | None = None) -> Generator[Reply, None, None]:
+        """Send a following request (`logs`, `events`) and yield each reply as it arrives. The
+        first must come within the timeout; then the connection may stay quiet for as long as
+        the followed thing does. Ends when the daemon closes the connection; the connection is
+        not reused afterwards."""
+        sock = self._connection()
+        try:
+            sock.sendall(encode_request(verb, job, data))
+            while True:
+                while self._bodies:
+                    yield decode_reply(self._bodies.pop(0))
+                    sock.settimeout(None)
+                chunk = sock.recv(1 << 18)
+                if not chunk:
+                    return
+                self._bodies += self._decoder.feed(chunk)
+        except TimeoutError:
+            raise ConnectionFailed(f"no reply from taskmasterd at {self.address} within {self.timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionFailed(f"lost the connection to taskmasterd at {self.address}: {exc.strerror or exc}") from None
+        except ReplyError as exc:
+            raise ConnectionFailed(f"taskmasterd at {self.address}: {exc}") from None
+        finally:
+            self.close()
+
+    def _connection(self) -> _socket.socket:
         # Between exchanges nothing may arrive; a readable socket means the daemon has closed it.
         if self._sock is not None and select.select([self._sock], [], [], 0)[0]:
             self.close()
         if self._sock is None:
             try:
-                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                # An ASCII host as bytes: a str would make getaddrinfo load the IDNA codec (3 ms).
+                host = self.host.encode("ascii") if self.host.isascii() else self.host
+                sock = _connect(host, self.port, self.timeout)
             except OSError as exc:
                 why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
                 raise ConnectionFailed(f"cannot connect to taskmasterd at {self.address}: {why}") from None
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             self._sock = sock
         return self._sock
 
@@ -127,3 +158,19 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _connect(host: str | bytes, port: int, timeout: float) -> _socket.socket:
+    """socket.create_connection without the socket module, whose enums cost a one-shot
+    taskmasterctl 3 ms: each address getaddrinfo gives, in turn, until one connects."""
+    error: OSError = OSError(f"no address for {host!r}")
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error

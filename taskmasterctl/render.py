@@ -1,14 +1,16 @@
 """Human (and --json) renderings of the daemon's replies. Pure: strings in, strings out."""
 from __future__ import annotations
 
-import json
-from typing import Any
+from taskmasterd.reply import Reply
 
-from taskmasterd.verbs import Reply
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "INFO")
+COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO")
 JOB_FIELDS = {"name", "state", "instances", "error"}
-INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description"}
+INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description",
+                   "wanted"}
 STATE_COLOURS = {"RUNNING": "32", "STARTING": "36", "STOPPING": "36", "BACKOFF": "33",
                  "FATAL": "1;31", "INVALID": "1;31", "EXITED": "2", "STOPPED": "2"}
 
@@ -24,6 +26,8 @@ def reply_json(reply: Reply) -> str:
         doc["data"] = reply.value
     elif reply.data is not None:
         doc["data"] = reply.data.decode("utf-8", "replace")
+    import json
+
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -50,30 +54,47 @@ def uptime(seconds: float | None) -> str:
 
 
 def _extras(doc: dict, known: set[str]) -> list[str]:
-    return [f"{key}={json.dumps(value, separators=(',', ':'))}"
-            for key, value in doc.items() if key not in known and value is not None]
+    extra = [(key, value) for key, value in doc.items() if key not in known and value is not None]
+    if not extra:
+        return []
+    import json  # only for the fields a bridge adds (colonies=...)
+
+    return [f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in extra]
 
 
-def _instance_info(instance: dict) -> list[str]:
-    info = [instance["description"]] if instance.get("description") else []
-    if not info and instance.get("signal") is not None:
-        info.append(f"killed by signal {instance['signal']}")
-    elif not info and instance.get("exitcode") is not None:
-        info.append(f"exit code {instance['exitcode']}")
-    return info + _extras(instance, INSTANCE_FIELDS)
+def last_exit(instance: dict) -> str:
+    """The last exit: its code, or the signal that killed it; "-" before any."""
+    if instance.get("signal") is not None:
+        from taskmasterd.signames import signal_name  # signal (and enum) only when there is one
+
+        return signal_name(instance["signal"])
+    if instance.get("exitcode") is not None:
+        return str(instance["exitcode"])
+    return "-"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _rows(job: dict) -> list[tuple[str, ...]]:
-    job_info = ([f"error: {job['error']}"] if job.get("error") else []) + _extras(job, JOB_FIELDS)
+    """A row per instance, then a row per problem of the job's file: a multi-line error never
+    breaks the table."""
+    problems = [f"error: {line}" for line in (job.get("error") or "").splitlines() if line.strip()]
+    extras = _extras(job, JOB_FIELDS)
     instances = job.get("instances") or []
-    if not instances:
-        return [(job["name"], "-", job.get("state", "-"), "-", "-", "-", "; ".join(job_info))]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for position, inst in enumerate(instances):
-        info = _instance_info(inst) + (job_info if position == 0 else [])
+        info = ([inst["description"]] if inst.get("description") else []) + _extras(inst, INSTANCE_FIELDS)
         rows.append((job["name"], str(inst.get("index", position)), inst.get("state", "-"),
                      "-" if inst.get("pid") is None else str(inst["pid"]), uptime(inst.get("uptime")),
-                     str(inst.get("restarts", "-")), "; ".join(info)))
+                     str(inst.get("restarts", "-")), last_exit(inst),
+                     _one_line("; ".join(info + (extras if position == 0 else [])))))
+    if not instances:
+        first = problems.pop(0) if problems else ""
+        rows.append((job["name"], "-", job.get("state", "-"), "-", "-", "-", "-",
+                     _one_line("; ".join([first, *extras] if first else extras))))
+    rows += [("", "", "", "", "", "", "", _one_line(problem)) for problem in problems]
     return rows
 
 
@@ -83,8 +104,45 @@ def status_table(jobs: list[dict], colour: bool = False) -> str:
     widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     lines = []
     for number, row in enumerate([COLUMNS, *rows]):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
         if colour and number and row[2] in STATE_COLOURS:
             cells[2] = f"\x1b[{STATE_COLOURS[row[2]]}m{cells[2]}\x1b[0m"
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
+
+
+_CHANGE_ORDER = ("added", "removed", "restarted", "applied", "invalid", "unchanged")
+_CHANGE_WORDS = {"applied": "applied in place"}
+
+
+def reload_report(changes: list[dict]) -> str:
+    """What a reload changed, one line per kind of change (unchanged jobs only counted); an
+    invalid file gets a line per problem."""
+    by_change: dict[str, list[dict]] = {}
+    for change in changes:
+        by_change.setdefault(change.get("change", "?"), []).append(change)
+    lines = []
+    for kind in [*_CHANGE_ORDER, *(k for k in by_change if k not in _CHANGE_ORDER)]:
+        entries = by_change.get(kind)
+        if not entries:
+            continue
+        if kind == "unchanged":
+            lines.append(f"  unchanged: {len(entries)} job(s)")
+        elif kind == "invalid":
+            lines += [f"  invalid: {entry['job']}: {line}" for entry in entries
+                      for line in (entry.get("error") or "its file is invalid").splitlines()]
+        else:
+            lines.append(f"  {_CHANGE_WORDS.get(kind, kind)}: {', '.join(entry['job'] for entry in entries)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def event_line(event: dict) -> str:
+    """`2026-05-01 12:00:00.123 web[0] RUNNING -> EXITED (reason)`, local time."""
+    import time
+
+    when = event.get("time") or 0.0
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f".{int(when * 1000) % 1000:03d}"
+    where = event.get("job", "?") if event.get("instance") is None else f"{event.get('job')}[{event['instance']}]"
+    kind = "" if event.get("kind", "state") == "state" else f"{event['kind']}: "
+    reason = f" ({event['reason']})" if event.get("reason") else ""
+    return f"{stamp} {where} {kind}{event.get('old')} -> {event.get('new')}{reason}"

@@ -1,4 +1,4 @@
-"""The interactive shell: `VERB ARGS...` lines with readline editing, history and completion.
+"""The interactive shell: `COMMAND ARGS...` lines with readline editing, history and completion.
 
 The history lives in ~/.taskmasterctl_history (or $TASKMASTERCTL_HISTORY). Job names for TAB are
 asked from the daemon with `list` each time a completion starts, so they are never stale. A daemon
@@ -12,13 +12,13 @@ import readline
 import shlex
 import sys
 
-from taskmasterd.verbs import VERBS, JobArg
-
-from .cli import EXIT_OK, parse_command, verbs_help
+from .cli import run_command
 from .client import Client, ConnectionFailed
+from .commands import COMMANDS
+from .session import EXIT_OK
 
 PROMPT = "taskmaster> "
-SHELL_WORDS = ("help", "exit", "quit")
+SHELL_WORDS = ("exit", "quit")
 HISTORY_LENGTH = 1000
 
 
@@ -43,7 +43,7 @@ class Shell:
         readline.set_completer(self.complete)
         readline.parse_and_bind("tab: complete")
         print(f"taskmasterctl shell for taskmasterd at {self.client.address}; "
-              "'help' lists the verbs, Ctrl-D leaves.")
+              "'help' lists the commands, Ctrl-D leaves.")
         try:
             self._loop()
         finally:
@@ -71,19 +71,15 @@ class Shell:
                 continue
             if not words:
                 continue
-            if words[0] in ("exit", "quit"):
+            if words[0] in SHELL_WORDS:
                 return
-            if words[0] == "help":
-                print(f"{verbs_help()}\n  help     this list ('VERB --help' for its arguments)\n"
-                      "  exit     leave (or Ctrl-D)")
-                continue
-            command = parse_command(words, self.as_json)
-            if not isinstance(command, int):
-                try:
-                    command.run(self.client)
-                except KeyboardInterrupt:  # stop waiting; the daemon carries on
-                    self.client.close()
-                    print()
+            try:
+                run_command(words, self.client, self.as_json)
+            except KeyboardInterrupt:  # stop waiting; the daemon carries on
+                self.client.close()
+                print()
+            if words == ["help"]:
+                print("  exit        leave the shell (or Ctrl-D)")
 
     def complete(self, text: str, state: int) -> str | None:
         if state == 0:
@@ -93,19 +89,21 @@ class Shell:
     def _candidates(self, text: str, before: str) -> list[str]:
         words = before.split()
         if not words:
-            return [word for word in (*VERBS, *SHELL_WORDS) if word.startswith(text)]
-        verb = VERBS.get(words[0])
-        if verb is None or text.startswith("-"):
+            return [word for word in (*COMMANDS, *SHELL_WORDS) if word.startswith(text)]
+        command = COMMANDS.get(words[0])
+        if command is None or text.startswith("-"):
             return []
-        if verb.name == "push":
+        if command.name == "help":
+            return [name for name in COMMANDS if name.startswith(text)]
+        if command.name == "push":
             return [path + ("/" if os.path.isdir(path) else "") for path in sorted(glob.glob(glob.escape(text) + "*"))]
-        if verb.job is JobArg.NONE:
+        if not command.takes_jobs:
             return []
-        return [name for name in self._job_names() if name.startswith(text)]
+        return [name for name in ["all", *self._job_names()] if name.startswith(text)]
 
     def _job_names(self) -> list[str]:
         try:
-            reply = self.client.list()
+            reply = self.client.request("list")
         except ConnectionFailed:
             return []
         if reply.response != "list":

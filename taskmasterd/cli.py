@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 
 from .colonies.settings import ColoniesSettings
@@ -13,6 +14,10 @@ from .pidfile import LockedPidfile, PidfileLocked
 def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve(argv)
+        if config.check is not None:  # offline: nothing else of the settings matters
+            from .check import run_check
+
+            return run_check(os.path.abspath(config.check) if config.check else config.jobs_dir)
         colonies = ColoniesSettings.from_sources({"colonies": config.colonies}, os.environ)
     except (ConfigError, ValueError) as exc:
         print(f"taskmasterd: {exc}", file=sys.stderr)
@@ -27,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         if pidfile is not None:
             pidfile.acquire()
         listener = bind_listener(config.host, config.port)
-    except (PidfileLocked, OSError) as exc:
+        metrics = _bind_metrics(config.metrics) if config.metrics else None
+    except (PidfileLocked, OSError, ValueError) as exc:
         print(f"taskmasterd: {exc}", file=sys.stderr)
         return 1
 
@@ -38,20 +44,27 @@ def main(argv: list[str] | None = None) -> int:
             working_directory="/",
             umask=0o022,
             pidfile=pidfile,
-            files_preserve=[listener.fileno()] + ([pidfile.fd] if pidfile else []),
+            files_preserve=[listener.fileno()] + ([pidfile.fd] if pidfile else []) + ([metrics.fileno()] if metrics else []),
             signal_map={},  # asyncio installs the handlers once the loop runs
         )
         context.open()
     elif pidfile is not None:
         pidfile.__enter__()
 
-    setup_logging(config)
+    log_writer = setup_logging(config)
     raise_fd_limit()
     try:
-        return asyncio.run(run(config, listener, colonies))
+        return asyncio.run(run(config, listener, colonies, metrics=metrics))
     finally:
+        log_writer.stop()  # writes out what is still queued
         if pidfile is not None:
             pidfile.__exit__(None, None, None)
+
+
+def _bind_metrics(address: str) -> socket.socket:
+    from .metrics import bind  # prometheus_client is loaded only when metrics are on
+
+    return bind(address)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import __version__
+
 DEFAULT_PORT = 7777
 
 
@@ -25,6 +27,9 @@ class DaemonConfig:
     idle_timeout: float = 300.0
     max_numprocs: int = 1024  # the most instances one job file may ask for
     log_mode: str = "0640"  # mode of the log files the daemon creates (octal)
+    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
+    config_file: str | None = None  # the --config file read, for status's `daemon` object (not a setting)
+    check: str | None = None  # --check: validate this jobs directory ("" = the configured one) and exit
     colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
 
     def absolutize(self) -> None:
@@ -37,6 +42,26 @@ class DaemonConfig:
 
 class ConfigError(ValueError):
     pass
+
+
+_COMMAND_LINE_ONLY = {"config_file", "check"}
+DIRECTORIES = ("jobs_dir", "log_dir", "state_dir")
+
+
+def default_directories(cwd: str, euid: int, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """Where jobs, logs and state go when nothing says: a checkout's (or any directory's) own
+    `jobs/` with `logs/` and `state/` beside it; else a system service's directories for root;
+    else the user's XDG directories."""
+    if os.path.isdir(os.path.join(cwd, "jobs")):
+        return {"jobs_dir": "jobs", "log_dir": "logs", "state_dir": "state"}
+    if euid == 0:
+        return {"jobs_dir": "/etc/taskmaster/jobs", "log_dir": "/var/log/taskmaster", "state_dir": "/var/lib/taskmaster"}
+    home = environ.get("HOME") or os.path.expanduser("~")
+    config = environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    state = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    return {"jobs_dir": os.path.join(config, "taskmaster", "jobs"),
+            "log_dir": os.path.join(state, "taskmaster", "logs"),
+            "state_dir": os.path.join(state, "taskmaster", "state")}
 
 
 _TYPES = {"port": int, "max_connections": int, "idle_timeout": (int, float), "daemon": bool, "colonies": dict,
@@ -58,7 +83,7 @@ def load_config_file(path: str) -> dict[str, Any]:
     if "log_mode" in document and not (isinstance(document["log_mode"], str)
                                        and re.fullmatch(r"0?[0-7]{3}", document["log_mode"])):
         raise ConfigError(f"{path}: setting 'log_mode' must be an octal mode like \"0640\"")
-    known = {f.name for f in fields(DaemonConfig)}
+    known = {f.name for f in fields(DaemonConfig)} - _COMMAND_LINE_ONLY
     for key, value in document.items():
         if key not in known:
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
@@ -76,9 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                "USR2 reopens every log file.",
     )
     parser.add_argument("--config", metavar="FILE", help="JSON file of settings (options given here override it)")
-    parser.add_argument("--jobs-dir", help="directory of *.tm.json job files (default: jobs)")
-    parser.add_argument("--log-dir", help="directory of the jobs' output logs (default: logs)")
-    parser.add_argument("--state-dir", help="directory of the daemon's own state (default: state)")
+    parser.add_argument("--jobs-dir", help="directory of *.tm.json job files (default: ./jobs if there is "
+                        "one; else /etc/taskmaster/jobs for root, $XDG_CONFIG_HOME/taskmaster/jobs for others)")
+    parser.add_argument("--log-dir", help="directory of the jobs' output logs (default: ./logs beside ./jobs; "
+                        "else /var/log/taskmaster, or $XDG_STATE_HOME/taskmaster/logs)")
+    parser.add_argument("--state-dir", help="directory of the daemon's own state (default: ./state beside ./jobs; "
+                        "else /var/lib/taskmaster, or $XDG_STATE_HOME/taskmaster/state)")
     parser.add_argument("--host", help="address of the control protocol (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, help=f"port of the control protocol (default: {DEFAULT_PORT})")
     mode = parser.add_mutually_exclusive_group()
@@ -89,16 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pidfile", help="write and lock this pid file (refuse to start if locked)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         help="daemon log level (default: INFO)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on http://HOST:PORT/metrics "
+                        "(off by default; a bare PORT means 127.0.0.1:PORT)")
+    parser.add_argument("--check", nargs="?", const="", metavar="DIR",
+                        help="validate every job file of DIR (default: the jobs directory) and exit: 1 if any is invalid")
+    parser.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
     return parser
 
 
 def resolve(argv: list[str] | None = None) -> DaemonConfig:
     args = build_parser().parse_args(argv)
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for name in ("jobs_dir", "log_dir", "state_dir", "host", "port", "daemon", "pidfile", "log_level"):
+    for name in ("jobs_dir", "log_dir", "state_dir", "host", "port", "daemon", "pidfile", "log_level", "metrics"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
-    config = DaemonConfig(**settings)
+    if any(name not in settings for name in DIRECTORIES):
+        defaults = default_directories(os.getcwd(), os.geteuid(), os.environ)
+        settings = {**{name: defaults[name] for name in DIRECTORIES}, **settings}
+    config = DaemonConfig(**settings, config_file=os.path.abspath(args.config) if args.config else None,
+                          check=args.check)
     config.absolutize()
     return config

@@ -5,30 +5,46 @@ import asyncio
 import logging
 import logging.handlers
 import os
+import queue
 import resource
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING, Callable
 
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
+from .daemonhandle import DaemonHandle
+from .daemonlog import RingHandler
 from .sdnotify import notify
 from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from .colonies.bridge import ColoniesBridge
 
 log = logging.getLogger("taskmasterd")
 
 
-def setup_logging(config: DaemonConfig) -> None:
+def setup_logging(config: DaemonConfig) -> logging.handlers.QueueListener:
+    """The daemon's log, written by a thread of its own: a slow terminal, journald or disk never
+    blocks the event loop (a log call only queues the record). Stop the returned listener last."""
     if config.daemon:
         os.makedirs(config.log_dir, exist_ok=True)
         # Watched: after logrotate moves the file, the next line goes to a fresh one.
         handler: logging.Handler = logging.handlers.WatchedFileHandler(os.path.join(config.log_dir, "taskmasterd.log"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    ring = RingHandler()  # the last lines in memory, for `maintail` (foreground mode too); on the loop
+    ring.setFormatter(formatter)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records), ring]
     root.setLevel(config.log_level)
+    listener.start()
+    return listener
 
 
 def raise_fd_limit() -> None:
@@ -42,7 +58,8 @@ def raise_fd_limit() -> None:
             pass
 
 
-async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesSettings | None) -> int:
+async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesSettings | None,
+              metrics: socket.socket | None = None) -> int:
     from .jobfile import Limits
     from .server import ControlServer
 
@@ -54,15 +71,33 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.background(_reload(supervisor), "SIGHUP reload"))
     loop.add_signal_handler(signal.SIGUSR2, supervisor.reopen_logs)
+    bridge: ColoniesBridge | None = None
+    opening: asyncio.Task[None] | None = None
+    jobs_stopped: asyncio.Task[None] | None = None
 
+    async def stop_jobs() -> None:
+        """Once, whether SIGTERM or the `shutdown` verb asked first: a load still in progress
+        (it stops at the next file), the bridge, then every job."""
+        nonlocal jobs_stopped
+        if jobs_stopped is None:
+            jobs_stopped = loop.create_task(_stop_jobs(supervisor, opening, lambda: bridge))
+        await asyncio.shield(jobs_stopped)
+
+    dirs = {"jobs_dir": config.jobs_dir, "log_dir": config.log_dir, "state_dir": config.state_dir}
+    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stopping.set)
     # The port answers from the start: while the jobs load, status shows what is loaded so far.
     server = ControlServer(supervisor, max_connections=config.max_connections, idle_timeout=config.idle_timeout)
     await server.start(listener)
+    metrics_server = None
+    if metrics is not None:
+        from .metrics import MetricsServer
+
+        metrics_server = MetricsServer(supervisor, lambda: server.connections)
+        await metrics_server.start(metrics)
     opening = loop.create_task(supervisor.open())
     stop_requested = loop.create_task(stopping.wait())
     await asyncio.wait([opening, stop_requested], return_when=asyncio.FIRST_COMPLETED)
-    bridge = None
-    if opening.done():
+    if opening.done() and not stopping.is_set():
         opening.result()
         if colonies is not None:
             from .colonies.bridge import ColoniesBridge  # only a daemon given a server loads any of it
@@ -77,13 +112,21 @@ async def run(config: DaemonConfig, listener: socket.socket, colonies: ColoniesS
     stop_requested.cancel()
     log.info("shutting down")
     notify("STOPPING=1")
-    supervisor.closing = True  # a load still in progress stops at the next file
-    await asyncio.gather(opening, return_exceptions=True)
+    if metrics_server is not None:
+        await metrics_server.close()
     await server.close()
-    if bridge is not None:
-        await bridge.close()
-    await supervisor.shutdown()
+    await stop_jobs()
     return 0
+
+
+async def _stop_jobs(supervisor: Supervisor, opening: asyncio.Task[None] | None,
+                     bridge: Callable[[], ColoniesBridge | None]) -> None:
+    supervisor.closing = True
+    if opening is not None:
+        await asyncio.gather(opening, return_exceptions=True)
+    if bridge() is not None:
+        await bridge().close()  # type: ignore[union-attr]
+    await supervisor.shutdown()
 
 
 async def _reload(supervisor: Supervisor) -> None:

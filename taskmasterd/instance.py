@@ -171,6 +171,7 @@ class Instance:
         self.since = round(time.time(), 3)
         log.log(logging.WARNING if new is S.FATAL else logging.INFO,
                 "%s: %s -> %s (%s)", self.label, old.value, new.value, reason)
+        self.job.supervisor.events.publish_state(self.job.name, self.index, old, new, reason, self.since)
         self._wake()
         if self.retired:
             self._maybe_leave()
@@ -316,7 +317,8 @@ class Instance:
             "exitcode": self.exitcode,
             "signal": self.signal,
             "description": self.description,
-            "wanted": self.wanted,
+            # meant to be up now (a finished run with an expected exit is not): status exits 3 otherwise
+            "wanted": self.wanted and not (self.state is S.EXITED and self._last_exit_expected()),
         }
         dropped = sum(file.dropped for file in self.logs)
         if dropped:

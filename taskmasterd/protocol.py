@@ -7,18 +7,35 @@ by the one-shot client.
 from __future__ import annotations
 
 import binascii
-import json
-import re
-from typing import Any
 
-from .verbs import VERBS, Reply, Request
+from . import leanjson
+from .reply import Reply
+
+TYPE_CHECKING = False  # typing costs the one-shot taskmasterctl 5 ms to import
+if TYPE_CHECKING:
+    import re
+    from typing import Any
+
+    from .verbs import Request
 
 TERMINATOR = b";;"
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes before the terminator; more is refused and the link closed
 
-# The rest of a JSON string from inside it: ordinary bytes and complete escapes. It stops at the
-# closing quote, or before a backslash whose escaped byte has not arrived yet.
-_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+
+
+def _string_body() -> re.Pattern[bytes]:
+    """The rest of a JSON string from inside it: ordinary bytes and complete escapes; it stops at
+    the closing quote, or before a backslash whose escaped byte has not arrived yet. Compiled on
+    first use: the daemon's replies never hold an escape, so taskmasterctl never imports `re`."""
+    global _STRING_BODY
+    if _STRING_BODY is None:
+        import re
+
+        _STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+    return _STRING_BODY
+
+
+_STRING_BODY: re.Pattern[bytes] | None = None
 
 
 def _find_terminator(buf: bytearray, pos: int, stop: int) -> int:
@@ -87,7 +104,7 @@ class FrameDecoder:
                 stop = quote if quote >= 0 else end
                 if buf.find(b"\\", pos, stop) >= 0:
                     # Escapes ahead: let the regex walk them (memchr-speed finds are for the rest).
-                    stop = _STRING_BODY.match(buf, pos).end()
+                    stop = _string_body().match(buf, pos).end()
                     quote = stop if stop < end and buf[stop] == 0x22 else -1
                 if quote < 0:  # the string goes on in a later segment
                     pos = stop
@@ -155,6 +172,8 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
     `null` counts as absent."""
     import orjson
 
+    from .verbs import VERBS, Request
+
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -196,20 +215,23 @@ _CONSTANT_REPLIES = {
 def encode_reply(reply: Reply) -> bytes:
     """A Reply as the bytes on the wire, terminator included."""
     constant = _CONSTANT_REPLIES.get(reply.response)
-    if constant is not None:
+    if constant is not None and reply.value is None:
         return constant
     import orjson
 
     wire: dict[str, str] = {"response": reply.response}
-    if reply.response == "status":
+    if reply.response in ("status", "events"):
         wire["data"] = _b64(orjson.dumps(reply.value))
     elif reply.response == "list":
         wire["list"] = wire["data"] = _b64(orjson.dumps(reply.value))
     elif reply.response == "file":
         wire["job"] = _b64((reply.job or "").encode("utf-8"))
         wire["data"] = _b64(reply.data or b"")
-    elif reply.error is not None:  # fail, invalid
-        wire["error"] = _b64(reply.error.encode("utf-8"))
+    else:  # success, redundant, fail, invalid
+        if reply.error is not None:
+            wire["error"] = _b64(reply.error.encode("utf-8"))
+        if reply.value is not None:  # extension: per-target results, the reload report
+            wire["data"] = _b64(orjson.dumps(reply.value))
     return orjson.dumps(wire) + TERMINATOR
 
 
@@ -217,21 +239,19 @@ def invalid(reason: str) -> Reply:
     return Reply("invalid", error=reason)
 
 
-# --- the client's side (stdlib json: the one-shot taskmasterctl must start fast) ---------------
-
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds a new encoder per call
-
+# --- the client's side (no json package: the one-shot taskmasterctl must start fast) -----------
 
 def encode_request(verb: str, job: str | None = None, data: bytes | None = None,
                    nowait: bool = False) -> bytes:
-    message: dict[str, Any] = {"command": verb}
+    """Compact JSON, as json.dumps(..., separators=(",", ":")) writes it."""
+    fields = ['{"command":', leanjson.quote(verb)]
     if job is not None:
-        message["job"] = _b64(job.encode("utf-8"))
+        fields += [',"job":"', _b64(job.encode("utf-8")), '"']
     if data is not None:
-        message["data"] = _b64(data)
+        fields += [',"data":"', _b64(data), '"']
     if nowait:
-        message["nowait"] = True
-    return _COMPACT.encode(message).encode("ascii") + TERMINATOR
+        fields.append(',"nowait":true')
+    return "".join(fields).encode("ascii") + b"}" + TERMINATOR
 
 
 class ReplyError(ValueError):
@@ -245,7 +265,7 @@ def _loads(raw: bytes | str) -> Any:
     """A big status (dozens of jobs or more) parses several times faster with orjson; a small one
     is not worth orjson's import time in a one-shot command."""
     if len(raw) < LARGE_DOCUMENT:
-        return json.loads(raw)
+        return leanjson.loads(raw)
     import orjson
 
     return orjson.loads(raw)
@@ -269,13 +289,14 @@ def decode_reply(body: bytes) -> Reply:
         error = message.get("error")
         if error is not None:
             error = _reply_b64("error", error).decode("utf-8", "replace")
-        if response in ("status", "list"):
+        if response in ("status", "list", "events"):
             return Reply(response, value=_loads(_reply_b64("data", message["data"])))
         if response == "file":
             job = _reply_b64("job", message["job"]).decode("utf-8", "replace")
             return Reply(response, job=job, data=_reply_b64("data", message["data"]))
         if not isinstance(response, str):
             raise ReplyError("the reply's response is not a string")
-        return Reply(response, error=error)
+        data = message.get("data")  # extension on success/redundant/fail: a JSON document
+        return Reply(response, error=error, value=None if data is None else _loads(_reply_b64("data", data)))
     except (ValueError, TypeError, KeyError) as exc:
         raise ReplyError(f"malformed reply from the daemon: {exc}") from None

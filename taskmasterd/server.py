@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import resource
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, AsyncIterator
 
 from .protocol import FrameDecoder, InvalidRequest, encode_reply, invalid, parse_request
 from .verbs import Reply, dispatch, fail
@@ -113,6 +113,8 @@ class ControlServer:
             await self._converse(reader, writer)
         except (ConnectionError, TimeoutError):
             pass  # the client went away or fell silent; nobody is left to tell
+        except asyncio.CancelledError:
+            pass  # the server is closing; ending quietly keeps Python 3.11 from logging the task as failed
         except Exception:
             log.exception("control connection failed")
         finally:
@@ -132,6 +134,9 @@ class ControlServer:
                 if transport.is_closing():
                     return
                 writer.write(encode_reply(reply))
+                if reply.stream is not None:
+                    await self._stream(reply.stream, reader, writer)
+                    return
                 if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
                     await writer.drain()
             if decoder.oversize:
@@ -139,6 +144,31 @@ class ControlServer:
                     f"message larger than {decoder.limit} bytes before its ';;'; closing")))
                 await self._linger(reader, writer)
                 return
+
+    async def _stream(self, stream: AsyncIterator[Reply], reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        """A following verb: send each reply of `stream` as it comes, each drained before the next
+        is asked for (a client that does not read holds up only its own stream), until the stream
+        ends or the client closes; then close. What the client sends meanwhile is discarded."""
+        client_gone = asyncio.ensure_future(_until_eof(reader))
+        following: asyncio.Future[Reply] | None = None
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(stream))
+                await asyncio.wait((following, client_gone), return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    return
+                try:
+                    reply = following.result()
+                except StopAsyncIteration:
+                    return
+                writer.write(encode_reply(reply))
+                await writer.drain()
+        finally:
+            client_gone.cancel()
+            if following is not None:
+                following.cancel()
+            await stream.aclose()
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close, then swallow what the client is still sending for a moment: closing with
@@ -159,3 +189,9 @@ class ControlServer:
         except Exception as exc:  # a bug behind a verb must not take the connection down with it
             log.exception("%s failed", verb)
             return fail(f"internal error in {verb}: {exc}")
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(READ_SIZE):
+            pass

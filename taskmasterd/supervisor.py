@@ -17,16 +17,21 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Protocol
 
+from .instance import Instance
 from .job import Job
 from .jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
 from .jobsdir import JobsDirectory
 from .logcapture import DEFAULT_LOG_MODE, LogFiles
 from .orphans import ChildJournal, stop_leftovers
 from .processes import ProcessTable
+from .events import EventBus
+from .reply import REDUNDANT, SUCCESS, Reply, fail
 from .spawner import inherited_environment
-from .verbs import REDUNDANT, SUCCESS, Reply, fail
+
+if TYPE_CHECKING:
+    from .daemonhandle import DaemonHandle
 
 log = logging.getLogger("taskmasterd")
 SHUTTING_DOWN = "taskmasterd is shutting down"
@@ -82,6 +87,8 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher = None
         self.closing = False
+        self.events = EventBus()  # every state change, for the `events` verb (Instance._enter publishes)
+        self.daemon: DaemonHandle | None = None  # set by daemon.py: `shutdown`, and status's `daemon` object
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -165,7 +172,7 @@ class Supervisor:
                           ) -> tuple[Reply, str]:
         """Bring job `name` in line with its file (the `reload` verb), or with `pushed` (bytes
         already validated into a spec), which is written first. Returns the reply and what
-        changed: added, removed, restarted, applied in place, unchanged, invalid or missing."""
+        changed: added, removed, restarted, applied (in place), unchanged, invalid or missing."""
         async with self._locks.hold(name):
             if self.closing:
                 return fail(SHUTTING_DOWN), "unchanged"
@@ -201,7 +208,7 @@ class Supervisor:
                     return (SUCCESS if had_error else REDUNDANT), "unchanged"
                 old = job.spec
                 starting, retiring, restarted = job.apply(spec)
-                change = "restarted" if restarted else "applied in place"
+                change = "restarted" if restarted else "applied"  # applied in place
                 log.info("reloaded job %s: %s", name, change)
                 for listener in self.listeners:
                     listener.job_changed(job, old)
@@ -242,35 +249,42 @@ class Supervisor:
             return fail(f'job "{name}" does not exist')
         return job
 
-    def _targets(self, job: Job, index: int | None) -> list | Reply:
+    def instances_of(self, name: str, index: int | None, retired_too: bool = False
+                     ) -> tuple[Job, list[Instance]] | Reply:
+        """The job and the instances a verb acts on — every one, or only `index` (`name:N`);
+        `retired_too`: also the retired ones still stopping (a stop or kill reaches them)."""
+        job = self._job(name)
+        if isinstance(job, Reply):
+            return job
         if index is None:
-            return job.active
-        if not 0 <= index < job.spec.numprocs:
-            return fail(f'job "{job.name}" has no instance {index} (numprocs is {job.spec.numprocs})')
-        return [job.instances[index]]
+            return job, list(job.instances if retired_too else job.active)
+        if 0 <= index < job.spec.numprocs:
+            return job, [job.instances[index]]
+        return fail(f'job "{name}" has no instance {index} (numprocs is {job.spec.numprocs})')
+
+    async def _act(self, name: str, index: int | None, act: Callable[[Instance], bool],
+                   retired_too: bool = False) -> tuple[Job, list[Instance]] | Reply:
+        """Under the job's lock, `act` on the instances of `instances_of`; the job and the ones it
+        acted on, or the failure reply."""
+        async with self._locks.hold(name):
+            found = self.instances_of(name, index, retired_too)
+            if isinstance(found, Reply):
+                return found
+            job, targets = found
+            return job, [inst for inst in targets if act(inst)]
 
     async def start(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
-        async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            targets = self._targets(job, index)
-            if isinstance(targets, Reply):
-                return targets
-            starting = [inst for inst in targets if inst.start()]
-        if not starting:
-            return REDUNDANT
-        return await _settled_start(job, starting, nowait)
+        outcome = await self._act(name, index, Instance.start)
+        if isinstance(outcome, Reply):
+            return outcome
+        job, started = outcome
+        return await _settled_start(job, started, nowait) if started else REDUNDANT
 
     async def stop(self, name: str, nowait: bool = False, kill: bool = False, index: int | None = None) -> Reply:
-        async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            targets = job.instances if index is None else self._targets(job, index)
-            if isinstance(targets, Reply):
-                return targets
-            stopping = [inst for inst in list(targets) if inst.stop(kill)]
+        outcome = await self._act(name, index, lambda inst: inst.stop(kill), retired_too=True)
+        if isinstance(outcome, Reply):
+            return outcome
+        job, stopping = outcome
         if not stopping:
             return REDUNDANT
         if not nowait:
@@ -282,25 +296,17 @@ class Supervisor:
 
     async def signal(self, name: str, sig: int, index: int | None = None) -> Reply:
         """`sig` to the process group of every running instance (or of instance `index`)."""
-        async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            targets = self._targets(job, index)
-            if isinstance(targets, Reply):
-                return targets
-            reached = [inst for inst in targets if inst.signal_processes(sig)]
-        return SUCCESS if reached else REDUNDANT
+        outcome = await self._act(name, index, lambda inst: inst.signal_processes(sig))
+        if isinstance(outcome, Reply):
+            return outcome
+        return SUCCESS if outcome[1] else REDUNDANT
 
-    async def repair(self, name: str, nowait: bool = False) -> Reply:
-        async with self._locks.hold(name):
-            job = self._job(name)
-            if isinstance(job, Reply):
-                return job
-            repaired = [inst for inst in job.active if inst.repair()]
-        if not repaired:
-            return REDUNDANT
-        return await _settled_start(job, repaired, nowait)
+    async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        outcome = await self._act(name, index, Instance.repair)
+        if isinstance(outcome, Reply):
+            return outcome
+        job, repaired = outcome
+        return await _settled_start(job, repaired, nowait) if repaired else REDUNDANT
 
     def status(self, name: str | None = None, index: int | None = None) -> Reply:
         now = time.monotonic()
@@ -318,6 +324,8 @@ class Supervisor:
             return Reply("status", value={"jobs": [entry]})
         entries = [self._job_status(job, now) for job in self.jobs.values()]
         entries += [self._invalid_status(name) for name in self.invalid if name not in self.jobs]
+        if self.daemon is not None:  # who answers: `version` and `pid`
+            return Reply("status", value={"jobs": entries, "daemon": self.daemon.document()})
         return Reply("status", value={"jobs": entries})
 
     def _job_status(self, job: Job, now: float) -> dict:
@@ -371,25 +379,35 @@ class Supervisor:
             return SUCCESS
 
     async def reload(self, name: str, nowait: bool = False) -> Reply:
-        reply, _ = await self._apply_file(name, nowait)
-        return reply
+        reply, change = await self._apply_file(name, nowait)
+        return _with_report(reply, [(name, reply, change)])
 
     async def reload_all(self) -> Reply:
         """Reload every job file (SIGHUP, `restart`): new, changed, removed and unchanged alike.
-        The reply carries what happened to each job."""
+        The reply carries what happened to each job (docs/protocol.md, "The reload report")."""
         names = sorted(self.directory.names() | set(self.jobs) | set(self.invalid))
         outcomes = await asyncio.gather(*(self._apply_file(name, nowait=True) for name in names))
-        changes = {name: change for name, (_, change) in zip(names, outcomes) if change != "missing"}
-        done = [f"{name} {change}" for name, change in changes.items() if change != "unchanged"]
+        done = [f"{name} {change}" for name, (_, change) in zip(names, outcomes) if change not in ("unchanged", "missing")]
         log.info("reload: %s", ", ".join(done) if done else "nothing changed")
         problems = [reply.error for reply, _ in outcomes if reply.response == "fail" and reply.error]
-        value = {"changes": changes}
-        if problems:
-            return Reply("fail", error="\n".join(problems), value=value)
-        return Reply("success", value=value)
+        overall = fail("\n".join(problems)) if problems else SUCCESS
+        return _with_report(overall, [(name, reply, change) for name, (reply, change) in zip(names, outcomes)])
 
     def reopen_logs(self) -> None:
         self.log_files.reopen_all()
+
+
+def _with_report(reply: Reply, outcomes: list[tuple[str, Reply, str]]) -> Reply:
+    """`reply` carrying the reload report: what changed per job (an invalid file with its error)."""
+    changes = []
+    for name, outcome, change in outcomes:
+        if change == "missing":
+            continue
+        entry = {"job": name, "change": change}
+        if change == "invalid" and outcome.error:
+            entry["error"] = outcome.error
+        changes.append(entry)
+    return Reply(reply.response, error=reply.error, value={"changes": changes})
 
 
 async def _settled_start(job: Job, starting: list, nowait: bool) -> Reply:

@@ -1,47 +1,32 @@
 """The one table of control verbs.
 
-The TCP server, taskmasterctl (through the wire) and the Colonies control functions all reach the
-supervisor through `dispatch`, so a verb means the same thing whichever door it came through.
+The control server, taskmasterctl (through the wire) and the Colonies control functions all reach
+the supervisor through `dispatch`, so a verb means the same thing whichever door it came through.
 A verb never raises for a caller's mistake: it answers a `Reply` whose `response` is one of the
 protocol's response names.
+
+`dispatch` also resolves job selectors (the extension of selection.py): a verb that acts on many
+jobs runs its handler once per selected job or instance, all at once, and answers one reply.
 """
 from __future__ import annotations
 
+import asyncio
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Awaitable, Callable
 
+from . import counters, selection
 from .names import job_name_error
+from .signames import signal_number
+from .reply import REDUNDANT, SUCCESS, Reply, fail
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
 
+__all__ = ["REDUNDANT", "SUCCESS", "VERBS", "JobArg", "Reply", "Request", "Selects", "Verb", "dispatch", "fail"]
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What a verb answers; `response` is the wire name (success, fail, redundant, status, file, list)."""
-
-    response: str
-    error: str | None = None
-    value: Any = None  # JSON-able document of `status` and `list`
-    data: bytes | None = None  # the file bytes of `file`
-    job: str | None = None  # the job a `file` reply is about
-    # Set on the reply of a following verb (`logs` with follow, `events` with follow): after this
-    # reply the connection carries each Reply the iterator yields, until it ends or the client
-    # closes the connection; the server calls `aclose()` on it when the client goes away.
-    stream: AsyncIterator[Reply] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.response != "fail"
-
-
-SUCCESS = Reply("success")
-REDUNDANT = Reply("redundant")
-
-
-def fail(message: str) -> Reply:
-    return Reply("fail", error=message)
+log = logging.getLogger("taskmasterd.verbs")
 
 
 class JobArg(enum.Enum):
@@ -50,11 +35,20 @@ class JobArg(enum.Enum):
     REQUIRED = "required"
 
 
+class Selects(enum.Enum):
+    """What the `job` field of a verb may name."""
+
+    NAME = "name"  # one job name (the seed protocol)
+    ONE = "one"  # one job or one instance: name or name:N
+    MANY = "many"  # a selector: names, name:N and globs
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     job: str | None = None
     data: bytes | None = None
     nowait: bool = False  # reply once the action is initiated, not when it has completed
+    instance: int | None = None  # set by dispatch for a `name:N` target
 
 
 Handler = Callable[["Supervisor", Request], "Awaitable[Reply] | Reply"]
@@ -67,37 +61,137 @@ class Verb:
     needs_data: bool
     handler: Handler
     summary: str
+    selects: Selects = Selects.NAME
+
+
+def _status(sup: Supervisor, request: Request) -> Reply:
+    reply = sup.status(request.job)
+    return reply if request.instance is None else selection.only_instance(reply, request.instance)
+
+
+async def _restart_job(sup: Supervisor, request: Request) -> Reply:
+    stopped = await sup.stop(request.job, nowait=request.nowait, index=request.instance)
+    if stopped.response == "fail":
+        return stopped
+    started = await sup.start(request.job, nowait=request.nowait, index=request.instance)
+    return SUCCESS if started.response == "redundant" else started
+
+
+def _signal(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
+    text = (request.data or b"").decode("utf-8", "replace").strip()
+    number = signal_number(text)
+    if number is None:
+        return fail(f"unknown signal {text!r}")
+    return sup.signal(request.job, number, index=request.instance)
+
+
+def _logs(sup: Supervisor, request: Request) -> Awaitable[Reply]:
+    from .logverb import logs
+
+    return logs(sup, request)
+
+
+def _events(sup: Supervisor, request: Request) -> Reply:
+    from .events import events_reply
+
+    return events_reply(sup.events, request.data)
+
+
+async def _reloaded(reply: Awaitable[Reply], request: Request) -> Reply:
+    """The reload report (what changed per job) only for a client that asked for it with
+    `data` = `{"report":true}`: a seed client gets the seed reply, bytes and all."""
+    answer = await reply
+    return answer if request.data is not None else answer.with_(value=None)
+
+
+def _shutdown(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
+    if sup.daemon is None:
+        return fail("this supervisor is not a daemon of its own: it cannot shut down on request")
+    return sup.daemon.shutdown()
 
 
 _R, _O, _N = JobArg.REQUIRED, JobArg.OPTIONAL, JobArg.NONE
+_ONE, _MANY = Selects.ONE, Selects.MANY
 VERBS: dict[str, Verb] = {verb.name: verb for verb in (
-    Verb("start", _R, False, lambda s, r: s.start(r.job, nowait=r.nowait), "start every instance that is not running"),
-    Verb("stop", _R, False, lambda s, r: s.stop(r.job, nowait=r.nowait), "stop every instance gracefully"),
-    Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait), "SIGKILL every instance's process group now"),
-    Verb("repair", _R, False, lambda s, r: s.repair(r.job, nowait=r.nowait), "clear FATAL/BACKOFF and start what should run"),
-    Verb("status", _O, False, lambda s, r: s.status(r.job), "report one job, or every job"),
+    Verb("start", _R, False, lambda s, r: s.start(r.job, nowait=r.nowait, index=r.instance),
+         "start every instance that is not running", _MANY),
+    Verb("stop", _R, False, lambda s, r: s.stop(r.job, nowait=r.nowait, index=r.instance),
+         "stop every instance gracefully", _MANY),
+    Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait, index=r.instance),
+         "SIGKILL every instance's process group now", _MANY),
+    Verb("repair", _R, False, lambda s, r: s.repair(r.job, nowait=r.nowait, index=r.instance),
+         "clear FATAL/BACKOFF and start what should run", _MANY),
+    Verb("status", _O, False, _status, "report one job, or every job", _MANY),
     Verb("pull", _R, False, lambda s, r: s.pull(r.job), "the job file as it is on disk"),
     Verb("push", _R, True, lambda s, r: s.push(r.job, r.data or b"", nowait=r.nowait), "validate, write and apply a job file"),
     Verb("delete", _R, False, lambda s, r: s.delete(r.job), "stop the job, remove its file, forget it"),
     Verb("list", _N, False, lambda s, r: s.list(), "names of every job"),
-    Verb("reload", _R, False, lambda s, r: s.reload(r.job, nowait=r.nowait), "re-read one job file and apply the difference"),
-    Verb("restart", _N, False, lambda s, r: s.reload_all(), "reload every job file, as SIGHUP does"),
+    Verb("reload", _R, False, lambda s, r: _reloaded(s.reload(r.job, nowait=r.nowait), r),
+         "re-read one job file and apply the difference"),
+    Verb("restart", _N, False, lambda s, r: _reloaded(s.reload_all(), r), "reload every job file, as SIGHUP does"),
+    # Extensions (docs/protocol.md): a seed client never sends these.
+    Verb("restart-job", _R, False, _restart_job, "stop, then start every instance", _MANY),
+    Verb("signal", _R, True, _signal, "send a signal to every running instance's process group", _MANY),
+    Verb("logs", _O, False, _logs, "the last lines of an instance's output (or of the daemon's log), then follow", _ONE),
+    Verb("events", _N, False, _events, "the last state changes, then follow"),
+    Verb("shutdown", _N, False, _shutdown, "stop every job as SIGTERM does, reply, exit"),
 )}
 
 
 async def dispatch(sup: Supervisor, verb: str, request: Request) -> Reply:
     """Run `verb`; an unknown verb or a bad job name is a `fail` (the wire layer maps unknown verbs
-    to `invalid` before calling this)."""
+    to `invalid` before calling this). Every answer is counted for the metrics."""
     spec = VERBS.get(verb)
-    if spec is None:
-        return fail(f"unknown command {verb!r}")
+    reply = fail(f"unknown command {verb!r}") if spec is None else await _run(sup, spec, request)
+    counters.count_request(verb if spec is not None else "unknown", reply.response)
+    return reply
+
+
+async def _run(sup: Supervisor, spec: Verb, request: Request) -> Reply:
     if spec.job is JobArg.REQUIRED and request.job is None:
-        return fail(f"{verb} needs a job name")
-    if spec.job is not JobArg.NONE and request.job is not None:
+        return fail(f"{spec.name} needs a job name")
+    if spec.needs_data and request.data is None:
+        return fail(f"{spec.name} needs data")
+    if request.job is not None and spec.job is not JobArg.NONE:
+        if spec.selects is not Selects.NAME and selection.is_selector(request.job):
+            return await _run_selected(sup, spec, request)
         problem = job_name_error(request.job)
         if problem:
             return fail(problem)
-    if spec.needs_data and request.data is None:
-        return fail(f"{verb} needs data")
+    return await _call(spec, sup, request)
+
+
+async def _call(spec: Verb, sup: Supervisor, request: Request) -> Reply:
     reply = spec.handler(sup, request)
     return reply if isinstance(reply, Reply) else await reply
+
+
+async def _run_selected(sup: Supervisor, spec: Verb, request: Request) -> Reply:
+    assert request.job is not None
+    many = spec.selects is Selects.MANY
+    items = selection.parse(request.job, many=many, globs=many)
+    if isinstance(items, str):
+        return fail(items)
+    known = {name: job.spec.numprocs for name, job in sup.jobs.items()}
+    never_loaded = {name for name in sup.invalid if name not in known}
+    known.update((name, 0) for name in never_loaded)
+    # A pattern reaches a file that never loaded only in `status`, which shows it INVALID.
+    targets, problems = selection.resolve(items, known, frozenset() if spec.name == "status" else never_loaded)
+    if not many:
+        if problems:
+            return fail(problems[0])
+        return await _call(spec, sup, replace(request, job=targets[0].name, instance=targets[0].index))
+    outcomes = await asyncio.gather(
+        *(_call(spec, sup, replace(request, job=t.name, instance=t.index)) for t in targets), return_exceptions=True)
+    replies = [_internal_error(spec.name, outcome) if isinstance(outcome, BaseException) else outcome
+               for outcome in outcomes]
+    if spec.name == "status":
+        return selection.merge_status(replies, problems, targets)
+    return selection.aggregate(targets, replies, problems)
+
+
+def _internal_error(verb: str, exc: BaseException) -> Reply:
+    if isinstance(exc, asyncio.CancelledError):
+        raise exc
+    log.error("%s failed", verb, exc_info=exc)
+    return fail(f"internal error in {verb}: {exc}")

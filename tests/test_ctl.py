@@ -1,38 +1,32 @@
 """taskmasterctl as a user runs it: every verb, exit statuses, --json, and the shell in a pty."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskmasterctl.client import Client, ConnectionFailed
-from taskmasterctl.render import status_table, uptime
+from taskmasterctl.commands import COMMANDS, parser_for
+from taskmasterctl.options import command_position, quick_parse
+from taskmasterctl.render import reload_report, status_table, uptime
+from taskmasterctl.verdict import not_as_wanted
 from tests.support.control_fixtures import SLEEPER, daemon
-from tests.support.daemon import ROOT, Daemon, free_port, write_job
+from tests.support.ctl import ctl, err, out
+from tests.support.daemon import ROOT, Daemon, write_job
 
 __all__ = ["daemon"]  # the fixture
-
-
-def ctl(daemon: Daemon | None, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    port = str(daemon.port if daemon else free_port())
-    return subprocess.run([sys.executable, "-m", "taskmasterctl", "--port", port, *args], cwd=ROOT,
-                          input=stdin, capture_output=True, timeout=60)
-
-
-def out(result: subprocess.CompletedProcess) -> str:
-    return result.stdout.decode()
-
-
-def err(result: subprocess.CompletedProcess) -> str:
-    return result.stderr.decode()
 
 
 # --- one-shot ----------------------------------------------------------------------------------
@@ -41,7 +35,7 @@ def test_status_table_of_every_job_and_of_some(daemon: Daemon) -> None:
     result = ctl(daemon, "status")
     assert result.returncode == 0, err(result)
     lines = out(result).splitlines()
-    assert lines[0].split() == ["JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "INFO"]
+    assert lines[0].split() == ["JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO"]
     assert "\x1b[" not in out(result)  # not a terminal: no colour
     web = [line.split() for line in lines if line.startswith("web ")]
     assert [row[1] for row in web] == ["0", "1"] and all(row[2] == "RUNNING" for row in web)
@@ -57,11 +51,13 @@ def test_status_of_an_unknown_job_fails_but_shows_the_others(daemon: Daemon) -> 
     assert "web" in out(result)
 
 
-def test_json_prints_the_decoded_reply(daemon: Daemon) -> None:
-    result = ctl(daemon, "--json", "status", "web")
-    assert result.returncode == 0
-    reply = json.loads(out(result))
-    assert reply["response"] == "status" and reply["data"]["jobs"][0]["name"] == "web"
+def test_json_prints_the_decoded_reply_wherever_the_option_is(daemon: Daemon) -> None:
+    for args in (["--json", "status", "web"], ["status", "web", "--json"], ["status", "--json", "web"]):
+        result = ctl(daemon, *args)
+        assert result.returncode == 0, args
+        reply = json.loads(out(result))
+        assert reply["response"] == "status" and reply["data"]["jobs"][0]["name"] == "web"
+    assert ctl(daemon, "status", "web", "--port", str(daemon.port)).returncode == 0  # any option, anywhere
     listing = json.loads(out(ctl(daemon, "--json", "list")))
     assert listing["response"] == "list" and "web" in [job["name"] for job in listing["data"]["jobs"]]
     failed = ctl(daemon, "--json", "stop", "nope")
@@ -77,9 +73,12 @@ def test_list(daemon: Daemon) -> None:
 def test_job_verbs_and_exit_statuses(daemon: Daemon) -> None:
     write_job(daemon.jobs_dir, "ctl-a", {**SLEEPER, "autostart": False})
     write_job(daemon.jobs_dir, "ctl-b", {**SLEEPER, "autostart": False})
-    assert ctl(daemon, "restart").returncode == 0
+    assert ctl(daemon, "reload").returncode == 0  # every file, as SIGHUP does
     started = ctl(daemon, "start", "ctl-a", "ctl-b")
     assert started.returncode == 0 and out(started).splitlines() == ["start ctl-a: success", "start ctl-b: success"]
+    instance = ctl(daemon, "stop", "ctl-a:0")
+    assert instance.returncode == 0 and out(instance) == "stop ctl-a:0: success\n"
+    assert ctl(daemon, "start", "ctl-*").returncode == 0
     again = ctl(daemon, "start", "ctl-a")
     assert again.returncode == 0 and "nothing to do (redundant)" in err(again)
     assert ctl(daemon, "repair", "ctl-a").returncode == 0
@@ -89,7 +88,8 @@ def test_job_verbs_and_exit_statuses(daemon: Daemon) -> None:
     assert ctl(daemon, "delete", "ctl-a").returncode == 0
     assert not (daemon.jobs_dir / "ctl-a.tm.json").exists()
     mixed = ctl(daemon, "stop", "ctl-b", "ctl-a")
-    assert mixed.returncode == 1 and "stop ctl-a:" in err(mixed)
+    assert mixed.returncode == 1 and 'stop ctl-a: job "ctl-a" does not exist' in err(mixed)
+    assert "stop ctl-b: nothing to do (redundant)" in err(mixed)
     assert ctl(daemon, "delete", "ctl-b").returncode == 0
 
 
@@ -115,13 +115,46 @@ def test_push_and_pull(daemon: Daemon, tmp_path: Path) -> None:
 
 
 def test_usage_errors_exit_2() -> None:
-    for args in (["frobnicate"], ["start"], ["pull"], ["--port", "x", "list"], ["list", "extra"]):
+    for args in (["frobnicate"], ["start"], ["pull"], ["--port", "x", "list"], ["list", "extra"], ["restart"],
+                 ["tail"], ["tail", "-n", "-1", "web"], ["signal", "web"], ["completion", "fish"]):
         result = ctl(None, *args)
         assert result.returncode == 2, args
     helped = ctl(None, "--help")
     assert helped.returncode == 0
-    for word in ("exit status", "cannot connect", "restart", "push"):
+    for word in ("exit status", "cannot be reached", "restart", "push", "tail", "not running as wanted"):
         assert word in out(helped)
+
+
+def test_a_misspelt_command_gets_a_suggestion_and_help_explains_one() -> None:
+    result = ctl(None, "stauts")
+    assert result.returncode == 2 and "did you mean 'status'?" in err(result)
+    helped = ctl(None, "help", "tail")
+    assert helped.returncode == 0 and "--follow" in out(helped) and "JOB[:N]" in out(helped)
+    assert "restart" in out(ctl(None, "help")) and ctl(None, "help", "nope").returncode == 2
+    explained = ctl(None, "restart")
+    assert "use 'reload'" in err(explained)
+
+
+def test_version_of_the_client_and_of_the_daemon(daemon: Daemon) -> None:
+    from taskmasterd import __version__
+
+    assert out(ctl(None, "--version")) == f"taskmasterctl {__version__}\n"
+    both = ctl(daemon, "version")
+    assert both.returncode == 0
+    assert out(both).splitlines() == [f"taskmasterctl {__version__}",
+                                      f"taskmasterd {__version__} (pid {daemon.proc.pid})"]
+    document = daemon.status()["daemon"]
+    assert document["pid"] == daemon.proc.pid and document["version"] == __version__
+    assert abs(document["started"] - time.time()) < 3600 and document["jobs_dir"] == str(daemon.jobs_dir)
+
+
+def test_pid_of_the_daemon_and_of_a_job(daemon: Daemon) -> None:
+    assert out(ctl(daemon, "pid")) == f"{daemon.proc.pid}\n"
+    pids = [inst["pid"] for inst in daemon.instances("web")]
+    assert out(ctl(daemon, "pid", "web")).split() == [str(p) for p in pids]
+    assert out(ctl(daemon, "pid", "web:1")).split() == [str(pids[1])]
+    down = ctl(daemon, "pid", "stubborn")
+    assert down.returncode == 1 and "not running" in err(down)
 
 
 def test_bad_names_fail_with_1(daemon: Daemon) -> None:
@@ -135,9 +168,12 @@ def test_cannot_connect_exits_3() -> None:
 
 
 def test_one_shot_does_not_import_the_heavy_modules(daemon: Daemon) -> None:
+    heavy = ('orjson', 'psutil', 'asyncio', 'readline', 'dataclasses', 'typing', 'difflib', 'inspect')
     code = ("import sys; from taskmasterctl.cli import main; main(['--port', sys.argv[1], 'status', 'web']); "
-            "print(sorted(m for m in ('orjson', 'psutil', 'asyncio', 'readline') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code, str(daemon.port)], capture_output=True, cwd=ROOT, timeout=60)
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    # -S: no site, so nothing but what the command itself imports (and no third-party package at all)
+    result = subprocess.run([sys.executable, "-S", "-c", code, str(daemon.port)], capture_output=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert result.stdout.decode().splitlines()[-1] == "[]"
 
 
@@ -155,14 +191,22 @@ def test_client_reconnects_after_the_daemon_closed_the_connection(tmp_path: Path
         client.close()
 
 
-def test_status_table_shows_errors_and_extra_fields() -> None:
-    jobs = [{"name": "bad", "state": "INVALID", "instances": [], "error": "bad.tm.json: oops"},
+def test_status_table_shows_errors_exits_and_extra_fields() -> None:
+    jobs = [{"name": "bad", "state": "INVALID", "instances": [],
+             "error": "bad.tm.json: field \"a\": oops\nbad.tm.json: field \"b\": also"},
             {"name": "c", "state": "RUNNING", "colonies": {"executor": "x"},
              "instances": [{"index": 0, "state": "EXITED", "pid": None, "uptime": None, "restarts": 2,
-                            "exitcode": 3, "signal": None, "description": ""}]}]
+                            "exitcode": 3, "signal": None, "description": "", "wanted": True},
+                           {"index": 1, "state": "STOPPED", "pid": None, "uptime": None, "restarts": 0,
+                            "exitcode": None, "signal": 9, "description": "stopped", "wanted": False}]}]
     table = status_table(jobs, colour=True)
-    assert "error: bad.tm.json: oops" in table
-    assert 'colonies={"executor":"x"}' in table and "exit code 3" in table
+    lines = table.splitlines()
+    assert lines[1].endswith('error: bad.tm.json: field "a": oops')
+    assert lines[2].split() == ["error:", "bad.tm.json:", "field", '"b":', "also"]  # its own row, INFO column
+    assert lines[2].index("error") == status_table(jobs).splitlines()[1].index("error")  # aligned
+    assert 'colonies={"executor":"x"}' in table and "wanted" not in table
+    plain = status_table(jobs).splitlines()
+    assert plain[3].split()[6] == "3" and plain[4].split()[6] == "SIGKILL"  # the EXIT column
     assert "\x1b[1;31mINVALID" in table
     assert [uptime(s) for s in (None, 5, 62, 3700, 90000)] == ["-", "5s", "1m02s", "1h01m", "1d01h"]
 
@@ -175,8 +219,10 @@ class Terminal:
     def __init__(self, port: int, history: Path) -> None:
         self.master, slave = pty.openpty()
         env = {**os.environ, "TASKMASTERCTL_HISTORY": str(history), "TERM": "xterm"}
+        # The pty is its controlling terminal, so that Ctrl-C typed there is a SIGINT, as for a person.
         self.proc = subprocess.Popen([sys.executable, "-m", "taskmasterctl", "--port", str(port)], cwd=ROOT,
-                                     stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+                                     stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+                                     start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         os.close(slave)
         self.seen = b""
 
@@ -267,3 +313,67 @@ def test_shell_survives_a_daemon_restart(tmp_path: Path) -> None:
         first.stop()
         if term.proc.poll() is None:
             term.proc.kill()
+
+
+# --- parsing the command line (pure) -------------------------------------------------------------
+
+def test_the_command_is_the_first_word_that_is_not_an_option_or_its_value() -> None:
+    assert command_position(["status", "web"]) == 0
+    assert command_position(["--port", "7777", "--json", "stop", "web"]) == 3
+    assert command_position(["--json", "--timeout", "5"]) is None
+    assert command_position([]) is None
+
+
+WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--port", "7778", "--host", "h", "--timeout", "2.5",
+         "-n", "--", "--port=1", "x"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["status", "stop", "restart", "pid", "delete"]), st.lists(st.sampled_from(WORDS), max_size=6))
+def test_the_quick_parse_of_job_commands_is_what_argparse_makes_of_them(command: str, words: list[str]) -> None:
+    arguments = COMMANDS[command].configure
+    quick = quick_parse(words, arguments.required, arguments.nowait)
+    if quick is None:
+        return  # argparse decides
+    assert vars(quick) == vars(parser_for(command).parse_intermixed_args(words))
+
+
+def test_the_reload_report_one_line_per_kind_of_change() -> None:
+    report = reload_report([{"job": "new", "change": "added"}, {"job": "web", "change": "restarted"},
+                            {"job": "a", "change": "unchanged"}, {"job": "b", "change": "unchanged"},
+                            {"job": "cfg", "change": "applied"}, {"job": "old", "change": "removed"},
+                            {"job": "bad", "change": "invalid", "error": "bad.tm.json: x\nbad.tm.json: y"}])
+    assert report.splitlines() == ["  added: new", "  removed: old", "  restarted: web", "  applied in place: cfg",
+                                   "  invalid: bad: bad.tm.json: x", "  invalid: bad: bad.tm.json: y",
+                                   "  unchanged: 2 job(s)"]
+
+
+def test_not_as_wanted_from_the_status_document() -> None:
+    def job(name: str, *instances: tuple[str, bool], state: str = "RUNNING") -> dict:
+        return {"name": name, "state": state,
+                "instances": [{"index": i, "state": s, "wanted": w} for i, (s, w) in enumerate(instances)]}
+
+    assert not_as_wanted([job("ok", ("RUNNING", True), ("STOPPED", False), ("EXITED", False), ("STARTING", True))]) == []
+    assert not_as_wanted([job("w", ("FATAL", False), ("BACKOFF", True), ("STOPPED", True), ("EXITED", True))]) == [
+        "w[0]: FATAL", "w[1]: BACKOFF", "w[2]: STOPPED", "w[3]: EXITED"]
+    assert not_as_wanted([{"name": "bad", "state": "INVALID", "instances": [], "error": "x"}]) == ["bad: INVALID"]
+    assert not_as_wanted([job("old-daemon", ("STOPPED", False))]) == []  # no `wanted`: never counted down
+
+
+def test_shell_options_anywhere_help_of_a_command_and_a_follow_ended_by_ctrl_c(terminal: Terminal) -> None:
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"status nginx --json\n")
+    terminal.expect(b'{"response":"status"')
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"help stop\n")
+    terminal.expect(b"--nowait")
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"stpo nginx\n")
+    terminal.expect(b"did you mean 'stop'?")
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"events -f -n 1\n")
+    terminal.expect(b" -> ")  # the last event: following now
+    terminal.type(b"\x03")  # Ctrl-C ends the follow, not the shell
+    terminal.expect(b"taskmaster> ")
+    terminal.type(b"exit\n")
+    assert terminal.close() == 0

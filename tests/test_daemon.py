@@ -188,3 +188,21 @@ def test_bad_colonies_settings_refuse_to_start_with_a_message(tmp_path):
     daemon = Daemon(tmp_path, {}, args=["--config", str(config)])
     out = subprocess.run(daemon.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert out.returncode == 1 and "port" in out.stderr
+
+
+def test_the_port_answers_while_the_jobs_are_still_loading(tmp_path):
+    many = {"cmd": "sleep 300", "starttime": 0, "numprocs": 100, "stdout": None, "stderr": None}
+    daemon = Daemon(tmp_path, {f"j{n:02}": many for n in range(10)}).start(wait=False)
+    try:
+        seen = None
+        deadline = time.monotonic() + 30
+        while seen is None and time.monotonic() < deadline:
+            try:
+                seen = daemon.request("status", timeout=5)["data"]["jobs"]
+            except OSError:
+                time.sleep(0.01)  # not bound yet
+        daemon.wait_notify("READY=1")
+        spawned = sum(1 for job in seen for i in job["instances"] if i["pid"])
+        assert seen is not None and spawned < 1000, "status was answered only once every job had spawned"
+    finally:
+        assert daemon.stop() == 0

@@ -88,3 +88,24 @@ def test_push_checks_everything_before_the_file_is_written(tmp_path):
             assert (await sup.start("big")).response == "fail"
 
     run(scenario())
+
+
+def test_index_expands_whatever_numprocs_and_is_appended_only_for_several():
+    one = parse_job("web", b'{"cmd": "x", "stdout": "web-{index}.log", "stderr": "web.err"}', SOURCE)
+    assert one.log_path("stdout", 0, "/l") == "/l/web-0.log" and one.log_path("stderr", 0, "/l") == "/l/web.err"
+    two = parse_job("web", b'{"cmd": "x", "numprocs": 2, "stderr": "web.err"}', SOURCE)
+    assert two.log_path("stdout", 1, "/l") == "/l/web.1.out" and two.log_path("stderr", 1, "/l") == "/l/web.err.1"
+
+
+def test_ignored_files_are_logged_once_with_the_reason(tmp_path, caplog):
+    from taskmasterd.jobsdir import JobsDirectory
+
+    for name in ("web.json", "bad name.tm.json", ".hidden.tm.json", "notes.txt", "ok.tm.json", "vim.tm.json.swp"):
+        (tmp_path / name).write_text("{}")
+    directory = JobsDirectory(str(tmp_path))
+    with caplog.at_level("INFO", logger="taskmasterd"):
+        assert directory.names() == {"ok"} and directory.names() == {"ok"}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines  # once each, only for the near misses
+    assert any("web.json" in line and "end in .tm.json" in line for line in lines)
+    assert any("bad name.tm.json" in line and "invalid job name" in line for line in lines)

@@ -96,12 +96,13 @@ class Raw:
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:
     """Every file below root with its size and mtime: 'nothing on disk touched' is equality.
-    (The daemon's own log and notify socket are left out.)"""
+    (The daemon's own log, its notify socket and its registry of children, rewritten 0.2 s after
+    any spawn or exit of an earlier test, are left out.)"""
     found = {}
     for folder, _, files in os.walk(root):
         for name in files:
             path = os.path.join(folder, name)
-            if not path.endswith((".sock", "daemon.stderr")):
+            if not path.endswith((".sock", "daemon.stderr", "children.json")):
                 info = os.stat(path)
                 found[os.path.relpath(path, root)] = (info.st_size, info.st_mtime_ns)
     return found

@@ -1,0 +1,186 @@
+"""The table of taskmasterctl commands: what each is called, does, takes, and which runner does it.
+
+A command is not always one wire verb: `restart JOB` is the extension verb `restart-job`,
+`reload` without a job is the wire's `restart` (every file), `tail` and `maintail` are `logs`,
+`pid` and `version` read `status`. Parsers are built on demand, for the one command being run.
+"""
+from __future__ import annotations
+
+from . import actions
+from .options import VALUE_OPTIONS, add_global_options, formatter, quick_parse
+from .session import EXIT_HELP
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Callable
+
+    from .actions import Runner
+
+JOB_HELP = "a job name, 'all', a pattern like 'web*', or NAME:N for instance N"
+
+
+class Command:
+    __slots__ = ("name", "summary", "configure", "run", "takes_jobs")
+
+    def __init__(self, name: str, summary: str, configure: Callable[[argparse.ArgumentParser], None],
+                 run: Runner, takes_jobs: bool = True) -> None:
+        self.name, self.summary, self.configure, self.run = name, summary, configure, run
+        self.takes_jobs = takes_jobs  # TAB completes job names after it
+
+
+class JobArguments:
+    """`JOB...` (or `[JOB...]`), and `--nowait` where the wire verb waits: the arguments a quick
+    parse can read without argparse (options.quick_parse)."""
+
+    __slots__ = ("required", "nowait")
+
+    def __init__(self, required: bool, nowait: bool = False) -> None:
+        self.required, self.nowait = required, nowait
+
+    def __call__(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("job", nargs="+" if self.required else "*", metavar="JOB",
+                            help=JOB_HELP if self.required else f"{JOB_HELP} (default: every job)")
+        if self.nowait:
+            parser.add_argument("--nowait", action="store_true",
+                                help="reply as soon as the action has begun, not when it is done")
+
+
+
+def _nothing(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _signal(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_and_signal", nargs="+", metavar="JOB... SIGNAL",
+                        help=f"the jobs ({JOB_HELP}), then a signal: HUP, SIGUSR1, 10, ...")
+
+
+def _following(what: str, job: bool = False) -> Callable[[argparse.ArgumentParser], None]:
+    def configure(parser: argparse.ArgumentParser) -> None:
+        if job:
+            parser.add_argument("job", nargs=1, metavar="JOB[:N]", help="the job (NAME:N for instance N of several)")
+            parser.add_argument("--stderr", action="store_true", help="its stderr rather than its stdout")
+        parser.add_argument("-n", "--lines", type=count, default=10, metavar="N",
+                            help=f"how many of the last {what} to show first (default 10)")
+        parser.add_argument("-f", "--follow", action="store_true", help=f"then show new {what} as they come, until Ctrl-C")
+    return configure
+
+
+def count(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise ValueError(text)
+    return number
+
+
+def _pull(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", nargs=1, metavar="JOB")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the file here (default: stdout)")
+
+
+def _push(parser: argparse.ArgumentParser) -> None:
+    from taskmasterd.names import SUFFIX as JOB_SUFFIX
+
+    parser.add_argument("file", metavar="FILE", help="the job file to send ('-': standard input)")
+    parser.add_argument("--name", metavar="JOB", help=f"job name (default: FILE's name without {JOB_SUFFIX})")
+    parser.add_argument("--nowait", action="store_true", help="reply as soon as the job is applied, not when it runs")
+
+
+def _restart_run(session: actions.Session, args: argparse.Namespace) -> None:
+    if not args.job:
+        return actions.restart_without_job(session, args)
+    return actions.act("restart-job")(session, args)
+
+
+def _help(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", nargs="?", metavar="COMMAND", help="the command to explain")
+
+
+def _completion(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
+
+
+def _completion_run(session: actions.Session, args: argparse.Namespace) -> None:
+    from .completion import script
+
+    session.out.write(script(args.shell, sorted(VALUE_OPTIONS)))
+
+
+def _help_run(session: actions.Session, args: argparse.Namespace) -> None:
+    if args.topic is None:
+        session.out.write(commands_help() + "\n")
+    elif args.topic in COMMANDS:
+        session.out.write(parser_for(args.topic).format_help())
+    else:
+        session.complain(unknown_command(args.topic), actions.EXIT_INVALID)
+
+
+COMMANDS: dict[str, Command] = {command.name: command for command in (
+    Command("status", "a table of every job, or of those named; exit 3 if one is not as wanted",
+            JobArguments(False), actions.status),
+    Command("start", "start every instance that is not running", JobArguments(True, nowait=True), actions.act("start")),
+    Command("stop", "stop every instance gracefully (stop signal, SIGKILL after stoptime)",
+            JobArguments(True, nowait=True), actions.act("stop")),
+    Command("restart", "stop, then start (to re-read every job file: reload)", JobArguments(False, nowait=True),
+            _restart_run),
+    Command("kill", "SIGKILL every instance's process group now", JobArguments(True, nowait=True), actions.act("kill")),
+    Command("repair", "clear FATAL/BACKOFF and start what should run", JobArguments(True, nowait=True),
+            actions.act("repair")),
+    Command("signal", "send a signal to every running instance's process group", _signal, actions.send_signal),
+    Command("tail", "the last lines of a job's output; -f to follow it", _following("lines", job=True), actions.tail),
+    Command("maintail", "the last lines of the daemon's own log; -f to follow it", _following("lines"),
+            actions.maintail, takes_jobs=False),
+    Command("events", "the last state changes; -f to follow them as they happen", _following("events"),
+            actions.events, takes_jobs=False),
+    Command("pid", "the daemon's pid, or the pids of a job's running instances", JobArguments(False), actions.pid),
+    Command("list", "the job names, with a state summary", _nothing, actions.job_list, takes_jobs=False),
+    Command("reload", "re-read every job file (as SIGHUP does), or the named jobs' files",
+            JobArguments(False, nowait=True), actions.reload),
+    Command("pull", "the job's file, byte for byte", _pull, actions.pull),
+    Command("push", "validate, write and apply a job file", _push, actions.push, takes_jobs=False),
+    Command("delete", "stop the job, remove its file, forget it", JobArguments(True), actions.delete),
+    Command("version", "the versions of taskmasterctl and of the daemon", _nothing, actions.version, takes_jobs=False),
+    Command("shutdown", "stop every job as SIGTERM does, then stop the daemon", _nothing, actions.shutdown,
+            takes_jobs=False),
+    Command("help", "this list, or how to use one command", _help, _help_run, takes_jobs=False),
+    Command("completion", "a bash or zsh completion script (see docs/taskmasterctl.md)", _completion,
+            _completion_run, takes_jobs=False),
+)}
+
+
+def parse(name: str, words: list[str]) -> argparse.Namespace:
+    """The arguments of command `name` on the line `words` (the command word taken out); raises
+    SystemExit after argparse's message for a usage error, or for --help."""
+    arguments = COMMANDS[name].configure
+    if isinstance(arguments, JobArguments):
+        quick = quick_parse(words, arguments.required, arguments.nowait)
+        if quick is not None:
+            return quick  # type: ignore[return-value]  # the runners only read its attributes
+    return parser_for(name).parse_intermixed_args(words)
+
+
+def parser_for(name: str) -> argparse.ArgumentParser:
+    """The arguments of one command, with the options of every command among them (options may
+    come anywhere on the line); shared by the one-shot command line and the shell."""
+    import argparse
+
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"taskmasterctl {name}", description=command.summary, epilog=EXIT_HELP,
+                                     formatter_class=formatter, allow_abbrev=False)
+    command.configure(parser)
+    add_global_options(parser)
+    return parser
+
+
+def commands_help() -> str:
+    width = max(map(len, COMMANDS))
+    return "commands:\n" + "\n".join(f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items())
+
+
+def unknown_command(word: str) -> str:
+    import difflib  # only a misspelt command pays for it
+
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; 'taskmasterctl help' lists them"
+    return f"unknown command {word!r}{hint}"

@@ -1,0 +1,21 @@
+"""Whether jobs are in their wanted state, from a status document (the exit status 3 of `status`,
+like `systemctl is-active`). Pure."""
+from __future__ import annotations
+
+BROKEN = frozenset({"FATAL", "BACKOFF"})
+DOWN = frozenset({"STOPPED", "EXITED"})
+
+
+def not_as_wanted(jobs: list[dict]) -> list[str]:
+    """`job[index]: STATE` for each instance (or `job: INVALID`) not in its wanted state: FATAL,
+    BACKOFF, an invalid file that never loaded, or down (STOPPED, EXITED) while the daemon means
+    it to run (`wanted`, which a finished run with an expected exit code is not)."""
+    astray = []
+    for job in jobs:
+        if job.get("state") == "INVALID" and not job.get("instances"):
+            astray.append(f"{job['name']}: INVALID")
+        for inst in job.get("instances") or ():
+            state = inst.get("state")
+            if state in BROKEN or (state in DOWN and inst.get("wanted")):
+                astray.append(f"{job['name']}[{inst.get('index')}]: {state}")
+    return astray

@@ -1,0 +1,56 @@
+"""`taskmasterd --check [DIR]`: validate every job file offline, as the daemon would on load.
+
+Each problem is printed as the daemon would log it (the file and the field named); a file with a
+job-file suffix whose name is not a job name is reported too, since the daemon would ignore it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from .jobfile import JobFileError, host_errors, parse_job
+from .names import SUFFIX, job_name_error, job_name_from_filename
+
+
+def problems_in(jobs_dir: str) -> tuple[int, list[str]]:
+    """(how many job files were read, every problem found in them); OSError for the directory."""
+    checked, problems = 0, []
+    for entry in sorted(os.listdir(jobs_dir)):
+        path = os.path.join(jobs_dir, entry)
+        name = job_name_from_filename(entry)
+        if name is None:
+            if entry.endswith(SUFFIX) and not entry.startswith("."):
+                problems.append(f"{path}: ignored: {job_name_error(entry[: -len(SUFFIX)])}")
+            continue
+        checked += 1
+        problems += list(_file_problems(name, path))
+    return checked, problems
+
+
+def _file_problems(name: str, path: str) -> Iterator[str]:
+    try:
+        with open(path, "rb") as src:
+            raw = src.read()
+    except OSError as exc:
+        yield f"{path}: cannot read: {exc.strerror}"
+        return
+    try:
+        spec = parse_job(name, raw, path)
+    except JobFileError as exc:
+        yield from exc.problems
+        return
+    yield from host_errors(spec, path)
+
+
+def run_check(jobs_dir: str) -> int:
+    """Print each problem, then a summary; 1 if anything is wrong, else 0."""
+    try:
+        checked, problems = problems_in(jobs_dir)
+    except OSError as exc:
+        print(f"taskmasterd: cannot read the jobs directory {jobs_dir}: {exc.strerror}")
+        return 1
+    for problem in problems:
+        print(problem)
+    verdict = f"{len(problems)} problem(s)" if problems else "all valid"
+    print(f"taskmasterd: {checked} job file(s) in {jobs_dir}: {verdict}")
+    return 1 if problems else 0
