@@ -7,7 +7,13 @@ on loopback); this process is the user submitting to them. Prints one table:
 - overhead from assignment to the command's start, p50/p99: the server's assignment time against
   the clock read by `date +%s%N` as the command (so exec of `date` itself is included);
 - the CPU each process costs the daemon and the server, and the control protocol's `status`
-  round trip idle and while the executor runs flat out (the bridge must not slow it).
+  round trip idle and while the executor runs flat out (the bridge must not slow it);
+- a burst: 200 processes submitted at once to maxconcurrent 8, latency from submission to close
+  p50/p99 (the server's clock), next to a plain pycolonies executor with 8 assign loops running
+  the same `true` on the same server, and the ratio of the two.
+`--assign-latency 0.005` makes every assign cost the server 5 ms more, as a real server's
+database round trip does: the in-memory server is bound by its own CPU instead, which hides
+what several assigns in flight are worth.
 """
 from __future__ import annotations
 
@@ -18,8 +24,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from calendar import timegm
 from pathlib import Path
 
 import psutil
@@ -29,21 +35,18 @@ from taskmasterd.colonies.client import ColoniesClient, func_spec  # noqa: E402
 from taskmasterd.colonies.crypto import derive_id, generate_prvkey  # noqa: E402
 from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY  # noqa: E402
 from tests.support.colonies_server import DEFAULT_SERVER_PRVKEY  # noqa: E402
+from tests.support.colonies_state import go_time_ns  # noqa: E402
 from tests.support.daemon import ROOT, Daemon, wait_for  # noqa: E402
 
 WAITING, RUNNING, SUCCESS = 0, 1, 2
 QUIET = {"autostart": False, "stdout": None, "stderr": None}
+BURST, LOOPS = 200, 8
+PLAIN = "plain"  # the pycolonies executor's name and type
 
 
-def go_time_ns(text: str) -> int:
-    """RFC3339Nano in UTC (as the test server writes it) to unix ns, keeping every digit."""
-    whole, _, frac = text.rstrip("Z").partition(".")
-    seconds = timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-    return seconds * 1_000_000_000 + int((frac + "000000000")[:9])
-
-
-def start_server() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.colonies_server", "--port", "0"],
+def start_server(assign_latency: float) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.colonies_server", "--port", "0",
+                             "--reply-delay", f"assignprocessmsg={assign_latency}"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
@@ -71,6 +74,47 @@ async def throughput(client: ColoniesClient, user: str, job: str, count: int) ->
     return count / ((last - first) / 1e9)
 
 
+async def burst(client: ColoniesClient, user: str, executortype: str, count: int) -> list[float]:
+    """`count` processes submitted at once; each one's latency from submission to close, ms, sorted."""
+    submitted = await asyncio.gather(*(client.submit(func_spec("run", COLONY_NAME, executortype), user)
+                                       for _ in range(count)))
+    await drained(client, user, executortype)
+    done = [await client.get_process(p["processid"], user) for p in submitted]
+    assert all(p["state"] == SUCCESS for p in done), [p["errors"] for p in done if p["state"] != SUCCESS][:3]
+    await asyncio.gather(*(client.remove_process(p["processid"], user) for p in done))
+    return sorted((go_time_ns(p["endtime"]) - go_time_ns(p["submissiontime"])) / 1e6 for p in done)
+
+
+def plain_loop(port: int, prvkey: str, stop: threading.Event) -> None:
+    """The executor of pycolonies' examples: assign, run, close; one of LOOPS threads."""
+    from pycolonies import Colonies
+
+    sdk = Colonies("127.0.0.1", port, tls=False)
+    while not stop.is_set():
+        try:
+            process = sdk.assign(COLONY_NAME, 1, prvkey)
+        except Exception:  # the idle 404, as in the examples
+            continue
+        subprocess.run(["true"], check=False)
+        sdk.close(process.processid, [], prvkey)
+
+
+async def plain_burst(port: int, client: ColoniesClient, user: str) -> list[float]:
+    prvkey = generate_prvkey()
+    await client.add_executor(COLONY_NAME, PLAIN, PLAIN, derive_id(prvkey), COLONY_PRVKEY)
+    await client.approve_executor(COLONY_NAME, PLAIN, COLONY_PRVKEY)
+    stop = threading.Event()
+    loops = [threading.Thread(target=plain_loop, args=(port, prvkey, stop), daemon=True) for _ in range(LOOPS)]
+    for loop in loops:
+        loop.start()
+    try:
+        await burst(client, user, PLAIN, 20)  # warm-up
+        return await burst(client, user, PLAIN, BURST)
+    finally:
+        stop.set()
+        await asyncio.gather(*(asyncio.to_thread(loop.join) for loop in loops))
+
+
 async def overhead(client: ColoniesClient, user: str, job: str, count: int) -> list[float]:
     """One at a time, so each submission finds the executor idle in its long-poll."""
     delays = []
@@ -95,8 +139,12 @@ def status_latencies(daemon: Daemon, seconds: float) -> list[float]:
     return sorted(times)
 
 
+def p99(times: list[float]) -> float:
+    return times[int(len(times) * 0.99) - 1]
+
+
 def percentiles(times: list[float]) -> str:
-    return f"{statistics.median(times):.2f} / {times[int(len(times) * 0.99) - 1]:.2f} ms"
+    return f"{statistics.median(times):.2f} / {p99(times):.2f} ms"
 
 
 async def measure(port: int, user: str, count: int, samples: int, daemon: Daemon,
@@ -117,6 +165,13 @@ async def measure(port: int, user: str, count: int, samples: int, daemon: Daemon
         await overhead(client, user, "clock", 10)
         delays = sorted(await overhead(client, user, "clock", samples))
         rows["assignment -> command start, p50 / p99"] = percentiles(delays)
+        await burst(client, user, "true8", 20)  # warm-up
+        ours = await burst(client, user, "true8", BURST)
+        plain = await plain_burst(port, client, user)
+        rows[f"burst of {BURST}, mc {LOOPS}: submission -> close, p50 / p99"] = percentiles(ours)
+        rows[f"  plain pycolonies executor, {LOOPS} assign loops, p50 / p99"] = percentiles(plain)
+        rows["  taskmasterd / plain, p50 / p99"] = (f"{statistics.median(ours) / statistics.median(plain):.2f} / "
+                                                    f"{p99(ours) / p99(plain):.2f}")
         return rows
 
 
@@ -130,8 +185,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=500, help="processes per throughput run")
     parser.add_argument("--samples", type=int, default=300, help="processes timed for the overhead")
+    parser.add_argument("--assign-latency", type=float, default=0.0, metavar="SECONDS",
+                        help="what each assign costs the server before it answers (a real server's "
+                             "database round trip; the in-memory one has none)")
     args = parser.parse_args()
-    server, port = start_server()
+    server, port = start_server(args.assign_latency)
     user = generate_prvkey()
     try:
         asyncio.run(setup(port, user))
@@ -152,6 +210,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
+    rows = {"test server: extra time per assign": f"{args.assign_latency * 1000:g} ms", **rows}
     width = max(map(len, rows))
     print("\n".join(f"{name:<{width}}  {value}" for name, value in {"measure": "result", **rows}.items()))
 

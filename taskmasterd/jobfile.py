@@ -47,6 +47,7 @@ class ColoniesSpec:
     executorname: str | None = None  # None: <job>.<hostname>
     functions: tuple[str, ...] = DEFAULT_COLONIES_FUNCTIONS
     maxconcurrent: int = 1
+    location: str | None = None  # None: the daemon's colonies location
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,10 +247,10 @@ def _colonies(value: Any) -> ColoniesSpec | None:
         return None
     if not isinstance(value, dict):
         raise _Bad(f"must be an object or false, got {_got(value)}")
-    unknown = set(value) - {"executortype", "executorname", "functions", "maxconcurrent"}
+    unknown = set(value) - {"executortype", "executorname", "functions", "maxconcurrent", "location"}
     if unknown:
         raise _Bad(f"unknown key {_got(sorted(unknown)[0])}")
-    for key in ("executortype", "executorname"):
+    for key in ("executortype", "executorname", "location"):
         if key in value and (not isinstance(value[key], str) or not 0 < len(value[key]) <= MAX_NAME_FIELD):
             raise _Bad(f"{key} must be a non-empty string of at most {MAX_NAME_FIELD} characters, "
                        f"got {_got(value[key])}")
@@ -261,6 +262,7 @@ def _colonies(value: Any) -> ColoniesSpec | None:
         executorname=value.get("executorname"),
         functions=tuple(dict.fromkeys(functions)),
         maxconcurrent=_int(value.get("maxconcurrent", 1), 1, MAX_MAXCONCURRENT),
+        location=value.get("location"),
     )
 
 

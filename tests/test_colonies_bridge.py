@@ -6,105 +6,21 @@ with pycolonies, the official SDK, as the user.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
 
-from taskmasterd.colonies.bridge import ColoniesBridge
-from taskmasterd.colonies.client import ColoniesClient, func_spec
 from taskmasterd.colonies.crypto import derive_id, generate_prvkey
-from taskmasterd.colonies.retry import Timing
-from taskmasterd.colonies.settings import ColoniesSettings
-from taskmasterd.supervisor import Supervisor
-from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY, Colony, make_colony
-from tests.support.colonies_server import DEFAULT_SERVER_PRVKEY, ColoniesTestServer, ServerThread
+from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY, daemon_options, make_colony, open_colony
+from tests.support.colonies_server import ColoniesTestServer, ServerThread
 from tests.support.colonies_state import CANCELLED, FAILED, RUNNING, SUCCESS, UNREGISTERED
+from tests.support.colonies_world import PIDFILE_THEN_SLEEP, World, job, wait_pid, world
 from tests.support.daemon import Daemon, pid_alive, wait_for
-from tests.support.supervised import eventually, run, supervised
-
-FAST = Timing(assign_timeout=2, check_interval=0.2, log_interval=0.1, backoff_base=0.05, backoff_cap=0.4,
-              close_patience=3.0, request_timeout=5.0)
-PIDFILE_THEN_SLEEP = ["sh", "-c", 'echo $$ > "$1"; exec sleep 60', "sh"]
-
-
-@dataclass
-class World:
-    server: ColoniesTestServer
-    client: ColoniesClient  # the user's (and the operator's) client
-    colony: Colony
-    sup: Supervisor
-    bridge: ColoniesBridge
-
-    async def submit(self, job: str, funcname: str = "run", **kwargs: Any) -> str:
-        spec = func_spec(funcname, COLONY_NAME, job, **kwargs)
-        return (await self.client.submit(spec, self.colony.user_prvkey))["processid"]
-
-    async def process(self, processid: str) -> dict[str, Any]:
-        return await self.client.get_process(processid, self.colony.user_prvkey)
-
-    async def ended(self, processid: str, timeout: float = 20.0) -> dict[str, Any]:
-        return await self.reach(processid, SUCCESS, FAILED, CANCELLED, timeout=timeout)
-
-    async def reach(self, processid: str, *states: int, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while (doc := await self.process(processid))["state"] not in states:
-            assert asyncio.get_running_loop().time() < deadline, f"process stuck in state {doc['state']}: {doc}"
-            await asyncio.sleep(0.05)
-        return doc
-
-    async def logs(self, processid: str) -> str:
-        entries = await self.client.get_logs(COLONY_NAME, self.colony.user_prvkey, processid=processid, count=500)
-        return "".join(entry["message"] for entry in entries)
-
-    def executor(self, job: str) -> dict[str, Any]:
-        return self.sup.status(job).value["jobs"][0].get("colonies") or {}
-
-    async def polling(self, job: str) -> dict[str, Any]:
-        await eventually(lambda: self.executor(job).get("state") == "polling", what=f"{job} polling")
-        return self.executor(job)
-
-
-@contextlib.asynccontextmanager
-async def world(root: Path, jobs: dict[str, dict], colony_key: bool = True, before_open: Any = None,
-                **server_kwargs: Any) -> AsyncIterator[World]:
-    servers = [ColoniesTestServer(**server_kwargs)]
-    await servers[0].start("127.0.0.1", 0)
-    client = ColoniesClient("127.0.0.1", servers[0].port, timeout=10)
-    try:
-        colony = await make_colony(client)
-        settings = ColoniesSettings(host="127.0.0.1", port=servers[0].port, colony_name=COLONY_NAME,
-                                    colony_prvkey=COLONY_PRVKEY if colony_key else None)
-        async with supervised(root, jobs, watch=False) as sup:
-            bridge = ColoniesBridge(sup, settings, FAST)
-            w = World(servers[0], client, colony, sup, bridge)
-            if before_open is not None:
-                await before_open(w)
-            bridge.open()
-            try:
-                yield w
-            finally:
-                servers.append(w.server)  # a test may have replaced it
-                if bridge in sup.listeners:  # a test may have shut it down itself
-                    await bridge.close()
-    finally:
-        await client.close()
-        for server in servers:
-            await server.stop()
-
-
-def job(cmd: list[str] | str, **extra: Any) -> dict[str, Any]:
-    return {"cmd": cmd, "autostart": False, "stoptime": 2, **extra}
-
-
-async def wait_pid(path: Path) -> int:
-    await eventually(lambda: path.exists() and path.read_text().strip(), what=f"pid in {path}")
-    return int(path.read_text())
+from tests.support.supervised import eventually, run
 
 
 def test_run_success_failure_logs_registration_and_unserved(tmp_path: Path) -> None:
@@ -276,7 +192,7 @@ def test_preregistered_key_without_colony_key_and_colonies_false(tmp_path: Path)
     run(scenario())
 
 
-def test_job_removal_removes_the_executor_and_shutdown_fails_runs(tmp_path: Path) -> None:
+def test_job_removal_removes_the_executor_keeps_its_key_and_shutdown_fails_runs(tmp_path: Path) -> None:
     jobs = {"gone": job(PIDFILE_THEN_SLEEP), "stays": job(PIDFILE_THEN_SLEEP)}
     keys = tmp_path / "state" / "colonies"
 
@@ -294,9 +210,10 @@ def test_job_removal_removes_the_executor_and_shutdown_fails_runs(tmp_path: Path
             assert done["state"] == FAILED
             assert done["errors"][0] == "the job was removed from taskmasterd; the command was stopped (killed by SIGTERM)"
             assert not pid_alive(gone_pid)
+            await eventually(lambda: "gone" not in w.bridge._leaving, what="the executor retired")
             executors = {e["executorname"]: e for e in await w.client.get_executors(COLONY_NAME, w.colony.user_prvkey)}
-            await eventually(lambda: not (keys / "gone.key").exists(), what="the key file removed")
             assert executors[gone]["state"] == UNREGISTERED
+            assert (keys / "gone.key").exists()  # kept: the job added again is the same executor
 
             await w.bridge.close()
             done = await w.process(interrupted)
@@ -315,18 +232,11 @@ def test_daemon_with_pycolonies_user_and_no_key_leak(tmp_path: Path) -> None:
 
     user_prvkey = generate_prvkey()
 
-    async def setup(port: int) -> None:
-        async with ColoniesClient("127.0.0.1", port) as client:
-            await client.add_colony(derive_id(COLONY_PRVKEY), COLONY_NAME, DEFAULT_SERVER_PRVKEY)
-            await client.add_user(COLONY_NAME, derive_id(user_prvkey), "bob", COLONY_PRVKEY)
-
     thread = ServerThread()
     with thread as server:
-        thread.call(setup(server.port))
-        config = tmp_path / "taskmasterd.json"
-        config.write_text(json.dumps({"colonies": {"host": "127.0.0.1", "port": server.port, "colony": COLONY_NAME}}))
+        thread.call(open_colony(server.port, user_prvkey))
         jobs = {"env": job(["env"]), "bad": job(["sh", "-c", "echo nope >&2; exit 2"])}
-        with Daemon(tmp_path, jobs, args=["--config", str(config)], env={"COLONIES_COLONY_PRVKEY": COLONY_PRVKEY}) as d:
+        with Daemon(tmp_path, jobs, **daemon_options(tmp_path, server.port)) as d:
             wait_for(lambda: d.status("env")["jobs"][0]["colonies"]["state"] == "polling", what="env polling")
             colonies = Colonies("127.0.0.1", server.port, tls=False)
             spec = py_func_spec(func="run", args=["-u", "NOTHING"], colonyname=COLONY_NAME, executortype="env")

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import AsyncIterator
 
 import pytest
 
-from taskmasterd.colonies.client import ColoniesClient, ColoniesError, ColoniesUnavailable, func_spec
+from taskmasterd.colonies.client import (
+    IDLE_REUSE_LIMIT,
+    ColoniesClient,
+    ColoniesError,
+    ColoniesOutcomeUnknown,
+    ColoniesUnavailable,
+    func_spec,
+)
 from taskmasterd.colonies.crypto import derive_id, generate_prvkey
 from tests.support.colonies_fixtures import COLONY_NAME, EXECUTOR_TYPE, run, serve_colony
 from tests.support.colonies_state import CANCELLED, FAILED, RUNNING, SUCCESS, WAITING
@@ -240,18 +249,60 @@ def test_transport_keep_alive_reconnect_chunked_and_unavailable() -> None:
     run(scenario())
 
 
-def test_request_timeout_is_unavailable() -> None:
+def test_a_lost_reply_is_never_resent_for_what_must_not_happen_twice() -> None:
     async def scenario() -> None:
-        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read(100000)
-            await asyncio.sleep(10)
+        async with serve_colony() as (server, client, col):
+            exe, user = col.executor_prvkey, col.user_prvkey
+            lost = await client.submit(spec(maxexectime=-1), user)
+            # The server assigns it, and the connection breaks before the reply.
+            server.lose_replies["assignprocessmsg"] = 1
+            with pytest.raises(ColoniesOutcomeUnknown, match="not sent again"):
+                await client.assign(COLONY_NAME, 1, exe)
+            assert not server.lose_replies["assignprocessmsg"]  # sent once, not twice
+            assigned = await client.get_process(lost["processid"], user)
+            assert assigned["state"] == RUNNING and assigned["assignedexecutorid"] == col.executor_id
+            # Connections the server closed, or idle too long, are never used: nothing is lost.
+            submitted = await client.submit(spec(maxexectime=-1), user)
+            assert server.drop_idle_connections() >= 1
+            await asyncio.sleep(0.05)
+            assert (await client.assign(COLONY_NAME, 1, exe))["processid"] == submitted["processid"]
+            aged = list(client._idle)
+            for conn in aged:
+                conn.idle_since -= IDLE_REUSE_LIMIT + 1
+            again = await client.submit(spec(maxexectime=-1), user)
+            assert (await client.assign(COLONY_NAME, 1, exe))["processid"] == again["processid"]
+            assert aged and all(conn.writer.is_closing() for conn in aged)
 
-        listener = await asyncio.start_server(silent, "127.0.0.1", 0)
-        port = listener.sockets[0].getsockname()[1]
-        client = ColoniesClient("127.0.0.1", port, timeout=0.5)
-        with pytest.raises(ColoniesUnavailable, match="no reply"):
-            await client.version()
+        async with silent_server() as quiet:
+            with pytest.raises(ColoniesOutcomeUnknown):
+                await quiet.add_log("1" * 64, "text", generate_prvkey())
+            with pytest.raises(ColoniesUnavailable) as info:
+                await quiet.get_process("1" * 64, generate_prvkey())
+            assert not isinstance(info.value, ColoniesOutcomeUnknown)
+
+    run(scenario())
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[ColoniesClient]:
+    """A client (0.5 s timeout) of a server that reads every request and never answers."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100000)
+        await asyncio.sleep(10)
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    client = ColoniesClient("127.0.0.1", listener.sockets[0].getsockname()[1], timeout=0.5)
+    try:
+        yield client
+    finally:
         await client.close()
         listener.close()
+
+
+def test_request_timeout_is_unavailable() -> None:
+    async def scenario() -> None:
+        async with silent_server() as client:
+            with pytest.raises(ColoniesUnavailable, match="no reply"):
+                await client.version()
 
     run(scenario())

@@ -62,3 +62,17 @@ def test_children_never_inherit_a_prvkey_variable() -> None:
         "COLONIES_COLONY_NAME": "dev",
     }
     assert inherited_environment(environ) == {"PATH": "/bin", "COLONIES_COLONY_NAME": "dev"}
+
+
+def test_location_in_the_daemon_config_and_the_job_file() -> None:
+    from taskmasterd.jobfile import JobFileError, parse_job
+
+    assert from_sources({"colonies": {**CONFIG["colonies"], "location": "lab"}}, {}).location == "lab"
+    assert from_sources(CONFIG, {}).location == ""
+    with pytest.raises(ValueError, match="location"):
+        from_sources({"colonies": {**CONFIG["colonies"], "location": 3}}, {})
+    spec = parse_job("j", b'{"cmd": "x", "colonies": {"location": "attic"}}', "j.tm.json")
+    assert spec.colonies is not None and spec.colonies.location == "attic"
+    assert parse_job("j", b'{"cmd": "x"}', "j.tm.json").colonies.location is None  # the daemon's
+    with pytest.raises(JobFileError, match="location"):
+        parse_job("j", b'{"cmd": "x", "colonies": {"location": ""}}', "j.tm.json")

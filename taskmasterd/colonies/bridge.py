@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from .capabilities import host_capabilities
 from .client import ColoniesClient
-from .executor import JobExecutor, Shared, executor_identity
+from .executor import JobExecutor
 from .keystore import KeyStore
+from .registration import executor_identity
 from .retry import Outage, Timing
 from .settings import ColoniesSettings
+from .shared import Shared
 
 if TYPE_CHECKING:
     from ..job import Job
@@ -36,7 +38,7 @@ class ColoniesBridge:
             keystore=KeyStore(os.path.join(supervisor.state_dir, "colonies")),
             outage=Outage(f"{settings.host}:{settings.port}"),
             timing=timing,
-            capabilities=asyncio.ensure_future(_probe()),
+            capabilities=asyncio.ensure_future(_probe(supervisor)),
         )
         self.executors: dict[str, JobExecutor] = {}
         self._leaving: dict[str, asyncio.Task[None]] = {}  # job -> its old executor still closing
@@ -70,17 +72,21 @@ class ColoniesBridge:
 
     def job_changed(self, job: Job, old: JobSpec) -> None:
         executor, new = self.executors.get(job.name), job.spec.colonies
-        if executor is not None and new is not None and old.colonies is not None:
-            if executor_identity(job.name, new) == executor_identity(job.name, old.colonies):
+        location = self._shared.settings.location
+        if executor is not None and new is not None:
+            if executor_identity(job.name, new, location) == executor.identity:
                 executor.update(job)
                 return
         if executor is not None:
-            # Off ColonyOS or renamed: the old executor goes; a new type only needs re-registering.
-            renamed = new is None or executor_identity(job.name, new)[0] != executor.executorname
+            # Off ColonyOS or renamed: the old executor goes. A new type or location is registered
+            # again under the same name and key (or refused, by a server that re-registers no name).
+            renamed = new is None or executor_identity(job.name, new, location).name != executor.identity.name
             self._retire(job.name, "the job's ColonyOS settings changed", unregister=renamed)
         self.job_loaded(job)
 
     def job_removed(self, name: str) -> None:
+        """Its executor is removed from the server; its key stays, so the job added again is the
+        same executor (the server would refuse the name to a new key)."""
         if name in self.executors:
             self._retire(name, "the job was removed from taskmasterd", unregister=True)
 
@@ -102,9 +108,9 @@ class ColoniesBridge:
         task.add_done_callback(gone)
 
 
-async def _probe() -> dict[str, Any]:
+async def _probe(supervisor: Supervisor) -> dict[str, Any]:
     try:
-        return await host_capabilities()
+        return await host_capabilities(supervisor.processes)
     except Exception as exc:  # capabilities are informative: never block registration on them
         log.warning("cannot probe the host's capabilities: %s", exc)
         return {}

@@ -3,20 +3,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import platform
 import shutil
-from typing import Any
+import subprocess
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from ..spawner import inherited_environment
+
+if TYPE_CHECKING:
+    from ..processes import ProcessTable
+
 log = logging.getLogger("taskmasterd.colonies")
 _NVIDIA_SMI_TIMEOUT = 5.0
+_NVIDIA_SMI_OUTPUT = 64 * 1024  # more than any GPU list; the rest is not read
+_NO_GPU = {"name": "", "mem": "0Mi", "count": 0, "nodecount": 0}
 
 
-async def host_capabilities() -> dict[str, Any]:
-    """Probed once per daemon: psutil off the event loop, then nvidia-smi if it is installed."""
+async def host_capabilities(processes: ProcessTable) -> dict[str, Any]:
+    """Probed once per daemon: psutil off the event loop, then nvidia-smi if it is installed
+    (spawned by the daemon's process table, like every process the daemon starts)."""
     hardware = await asyncio.to_thread(_hardware)
-    hardware["gpu"] = await _gpus()
+    hardware["gpu"] = await _gpus(processes)
     return {"hardware": [hardware], "software": [{"name": "taskmasterd", "type": "supervisor", "version": ""}]}
 
 
@@ -45,27 +55,40 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-async def _gpus() -> dict[str, Any]:
-    none = {"name": "", "mem": "0Mi", "count": 0, "nodecount": 0}
+async def _gpus(processes: ProcessTable) -> dict[str, Any]:
+    from ..processes import Launch
+
     program = shutil.which("nvidia-smi")
     if program is None:
-        return none
+        return _NO_GPU
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            program, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), _NVIDIA_SMI_TIMEOUT)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-    except (OSError, asyncio.TimeoutError) as exc:
+        launch = Launch(argv=(program, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"),
+                        env=inherited_environment(os.environ), stoptime=1.0)
+        child = processes.spawn(launch, write_fd, subprocess.DEVNULL)
+    except Exception as exc:  # informative only: whatever fails means "no GPU"
+        os.close(read_fd)
         log.warning("nvidia-smi failed (%s); reporting no GPU", exc)
-        return none
+        return _NO_GPU
+    finally:
+        os.close(write_fd)
+    reader = asyncio.StreamReader(limit=_NVIDIA_SMI_OUTPUT)
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
+    out = b""
+    try:
+        async with asyncio.timeout(_NVIDIA_SMI_TIMEOUT):
+            while len(out) < _NVIDIA_SMI_OUTPUT and (chunk := await reader.read(_NVIDIA_SMI_OUTPUT - len(out))):
+                out += chunk
+            returncode = await child.exited
+    except TimeoutError:
+        log.warning("nvidia-smi gave no answer in %g s; reporting no GPU", _NVIDIA_SMI_TIMEOUT)
+        await child.kill()
+        return _NO_GPU
+    finally:
+        transport.close()
     rows = [line.rsplit(",", 1) for line in out.decode(errors="replace").splitlines() if "," in line]
-    if proc.returncode != 0 or not rows:
-        return none
+    if returncode != 0 or not rows:
+        return _NO_GPU
     name, mem = rows[0][0].strip(), rows[0][1].strip()
     return {"name": name, "mem": f"{mem}Mi" if mem.isdigit() else "0Mi", "count": len(rows), "nodecount": 1}

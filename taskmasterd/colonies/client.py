@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import ssl
+import time
 from typing import Any, Iterable
 
 import orjson
@@ -18,6 +19,12 @@ import orjson
 from taskmasterd.colonies.crypto import build_envelope, decode_payload
 
 NO_PROCESS_MESSAGE = "No process available for assignment"
+# What must not happen twice: such a call is never sent again once it may have reached the server.
+NOT_REPEATABLE = frozenset({"assignprocessmsg", "closesuccessfulmsg", "closefailedmsg", "addlogmsg",
+                            "submitfuncspecmsg"})
+# Servers close kept-alive connections that sit idle (Go's http.Server after 120 s); one idle
+# longer than this is not reused, so a request rarely meets a connection closing under it.
+IDLE_REUSE_LIMIT = 30.0
 _MAX_HEADER_BYTES = 64 * 1024
 
 
@@ -37,6 +44,16 @@ class ColoniesUnavailable(ColoniesError):
         super().__init__(status, message)
 
 
+def transient(exc: ColoniesError) -> bool:
+    """Worth retrying: the server is away or failing, rather than refusing."""
+    return isinstance(exc, ColoniesUnavailable) or exc.status >= 500 or exc.status == 408
+
+
+class ColoniesOutcomeUnknown(ColoniesUnavailable):
+    """A call in NOT_REPEATABLE may have reached the server, but no reply came back; it is not
+    sent again, and the caller finds out from the server what happened."""
+
+
 class _StaleConnection(Exception):
     """A reused keep-alive connection was closed by the peer before answering."""
 
@@ -46,6 +63,7 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.reusable = True
+        self.idle_since = time.monotonic()
 
     def close(self) -> None:
         self.reusable = False
@@ -155,20 +173,33 @@ class ColoniesClient:
 
     def _release(self, conn: _Connection) -> None:
         if conn.reusable and not self._closed and len(self._idle) < self._max_idle:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
 
-    async def _exchange(self, body: bytes) -> tuple[int, bytes]:
-        # A pooled connection may have been closed by the server while idle; that
-        # shows up as EOF before any reply byte, and the request is resent once on
-        # a fresh connection.
+    def _reusable_idle(self) -> _Connection | None:
+        """A kept-alive connection neither idle too long nor already closed by the server."""
+        oldest = time.monotonic() - IDLE_REUSE_LIMIT
         while self._idle:
             conn = self._idle.pop()
+            if conn.idle_since >= oldest and not conn.reader.at_eof() and not conn.writer.is_closing():
+                return conn
+            conn.close()
+        return None
+
+    async def _exchange(self, body: bytes, repeatable: bool, sent: list[bool]) -> tuple[int, bytes]:
+        """POST on a kept-alive connection, or a new one; `sent` becomes [True] once the request
+        may have reached the server. A kept-alive connection the server closed while idle shows
+        as EOF before any reply byte: a repeatable request is then sent again on a fresh one."""
+        while (conn := self._reusable_idle()) is not None:
+            sent[:] = [True]
             try:
                 result = await conn.post(self._host_header, "/api", body)
             except (_StaleConnection, ConnectionResetError, BrokenPipeError):
                 conn.close()
+                if not repeatable:
+                    raise
                 continue
             except BaseException:
                 conn.close()
@@ -176,6 +207,7 @@ class ColoniesClient:
             self._release(conn)
             return result
         conn = await self._connect()
+        sent[:] = [True]
         try:
             result = await conn.post(self._host_header, "/api", body)
         except BaseException:
@@ -195,13 +227,19 @@ class ColoniesClient:
         if self._closed:
             raise ColoniesUnavailable("client is closed")
         body = build_envelope(msgtype, {"msgtype": msgtype, **fields}, prvkey)
+        repeatable = msgtype not in NOT_REPEATABLE
+        sent = [False]
         try:
-            status, raw = await asyncio.wait_for(self._exchange(body), timeout or self.timeout)
+            status, raw = await asyncio.wait_for(self._exchange(body, repeatable, sent), timeout or self.timeout)
         except asyncio.TimeoutError:
-            raise ColoniesUnavailable(f"{msgtype}: no reply from {self._host_header}") from None
+            failure = f"{msgtype}: no reply from {self._host_header}"
         except (OSError, EOFError, asyncio.LimitOverrunError, _StaleConnection, ValueError) as exc:
-            raise ColoniesUnavailable(f"{msgtype}: {self._host_header}: {exc!r}") from None
-        return _decode_reply(status, raw)
+            failure = f"{msgtype}: {self._host_header}: {exc!r}"
+        else:
+            return _decode_reply(status, raw)
+        if sent[0] and not repeatable:
+            raise ColoniesOutcomeUnknown(f"{failure} (it may have been done; not sent again)")
+        raise ColoniesUnavailable(failure)
 
     # ------------------------------------------------------------------ server & colony
 
@@ -233,6 +271,7 @@ class ColoniesClient:
         executorid: str,
         prvkey: str,
         capabilities: dict[str, Any] | None = None,
+        locationname: str = "",
     ) -> dict[str, Any]:
         executor: dict[str, Any] = {
             "executorid": executorid,
@@ -242,6 +281,8 @@ class ColoniesClient:
         }
         if capabilities is not None:
             executor["capabilities"] = capabilities
+        if locationname:
+            executor["locationname"] = locationname
         return await self.rpc("addexecutormsg", {"executor": executor}, prvkey)
 
     async def _executor_call(self, msgtype: str, colonyname: str, executorname: str, prvkey: str) -> Any:
@@ -333,6 +374,13 @@ class ColoniesClient:
             "initiator": initiator,
         }
         return await self.rpc("getprocessesmsg", fields, prvkey) or []
+
+    async def get_process_hist(self, colonyname: str, state: int, prvkey: str, executorid: str = "",
+                               seconds: int = 10 * 365 * 86400) -> list[dict[str, Any]]:
+        """Every process in `state` (of one executor, or the colony) submitted in the last `seconds`,
+        oldest first, without the count limit of getprocessesmsg."""
+        fields = {"colonyname": colonyname, "executorid": executorid, "seconds": seconds, "state": state}
+        return await self.rpc("getprocesshistmsg", fields, prvkey) or []
 
     async def close_successful(self, processid: str, out: Iterable[Any], prvkey: str) -> None:
         await self.rpc("closesuccessfulmsg", {"processid": processid, "out": list(out)}, prvkey)

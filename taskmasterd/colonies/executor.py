@@ -1,4 +1,13 @@
-"""One job's ColonyOS executor: registration, its functions, the assign long-poll, and its runs.
+"""One job's ColonyOS executor: its assigns, its runs, and what keeps each process run exactly once.
+
+- One assign long-poll in flight per free slot (`maxconcurrent`), so a burst is taken as fast as
+  slots free up; while the server fails, a single probe at a time, with backoff.
+- While every slot is busy no assign would go out, yet the server removes executors it has not
+  heard from and requeues their processes (which then run again): a keep-alive assign that no
+  process can match keeps the executor alive without taking work.
+- Reconciliation, on start, after a lost assign reply and when the server answers again: the
+  processes the server shows running for this executor that it does not run are closed failed,
+  so that their submitters' retry policy decides.
 
 Everything is a task on the daemon's loop and every call is asynchronous, so a slow or absent
 server only ever delays this job's Colonies work, never supervision or the control protocol.
@@ -6,47 +15,31 @@ server only ever delays this job's Colonies work, never supervision or the contr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import socket
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from ..jobfile import ColoniesSpec
-from .assignment import Assignment, transient
-from .client import ColoniesClient, ColoniesError, ColoniesUnavailable
+from .assignment import RUNNING, Assignment
+from .client import ColoniesError, ColoniesOutcomeUnknown, transient
 from .control import control
-from .crypto import generate_prvkey
-from .keystore import ExecutorKey, KeyStore, KeyStoreError
-from .retry import Backoff, Outage, Timing
+from .keystore import ExecutorKey
+from .registration import Registration, RegistrationProblem, executor_identity
+from .retry import Backoff
 from .runner import PIPE_GRACE, CommandRun
-from .settings import ColoniesSettings
+from .shared import Shared
 
 if TYPE_CHECKING:
     from ..job import Job
 
 log = logging.getLogger("taskmasterd.colonies")
-APPROVED = 1
-
-
-@dataclass(frozen=True)
-class Shared:
-    """What every job's executor shares: one client, one key directory, one outage, one clock."""
-
-    client: ColoniesClient
-    settings: ColoniesSettings
-    keystore: KeyStore
-    outage: Outage
-    timing: Timing
-    capabilities: asyncio.Future[dict[str, Any]]
-
-
-class RegistrationProblem(Exception):
-    """Something only an operator can fix (no key, name taken, not approved); retried slowly."""
-
-
-def executor_identity(job: str, conf: ColoniesSpec) -> tuple[str, str]:
-    """(executorname, executortype) with the defaults of executor.md."""
-    return conf.executorname or f"{job}.{socket.gethostname()}", conf.executortype or job
+# An assign no process can match, which still marks the executor alive: the server calls
+# MarkAlive before matching (controllers DistributedAssign/Assign), parses "-1m" to -1 and
+# "-1Mi" to -1 MiB (parsers.ConvertCPUToInt/ConvertMemoryToBytes), and gives a process only
+# when its cpu and memory conditions are at most those (SelectAndAssign); unset ones are 0.
+NOTHING_CPU, NOTHING_MEM = "-1m", "-1Mi"
+LOST_TRACK = ("taskmasterd lost this process: its daemon restarted, or the reply that assigned it was "
+              "lost, and it does not run it")
 
 
 class JobExecutor:
@@ -54,19 +47,30 @@ class JobExecutor:
         assert job.spec.colonies is not None
         self.job = job
         self.conf: ColoniesSpec = job.spec.colonies
-        self.executorname, self.executortype = executor_identity(job.name, self.conf)
+        self.identity = executor_identity(job.name, self.conf, shared.settings.location)
         self.state = "starting"
         self.error: str | None = None
         self._shared = shared
         self._colony = shared.settings.colony_name
-        self._key: ExecutorKey | None = None
-        self._functions: tuple[str, ...] = ()  # what the server has been told this executor serves
-        self._runs: set[asyncio.Task[None]] = set()
-        self._freed = asyncio.Event()
+        self._registration = Registration(shared, job.name, self.identity)
+        self._runs: dict[str, asyncio.Task[None]] = {}  # processid -> its run
+        self._polls: set[asyncio.Task[None]] = set()  # assigns in flight for free slots
+        self._keepalive: asyncio.Task[None] | None = None  # a keep-alive assign in flight
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._reconciling: asyncio.Task[None] | None = None
+        self._adopted: set[str] | None = None  # while reconciling: what assigns brought meanwhile
+        self._reconcile_due = False
+        self._failing = False  # the server failed the last call: probe with backoff
+        self._refused: str | None = None  # why the server refuses this executor: register again
+        self._wake = asyncio.Event()  # a poll, run or keep-alive ended, or the job changed
         self._stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._backoff = Backoff(shared.timing)
         self._task = asyncio.create_task(self._main(after))
         self._task.add_done_callback(self._main_ended)
+
+    @property
+    def executorname(self) -> str:
+        return self._registration.name
 
     # --- what the bridge calls ------------------------------------------------------------------
 
@@ -74,38 +78,40 @@ class JobExecutor:
         """A new version of the job file with the same executor identity."""
         assert job.spec.colonies is not None
         self.job, self.conf = job, job.spec.colonies
-        self._freed.set()  # maxconcurrent may have grown
+        self._wake.set()  # maxconcurrent or the functions may have changed
 
     def status(self) -> dict[str, Any]:
         # Any call of any job failing to reach the server says it: even a busy executor is offline.
         outage = self._shared.outage.why
         offline = outage is not None and self.state not in ("error", "closed")
+        key = self._registration.key
         return {
             "executor": self.executorname,
-            "executortype": self.executortype,
-            "executorid": self._key.executorid if self._key else None,
+            "executortype": self.identity.executortype,
+            "location": self.identity.location or None,
+            "executorid": key.executorid if key else None,
             "state": "offline" if offline else self.state,
             "running": len(self._runs),
             "error": outage if offline else self.error,
         }
 
     async def close(self, reason: str, unregister: bool) -> None:
-        """Stop polling, stop the runs (failing their processes with `reason`), and with the colony
-        key and `unregister`, remove the executor and forget its key."""
+        """Stop assigning, stop the runs (failing their processes with `reason`), and with the
+        colony key and `unregister`, remove the executor from the server (its key stays)."""
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         if not self._stop.done():
             self._stop.set_result(reason)
         if self._runs:
             timing = self._shared.timing
-            _, late = await asyncio.wait(self._runs, timeout=self.job.spec.stoptime + timing.close_patience + PIPE_GRACE)
+            _, late = await asyncio.wait(self._runs.values(),
+                                         timeout=self.job.spec.stoptime + timing.close_patience + PIPE_GRACE)
             for run in late:
                 run.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        if unregister and self._shared.settings.colony_prvkey:
-            if self._key is not None:
-                await self._unregister(self._key)
-            await asyncio.to_thread(self._shared.keystore.remove, self.job.name)
+        key = self._registration.key
+        if unregister and self._shared.settings.colony_prvkey and key is not None:
+            await self._registration.unregister(key)
         self.state = "closed"
 
     # --- life -----------------------------------------------------------------------------------
@@ -115,7 +121,7 @@ class JobExecutor:
             await asyncio.wait([after])  # this job's previous executor is still leaving
         while True:
             key = await self._register_until_done()
-            await self._poll(key)
+            await self._serve(key)
 
     def _main_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -135,9 +141,8 @@ class JobExecutor:
         while True:
             self.state = "registering"
             try:
-                key = await self._register()
-                self._functions = ()
-                await self._sync_functions(key)
+                key = await self._registration.register()
+                await self._registration.sync_functions(key, self.conf.functions)
             except RegistrationProblem as problem:
                 self._problem(str(problem))
             except ColoniesError as exc:
@@ -147,48 +152,177 @@ class JobExecutor:
                     self._problem(f"executor {self.executorname!r}: registration refused: {exc.message}")
             else:
                 self._online()
-                self._key, self.state, self.error = key, "registered", None
+                self.state, self.error = "registered", None
                 log.info("%s: ColonyOS executor %s (type %s) registered in colony %s",
-                         self.job.name, key.executorname, self.executortype, self._colony)
+                         self.job.name, key.executorname, self.identity.executortype, self._colony)
                 return key
             await asyncio.sleep(self._backoff.next_delay())
 
-    async def _poll(self, key: ExecutorKey) -> None:
-        """One long-poll at a time, and only while a run slot is free; returns to register again."""
+    async def _serve(self, key: ExecutorKey) -> None:
+        """Assign while the server accepts this executor; returns when it refuses it (removed, or
+        its data lost), to register again. Runs go on meanwhile."""
+        self._refused, self._failing = None, False
+        await self._reconcile(key)  # before any assign: whatever runs for us now is a leftover
+        try:
+            while True:
+                self._wake.clear()
+                self._collect()
+                if not self._failing:
+                    try:
+                        await self._registration.sync_functions(key, self.conf.functions)
+                    except ColoniesError as exc:
+                        self._failed(exc)
+                if self._refused is not None:
+                    break
+                self._plan(key)
+                await self._wake.wait()
+        finally:
+            self._disarm_keepalive()
+            pending = [t for t in (*self._polls, self._keepalive, self._reconciling) if t is not None]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            self._polls, self._keepalive, self._reconciling = set(), None, None
+        log.warning("%s: executor %s: refused by the server (%s); registering again",
+                    self.job.name, key.executorname, self._refused)
+
+    def _collect(self) -> None:
+        """Forget the helper tasks that ended; one that failed is a bug, and stops the executor."""
+        done = {t for t in self._polls if t.done()}
+        self._polls -= done
+        if self._keepalive is not None and self._keepalive.done():
+            done.add(self._keepalive)
+            self._keepalive = None
+        if self._reconciling is not None and self._reconciling.done():
+            done.add(self._reconciling)
+            self._reconciling = None
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    def _plan(self, key: ExecutorKey) -> None:
+        """Start what should be running now: an assign per free slot (one probe while the server
+        fails), else a keep-alive, and a reconciliation when one is due."""
+        if self._reconcile_due and self._reconciling is None and not self._failing:
+            self._reconcile_due = False
+            self._reconciling = self._spawn(self._reconcile(key))
+        room = self.conf.maxconcurrent - len(self._runs) - len(self._polls)
+        if self._failing:
+            room = 0 if self._polls else min(room, 1)
+        for _ in range(room):
+            delay = self._backoff.next_delay() if self._failing else 0.0
+            self._polls.add(self._spawn(self._assign(key, delay)))
+        if self._polls:
+            self._disarm_keepalive()  # an assign in flight marks the executor alive itself
+        elif self._keepalive is None and self._keepalive_timer is None:
+            self._keepalive_timer = asyncio.get_running_loop().call_later(
+                self._shared.timing.keepalive_interval, self._keep_alive_now, key)
+        self.state = "polling" if self._polls else "running"
+
+    def _keep_alive_now(self, key: ExecutorKey) -> None:
+        self._keepalive_timer = None
+        self._keepalive = self._spawn(self._keep_alive(key))
+
+    def _disarm_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        task.add_done_callback(lambda _: self._wake.set())
+        return task
+
+    def _failed(self, exc: ColoniesError) -> None:
+        if isinstance(exc, ColoniesOutcomeUnknown):
+            self._reconcile_due = True  # an assign may have been done, its process not brought
+        if not transient(exc):
+            self._refused = self._refused or exc.message
+            return
+        self._failing = True
+        self._shared.outage.failed(exc)
+
+    def _answered(self) -> None:
+        if self._failing:  # the server is back: a reply may have been lost while it failed
+            self._failing, self._reconcile_due = False, True
+        self._online()
+
+    async def _assign(self, key: ExecutorKey, delay: float) -> None:
+        """One long-poll for a free slot; the process it brings starts a run."""
+        if delay:
+            await asyncio.sleep(delay)
         shared = self._shared
-        while True:
-            while len(self._runs) >= self.conf.maxconcurrent:
-                self.state = "running"
-                self._freed.clear()
-                await self._freed.wait()
-            self.state = "polling"
-            try:
-                await self._sync_functions(key)
-                process = await shared.client.assign(self._colony, shared.timing.assign_timeout, key.prvkey)
-            except ColoniesError as exc:
-                if not transient(exc):  # removed, or the server lost its data: register again
-                    log.warning("%s: executor %s: assign refused (%s); registering again",
-                                self.job.name, key.executorname, exc.message)
-                    return
-                self._shared.outage.failed(exc)
-                await asyncio.sleep(self._backoff.next_delay())
-                continue
-            self._online()
-            if process is not None:
-                self._begin(key, process)
+        try:
+            process = await shared.client.assign(self._colony, shared.timing.assign_timeout, key.prvkey)
+        except ColoniesError as exc:
+            self._failed(exc)
+            return
+        self._answered()
+        if process is not None:
+            self._begin(key, process)
 
-    def _begin(self, key: ExecutorKey, process: dict[str, Any]) -> None:
+    async def _keep_alive(self, key: ExecutorKey) -> None:
+        """Every slot has been busy for keepalive_interval: an assign that can take nothing."""
         shared = self._shared
-        task = Assignment(shared.client, key.prvkey, key.executorid, process, shared.timing, shared.outage)
-        run = asyncio.create_task(self._serve(task))
-        self._runs.add(run)
-        run.add_done_callback(self._finished)
+        try:
+            process = await shared.client.assign(self._colony, -1, key.prvkey, NOTHING_CPU, NOTHING_MEM)
+        except ColoniesError as exc:
+            self._failed(exc)
+            return
+        self._answered()
+        if process is not None:  # it asked for less than no cpu and memory: not ours to run now
+            await self._assignment(key, process).close(False, [
+                f"executor {self.executorname!r} was busy: its keep-alive assign (availablecpu {NOTHING_CPU}, "
+                f"availablemem {NOTHING_MEM}) matched this process's negative cpu and memory conditions"],
+                shared.timing.close_patience)
 
-    def _finished(self, run: asyncio.Task[None]) -> None:
-        self._runs.discard(run)
-        self._freed.set()
+    async def _reconcile(self, key: ExecutorKey) -> None:
+        """Close failed what the server shows running for this executor that it does not run."""
+        shared = self._shared
+        try:
+            listed = await shared.client.get_process_hist(self._colony, RUNNING, key.prvkey, executorid=key.executorid)
+        except ColoniesError as exc:
+            self._failed(exc)
+            self._reconcile_due = True
+            return
+        if not isinstance(listed, list):
+            listed = []
+        # An assign in flight may bring one of them: wait for their answers before judging.
+        self._adopted = set()
+        try:
+            if self._polls:
+                await asyncio.wait(set(self._polls))
+            ours = self._adopted | self._runs.keys()
+        finally:
+            self._adopted = None
+        for process in listed:
+            if _process_id(process) not in (None, *ours):
+                log.warning("%s: process %s runs for executor %s on the server, not here: closing it failed",
+                            self.job.name, process.get("processid"), key.executorname)
+                await self._assignment(key, process).close(False, [LOST_TRACK], shared.timing.close_patience)
 
-    async def _serve(self, task: Assignment) -> None:
+    def _assignment(self, key: ExecutorKey, process: dict[str, Any]) -> Assignment:
+        shared = self._shared
+        return Assignment(shared.client, key.prvkey, key.executorid, process, shared.timing, shared.outage,
+                          asyncio.get_running_loop().time())
+
+    def _begin(self, key: ExecutorKey, process: Any) -> None:
+        if _process_id(process) is None:
+            log.warning("%s: ignoring an assigned process without a process id: %.200r", self.job.name, process)
+            return
+        task = self._assignment(key, process)
+        if self._adopted is not None:
+            self._adopted.add(task.id)
+        run = asyncio.create_task(self._serve_process(task))
+        self._runs[task.id] = run
+        run.add_done_callback(functools.partial(self._finished, task.id))
+
+    def _finished(self, processid: str, run: asyncio.Task[None]) -> None:
+        if self._runs.get(processid) is run:
+            del self._runs[processid]
+        self._wake.set()
+
+    async def _serve_process(self, task: Assignment) -> None:
         functions = self.conf.functions
         try:
             if task.funcname not in functions:
@@ -203,95 +337,8 @@ class JobExecutor:
             log.exception("%s: process %s failed inside taskmasterd", self.job.name, task.id)
             await task.close(False, [f"taskmasterd internal error: {exc!r}"], self._shared.timing.close_patience)
 
-    # --- registration ---------------------------------------------------------------------------
 
-    async def _register(self) -> ExecutorKey:
-        shared = self._shared
-        try:
-            stored = await asyncio.to_thread(shared.keystore.load, self.job.name)
-        except KeyStoreError as exc:
-            raise RegistrationProblem(str(exc)) from None
-        colony_key = shared.settings.colony_prvkey
-        if stored is not None and (not colony_key or stored.executorname in (None, self.executorname)):
-            # Without the colony key the key file says who we are, name included.
-            key = ExecutorKey(stored.executorname or self.executorname, stored.prvkey)
-            self.executorname = key.executorname or self.executorname
-            await self._ensure_approved(key, fresh=False)
-            return key
-        if not colony_key:
-            raise RegistrationProblem(
-                f"no executor key in {shared.keystore.path(self.job.name)}: without the colony key, register "
-                f"executor {self.executorname!r} (colonies executor add --approve) and put its private key there")
-        if stored is not None and stored.executorname:
-            await self._unregister(stored)  # renamed in the job file
-        key = ExecutorKey(self.executorname, generate_prvkey())
-        await asyncio.to_thread(shared.keystore.save, self.job.name, key)  # before adding: a crash keeps it
-        await self._ensure_approved(key, fresh=True)
-        return key
-
-    async def _ensure_approved(self, key: ExecutorKey, fresh: bool) -> None:
-        client, colony_key = self._shared.client, self._shared.settings.colony_prvkey
-        name = key.executorname or self.executorname
-        taken = (f"executor name {name!r} is taken in colony {self._colony!r} by another key and cannot be "
-                 f"reused; give the job another executorname")
-        current = await self._lookup(key)
-        if current is not None and current.get("executorid") != key.executorid:
-            raise RegistrationProblem(taken)
-        if current is not None and current.get("state") == APPROVED and current.get("executortype") == self.executortype:
-            return
-        if not colony_key:
-            raise RegistrationProblem(
-                f"executor {name!r} is not registered and approved as type {self.executortype!r} in colony "
-                f"{self._colony!r} with the key in {self._shared.keystore.path(self.job.name)}")
-        capabilities = await asyncio.shield(self._shared.capabilities)
-        try:
-            await client.add_executor(self._colony, name, self.executortype, key.executorid, colony_key, capabilities)
-        except ColoniesError as exc:
-            if transient(exc) or not (exc.status == 400 and "already exists" in exc.message):
-                raise
-            if fresh:  # a brand-new key cannot have been added before: the name belongs to someone else
-                await asyncio.to_thread(self._shared.keystore.remove, self.job.name)
-                raise RegistrationProblem(taken) from None
-            # Our stored key may have been added before (crash before approval, or removed earlier).
-        await client.approve_executor(self._colony, name, colony_key)
-        verified = await self._lookup(key)
-        if verified is None or verified.get("executorid") != key.executorid:
-            raise RegistrationProblem(taken)
-
-    async def _lookup(self, key: ExecutorKey) -> dict[str, Any] | None:
-        """The executor under our name as our key sees it; None when the server says no."""
-        try:
-            return await self._shared.client.get_executor(self._colony, key.executorname or "", key.prvkey)
-        except ColoniesUnavailable:
-            raise
-        except ColoniesError:
-            return None  # not a member (pending, removed, unknown), or no executor of that name
-
-    async def _sync_functions(self, key: ExecutorKey) -> None:
-        """Register each served function once (addfunctionmsg), whatever the server already knows."""
-        wanted = self.conf.functions
-        if wanted == self._functions:
-            return
-        client, name = self._shared.client, key.executorname or ""
-        known = {f.get("funcname") for f in await client.get_functions(self._colony, key.prvkey, executorname=name)}
-        for funcname in wanted:
-            if funcname not in known:
-                await client.add_function(self._colony, name, funcname, key.prvkey)
-        self._functions = wanted
-
-    async def _unregister(self, key: ExecutorKey) -> None:
-        """Remove the executor under `key`'s name, but only once the server shows it is ours:
-        removal goes by name, and the name may belong to someone else."""
-        colony_key = self._shared.settings.colony_prvkey
-        assert colony_key is not None
-        name = key.executorname or ""
-        try:
-            async with asyncio.timeout(self._shared.timing.close_patience):
-                current = await self._lookup(key)
-                if current is None or current.get("executorid") != key.executorid:
-                    return
-                await self._shared.client.remove_executor(self._colony, name, colony_key)
-        except (ColoniesError, TimeoutError) as exc:
-            log.warning("%s: could not remove executor %s: %s", self.job.name, name, exc)
-        else:
-            log.info("%s: executor %s removed from colony %s", self.job.name, name, self._colony)
+def _process_id(process: Any) -> str | None:
+    """A process document's id; None when the server sent something else."""
+    processid = process.get("processid") if isinstance(process, dict) else None
+    return processid if isinstance(processid, str) and processid else None

@@ -29,25 +29,33 @@ class Tail:
 
 
 class LogBatch:
-    """Output waiting to be sent as log messages: whole lines, at most `batch` bytes a message, and
-    at most `pending_limit` bytes waiting, so a chatty program cannot flood the server or our memory."""
+    """Output on its way to the logs: whole lines, at most `batch` bytes a message. Nothing is ever
+    dropped: past `high_water` bytes waiting it is `backlogged`, and the reader stops reading the
+    program's pipes (the program then waits on its writes) until it is `drained` again."""
 
-    def __init__(self, batch: int, pending_limit: int) -> None:
+    def __init__(self, batch: int, high_water: int) -> None:
         self._batch = batch
-        self._pending_limit = pending_limit
+        self._high_water = high_water
         self._pending = bytearray()
-        self._dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def backlogged(self) -> bool:
+        return len(self._pending) >= self._high_water
+
+    @property
+    def drained(self) -> bool:
+        return len(self._pending) <= self._high_water // 2
 
     def feed(self, data: bytes) -> None:
-        if len(self._pending) + len(data) > self._pending_limit:
-            self._dropped += len(data)
-        else:
-            self._pending += data
+        self._pending += data
 
     def peek(self, final: bool) -> bytes:
         """The next message; a trailing partial line waits for its end unless `final`."""
         if len(self._pending) > self._batch:
-            cut = self._pending.rfind(b"\n", 0, self._batch) + 1 or self._batch
+            cut = self._pending.rfind(b"\n", 0, self._batch) + 1 or _utf8_boundary(self._pending, self._batch)
         elif final:
             cut = len(self._pending)
         else:
@@ -56,6 +64,11 @@ class LogBatch:
 
     def consume(self, sent: int) -> None:
         del self._pending[:sent]
-        if self._dropped:
-            self._pending += f"[taskmasterd: {self._dropped} bytes of output were not logged]\n".encode()
-            self._dropped = 0
+
+
+def _utf8_boundary(data: bytearray, cut: int) -> int:
+    """`cut`, moved back (at most 3 bytes) so that it does not split a UTF-8 character."""
+    for back in range(4):
+        if cut - back > 0 and data[cut - back] & 0xC0 != 0x80:
+            return cut - back
+    return cut

@@ -14,6 +14,7 @@ class Timing:
     """The bridge's clocks; tests shrink them, production keeps the defaults."""
 
     assign_timeout: int = 10  # seconds the server holds an assign long-poll
+    keepalive_interval: float = 10.0  # while every slot is busy, how often the server hears from us
     check_interval: float = 2.0  # how often a run asks whether its process was cancelled
     log_interval: float = 0.5  # how often a run's output goes out as one log message
     backoff_base: float = 0.5

@@ -1,65 +1,82 @@
 """The `run` function: the job's command, once, as a Colonies process.
 
-The command is spawned like an instance of the job (its argv plus the process's args, its env with
-the process's env over it, its workingdir, user and umask, its own process group), but its output
-goes through pipes: to the Colonies logs while it runs, and a bounded tail into `out`/`errors`.
+The command is spawned like an instance of the job (its argv plus the process's args and kwargs,
+its env with the process's env over it, its workingdir, user and umask, its own process group),
+but its output goes through pipes: all of it to the Colonies logs while it runs, and the last
+64 KiB of stdout into `out`, the last stderr lines into `errors`. When the server takes the logs
+slower than the program writes, the pipes stop being read and the program waits on its writes:
+nothing is dropped.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..processes import Child
 from ..spawner import child_environment, launch_for, spawn_error_text
 from ..states import describe_exit, exit_is_expected
+from .arguments import BadArguments, command_words
 from .assignment import Assignment, Lost
-from .client import ColoniesError
+from .client import ColoniesError, ColoniesOutcomeUnknown
 from .output import LogBatch, Tail
-from .retry import Timing
+from .retry import Backoff, Timing
 
 if TYPE_CHECKING:
     from ..job import Job
     from ..jobfile import JobSpec
 
 log = logging.getLogger("taskmasterd.colonies")
-OUT_LIMIT = 64 * 1024  # stdout kept for `out`; all of it is in the logs
+OUT_LIMIT = 64 * 1024  # the last 64 KiB of stdout are kept for `out`; all of it is in the logs
 STDERR_TAIL = 8 * 1024
 STDERR_LINES = 20
 LOG_BATCH = 64 * 1024
-LOG_PENDING = 1024 * 1024
-PIPE_GRACE = 2.0
-RUN_ORIGIN = ("TASKMASTER_JOB", "COLONIES_PROCESS_ID")  # what marks a run's escaped descendants  # after the exit, how long the pipes may take to hand over the rest
+LOG_HIGH_WATER = 1024 * 1024  # output waiting for the server past which the pipes are not read
+PIPE_GRACE = 2.0  # after the exit, how long pipes may stay open and silent (held by an escapee)
+DRAIN_LIMIT = 30.0  # after the exit, the longest the rest of the output may take to reach the logs
+RUN_ORIGIN = ("TASKMASTER_JOB", "COLONIES_PROCESS_ID")  # what marks a run's escaped descendants
 
 
-def command_args(args: Any) -> tuple[str, ...]:
-    """The spec's args as argv words: strings as they are, numbers as text."""
-    if args is None:
-        return ()
-    if not isinstance(args, list):
-        raise ValueError(f"args must be a list, got {json.dumps(args)}")
-    words = []
-    for arg in args:
-        if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
-            raise ValueError(f"argument {json.dumps(arg)} is neither a string nor a number")
-        words.append(arg if isinstance(arg, str) else str(arg))
-    return tuple(words)
+class _Command:
+    """The one place where a run touches its process: spawned by the daemon's process table
+    (journaled, stopped at shutdown, its escapes included), stopped like an instance, and
+    released (what it left in its group killed)."""
+
+    def __init__(self, child: Child) -> None:
+        self._child = child
+        self.pid = child.pid
+        self.exited = child.exited
+
+    @classmethod
+    def start(cls, job: Job, spec: JobSpec, env: dict[str, str], words: tuple[str, ...],
+              stdout: int, stderr: int) -> _Command:
+        launch = launch_for(spec, env, words, origin=RUN_ORIGIN)
+        return cls(job.supervisor.processes.spawn(launch, stdout, stderr))
+
+    async def stop(self, spec: JobSpec) -> int:
+        return await self._child.stop(spec.stopsignal, spec.stoptime)
+
+    def release(self) -> None:
+        self._child.kill_leftovers()  # like an instance: nothing of the group outlives the command
 
 
 class _Pipe(asyncio.Protocol):
-    """The read end of a child's stdout or stderr, handing every chunk to its sinks."""
+    """The read end of a child's stdout or stderr, handing every chunk to its sink."""
 
-    def __init__(self, sinks: tuple[Callable[[bytes], None], ...]) -> None:
-        self._sinks = sinks
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self._sink = sink
+        self.transport: asyncio.ReadTransport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self.transport = transport
+
     def data_received(self, data: bytes) -> None:
-        for sink in self._sinks:
-            sink(data)
+        self._sink(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -81,37 +98,48 @@ class CommandRun:
         self._timing = timing
         self._stdout = Tail(OUT_LIMIT)
         self._stderr = Tail(STDERR_TAIL)
-        self._logs = LogBatch(LOG_BATCH, LOG_PENDING)
-        self._pipes: list[tuple[asyncio.BaseTransport, _Pipe]] = []
+        self._logs = LogBatch(LOG_BATCH, LOG_HIGH_WATER)
+        self._pipes: list[_Pipe] = []
+        self._paused = False  # the pipes wait for the logs to be sent
+        self._read = 0  # bytes read from the pipes: the drain's sign of progress
+        self._output = asyncio.Event()  # output waits to be sent
+        self._backlog = asyncio.Event()  # ... and so much that the pipes are paused: send now
         self._flushing = asyncio.Lock()
+        self._unsent: bytes | None = None  # a message that failed: sent again exactly as it was
+        self._in_doubt = False  # ... and its reply was lost: the server may have it already
 
     async def run(self) -> None:
         spec = self.job.spec  # a reload during the run applies to the next one
         try:
-            args = command_args(self.task.spec.get("args"))
+            words = command_words(self.task.spec.get("args"), self.task.spec.get("kwargs"))
             extra = {str(k): str(v) for k, v in (self.task.spec.get("env") or {}).items()}
             env = child_environment(spec, self.job.supervisor.base_environment,
                                     {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id})
-        except (ValueError, KeyError, AttributeError) as exc:
+        except (BadArguments, ValueError, KeyError, AttributeError) as exc:
             await self.task.close(False, [f"cannot run {spec.name}: {exc}"])
             return
-        child = await self._spawn(spec, args, env)
-        if child is None:
+        command = await self._start(spec, words, env)
+        if command is None:
             return
+        ship = asyncio.create_task(self._ship_logs())
         try:
-            end = await self._supervise(child, spec)
+            end = await self._supervise(command, spec, ship)
         finally:
-            await self._drain(child)
+            command.release()
+            await self._drain(ship)
+            ship.cancel()
+            await asyncio.gather(ship, return_exceptions=True)
+            for pipe in self._pipes:
+                if pipe.transport is not None:
+                    pipe.transport.close()
         await self._finish(spec, end)
 
-    async def _spawn(self, spec: JobSpec, args: tuple[str, ...], env: dict[str, str]) -> Child | None:
+    async def _start(self, spec: JobSpec, words: tuple[str, ...], env: dict[str, str]) -> _Command | None:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            # The daemon's process table owns it (journaled, stopped at shutdown, escapes included).
-            launch = launch_for(spec, env, args, origin=RUN_ORIGIN)
-            child = self.job.supervisor.processes.spawn(launch, out_w, err_w)
-        except Exception as exc:
+            command = _Command.start(self.job, spec, env, words, out_w, err_w)
+        except Exception as exc:  # whatever stops a spawn fails this process, never the executor
             os.close(out_r)
             os.close(err_r)
             await self.task.close(False, [spawn_error_text(exc)])
@@ -120,25 +148,52 @@ class CommandRun:
             os.close(out_w)
             os.close(err_w)
         loop = asyncio.get_running_loop()
-        for fd, sinks in ((out_r, (self._stdout.feed, self._logs.feed)), (err_r, (self._stderr.feed, self._logs.feed))):
-            self._pipes.append(await loop.connect_read_pipe(lambda s=sinks: _Pipe(s), os.fdopen(fd, "rb", 0)))
-        log.info("%s: process %s runs as pid %d", spec.name, self.task.id, child.pid)
-        return child
+        for fd, tail in ((out_r, self._stdout), (err_r, self._stderr)):
+            _, pipe = await loop.connect_read_pipe(lambda t=tail: _Pipe(self._sink(t)), os.fdopen(fd, "rb", 0))
+            self._pipes.append(pipe)
+        self._set_reading(not self._paused)  # output may have come before the second pipe connected
+        log.info("%s: process %s runs as pid %d", spec.name, self.task.id, command.pid)
+        return command
 
-    async def _supervise(self, child: Child, spec: JobSpec) -> _End:
-        maxexectime = self.task.spec.get("maxexectime") or 0
+    def _sink(self, tail: Tail) -> Callable[[bytes], None]:
+        def take(data: bytes) -> None:
+            tail.feed(data)
+            self._logs.feed(data)
+            self._read += len(data)
+            self._output.set()
+            if self._logs.backlogged and not self._paused:
+                self._paused = True
+                self._backlog.set()
+                self._set_reading(False)
+
+        return take
+
+    def _resume_if_drained(self) -> None:
+        if self._paused and self._logs.drained:
+            self._paused = False
+            self._backlog.clear()
+            self._set_reading(True)
+
+    def _set_reading(self, on: bool) -> None:
+        for pipe in self._pipes:
+            if pipe.transport is None:
+                continue
+            if on:
+                pipe.transport.resume_reading()
+            else:
+                pipe.transport.pause_reading()
+
+    async def _supervise(self, command: _Command, spec: JobSpec, ship: asyncio.Task[None]) -> _End:
+        time_left = self.task.exec_time_left()
         watch = asyncio.create_task(self._watch())
-        ship = asyncio.create_task(self._ship_logs())
         try:
-            done, _ = await asyncio.wait({child.exited, self._stop, watch, ship},
-                                         timeout=maxexectime if maxexectime > 0 else None,
+            done, _ = await asyncio.wait({command.exited, self._stop, watch, ship}, timeout=time_left,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (watch, ship):
-                task.cancel()
-            await asyncio.gather(watch, ship, return_exceptions=True)
-        if child.exited in done:
-            return _End("exit", child.exited.result())
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if command.exited in done:
+            return _End("exit", command.exited.result())
         if self._stop in done:
             kind, why = "stopped", self._stop.result()
         elif watch in done:
@@ -146,9 +201,9 @@ class CommandRun:
         elif ship in done:
             kind, why = "lost", str(ship.exception())  # it only ever ends by Lost
         else:
-            kind, why = "timeout", f"maximum execution time of {maxexectime} s exceeded"
-        log.info("%s: process %s: %s; stopping pid %d", spec.name, self.task.id, why, child.pid)
-        return _End(kind, await child.stop(spec.stopsignal, spec.stoptime), why)
+            kind, why = "timeout", f"maximum execution time of {self.task.spec.get('maxexectime')} s exceeded"
+        log.info("%s: process %s: %s; stopping pid %d", spec.name, self.task.id, why, command.pid)
+        return _End(kind, await command.stop(spec), why)
 
     async def _watch(self) -> str:
         """Cancellation is silent on the server: ask at a modest pace whether the process is still ours."""
@@ -159,36 +214,57 @@ class CommandRun:
                 return reason
 
     async def _ship_logs(self) -> None:
+        """Send output as it comes: at most one message per log_interval, at once when the pipes wait."""
         while True:
-            await asyncio.sleep(self._timing.log_interval)
+            await self._output.wait()
+            if not self._backlog.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._backlog.wait(), self._timing.log_interval)
+            self._output.clear()
             # Shielded: stopping this task mid-send must not make the final flush send it again.
-            await asyncio.shield(self._flush(final=False))
+            if not await asyncio.shield(self._flush(final=False)):
+                self._output.set()  # the server is away: the output waits for the next try
+                await asyncio.sleep(self._timing.log_interval)
 
-    async def _flush(self, final: bool) -> None:
-        """Send the output that is ready; raises Lost; a server away keeps it for the next time."""
+    async def _flush(self, final: bool) -> bool:
+        """Send the output that is ready; raises Lost; False while the server is away."""
         async with self._flushing:
-            while chunk := self._logs.peek(final):
+            while chunk := self._unsent or self._logs.peek(final):
+                self._unsent = chunk
                 try:
-                    await self.task.add_log(chunk.decode("utf-8", "replace"))
+                    await self.task.add_log(chunk.decode("utf-8", "replace"), self._in_doubt)
                 except Lost:
                     raise
+                except ColoniesOutcomeUnknown:
+                    self._in_doubt = True
+                    return False
                 except ColoniesError:
-                    return
+                    return False
+                self._unsent, self._in_doubt = None, False
                 self._logs.consume(len(chunk))
+                self._resume_if_drained()
+            return True
 
-    async def _drain(self, child: Child) -> None:
-        child.kill_leftovers()  # like an instance: nothing of the group outlives the command
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(pipe.closed for _, pipe in self._pipes)), PIPE_GRACE)
-        for transport, _ in self._pipes:
-            transport.close()
+    async def _drain(self, ship: asyncio.Task[None]) -> None:
+        """After the exit, read the pipes to their end while the logs make room. Pipes held open by
+        something that escaped the group get PIPE_GRACE of silence; the whole drain DRAIN_LIMIT."""
+        loop = asyncio.get_running_loop()
+        closed = asyncio.gather(*(pipe.closed for pipe in self._pipes))
+        deadline = loop.time() + DRAIN_LIMIT
+        while not closed.done() and not ship.done() and loop.time() < deadline:
+            read = self._read
+            await asyncio.wait({closed, ship}, timeout=min(PIPE_GRACE, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            if self._read == read and not self._paused:
+                break
 
     async def _finish(self, spec: JobSpec, end: _End) -> None:
         if end.kind == "lost":
             log.info("%s: process %s %s: run stopped", spec.name, self.task.id, end.why)
             return
+        patience = self._timing.close_patience if end.kind == "stopped" else None
         try:
-            await self._flush(final=True)
+            await self._send_the_rest(patience)
         except Lost as lost:
             log.info("%s: process %s lost (%s)", spec.name, self.task.id, lost)
             return
@@ -197,5 +273,16 @@ class CommandRun:
             return
         status = describe_exit(end.returncode)
         first = status if end.kind == "exit" else f"{end.why}; the command was stopped ({status})"
-        patience = self._timing.close_patience if end.kind == "stopped" else None
         await self.task.close(False, [first, *self._stderr.last_lines(STDERR_LINES)], patience)
+
+    async def _send_the_rest(self, patience: float | None) -> None:
+        """The last of the output, retried while the server is away (within `patience`, if any)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if patience is None else loop.time() + patience
+        backoff = Backoff(self._timing)
+        while not await self._flush(final=True):
+            delay = backoff.next_delay()
+            if deadline is not None and loop.time() + delay > deadline:
+                log.warning("process %s: the last output could not be logged before giving up", self.task.id)
+                return
+            await asyncio.sleep(delay)

@@ -22,12 +22,13 @@ class ColoniesSettings:
     colony_name: str = ""
     # The colony owner key lets the daemon add/approve executors itself; never shown.
     colony_prvkey: str | None = None
+    location: str = ""  # the executors' location name, unless a job file names its own
 
     def __repr__(self) -> str:
         key = "<set>" if self.colony_prvkey else None
         return (
             f"ColoniesSettings(host={self.host!r}, port={self.port}, tls={self.tls}, "
-            f"colony_name={self.colony_name!r}, colony_prvkey={key})"
+            f"colony_name={self.colony_name!r}, colony_prvkey={key}, location={self.location!r})"
         )
 
     @classmethod
@@ -49,12 +50,16 @@ class ColoniesSettings:
         port = pick("port", "COLONIES_SERVER_HTTP_PORT", "COLONIES_SERVER_PORT")
         tls = pick("tls", "COLONIES_TLS", "COLONIES_SERVER_TLS")
         prvkey = pick("colony_prvkey", "COLONIES_COLONY_PRVKEY")
+        location = section.get("location", "")
+        if not isinstance(location, str):
+            raise ValueError(f"invalid Colonies location {location!r} (want a string)")
         return cls(
             host=str(host),
             port=_port(port),
             tls=_flag(tls),
             colony_name=str(pick("colony", "COLONIES_COLONY_NAME") or ""),
             colony_prvkey=_prvkey(prvkey),
+            location=location,
         )
 
 

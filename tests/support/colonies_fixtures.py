@@ -74,6 +74,20 @@ async def make_colony(client: ColoniesClient, executor_name: str = "tm-exec") ->
     return colony
 
 
+async def open_colony(port: int, user_prvkey: str) -> None:
+    """On a fresh server: the colony of docker-compose.env and one user, "bob", as an operator makes them."""
+    async with ColoniesClient("127.0.0.1", port) as client:
+        await client.add_colony(derive_id(COLONY_PRVKEY), COLONY_NAME, DEFAULT_SERVER_PRVKEY)
+        await client.add_user(COLONY_NAME, derive_id(user_prvkey), "bob", COLONY_PRVKEY)
+
+
+def daemon_options(root: Path, port: int) -> dict[str, Any]:
+    """`Daemon(...)` keywords for a daemon serving that colony, with the colony key."""
+    config = root / "taskmasterd.json"
+    config.write_text(json.dumps({"colonies": {"host": "127.0.0.1", "port": port, "colony": COLONY_NAME}}))
+    return {"args": ["--config", str(config)], "env": {"COLONIES_COLONY_PRVKEY": COLONY_PRVKEY}}
+
+
 @asynccontextmanager
 async def serve(**server_kwargs: Any) -> AsyncIterator[tuple[ColoniesTestServer, ColoniesClient]]:
     """A test server on 127.0.0.1 and a client of ours connected to it."""

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import hashlib
 import http
 import ipaddress
@@ -42,6 +43,10 @@ T = TypeVar("T")
 
 class _BadRequest(Exception):
     """A request that is not HTTP we understand; the connection is dropped."""
+
+
+class _ReplyLost(Exception):
+    """The request was carried out, and the connection dropped instead of replying."""
 
 
 class _Request:
@@ -107,15 +112,22 @@ class ColoniesTestServer:
         server_prvkey: str = DEFAULT_SERVER_PRVKEY,
         allow_reregister: bool = True,
         deadline_tick: float = 0.25,
+        stale_executor_duration: float | None = None,
+        cleanup_interval: float = 0.25,
     ) -> None:
         self.server_id = derive_id(server_prvkey)
-        self.state = ColonyState(self.server_id, allow_reregister=allow_reregister)
+        self.state = ColonyState(self.server_id, allow_reregister=allow_reregister,
+                                 stale_executor_duration=stale_executor_duration)
         # Tests flip this to exercise a client's chunked-body parsing.
         self.chunked_replies = False
+        # msgtype -> how many of its next replies are lost (done, then the connection reset).
+        self.lose_replies: collections.Counter[str] = collections.Counter()
+        self.reply_delays: dict[str, float] = {}  # msgtype -> seconds each one takes (a slow server)
         self.requests_served = 0
         self.host = "127.0.0.1"
         self.port = 0
         self._deadline_tick = deadline_tick
+        self._cleanup_interval = cleanup_interval  # COLONIES_CLEANUP_INTERVAL (60 s on the real server)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[_Connection] = set()
@@ -130,6 +142,7 @@ class ColoniesTestServer:
         self._server = await asyncio.start_server(self._serve, host, port)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
         self._spawn(self._deadline_loop())
+        self._spawn(self._cleanup_loop())
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -159,6 +172,11 @@ class ColoniesTestServer:
             await asyncio.sleep(self._deadline_tick)
             self.state.check_deadlines()
 
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cleanup_interval)
+            self.state.remove_stale_executors()
+
     # ------------------------------------------------------------------ HTTP
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -180,7 +198,7 @@ class ColoniesTestServer:
                 keep_alive = await self._answer(reader, writer, request)
                 if not keep_alive:
                     return
-        except (_BadRequest, ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (_BadRequest, _ReplyLost, ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         except asyncio.CancelledError:
             pass  # stop(): end quietly, asyncio's start_server callback logs cancelled handlers
@@ -222,10 +240,15 @@ class ColoniesTestServer:
             if msgtype == "versionmsg":
                 return 200, _reply_body(msgtype, {"buildversion": "", "buildtime": "", "msgtype": msgtype}, False)
             action, handler = self.state.handlers[msgtype]
+            if msgtype in self.reply_delays:
+                await asyncio.sleep(self.reply_delays[msgtype])
             try:
                 reply = await handler(caller, msg, gone)
             except BadJSON:
                 raise ApiError(400, f"Failed to {action}, invalid JSON") from None
+            if self.lose_replies[msgtype] > 0:
+                self.lose_replies[msgtype] -= 1
+                raise _ReplyLost(msgtype)
             return 200, _reply_body(msgtype, reply, False)
         except ApiError as exc:
             return exc.status, _error_body(exc.status, exc.message)
@@ -372,8 +395,11 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
 
 
-async def _serve_forever(host: str, port: int, server_prvkey: str, allow_reregister: bool) -> None:
-    server = ColoniesTestServer(server_prvkey=server_prvkey, allow_reregister=allow_reregister)
+async def _serve_forever(host: str, port: int, server_prvkey: str, allow_reregister: bool,
+                         stale_executor_duration: float | None, reply_delays: dict[str, float]) -> None:
+    server = ColoniesTestServer(server_prvkey=server_prvkey, allow_reregister=allow_reregister,
+                                stale_executor_duration=stale_executor_duration)
+    server.reply_delays.update(reply_delays)
     await server.start(host, port)
     print(server.port, flush=True)
     stop = asyncio.Event()
@@ -390,8 +416,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port; the port is printed")
     parser.add_argument("--server-prvkey", default=DEFAULT_SERVER_PRVKEY)
     parser.add_argument("--no-reregister", action="store_true", help="executor names can never be reused")
+    parser.add_argument("--stale-executor-duration", type=float, default=None,
+                        help="seconds without an assign after which an executor is removed (default: never)")
+    parser.add_argument("--reply-delay", action="append", default=[], metavar="MSGTYPE=SECONDS",
+                        help="every such request takes this long more (a database round trip)")
     args = parser.parse_args(argv)
-    asyncio.run(_serve_forever(args.host, args.port, args.server_prvkey, not args.no_reregister))
+    delays = {msgtype: float(seconds) for msgtype, _, seconds in (d.partition("=") for d in args.reply_delay)}
+    asyncio.run(_serve_forever(args.host, args.port, args.server_prvkey, not args.no_reregister,
+                               args.stale_executor_duration, delays))
 
 
 if __name__ == "__main__":

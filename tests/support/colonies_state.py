@@ -8,6 +8,7 @@ status codes and messages the real v1.9.12 server uses (wire-samples.json).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from taskmasterd.colonies.crypto import sha3_256_hex
+from tests.support.colonies_units import QuantityError, available, cpu_millis, memory_bytes
 
 WAITING, RUNNING, SUCCESS, FAILED, CANCELLED = range(5)
 PENDING, APPROVED, REJECTED, UNREGISTERED = range(4)
@@ -49,6 +51,13 @@ def go_time(ns: int | None) -> str:
     if frac:
         text += "." + f"{frac:09d}".rstrip("0")
     return text + "Z"
+
+
+def go_time_ns(text: str) -> int:
+    """The inverse of go_time (UTC "Z" times only), every digit kept."""
+    whole, _, frac = text.rstrip("Z").partition(".")
+    seconds = int(datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp())
+    return seconds * _NS + int((frac + "000000000")[:9])
 
 
 def random_id() -> str:
@@ -135,6 +144,9 @@ def _normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class _Process:
     doc: dict[str, Any]
+    submitted: int  # unix ns
+    cpu: int  # millicores, as AddProcess stores conditions.cpu
+    mem: int  # bytes
     wait_deadline: int | None = None
     exec_deadline: int | None = None
 
@@ -157,9 +169,14 @@ class _Process:
 class ColonyState:
     """Colonies, executors, users, functions, processes and logs of one server."""
 
-    def __init__(self, server_id: str, allow_reregister: bool = True) -> None:
+    def __init__(self, server_id: str, allow_reregister: bool = True,
+                 stale_executor_duration: float | None = None) -> None:
         self.server_id = server_id
         self.allow_reregister = allow_reregister
+        # COLONIES_STALE_EXECUTOR_DURATION (the real default is 600 s); None: never.
+        self.stale_executor_duration = stale_executor_duration
+        self._heard: dict[str, int] = {}  # executorid -> unix ns of its last assign (MarkAlive)
+        self.held_assigns: collections.Counter[str] = collections.Counter()  # executorid -> long-polls waiting
         self.colonies: dict[str, dict[str, Any]] = {}
         self.executors: dict[tuple[str, str], dict[str, Any]] = {}
         self.users: dict[str, dict[str, dict[str, Any]]] = {}
@@ -168,6 +185,8 @@ class ColonyState:
         self.logs: list[dict[str, Any]] = []
         self._last_log_ns = 0
         self._changed = asyncio.Event()
+        # executortype -> assign long-polls waiting, oldest first: (their location, what wakes them)
+        self._assign_waiters: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
         # msgtype -> (what Go says it failed to do, handler)
         self.handlers: dict[str, tuple[str, Handler]] = {
             "addcolonymsg": ("add colony", self._add_colony),
@@ -187,6 +206,7 @@ class ColonyState:
             "assignprocessmsg": ("assign process", self._assign),
             "getprocessmsg": ("get process", self._get_process),
             "getprocessesmsg": ("get processes", self._get_processes),
+            "getprocesshistmsg": ("get process hist", self._get_process_hist),
             "closesuccessfulmsg": ("close process as successful", self._close_successful),
             "closefailedmsg": ("close process as failed", self._close_failed),
             "setoutputmsg": ("set output", self._set_output),
@@ -202,6 +222,30 @@ class ColonyState:
         # Waiters hold the previous event; swapping wakes all of them at once.
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _signal_waiting(self, process: _Process) -> None:
+        """backends/gin/eventhandler.go sendSignal: a process now WAITING wakes exactly one assign
+        long-poll of its type (a located process: one at its location or at none)."""
+        location = process.doc["spec"]["conditions"].get("locationname", "")
+        waiters = self._assign_waiters.get(process.doc["spec"]["conditions"]["executortype"], [])
+        for waiter_location, woken in waiters:
+            if not woken.done() and (not location or waiter_location in ("", location)):
+                woken.set_result(None)
+                return
+
+    async def _wait_signal(self, executor: dict[str, Any], seconds: float, gone: asyncio.Future[Any] | None) -> bool:
+        """Wait to be signalled up to ``seconds``; False when the client went away."""
+        woken = asyncio.get_running_loop().create_future()
+        entry = (executor.get("locationname", ""), woken)
+        waiters = self._assign_waiters.setdefault(executor["executortype"], [])
+        waiters.append(entry)
+        try:
+            await asyncio.wait({woken} if gone is None else {woken, gone}, timeout=max(seconds, 0),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiters.remove(entry)
+            woken.cancel()
+        return gone is None or not gone.done()
 
     async def _wait_change(self, changed: asyncio.Event, seconds: float, gone: asyncio.Future[Any] | None) -> bool:
         """Wait for ``changed`` up to ``seconds``; False when the client went away."""
@@ -303,9 +347,12 @@ class ColonyState:
         self._require_colony_owner(caller, colonyname)
         old = self.executors.get((colonyname, name))
         if old is not None:
+            # handlers/executor HandleAddExecutor: a known name, even UNREGISTERED, is refused unless
+            # re-registration is allowed; then the old one is removed (its processes requeued) and replaced.
             if not self.allow_reregister:
                 raise ApiError(400, f"Executor with name <{name}> in Colony <{colonyname}> already exists")
-            self._drop_functions(colonyname, name)
+            self._unregister(old)
+            self._heard.pop(old["executorid"], None)
             del self.executors[(colonyname, name)]
         if self._executor_by_id(executorid) is not None:
             raise ApiError(400, f"Failed to add executor, executor with Id <{executorid}> already exists")
@@ -327,12 +374,37 @@ class ColonyState:
         return executor
 
     async def _set_executor_state(self, caller: str, msg: dict[str, Any], state: int, action: str) -> Any:
+        # By name, whatever the state: approving an UNREGISTERED executor restores it, same id
+        # (postgresql/executors.go ApproveExecutor sets STATE=1 by EXECUTOR_ID).
         self._require_colony_owner(caller, _str(msg, "colonyname"))
         executor = self._named_executor(msg, action)
-        executor["state"] = state
         if state == UNREGISTERED:
-            self._drop_functions(executor["colonyname"], executor["executorname"])
+            self._unregister(executor)
+        else:
+            executor["state"] = state
         return {}
+
+    def _unregister(self, executor: dict[str, Any]) -> None:
+        """postgresql/executors.go RemoveExecutorByName: the row stays, UNREGISTERED; its RUNNING
+        processes go back to the queue as they were submitted (no retry counted); its functions go."""
+        executor["state"] = UNREGISTERED
+        for process in self.processes.values():
+            if process.state == RUNNING and process.doc["assignedexecutorid"] == executor["executorid"]:
+                process.doc.update(isassigned=False, starttime=GO_ZERO_TIME, endtime=GO_ZERO_TIME,
+                                   assignedexecutorid="", state=WAITING)
+        self._drop_functions(executor["colonyname"], executor["executorname"])
+        self._notify()
+
+    def remove_stale_executors(self) -> None:
+        """controllers/colonies_controller_worker.go cleanupStaleExecutors: every executor that is not
+        UNREGISTERED, has been heard from (an assign) and not for the stale duration, is removed."""
+        if self.stale_executor_duration is None:
+            return
+        oldest = time.time_ns() - int(self.stale_executor_duration * _NS)
+        for executor in self.executors.values():
+            heard = self._heard.get(executor["executorid"])
+            if executor["state"] != UNREGISTERED and heard is not None and heard < oldest:
+                self._unregister(executor)
 
     async def _approve_executor(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
         return await self._set_executor_state(caller, msg, APPROVED, "approve executor")
@@ -415,6 +487,11 @@ class ColonyState:
             raise ApiError(
                 400, f"Failed to submit function spec, priority outside range [-{MAX_PRIORITY}, {MAX_PRIORITY}]"
             )
+        conditions = spec["conditions"]
+        try:
+            cpu, mem = cpu_millis(conditions["cpu"]), memory_bytes(conditions["mem"])
+        except QuantityError as exc:
+            raise ApiError(400, str(exc)) from None
         now = time.time_ns()
         processid = random_id()
         wait_deadline = now + spec["maxwaittime"] * _NS if spec["maxwaittime"] > 0 else None
@@ -455,23 +532,29 @@ class ColonyState:
             "out": [],
             "errors": [],
         }
-        self.processes[processid] = _Process(doc, wait_deadline=wait_deadline)
+        self.processes[processid] = _Process(doc, now, cpu, mem, wait_deadline=wait_deadline)
         self._notify()
+        self._signal_waiting(self.processes[processid])
         return doc
 
-    def _matches(self, process: _Process, executor: dict[str, Any]) -> bool:
+    def _matches(self, process: _Process, executor: dict[str, Any], cpu: int, mem: int) -> bool:
+        """postgresql/processes.go SelectAndAssign's WHERE clause."""
         conditions = process.doc["spec"]["conditions"]
         names = conditions["executornames"] or []
+        location = conditions.get("locationname", "")
         return (
             process.state == WAITING
             and not process.doc["waitforparents"]
             and process.colony == executor["colonyname"]
             and conditions["executortype"] == executor["executortype"]
             and (not names or names == ["*"] or executor["executorname"] in names)
+            and process.cpu <= cpu
+            and process.mem <= mem
+            and (not location or location.lower() == executor.get("locationname", "").lower())
         )
 
-    def _try_assign(self, executor: dict[str, Any]) -> dict[str, Any] | None:
-        candidates = [p for p in self.processes.values() if self._matches(p, executor)]
+    def _try_assign(self, executor: dict[str, Any], cpu: int, mem: int) -> dict[str, Any] | None:
+        candidates = [p for p in self.processes.values() if self._matches(p, executor, cpu, mem)]
         if not candidates:
             return None
         process = min(candidates, key=lambda p: p.doc["prioritytime"])
@@ -497,17 +580,29 @@ class ColonyState:
         executor = self._executor_by_id(caller)
         if executor is None:
             raise ApiError(500, "Failed to assign process, executor not found")
+        try:
+            cpu = available(_str(msg, "availablecpu"), cpu_millis)
+            mem = available(_str(msg, "availablemem"), memory_bytes)
+        except QuantityError as exc:
+            raise ApiError(400, str(exc)) from None
         deadline = time.monotonic() + timeout
         while True:
-            executor["lastheardfromtime"] = go_time(time.time_ns())
-            changed = self._changed
-            assigned = self._try_assign(executor)
+            # Every try of the long-poll marks the executor alive (DistributedAssign's MarkAlive).
+            now = time.time_ns()
+            executor["lastheardfromtime"] = go_time(now)
+            self._heard[executor["executorid"]] = now
+            assigned = self._try_assign(executor, cpu, mem)
             if assigned is not None:
                 return assigned
             remaining = deadline - time.monotonic()
             if timeout < 0 or remaining <= 0:
                 raise ApiError(404, NO_PROCESS_MESSAGE)
-            if not await self._wait_change(changed, remaining, gone):
+            self.held_assigns[caller] += 1
+            try:
+                listening = await self._wait_signal(executor, remaining, gone)
+            finally:
+                self.held_assigns[caller] -= 1
+            if not listening:
                 raise ApiError(404, NO_PROCESS_MESSAGE)  # nobody is listening any more
 
     def _process(self, caller: str, msg: dict[str, Any], action: str) -> _Process:
@@ -546,6 +641,22 @@ class ColonyState:
         ]
         found.sort(key=lambda d: d["prioritytime"])
         return found[:count] or None
+
+    async def _get_process_hist(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
+        """handlers/process HandleGetProcessHist -> postgresql FindProcessesByExecutorID (or
+        FindProcessesByColonyName without an executorid): every process in `state` submitted in the
+        last `seconds`, oldest first, no count limit. (The real server sends no reply at all to a
+        non-member; this one answers 403.)"""
+        colonyname, executorid = _str(msg, "colonyname"), _str(msg, "executorid")
+        self._require_member(caller, colonyname)
+        since = time.time_ns() - _int(msg, "seconds") * _NS
+        state = _int(msg, "state")
+        found = [
+            p for p in self.processes.values()
+            if p.colony == colonyname and p.state == state and p.submitted >= since
+            and (not executorid or p.doc["assignedexecutorid"] == executorid)
+        ]
+        return [p.doc for p in sorted(found, key=lambda p: p.submitted)] or None
 
     def _assigned_process(self, caller: str, msg: dict[str, Any], verb: str) -> _Process:
         action = f"close process as {verb}"
@@ -622,6 +733,7 @@ class ColonyState:
                 else:
                     process.doc.update(assignedexecutorid="", isassigned=False, retries=process.doc["retries"] + 1)
                     process.set_state(WAITING, now)
+                    self._signal_waiting(process)  # UnassignExecutor signals; RemoveExecutorByName does not
                 self._notify()
             elif process.state == WAITING and process.wait_deadline is not None and now > process.wait_deadline:
                 process.doc["errors"] = ["Maximum waiting time limit exceeded"]
