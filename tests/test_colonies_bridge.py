@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from taskmasterd import counters
+
 from taskmasterd.colonies.crypto import derive_id, generate_prvkey
 from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY, daemon_options, make_colony, open_colony
 from tests.support.colonies_server import ColoniesTestServer, ServerThread
@@ -29,6 +31,8 @@ def test_run_success_failure_logs_registration_and_unserved(tmp_path: Path) -> N
         "fail": job(["sh", "-c", 'echo "line one" >&2; echo "boom $1" >&2; exit 3', "sh"], exitcodes=[0, 1]),
         "missing": job(["/nonexistent/program"]),
     }
+
+    before = dict(counters.colonies_processes)
 
     async def scenario() -> None:
         async with world(tmp_path, jobs) as w:
@@ -69,6 +73,9 @@ def test_run_success_failure_logs_registration_and_unserved(tmp_path: Path) -> N
             assert prvkey not in orjson.dumps(w.sup.status().value).decode()
 
     run(scenario())
+    # the metrics' counter: one success (echo), four processes closed failed
+    assert counters.colonies_processes["succeeded"] - before.get("succeeded", 0) == 1
+    assert counters.colonies_processes["failed"] - before.get("failed", 0) == 4
 
 
 def test_maxexectime_stops_the_group_and_cancel_stops_the_run(tmp_path: Path) -> None:

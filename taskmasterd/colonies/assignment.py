@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
+from .. import counters
 from .client import ColoniesClient, ColoniesError, ColoniesOutcomeUnknown, ColoniesUnavailable, transient
 from .retry import Backoff, Outage, Timing
 
@@ -101,12 +102,15 @@ class Assignment:
             try:
                 landed = await self._close_landed(successful) if in_doubt else None
                 if landed is not None:
+                    if landed:
+                        counters.count_colonies_process(successful)
                     return landed
                 if successful:
                     await self.client.close_successful(self.id, values, self._prvkey)
                 else:
                     await self.client.close_failed(self.id, [str(v) for v in values], self._prvkey)
                 self._outage.recovered()
+                counters.count_colonies_process(successful)
                 return True
             except ColoniesError as exc:
                 in_doubt = in_doubt or isinstance(exc, ColoniesOutcomeUnknown)
