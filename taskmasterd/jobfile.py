@@ -14,7 +14,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec
+from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readiness_problems
 
 RESTART_POLICIES = ("always", "never", "unexpected")
 # Bounds: whatever a file says, the daemon stays responsive and its memory bounded.
@@ -405,7 +405,11 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
         problems.append(f'{source}: field "cmd": is required')
     if problems:
         raise JobFileError(problems)
-    return JobSpec(name=name, **values)
+    spec = JobSpec(name=name, **values)
+    problems = readiness_problems(spec, source)
+    if problems:
+        raise JobFileError(problems)
+    return spec
 
 
 def host_errors(spec: JobSpec, source: str, daemon_uid: int | None = None) -> list[str]:

@@ -146,21 +146,16 @@ def test_choices():
     assert 'field "on_unhealthy": must be one of "restart", "none"' in problem('"on_unhealthy": "stop"')
 
 
-def test_rules_across_fields():
-    def problems(fields: str) -> list[str]:
-        return readiness_problems(parse(fields), SRC)
-
-    (watchdog,) = problems('"watchdog": 5')
+def test_rules_across_fields_are_checked_by_parse_job():
+    watchdog = problem('"watchdog": 5')
     assert watchdog.startswith(f'{SRC}: field "watchdog": needs "ready": "notify"')
-    assert problems('"ready": "notify", "watchdog": 5') == []
-    (healthy,) = problems('"ready": "healthy"')
-    assert 'field "ready": "healthy" needs a "healthcheck"' in healthy
-    (timeout,) = problems('"ready_timeout": 5')
-    assert 'field "ready_timeout": only applies with "ready": "notify" or "healthy"' in timeout
+    assert readiness_problems(parse('"ready": "notify", "watchdog": 5'), SRC) == []
+    assert 'field "ready": "healthy" needs a "healthcheck"' in problem('"ready": "healthy"')
+    assert 'field "ready_timeout": only applies with "ready": "notify" or "healthy"' in problem('"ready_timeout": 5')
 
 
 def test_ready_healthy_needs_a_deadline_after_the_first_check():
-    (message,) = readiness_problems(parse('"ready": "healthy", "healthcheck": {"tcp": "h:1"}'), SRC)
+    message = problem('"ready": "healthy", "healthcheck": {"tcp": "h:1"}')
     assert 'within 1s ("starttime")' in message and 'give a longer "ready_timeout"' in message
     ok = parse('"ready": "healthy", "ready_timeout": 20, "healthcheck": {"tcp": "h:1"}')
     assert readiness_problems(ok, SRC) == []
