@@ -8,6 +8,7 @@ import signal
 
 class State(str, enum.Enum):
     STOPPED = "STOPPED"
+    WAITING = "WAITING"  # meant to start, held back until every dependency meets its condition
     STARTING = "STARTING"
     RUNNING = "RUNNING"
     BACKOFF = "BACKOFF"
@@ -19,26 +20,34 @@ class State(str, enum.Enum):
 S = State
 # Every allowed transition, with what causes it. Anything else is a bug and raises.
 TRANSITIONS: dict[tuple[State, State], str] = {
-    (S.STOPPED, S.STARTING): "start command, autostart, or repair",
+    (S.STOPPED, S.STARTING): "start command, autostart, repair, or the restart that stopped it",
     (S.EXITED, S.STARTING): "autorestart, start command, or repair",
     (S.FATAL, S.STARTING): "start command or repair",
     (S.BACKOFF, S.STARTING): "backoff delay elapsed, or start command",
-    (S.STARTING, S.RUNNING): "stayed up for starttime",
-    (S.STARTING, S.BACKOFF): "exited before starttime, or could not be spawned; retries left",
-    (S.STARTING, S.FATAL): "exited before starttime, or could not be spawned; no retries left",
-    (S.STARTING, S.STOPPING): "stop or kill while starting",
+    (S.WAITING, S.STARTING): "every dependency met its condition",
+    (S.STOPPED, S.WAITING): "start command, autostart, repair, or a restart; a dependency is not met",
+    (S.EXITED, S.WAITING): "autorestart, start command, or repair; a dependency is not met",
+    (S.FATAL, S.WAITING): "start command or repair; a dependency is not met",
+    (S.BACKOFF, S.WAITING): "backoff delay elapsed, or start command; a dependency is not met",
+    (S.WAITING, S.STOPPED): "stop or kill while waiting for dependencies",
+    (S.STARTING, S.RUNNING): "ready: stayed up for starttime, sent READY=1, or passed its first health check",
+    (S.STARTING, S.BACKOFF): "exited before it was ready, or could not be spawned; retries left",
+    (S.STARTING, S.FATAL): "exited before it was ready, or could not be spawned; no retries left",
+    (S.STARTING, S.STOPPING): "stop or kill while starting; not ready within its deadline; unhealthy",
     (S.STARTING, S.STOPPED): "stop or kill before the queued spawn ran",
-    (S.RUNNING, S.STOPPING): "stop or kill",
+    (S.RUNNING, S.STOPPING): "stop or kill; a restart: unhealthy, or no watchdog ping in time",
     (S.RUNNING, S.EXITED): "the process exited by itself",
     (S.EXITED, S.BACKOFF): "autorestart of a crash loop, throttled",
     (S.STOPPING, S.STOPPED): "the process exited after the stop signal or SIGKILL",
+    (S.STOPPING, S.BACKOFF): "stopped for not being ready within its deadline: a failed start; retries left",
+    (S.STOPPING, S.FATAL): "stopped for not being ready within its deadline: a failed start; no retries left",
     (S.BACKOFF, S.STOPPED): "stop or kill while waiting to retry",
 }
 
-# Where an instance counts as up, for `start`'s "redundant" and the job summary.
-ACTIVE = frozenset({S.STARTING, S.RUNNING})
+# Where an instance counts as up (or on its way up), for `start`'s "redundant" and `stop`.
+ACTIVE = frozenset({S.WAITING, S.STARTING, S.RUNNING})
 # Order in which a job made of several instances reports its summary state: the most urgent first.
-SUMMARY_ORDER = (S.FATAL, S.BACKOFF, S.STARTING, S.STOPPING, S.RUNNING, S.EXITED, S.STOPPED)
+SUMMARY_ORDER = (S.FATAL, S.BACKOFF, S.STARTING, S.WAITING, S.STOPPING, S.RUNNING, S.EXITED, S.STOPPED)
 
 BACKOFF_CAP = 60.0
 QUICK_EXIT = 1.0  # seconds: an instance that lived less than this and exited is crash-looping
