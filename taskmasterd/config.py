@@ -35,11 +35,12 @@ class DaemonConfig:
     control_users: list[str | int] = field(default_factory=list)  # who may connect, beyond root and
     control_groups: list[str] = field(default_factory=list)  # the daemon's own uid (see access.py)
     allow_remote: list[str] = field(default_factory=list)  # networks of peers on other hosts
+    notify_dir: str | None = None  # the instances' NOTIFY_SOCKETs; None: a short directory of its own
     colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
 
     def absolutize(self) -> None:
         """Daemon mode changes directory to /: resolve every path against the caller's cwd first."""
-        for name in ("jobs_dir", "log_dir", "state_dir", "pidfile", "socket"):
+        for name in ("jobs_dir", "log_dir", "state_dir", "pidfile", "socket", "notify_dir"):
             value = getattr(self, name)
             if value:
                 setattr(self, name, os.path.abspath(value))

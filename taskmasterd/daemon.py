@@ -67,7 +67,7 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
 
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
-                            log_mode=int(config.log_mode, 8), adopt_orphans=True)
+                            log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)

@@ -1,9 +1,10 @@
 """One supervised instance of a job: applies the state machine of `states.py` to a real process.
 
 Everything here is a callback of the event loop: a queued spawn, the pidfd reporting an exit, a
-timer (starttime, backoff). No task or thread per instance, so 1000 idle instances cost nothing
-but memory. The process itself belongs to the daemon's `ProcessTable`; stopping it is the table's
-one stop path (`Child.terminate`).
+timer (starttime, backoff), what `InstanceHealth` saw of the run (ready, unhealthy, watchdog). No
+task or thread per instance, so 1000 idle instances cost nothing but memory. The process itself
+belongs to the daemon's `ProcessTable`; stopping it is the table's one stop path (`Child.terminate`).
+A spawn whose job's dependencies are not met waits in WAITING until the job lets it go.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import signal
 import time
 from typing import TYPE_CHECKING, Callable
 
+from .dependencies import Standing
+from .health_state import Health
+from .instance_health import InstanceHealth
 from .logcapture import LogFile, open_capture
 from .processes import Child, SpawnRefused, SpawnTicket
 from .safepath import UnsafePath
@@ -45,7 +49,7 @@ class Instance:
         self.job = job
         self.index = index
         self.state = S.STOPPED
-        self.since = round(time.time(), 3)
+        self.since = round(time.time(), 6)
         self.description = "not started"
         self.child: Child | None = None
         self.started_at: float | None = None  # monotonic time of the current spawn
@@ -58,9 +62,13 @@ class Instance:
         self.retired = False  # numprocs shrank below it: it leaves the job once stopped
         self.discarded = False  # its job is gone: it never spawns again
         self.logs: tuple[LogFile, ...] = ()  # the files of the current spawn's output
+        self.health = InstanceHealth(self)  # readiness, health checks and watchdog of each run
         self._ticket: SpawnTicket | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # backoff, or a throttled autorestart
         self._changed: asyncio.Future[State] | None = None
+        # Why the daemon is stopping the run by itself, and what follows once it has exited:
+        self._restart_why: str | None = None  # a new run (unhealthy, watchdog)
+        self._failed_readiness: str | None = None  # a failed start (not ready within its deadline)
 
     @property
     def label(self) -> str:
@@ -83,9 +91,9 @@ class Instance:
 
     def stop(self, kill: bool = False) -> bool:
         """Stop signal (or SIGKILL) to the process group; False when nothing was running."""
-        self.wanted = False
+        was_wanted, self.wanted = self.wanted, False
         why = "kill command" if kill else "stop command"
-        if self.state is S.BACKOFF:
+        if self.state in (S.BACKOFF, S.WAITING):
             self._cancel_timer()
             self._enter(S.STOPPED, why)
             return True
@@ -94,6 +102,8 @@ class Instance:
                 self.child.kill()
             return True
         if self.state not in ACTIVE:
+            if was_wanted:  # no transition, but its job may take ColonyOS work again
+                self.job.standing_changed()
             return False
         self._cancel_timer()
         if self.child is None:  # its spawn is still queued
@@ -104,10 +114,22 @@ class Instance:
             self._enter(S.STOPPING, why)
             self.child.kill()
         else:
-            spec = self.job.spec  # the current file's stop settings, even for an older spawn
-            self._enter(S.STOPPING, f"{why}: {signal.Signals(spec.stopsignal).name} to the process group")
-            self.child.terminate(spec.stopsignal, spec.stoptime)
+            self._terminate(why)
         return True
+
+    def restart(self, why: str) -> None:
+        """Replace the run under way (unhealthy, watchdog missed): stop it, then spawn again."""
+        if self.state not in (S.STARTING, S.RUNNING) or self.child is None:
+            return
+        self.restarts += 1
+        self._restart_why = why
+        self._terminate(f"restart: {why}")
+
+    def _terminate(self, why: str) -> None:
+        spec = self.job.spec  # the current file's stop settings, even for an older spawn
+        self._enter(S.STOPPING, f"{why}: {signal.Signals(spec.stopsignal).name} to the process group")
+        assert self.child is not None
+        self.child.terminate(spec.stopsignal, spec.stoptime)
 
     def signal_processes(self, sig: int) -> bool:
         """`sig` to the running process group; False when nothing runs."""
@@ -138,6 +160,7 @@ class Instance:
         self.wanted = False
         self._cancel_timer()
         self._cancel_ticket()
+        self.health.ended()
         self._wake()
 
     def _last_exit_expected(self) -> bool:
@@ -153,8 +176,8 @@ class Instance:
         return self.state
 
     def start_settled(self) -> bool:
-        """A start has an answer: up for starttime, or failed (BACKOFF/FATAL), or was stopped."""
-        return self.state not in (S.STARTING, S.STOPPING)
+        """A start has an answer: ready (RUNNING), or failed (BACKOFF/FATAL), or was stopped."""
+        return self.state not in (S.WAITING, S.STARTING, S.STOPPING)
 
     def stop_settled(self) -> bool:
         return self.state is not S.STOPPING
@@ -168,11 +191,14 @@ class Instance:
         old = self.state
         check_transition(old, new)
         self.state = new
-        self.since = round(time.time(), 3)
+        self.since = round(time.time(), 6)
         log.log(logging.WARNING if new is S.FATAL else logging.INFO,
                 "%s: %s -> %s (%s)", self.label, old.value, new.value, reason)
         self.job.supervisor.events.publish_state(self.job.name, self.index, old, new, reason, self.since)
+        if new is S.STOPPING:
+            self.health.quiet()
         self._wake()
+        self.job.standing_changed()
         if self.retired:
             self._maybe_leave()
 
@@ -186,8 +212,26 @@ class Instance:
             self.job.retired(self)
 
     def _spawn(self, reason: str) -> None:
-        """STARTING now; the fork itself waits its turn in the table's spawn queue."""
+        """STARTING now, or WAITING while a dependency of the job is not met."""
         self._cancel_timer()
+        waiting = self.job.unmet_dependencies()
+        if waiting is not None:
+            self.description = waiting
+            self._enter(S.WAITING, f"{reason}; {waiting}")
+            self.job.supervisor.hold(self.job)
+            return
+        self._queue_fork(reason)
+
+    def dependencies_changed(self, waiting: str | None) -> None:
+        """From the job, while WAITING: go once nothing is awaited, else show what still is."""
+        if self.state is S.WAITING:
+            if waiting is None:
+                self._queue_fork("every dependency met")
+            else:
+                self.description = waiting
+
+    def _queue_fork(self, reason: str) -> None:
+        """STARTING now; the fork itself waits its turn in the table's spawn queue."""
         self._enter(S.STARTING, reason)
         self.exitcode = self.signal = None
         self.description = "spawning"
@@ -210,7 +254,8 @@ class Instance:
                 child_fds.append(fd)
                 if file is not None:
                     logs.append(file)
-            launch = launch_for(spec, self.job.environment(self.index))
+            env = {**self.job.environment(self.index), **self.health.environment(spec)}
+            launch = launch_for(spec, env)
             self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[1])
         except UnsafePath as exc:
             self._failed_start(f"unsafe log file: {exc.strerror}", final=True)
@@ -229,17 +274,46 @@ class Instance:
         self.started_at = time.monotonic()
         self.description = f"pid {self.child.pid}"
         self.child.exited.add_done_callback(self._on_exit)
-        if spec.starttime <= 0:
-            self._became_running()
-        else:
-            self._timer = loop.call_later(spec.starttime, self._became_running)
+        self.health.began(spec)
 
-    def _became_running(self) -> None:
-        self._timer = None
-        self.failures = 0
-        self._enter(S.RUNNING, f"pid {self.child.pid if self.child else '?'} up for {self.job.spec.starttime:g}s")
+    # --- what InstanceHealth saw of the run -----------------------------------------------------
+
+    def became_ready(self, how: str) -> None:
+        if self.state is S.STARTING and self.child is not None:
+            self.failures = 0
+            self._enter(S.RUNNING, f"pid {self.child.pid} {how}")
+
+    def not_ready(self, why: str) -> None:
+        """The ready deadline passed: stop the run; its exit counts as a failed start."""
+        if self.state is S.STARTING and self.child is not None:
+            self._failed_readiness = why
+            self._terminate(why)
+
+    def health_changed(self, old: Health, new: Health, reason: str) -> None:
+        """Every change of a run's health verdict comes through here (logs, events, dependants)."""
+        log.log(logging.WARNING if new is Health.UNHEALTHY else logging.INFO,
+                "%s: %s -> %s (%s)", self.label, old.value, new.value, reason)
+        self.job.standing_changed()
+        if new is Health.HEALTHY and self.job.spec.ready == "healthy":
+            self.became_ready(f"passed its first health check ({reason})")
+        elif new is Health.UNHEALTHY and self.job.spec.on_unhealthy == "restart":
+            self.restart(f"unhealthy ({reason})")
+
+    def condition(self) -> str:
+        """Its state and, while checked, its health: "RUNNING, unhealthy (http 503)"."""
+        verdict = self.health.verdict()
+        return f"{self.state.value}, {verdict}" if verdict else self.state.value
+
+    def standing(self) -> Standing:
+        """What the job's dependants see of this instance."""
+        running = self.state is S.RUNNING
+        return Standing(running=running, healthy=running and self.health.healthy,
+                        completed=self.state is S.EXITED and self._last_exit_expected())
+
+    # --- failures and exits ---------------------------------------------------------------------
 
     def _failed_start(self, why: str, final: bool = False) -> None:
+        self.health.ended()
         self.failures += 1
         spec = self.job.spec
         new = S.FATAL if final else failed_start_state(self.failures, spec.startretries)
@@ -263,6 +337,7 @@ class Instance:
             return
         returncode = exited.result()
         self._cancel_timer()
+        self.health.ended()
         self.exitcode, self.signal = (None, -returncode) if returncode < 0 else (returncode, None)
         what = describe_exit(returncode)
         lived = time.monotonic() - (self.started_at or 0.0)
@@ -275,10 +350,16 @@ class Instance:
             if should_restart(self.job.spec.autorestart, expected) and not self.discarded:
                 self._restart_after(lived)
         elif self.state is S.STOPPING:
+            failed, restart = self._failed_readiness, self._restart_why
+            self._failed_readiness = self._restart_why = None
+            again = self.wanted and not self.retired and not self.discarded
+            if again and failed is not None:
+                self._failed_start(failed)
+                return
             self.description = f"stopped ({what})"
             self._enter(S.STOPPED, what)
-            if self.wanted and not self.retired and not self.discarded:
-                self._spawn("start after stop")
+            if again:
+                self._spawn(f"restart: {restart}" if restart else "start after stop")
 
     def _restart_after(self, lived: float) -> None:
         """Autorestart, throttled when the instance keeps dying young, whatever its starttime."""
@@ -320,6 +401,7 @@ class Instance:
             # meant to be up now (a finished run with an expected exit is not): status exits 3 otherwise
             "wanted": self.wanted and not (self.state is S.EXITED and self._last_exit_expected()),
         }
+        self.health.report(entry)
         dropped = sum(file.dropped for file in self.logs)
         if dropped:
             entry["dropped"] = dropped

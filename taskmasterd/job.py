@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from .dependencies import conditions_met, waiting_text
 from .instance import Instance
 from .jobfile import JobSpec
 from .spawner import child_environment
@@ -25,6 +26,7 @@ class Job:
         self.error: str | None = None  # why the file on disk is not the version running
         self.instances: list[Instance] = []
         self._env: dict[str, str] | None = None
+        self.announced_serving: str | None = ""  # not_serving() as listeners last heard it ("": never)
         self._resize(spec.numprocs)
 
     @property
@@ -76,6 +78,45 @@ class Job:
         for inst in self.instances:
             inst.discard()
 
+    # --- dependencies and serving ---------------------------------------------------------------
+
+    def standing_changed(self) -> None:
+        """An instance changed state or health: what dependants and listeners see may differ."""
+        self.supervisor.standing_changed(self.name)
+
+    def conditions_met(self) -> frozenset[str]:
+        """Which of running / healthy / completed this job meets, for the jobs depending on it."""
+        return conditions_met([inst.standing() for inst in self.active])
+
+    def unmet_dependencies(self) -> str | None:
+        """What a start of this job still waits for ("waiting for db (healthy)"), or None."""
+        if not self.spec.depends_on:
+            return None
+        return waiting_text(self.spec.depends_on, self.supervisor.conditions_of)
+
+    def recheck_waiting(self) -> bool:
+        """Let the WAITING instances go if every dependency is met now; whether any still waits."""
+        waiting = [inst for inst in self.active if inst.state is State.WAITING]
+        if not waiting:
+            return False
+        text = self.unmet_dependencies()
+        for inst in waiting:
+            inst.dependencies_changed(text)
+        return text is not None
+
+    def not_serving(self) -> str | None:
+        """Why the job cannot take work now (its ColonyOS executor waits), or None when it can:
+        an instance is RUNNING and passes its health check (without a check, RUNNING is enough).
+        A job none of whose instances is meant to run (autostart false, or stopped) takes work:
+        its work is then only the one-off runs of its command."""
+        active = self.active
+        if not any(inst.wanted for inst in active):
+            return None
+        if any(inst.state is State.RUNNING and inst.health.healthy for inst in active):
+            return None
+        first = active[0]
+        return f"no instance is {'healthy' if self.spec.healthcheck else 'RUNNING'} ({first.label}: {first.condition()})"
+
     # --- applying a new version of the file -----------------------------------------------------
 
     def apply(self, new: JobSpec) -> tuple[list[Instance], list[Instance], bool]:
@@ -98,6 +139,8 @@ class Job:
                 inst.stop()
                 inst.start("restart for new settings")
                 restarting.append(inst)
+            else:
+                inst.health.update(old, new)  # readiness and health are never spawn settings
         starting = list(restarting)
         if new.numprocs != old.numprocs:
             wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.autostart

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -33,6 +35,22 @@ _NAME_RE = re.compile(r"[0-9a-f]{16}\.sock\Z")
 _NAME_LENGTH = len("0123456789abcdef.sock")
 MAX_PER_WAKEUP = 32  # datagrams read per readable event: a chatty program cannot hold the loop
 PASSED_FDS_KEPT = 16  # room for passed fds to close; the kernel discards those that do not fit
+
+
+def default_notify_path(state_dir: str) -> str:
+    """Where a daemon keeps its sockets unless told: a short path (a socket address has 107 bytes,
+    a state directory may be deep) of its own, named after its state directory, which no two
+    daemons share. As root /run/taskmaster/<tag>, else under $XDG_RUNTIME_DIR or /tmp/taskmaster-<uid>."""
+    tag = hashlib.sha256(os.fsencode(os.path.abspath(state_dir))).hexdigest()[:16]
+    uid = os.geteuid()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if uid == 0:
+        base = "/run/taskmaster"
+    elif runtime and os.path.isabs(runtime):
+        base = os.path.join(runtime, "taskmaster")
+    else:
+        base = f"/tmp/taskmaster-{uid}"
+    return os.path.join(base, tag)
 
 
 class NotifyDirectory:
@@ -65,6 +83,11 @@ class NotifyDirectory:
                     os.unlink(name, dir_fd=fd)
         finally:
             os.close(fd)
+
+    def remove(self) -> None:
+        """At shutdown, once every socket is closed; a directory still in use stays."""
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
 
     def open_socket(self, on_message: Callable[[Notification], None], uid: int | None = None,
                     loop: asyncio.AbstractEventLoop | None = None) -> NotifySocket:

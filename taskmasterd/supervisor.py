@@ -8,6 +8,11 @@ is synchronous), and waits for the outcome (RUNNING, stopped) after releasing it
 can overtake a slow `stop`. Only what ends a job's existence — `delete`, a reload that finds the
 file gone — holds the lock until the job's processes are gone, so nothing can start an instance
 of a job that is being forgotten. Other jobs are never held up.
+
+Dependencies: a start of a job whose `depends_on` is not met leaves its instances WAITING (held
+here); whenever a job's standing changes (an instance's state or health, a job loaded, changed or
+removed), once per loop iteration, the held jobs that depend on it are looked at again and those
+now met start. Several jobs stop in dependency layers: dependants first.
 """
 from __future__ import annotations
 
@@ -17,13 +22,15 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol, TypeVar
 
+from .dependencies import cycle_problem, dependency_graph, stop_layers
 from .instance import Instance
 from .job import Job
 from .jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
 from .jobsdir import JobsDirectory
 from .logcapture import DEFAULT_LOG_MODE, LogFiles
+from .notify_socket import NotifyDirectory, default_notify_path
 from .orphans import ChildJournal, stop_leftovers
 from .processes import ProcessTable
 from .events import EventBus
@@ -35,16 +42,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskmasterd")
 SHUTTING_DOWN = "taskmasterd is shutting down"
+T = TypeVar("T")
 
 
 class JobListener(Protocol):
-    """What a bridge (ColonyOS) hears about jobs coming, changing and going."""
+    """What a bridge (ColonyOS) hears about jobs coming, changing and going. A listener that
+    inherits from it gets the no-op default of `job_serving_changed`."""
 
     def job_loaded(self, job: Job) -> None: ...
 
     def job_changed(self, job: Job, old: JobSpec) -> None: ...
 
     def job_removed(self, name: str) -> None: ...
+
+    def job_serving_changed(self, job: Job) -> None:
+        """`job.not_serving()` changed: whether the job can take work now, or why not."""
 
 
 class _NameLocks:
@@ -70,7 +82,7 @@ class _NameLocks:
 class Supervisor:
     def __init__(self, jobs_dir: Path | str, log_dir: Path | str, state_dir: Path | str,
                  environ: Mapping[str, str] | None = None, *, limits: Limits = Limits(),
-                 log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False):
+                 log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False, notify_dir: str | None = None):
         self.jobs_dir = os.path.abspath(jobs_dir)
         self.log_dir = os.path.abspath(log_dir)
         self.state_dir = os.path.abspath(state_dir)
@@ -89,6 +101,11 @@ class Supervisor:
         self.closing = False
         self.events = EventBus()  # every state change, for the `events` verb (Instance._enter publishes)
         self.daemon: DaemonHandle | None = None  # set by daemon.py: `shutdown`, and status's `daemon` object
+        self.notify_dir = notify_dir  # None: a short directory of this daemon's own (default_notify_path)
+        self._notify: NotifyDirectory | None = None
+        self._held: set[Job] = set()  # jobs with instances WAITING for their dependencies
+        self._changed: set[str] = set()  # jobs whose standing changed in this loop iteration
+        self._settling: asyncio.Handle | None = None
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -122,15 +139,21 @@ class Supervisor:
         self.closing = True
         if self._watcher is not None:
             self._watcher.close()
-        for job in self.jobs.values():
-            job.stop_all()
-        await asyncio.gather(*(job.wait_stopped() for job in self.jobs.values()))
+        await self._in_stop_order(list(self.jobs), self._stop_for_shutdown)
         await self.processes.drain()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.processes.close()
+        if self._notify is not None:
+            self._notify.remove()
         log.info("every job stopped")
+
+    async def _stop_for_shutdown(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is not None:
+            job.stop_all()
+            await job.wait_stopped()
 
     def background(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         """A task the supervisor keeps (and cancels at shutdown); its failure is logged."""
@@ -156,7 +179,18 @@ class Supervisor:
         problems = host_errors(spec, path)
         if problems:
             raise JobFileError(problems)
+        self._refuse_cycle(spec)
         return spec
+
+    def _refuse_cycle(self, spec: JobSpec) -> None:
+        """A file whose `depends_on` would close a cycle among the loaded jobs is invalid."""
+        if not spec.depends_on:
+            return
+        graph = dependency_graph(job.spec for job in self.jobs.values())
+        graph[spec.name] = [dependency.job for dependency in spec.depends_on]
+        problem = cycle_problem(graph, spec.name, self.path_of(spec.name))
+        if problem:
+            raise JobFileError([problem])
 
     def _files_changed(self, names: Iterable[str] | None) -> None:
         """From the watcher: these files changed (None: the kernel lost track, rescan all)."""
@@ -179,6 +213,7 @@ class Supervisor:
             job = self.jobs.get(name)
             try:
                 if pushed is not None:
+                    self._refuse_cycle(pushed[1])  # again: other files may have changed meanwhile
                     self.directory.write(name, pushed[0])
                     spec: JobSpec | None = pushed[1]
                 else:
@@ -212,6 +247,7 @@ class Supervisor:
                 log.info("reloaded job %s: %s", name, change)
                 for listener in self.listeners:
                     listener.job_changed(job, old)
+            self.standing_changed(name)  # its dependants may wait for it, or it for others
         if retiring and not nowait:
             await job.wait_gone(retiring)
         return await _settled_start(job, starting, nowait), change
@@ -236,6 +272,7 @@ class Supervisor:
         log.info("forgot job %s", job.name)
         for listener in self.listeners:
             listener.job_removed(job.name)
+        self.standing_changed(job.name)
 
     # --- verbs ----------------------------------------------------------------------------------
 
@@ -293,6 +330,30 @@ class Supervisor:
 
     async def kill(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
         return await self.stop(name, nowait, kill=True, index=index)
+
+    async def stop_many(self, names: Iterable[str], kill: bool = False, nowait: bool = False) -> Reply:
+        """Stop (or kill) several jobs, dependants before what they depend on: a layer of jobs at
+        a time, the jobs of a layer in parallel, each as `stop` does it. The reply is `fail` with
+        every job's error when any failed (a job not loaded, say), else `success` when any was
+        stopped, else `redundant`; its value maps each job to its response. With `nowait`, the
+        known jobs are stopped in the background, layer by layer, and the reply comes at once."""
+        names = list(dict.fromkeys(names))
+        if self.closing:
+            return fail(SHUTTING_DOWN)
+        unknown = {name: reply for name in names if isinstance(reply := self._job(name), Reply)}
+        known = [name for name in names if name not in unknown]
+        stop_one: Callable[[str], Awaitable[Reply]] = lambda name: self.stop(name, kill=kill)  # noqa: E731
+        if nowait:
+            self.background(self._in_stop_order(known, stop_one), f"stop of {len(known)} job(s)")
+            return _combined({**unknown, **dict.fromkeys(known, SUCCESS)})
+        return _combined({**unknown, **await self._in_stop_order(known, stop_one)})
+
+    async def _in_stop_order(self, names: list[str], stop_one: Callable[[str], Awaitable[T]]) -> dict[str, T]:
+        graph = dependency_graph(job.spec for job in self.jobs.values())
+        results: dict[str, T] = {}
+        for layer in stop_layers(names, graph):
+            results.update(zip(layer, await asyncio.gather(*(stop_one(name) for name in layer))))
+        return results
 
     async def signal(self, name: str, sig: int, index: int | None = None) -> Reply:
         """`sig` to the process group of every running instance (or of instance `index`)."""
@@ -395,6 +456,66 @@ class Supervisor:
 
     def reopen_logs(self) -> None:
         self.log_files.reopen_all()
+
+    # --- dependencies, serving, notification sockets --------------------------------------------
+
+    def conditions_of(self, name: str) -> frozenset[str] | None:
+        """The conditions job `name` meets for its dependants; None when it is not loaded."""
+        job = self.jobs.get(name)
+        return None if job is None else job.conditions_met()
+
+    def hold(self, job: Job) -> None:
+        """An instance of `job` waits for its dependencies: look at it again when they change."""
+        self._held.add(job)
+
+    def standing_changed(self, name: str) -> None:
+        """Job `name` changed in a way its dependants or listeners may care about. Handled once per
+        loop iteration, however many of its instances changed meanwhile."""
+        self._changed.add(name)
+        if self._settling is None:
+            self._settling = asyncio.get_running_loop().call_soon(self._settle)
+
+    def _settle(self) -> None:
+        self._settling = None
+        changed, self._changed = self._changed, set()
+        for name in changed:
+            job = self.jobs.get(name)
+            if job is not None:
+                self._announce_serving(job)
+        if self.closing:  # nothing new starts while every job is being stopped
+            return
+        for job in list(self._held):
+            if self.jobs.get(job.name) is not job:
+                self._held.discard(job)
+            elif job.name in changed or any(d.job in changed for d in job.spec.depends_on):
+                if not job.recheck_waiting():
+                    self._held.discard(job)
+
+    def _announce_serving(self, job: Job) -> None:
+        why = job.not_serving()
+        if why != job.announced_serving:
+            job.announced_serving = why
+            for listener in self.listeners:
+                listener.job_serving_changed(job)
+
+    def notify_directory(self) -> NotifyDirectory:
+        """The directory of the instances' notify sockets, made when a job first needs one."""
+        if self._notify is None:
+            path = self.notify_dir
+            if path is None:
+                path = default_notify_path(self.state_dir)
+                os.makedirs(os.path.dirname(path), mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
+            self._notify = NotifyDirectory(path)
+        return self._notify
+
+
+def _combined(replies: dict[str, Reply]) -> Reply:
+    """One reply for a verb applied to several jobs."""
+    value = {"jobs": {name: reply.response for name, reply in replies.items()}}
+    errors = [reply.error for reply in replies.values() if reply.response == "fail" and reply.error]
+    if errors:
+        return Reply("fail", error="\n".join(errors), value=value)
+    return Reply("success" if any(r.response == "success" for r in replies.values()) else "redundant", value=value)
 
 
 def _with_report(reply: Reply, outcomes: list[tuple[str, Reply, str]]) -> Reply:
