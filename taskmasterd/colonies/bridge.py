@@ -19,6 +19,8 @@ from .retry import Outage, Timing
 from .settings import ColoniesSettings
 from .shared import Shared
 
+from ..supervisor import JobListener
+
 if TYPE_CHECKING:
     from ..job import Job
     from ..jobfile import JobSpec
@@ -28,7 +30,7 @@ log = logging.getLogger("taskmasterd.colonies")
 SHUTDOWN_REASON = "taskmasterd is shutting down"
 
 
-class ColoniesBridge:
+class ColoniesBridge(JobListener):
     def __init__(self, supervisor: Supervisor, settings: ColoniesSettings, timing: Timing = Timing()) -> None:
         self.supervisor = supervisor
         client = ColoniesClient(settings.host, settings.port, settings.tls, timeout=timing.request_timeout, max_idle=16)
@@ -89,6 +91,11 @@ class ColoniesBridge:
         same executor (the server would refuse the name to a new key)."""
         if name in self.executors:
             self._retire(name, "the job was removed from taskmasterd", unregister=True)
+
+    def job_serving_changed(self, job: Job) -> None:
+        executor = self.executors.get(job.name)
+        if executor is not None:
+            executor.serving_changed()
 
     # --- status ---------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@
 - Reconciliation, on start, after a lost assign reply and when the server answers again: the
   processes the server shows running for this executor that it does not run are closed failed,
   so that their submitters' retry policy decides.
+- No new assign while the job cannot do the work (Job.not_serving: no healthy, or RUNNING,
+  instance); an assign in flight is left to finish, and the keep-alive goes on meanwhile.
 
 Everything is a task on the daemon's loop and every call is asynchronous, so a slow or absent
 server only ever delays this job's Colonies work, never supervision or the control protocol.
@@ -63,6 +65,7 @@ class JobExecutor:
         self._failing = False  # the server failed the last call: probe with backoff
         self._refused: str | None = None  # why the server refuses this executor: register again
         self._wake = asyncio.Event()  # a poll, run or keep-alive ended, or the job changed
+        self.not_serving: str | None = None  # why no assign goes out: the job cannot take work now
         self._stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._backoff = Backoff(shared.timing)
         self._task = asyncio.create_task(self._main(after))
@@ -80,6 +83,10 @@ class JobExecutor:
         self.job, self.conf = job, job.spec.colonies
         self._wake.set()  # maxconcurrent or the functions may have changed
 
+    def serving_changed(self) -> None:
+        """Job.not_serving() changed (JobListener.job_serving_changed, through the bridge)."""
+        self._wake.set()
+
     def status(self) -> dict[str, Any]:
         # Any call of any job failing to reach the server says it: even a busy executor is offline.
         outage = self._shared.outage.why
@@ -93,6 +100,7 @@ class JobExecutor:
             "state": "offline" if offline else self.state,
             "running": len(self._runs),
             "error": outage if offline else self.error,
+            "waiting": self.not_serving,
         }
 
     async def close(self, reason: str, unregister: bool) -> None:
@@ -207,6 +215,9 @@ class JobExecutor:
             self._reconcile_due = False
             self._reconciling = self._spawn(self._reconcile(key))
         room = self.conf.maxconcurrent - len(self._runs) - len(self._polls)
+        self.not_serving = self.job.not_serving()
+        if self.not_serving is not None:  # the job cannot do the work now: take none
+            room = 0
         if self._failing:
             room = 0 if self._polls else min(room, 1)
         for _ in range(room):
@@ -217,7 +228,7 @@ class JobExecutor:
         elif self._keepalive is None and self._keepalive_timer is None:
             self._keepalive_timer = asyncio.get_running_loop().call_later(
                 self._shared.timing.keepalive_interval, self._keep_alive_now, key)
-        self.state = "polling" if self._polls else "running"
+        self.state = "polling" if self._polls else "waiting" if self.not_serving else "running"
 
     def _keep_alive_now(self, key: ExecutorKey) -> None:
         self._keepalive_timer = None
