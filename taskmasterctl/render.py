@@ -10,8 +10,11 @@ if TYPE_CHECKING:
 COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO")
 JOB_FIELDS = {"name", "state", "instances", "error"}
 INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description",
-                   "wanted"}
-STATE_COLOURS = {"RUNNING": "32", "STARTING": "36", "STOPPING": "36", "BACKOFF": "33",
+                   "wanted",
+                   # health: shown as "healthy (http 200)"; the rest (and a check's output) in --json
+                   "health", "check", "last_check", "last_result", "output", "failures",
+                   "notify_status", "notify_stopping"}
+STATE_COLOURS = {"RUNNING": "32", "STARTING": "36", "WAITING": "36", "STOPPING": "36", "BACKOFF": "33",
                  "FATAL": "1;31", "INVALID": "1;31", "EXITED": "2", "STOPPED": "2"}
 
 
@@ -77,6 +80,16 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _instance_info(instance: dict) -> list[str]:
+    info = [instance["description"]] if instance.get("description") else []
+    if instance.get("health"):
+        result = instance.get("last_result")
+        info.append(instance["health"] + (f" ({result})" if result else ""))
+    if instance.get("notify_status"):
+        info.append(f"status: {instance['notify_status']}")
+    return info + _extras(instance, INSTANCE_FIELDS)
+
+
 def _rows(job: dict) -> list[tuple[str, ...]]:
     """A row per instance, then a row per problem of the job's file: a multi-line error never
     breaks the table."""
@@ -85,7 +98,7 @@ def _rows(job: dict) -> list[tuple[str, ...]]:
     instances = job.get("instances") or []
     rows: list[tuple[str, ...]] = []
     for position, inst in enumerate(instances):
-        info = ([inst["description"]] if inst.get("description") else []) + _extras(inst, INSTANCE_FIELDS)
+        info = _instance_info(inst)
         rows.append((job["name"], str(inst.get("index", position)), inst.get("state", "-"),
                      "-" if inst.get("pid") is None else str(inst["pid"]), uptime(inst.get("uptime")),
                      str(inst.get("restarts", "-")), last_exit(inst),
