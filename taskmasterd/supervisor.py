@@ -478,7 +478,7 @@ class Supervisor:
     def _settle(self) -> None:
         self._settling = None
         changed, self._changed = self._changed, set()
-        for name in changed:
+        for name in changed if self.listeners else ():
             job = self.jobs.get(name)
             if job is not None:
                 self._announce_serving(job)
