@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmasterd.health import HealthChecker
+from taskmasterd.health import HealthChecker, due_time
 from taskmasterd.health_state import Health, HealthTracker
 from taskmasterd.jobfile import parse_job
 from taskmasterd.probes import OUTPUT_LIMIT, job_check_spawner
@@ -58,6 +58,13 @@ def test_failures_in_the_start_period_do_not_count_until_a_pass():
     started = HealthTracker(started_at=0)
     started.record(True, 1, SPEC)  # started within the start period: from now on every failure counts
     assert [started.record(False, t, SPEC) for t in (2, 3, 4)] == [None, None, H.UNHEALTHY]
+
+
+def test_checks_fall_due_on_a_shared_grid_a_little_late_at_most():
+    assert due_time(100.2, 10) == 110.5 and due_time(100.0, 10) == 110.0  # 0.5 s grid for 10 s
+    assert due_time(3.01, 1) == 4.0625  # 1/16 s for 1 s
+    assert all(0 <= due_time(t / 7, d) - (t / 7 + d) <= min(0.5, d / 16) for t in range(50) for d in (0.05, 1, 10, 300))
+    assert due_time(5.0, 0) == 5.0
 
 
 # --- the checker ---------------------------------------------------------------------------------
