@@ -134,8 +134,9 @@ class Supervisor:
         await self.processes.queue_flushed()
 
     async def shutdown(self) -> None:
-        """Stop every job in parallel, each with its own stoptime, then anything else the daemon
-        started (Colonies runs, escaped grandchildren); nothing it started is left."""
+        """Stop every job, each with its own stoptime, dependants before what they depend on (the
+        others in parallel), then anything else the daemon started (Colonies runs, escaped
+        grandchildren); nothing it started is left."""
         self.closing = True
         if self._watcher is not None:
             self._watcher.close()
