@@ -218,7 +218,7 @@ class Instance:
         if waiting is not None:
             self.description = waiting
             self._enter(S.WAITING, f"{reason}; {waiting}")
-            self.job.supervisor.hold(self.job)
+            self.job.supervisor.track_waiting(self.job)
             return
         self._queue_fork(reason)
 
@@ -299,7 +299,7 @@ class Instance:
         elif new is Health.UNHEALTHY and self.job.spec.on_unhealthy == "restart":
             self.restart(f"unhealthy ({reason})")
 
-    def condition(self) -> str:
+    def state_and_health(self) -> str:
         """Its state and, while checked, its health: "RUNNING, unhealthy (http 503)"."""
         verdict = self.health.verdict()
         return f"{self.state.value}, {verdict}" if verdict else self.state.value

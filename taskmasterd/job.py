@@ -115,7 +115,7 @@ class Job:
         if any(inst.state is State.RUNNING and inst.health.healthy for inst in active):
             return None
         first = active[0]
-        return f"no instance is {'healthy' if self.spec.healthcheck else 'RUNNING'} ({first.label}: {first.condition()})"
+        return f"no instance is {'healthy' if self.spec.healthcheck else 'RUNNING'} ({first.label}: {first.state_and_health()})"
 
     # --- applying a new version of the file -----------------------------------------------------
 

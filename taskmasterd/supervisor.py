@@ -465,7 +465,7 @@ class Supervisor:
         job = self.jobs.get(name)
         return None if job is None else job.conditions_met()
 
-    def hold(self, job: Job) -> None:
+    def track_waiting(self, job: Job) -> None:
         """An instance of `job` waits for its dependencies: look at it again when they change."""
         self._held.add(job)
 

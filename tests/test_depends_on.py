@@ -143,6 +143,17 @@ def test_a_cycle_is_refused_with_its_names_and_the_other_jobs_keep_running(tmp_p
     run(scenario())
 
 
+def test_a_cycle_among_the_files_at_start_up_refuses_the_file_that_closes_it(tmp_path):
+    async def scenario():
+        jobs = {"x": {**SLEEP, "depends_on": ["y"]}, "y": {**SLEEP, "depends_on": ["x"]}, "z": SLEEP}
+        async with supervised(tmp_path, jobs, watch=False) as sup:
+            assert set(sup.jobs) == {"x", "z"}  # loaded in name order: y closes the cycle
+            assert sup.invalid["y"].endswith('y.tm.json: field "depends_on": a cycle: y -> x -> y')
+            assert sup.jobs["x"].instances[0].description == "waiting for y (not loaded)"
+
+    run(scenario())
+
+
 def layered_jobs(tmp_path) -> dict[str, dict]:
     """db <- web <- workers, and an independent batch; each writes the time it got SIGTERM."""
     def job(name, *depends_on):

@@ -23,6 +23,17 @@ with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
     sock.sendto(b"READY=1\\nSTATUS=%r" % time.time(), os.environ["NOTIFY_SOCKET"])
 time.sleep(300)
 """
+# Sends each argument as a datagram, or sleeps for "sleep N", then sleeps on.
+NOTIFY_SCRIPT = """
+import os, socket, sys, time
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    for step in sys.argv[1:]:
+        if step.startswith("sleep "):
+            time.sleep(float(step[6:]))
+        else:
+            sock.sendto(step.encode(), os.environ["NOTIFY_SOCKET"])
+time.sleep(300)
+"""
 LISTEN_LATE = "import socket, sys, time; time.sleep(float(sys.argv[2])); " \
               "s = socket.create_server(('127.0.0.1', int(sys.argv[1]))); time.sleep(300)"
 
@@ -96,6 +107,28 @@ def test_a_watchdog_miss_restarts_the_instance_and_says_so(tmp_path, caplog):
         run(scenario())
     assert "n[0]: RUNNING -> STOPPING (restart: no WATCHDOG=1 for 0.5s: SIGTERM to the process group)" in caplog.messages
     assert "n[0]: STOPPED -> STARTING (restart: no WATCHDOG=1 for 0.5s)" in caplog.messages
+
+
+def test_stopping_1_is_shown_and_disarms_the_watchdog_and_watchdog_trigger_restarts(tmp_path, caplog):
+    async def scenario():
+        jobs = {"bye": {"cmd": [PYTHON, "-c", NOTIFY_SCRIPT, "READY=1", "STOPPING=1\nSTATUS=draining"],
+                        "ready": "notify", "ready_timeout": 20, "watchdog": 0.3},
+                "trig": {"cmd": [PYTHON, "-c", NOTIFY_SCRIPT, "READY=1", "sleep 0.2", "WATCHDOG=trigger"],
+                         "ready": "notify", "ready_timeout": 20, "watchdog": 60}}
+        async with supervised(tmp_path, jobs) as sup:
+            bye, trig = sup.jobs["bye"].instances[0], sup.jobs["trig"].instances[0]
+            await asyncio.wait_for(trig.wait_until(lambda i: i.restarts == 1), 20)
+            await reach(bye, S.RUNNING)
+            await eventually(lambda: bye.health.stopping_notified, what="STOPPING=1 read")
+            await asyncio.sleep(1)  # over three watchdog periods without a ping
+            entry = sup.status("bye").value["jobs"][0]["instances"][0]
+            assert entry["notify_stopping"] is True and entry["notify_status"] == "draining"
+            assert bye.state is S.RUNNING and bye.restarts == 0
+
+    with caplog.at_level(logging.INFO, "taskmasterd.instance"):
+        run(scenario())
+    assert any(m.startswith("trig[0]: RUNNING -> STOPPING (restart: the program sent WATCHDOG=trigger")
+               for m in caplog.messages)
 
 
 class HealthEndpoint:
