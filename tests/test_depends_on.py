@@ -184,6 +184,13 @@ def test_stop_many_stops_dependants_first_and_independent_jobs_together(tmp_path
             assert order.index("batch") < order.index("web")  # in the first layer, with workers
             assert not pid_alive(db_pid)
             assert (await sup.stop_many(["db", "web"])).response == "redundant"
+            for name in ("db", "web"):
+                assert (await sup.start(name)).response == "success"
+            quick = await sup.stop_many(["web", "db"], kill=True, nowait=True)
+            assert quick.response == "success" and quick.value["jobs"] == {"web": "success", "db": "success"}
+            db, web = sup.jobs["db"].instances[0], sup.jobs["web"].instances[0]
+            await reach(db, S.STOPPED)
+            assert web.state is S.STOPPED and web.signal == db.signal == 9 and web.since <= db.since
 
     run(scenario())
 
