@@ -134,7 +134,8 @@ def test_a_cycle_is_refused_with_its_names_and_the_other_jobs_keep_running(tmp_p
             reply = await sup.reload_all()  # in name order: b (waits for c, not loaded yet), then c
             assert reply.response == "fail"
             assert reply.error.endswith('c.tm.json: field "depends_on": a cycle: c -> a -> b -> c')
-            assert reply.value["changes"] == {"a": "unchanged", "b": "applied in place", "c": "invalid"}
+            assert [(entry["job"], entry["change"]) for entry in reply.value["changes"]] == [
+                ("a", "unchanged"), ("b", "applied"), ("c", "invalid")]
             assert sup.status("c").value["jobs"][0]["state"] == "INVALID"
             assert {name: sup.jobs[name].instances[0].child.pid for name in ("a", "b")} == pids
             self_cycle = await sup.push("d", b'{"cmd": "sleep 300", "depends_on": ["d"]}')
