@@ -1,7 +1,7 @@
 """The event bus: every state change of every instance, as it happens, for `events` followers.
 
-`kind` says what changed: "state" for the instance state machine (published by Instance._enter);
-health checks (issue 11) will publish "health" events through the same bus. The bus keeps the
+`kind` says what changed: "state" for the instance state machine (published by Instance._enter),
+"health" for its health verdict (starting, healthy, unhealthy; by Instance.health_changed). The bus keeps the
 last HISTORY events for a late `events` and gives each follower a bounded queue (fanout.py).
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .fanout import Fanout
+from .health_state import Health
 from .following import FollowOptions, parse_options, recent_then_stream
 from .reply import Reply, fail
 from .states import State
@@ -20,7 +21,7 @@ QUEUE = 1000  # events a follower may be behind before it loses the oldest (~200
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # "state" (later also "health")
+    kind: str  # "state" or "health"
     job: str
     instance: int | None
     old: str
@@ -44,6 +45,9 @@ class EventBus:
 
     def publish_state(self, job: str, index: int, old: State, new: State, reason: str, when: float) -> None:
         self.publish(Event("state", job, index, old.value, new.value, reason, when))
+
+    def publish_health(self, job: str, index: int, old: Health, new: Health, reason: str, when: float) -> None:
+        self.publish(Event("health", job, index, old.value, new.value, reason, when))
 
     def follow(self, options: FollowOptions) -> Reply:
         """The last `options.last` events, and with `follow` a stream of every later one."""

@@ -293,6 +293,7 @@ class Instance:
         """Every change of a run's health verdict comes through here (logs, events, dependants)."""
         log.log(logging.WARNING if new is Health.UNHEALTHY else logging.INFO,
                 "%s: %s -> %s (%s)", self.label, old.value, new.value, reason)
+        self.job.supervisor.events.publish_health(self.job.name, self.index, old, new, reason, time.time())
         self.job.standing_changed()
         if new is Health.HEALTHY and self.job.spec.ready == "healthy":
             self.became_ready(f"passed its first health check ({reason})")

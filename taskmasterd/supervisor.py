@@ -140,7 +140,7 @@ class Supervisor:
         self.closing = True
         if self._watcher is not None:
             self._watcher.close()
-        await self._in_stop_order(list(self.jobs), self._stop_for_shutdown)
+        await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
         await self.processes.drain()
         for task in list(self._tasks):
             task.cancel()
@@ -332,24 +332,11 @@ class Supervisor:
     async def kill(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
         return await self.stop(name, nowait, kill=True, index=index)
 
-    async def stop_many(self, names: Iterable[str], kill: bool = False, nowait: bool = False) -> Reply:
-        """Stop (or kill) several jobs, dependants before what they depend on: a layer of jobs at
-        a time, the jobs of a layer in parallel, each as `stop` does it. The reply is `fail` with
-        every job's error when any failed (a job not loaded, say), else `success` when any was
-        stopped, else `redundant`; its value maps each job to its response. With `nowait`, the
-        known jobs are stopped in the background, layer by layer, and the reply comes at once."""
-        names = list(dict.fromkeys(names))
-        if self.closing:
-            return fail(SHUTTING_DOWN)
-        unknown = {name: reply for name in names if isinstance(reply := self._job(name), Reply)}
-        known = [name for name in names if name not in unknown]
-        stop_one: Callable[[str], Awaitable[Reply]] = lambda name: self.stop(name, kill=kill)  # noqa: E731
-        if nowait:
-            self.background(self._in_stop_order(known, stop_one), f"stop of {len(known)} job(s)")
-            return _combined({**unknown, **dict.fromkeys(known, SUCCESS)})
-        return _combined({**unknown, **await self._in_stop_order(known, stop_one)})
-
-    async def _in_stop_order(self, names: list[str], stop_one: Callable[[str], Awaitable[T]]) -> dict[str, T]:
+    async def stop_in_order(self, names: Iterable[str], stop_one: Callable[[str], Awaitable[T]]) -> dict[str, T]:
+        """Stop several jobs (`stop_one(name)` stops one and returns once it has stopped),
+        dependants before what they depend on: a layer of jobs at a time, the jobs of a layer in
+        parallel, the next layer once the last one has stopped. Used by shutdown and by `stop`
+        and `kill` of a selector (`stop a b`, `stop *`). Returns what each `stop_one` returned."""
         graph = dependency_graph(job.spec for job in self.jobs.values())
         results: dict[str, T] = {}
         for layer in stop_layers(names, graph):
@@ -508,15 +495,6 @@ class Supervisor:
                 os.makedirs(os.path.dirname(path), mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
             self._notify = NotifyDirectory(path)
         return self._notify
-
-
-def _combined(replies: dict[str, Reply]) -> Reply:
-    """One reply for a verb applied to several jobs."""
-    value = {"jobs": {name: reply.response for name, reply in replies.items()}}
-    errors = [reply.error for reply in replies.values() if reply.response == "fail" and reply.error]
-    if errors:
-        return Reply("fail", error="\n".join(errors), value=value)
-    return Reply("success" if any(r.response == "success" for r in replies.values()) else "redundant", value=value)
 
 
 def _with_report(reply: Reply, outcomes: list[tuple[str, Reply, str]]) -> Reply:

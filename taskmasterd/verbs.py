@@ -6,7 +6,8 @@ A verb never raises for a caller's mistake: it answers a `Reply` whose `response
 protocol's response names.
 
 `dispatch` also resolves job selectors (the extension of selection.py): a verb that acts on many
-jobs runs its handler once per selected job or instance, all at once, and answers one reply.
+jobs runs its handler once per selected job or instance, all at once (`stop` and `kill`: a layer
+of jobs at a time, dependants before what they depend on), and answers one reply.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class Verb:
     handler: Handler
     summary: str
     selects: Selects = Selects.NAME
+    stops: bool = False  # on several jobs: dependants first (Supervisor.stop_in_order)
 
 
 def _status(sup: Supervisor, request: Request) -> Reply:
@@ -116,9 +118,9 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
     Verb("start", _R, False, lambda s, r: s.start(r.job, nowait=r.nowait, index=r.instance),
          "start every instance that is not running", _MANY),
     Verb("stop", _R, False, lambda s, r: s.stop(r.job, nowait=r.nowait, index=r.instance),
-         "stop every instance gracefully", _MANY),
+         "stop every instance gracefully", _MANY, stops=True),
     Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait, index=r.instance),
-         "SIGKILL every instance's process group now", _MANY),
+         "SIGKILL every instance's process group now", _MANY, stops=True),
     Verb("repair", _R, False, lambda s, r: s.repair(r.job, nowait=r.nowait, index=r.instance),
          "clear FATAL/BACKOFF and start what should run", _MANY),
     Verb("status", _O, False, _status, "report one job, or every job", _MANY),
@@ -181,13 +183,34 @@ async def _run_selected(sup: Supervisor, spec: Verb, request: Request) -> Reply:
         if problems:
             return fail(problems[0])
         return await _call(spec, sup, replace(request, job=targets[0].name, instance=targets[0].index))
-    outcomes = await asyncio.gather(
-        *(_call(spec, sup, replace(request, job=t.name, instance=t.index)) for t in targets), return_exceptions=True)
+    outcomes = await (_each_in_stop_order if spec.stops else _each)(sup, spec, request, targets)
     replies = [_internal_error(spec.name, outcome) if isinstance(outcome, BaseException) else outcome
                for outcome in outcomes]
     if spec.name == "status":
         return selection.merge_status(replies, problems, targets)
     return selection.aggregate(targets, replies, problems)
+
+
+async def _each(sup: Supervisor, spec: Verb, request: Request,
+                targets: list[selection.Target]) -> list[Reply | BaseException]:
+    """The handler on every target at once."""
+    return await asyncio.gather(*(_call(spec, sup, replace(request, job=t.name, instance=t.index)) for t in targets),
+                                return_exceptions=True)
+
+
+async def _each_in_stop_order(sup: Supervisor, spec: Verb, request: Request,
+                              targets: list[selection.Target]) -> list[Reply | BaseException]:
+    """The handler on every target, the targets of a job together, the jobs in stop order."""
+    of_job: dict[str, list[selection.Target]] = {}
+    for target in targets:
+        of_job.setdefault(target.name, []).append(target)
+
+    async def stop_job(name: str) -> list[Reply | BaseException]:
+        return await _each(sup, spec, request, of_job[name])
+
+    done = await sup.stop_in_order(list(of_job), stop_job)
+    answers = {target: outcome for name, outcomes in done.items() for target, outcome in zip(of_job[name], outcomes)}
+    return [answers[target] for target in targets]
 
 
 def _internal_error(verb: str, exc: BaseException) -> Reply:

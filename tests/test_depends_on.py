@@ -5,6 +5,7 @@ import asyncio
 import time
 
 from taskmasterd.states import State
+from taskmasterd.verbs import Request, dispatch
 
 from .support.daemon import Daemon, free_port, pid_alive, write_job
 from .support.supervised import eventually, reach, run, supervised
@@ -170,28 +171,25 @@ def stop_order(tmp_path) -> list[str]:
     return sorted(("db", "web", "workers", "batch"), key=lambda name: stamp(tmp_path / f"{name}.stop"))
 
 
-def test_stop_many_stops_dependants_first_and_independent_jobs_together(tmp_path):
+def test_stop_of_several_jobs_stops_dependants_first_and_independent_jobs_together(tmp_path):
     async def scenario():
         async with supervised(tmp_path, layered_jobs(tmp_path), watch=False) as sup:
             for name in ("db", "web", "workers", "batch"):
                 await reach(sup.jobs[name].instances[0], S.RUNNING)
             db_pid = sup.jobs["db"].instances[0].child.pid
-            reply = await sup.stop_many(["db", "web", "workers", "batch", "nope"])
-            assert reply.response == "fail" and reply.error == 'job "nope" does not exist'
-            assert reply.value["jobs"] == {"nope": "fail", "batch": "success", "workers": "success",
-                                           "web": "success", "db": "success"}
+            reply = await dispatch(sup, "stop", Request(job="db web workers:1 workers batch nope"))
+            assert reply.response == "fail" and reply.error == 'nope: job "nope" does not exist'
+            assert [(t["target"], t["response"]) for t in reply.value["targets"]] == [
+                ("db", "success"), ("web", "success"), ("workers", "success"), ("batch", "success")]
             order = stop_order(tmp_path)
             assert order.index("workers") < order.index("web") < order.index("db")
             assert order.index("batch") < order.index("web")  # in the first layer, with workers
             assert not pid_alive(db_pid)
-            assert (await sup.stop_many(["db", "web"])).response == "redundant"
-            for name in ("db", "web"):
-                assert (await sup.start(name)).response == "success"
-            quick = await sup.stop_many(["web", "db"], kill=True, nowait=True)
-            assert quick.response == "success" and quick.value["jobs"] == {"web": "success", "db": "success"}
+            assert (await dispatch(sup, "stop", Request(job="db web"))).response == "redundant"
+            assert (await dispatch(sup, "start", Request(job="db web"))).response == "success"
             db, web = sup.jobs["db"].instances[0], sup.jobs["web"].instances[0]
-            await reach(db, S.STOPPED)
-            assert web.state is S.STOPPED and web.signal == db.signal == 9 and web.since <= db.since
+            assert (await dispatch(sup, "kill", Request(job="d* w*"))).response == "success"
+            assert db.state is web.state is S.STOPPED and web.signal == db.signal == 9 and web.since <= db.since
 
     run(scenario())
 

@@ -174,6 +174,8 @@ def test_an_http_check_turning_503_restarts_the_job_after_its_retries(tmp_path, 
             endpoint.status = 200
             await reach(inst, S.RUNNING)
             assert inst.child.pid != first and not pid_alive(first)
+            health = [(e.old, e.new, e.reason) for e in sup.events.history if e.kind == "health"]
+            assert health[:2] == [("starting", "healthy", "http 200"), ("healthy", "unhealthy", "http 503")]
 
     with caplog.at_level(logging.INFO, "taskmasterd.instance"):
         run(scenario())
