@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
+from .dependencies import cycle_problem
 from .jobfile import JobFileError, host_errors, parse_job
 from .names import SUFFIX, job_name_error, job_name_from_filename
 
@@ -15,6 +16,7 @@ from .names import SUFFIX, job_name_error, job_name_from_filename
 def problems_in(jobs_dir: str) -> tuple[int, list[str]]:
     """(how many job files were read, every problem found in them); OSError for the directory."""
     checked, problems = 0, []
+    graph: dict[str, list[str]] = {}  # the dependencies of the files that loaded so far, in the daemon's order
     for entry in sorted(os.listdir(jobs_dir)):
         path = os.path.join(jobs_dir, entry)
         name = job_name_from_filename(entry)
@@ -23,11 +25,11 @@ def problems_in(jobs_dir: str) -> tuple[int, list[str]]:
                 problems.append(f"{path}: ignored: {job_name_error(entry[: -len(SUFFIX)])}")
             continue
         checked += 1
-        problems += list(_file_problems(name, path))
+        problems += list(_file_problems(name, path, graph))
     return checked, problems
 
 
-def _file_problems(name: str, path: str) -> Iterator[str]:
+def _file_problems(name: str, path: str, graph: dict[str, list[str]]) -> Iterator[str]:
     try:
         with open(path, "rb") as src:
             raw = src.read()
@@ -39,7 +41,14 @@ def _file_problems(name: str, path: str) -> Iterator[str]:
     except JobFileError as exc:
         yield from exc.problems
         return
-    yield from host_errors(spec, path)
+    problems = host_errors(spec, path)
+    if not problems:  # loaded, unless it closes a cycle with the files loaded before it
+        graph[name] = [dependency.job for dependency in spec.depends_on]
+        cycle = cycle_problem(graph, name, path)
+        if cycle:
+            del graph[name]
+            problems.append(cycle)
+    yield from problems
 
 
 def run_check(jobs_dir: str) -> int:

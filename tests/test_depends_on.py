@@ -4,6 +4,7 @@ refused, and dependants stopped before what they depend on."""
 import asyncio
 import time
 
+from taskmasterd.check import problems_in
 from taskmasterd.states import State
 from taskmasterd.verbs import Request, dispatch
 
@@ -221,3 +222,9 @@ def test_status_over_the_wire_says_what_a_job_waits_for(tmp_path):
         while daemon.instances("web")[0]["state"] != "RUNNING":
             assert time.monotonic() < deadline, daemon.instances("web")
             time.sleep(0.05)
+
+
+def test_check_refuses_the_file_that_closes_a_cycle_as_the_daemon_would(tmp_path):
+    for name, deps in (("a", ["b"]), ("b", ["a"]), ("c", ["a", "b"])):
+        write_job(tmp_path, name, {**SLEEP, "depends_on": deps})
+    assert problems_in(str(tmp_path)) == (3, [f'{tmp_path}/b.tm.json: field "depends_on": a cycle: b -> a -> b'])
