@@ -2,14 +2,15 @@
 like `systemctl is-active`). Pure."""
 from __future__ import annotations
 
-BROKEN = frozenset({"FATAL", "BACKOFF"})
+BROKEN = frozenset({"FATAL", "BACKOFF", "WAITING"})  # WAITING: held back by its dependencies
 DOWN = frozenset({"STOPPED", "EXITED"})
 
 
 def not_as_wanted(jobs: list[dict]) -> list[str]:
     """`job[index]: STATE` for each instance (or `job: INVALID`) not in its wanted state: FATAL,
-    BACKOFF, an invalid file that never loaded, or down (STOPPED, EXITED) while the daemon means
-    it to run (`wanted`, which a finished run with an expected exit code is not)."""
+    BACKOFF, WAITING for a dependency, running but unhealthy, an invalid file that never loaded,
+    or down (STOPPED, EXITED) while the daemon means it to run (`wanted`, which a finished run
+    with an expected exit code is not)."""
     astray = []
     for job in jobs:
         if job.get("state") == "INVALID" and not job.get("instances"):
@@ -18,4 +19,6 @@ def not_as_wanted(jobs: list[dict]) -> list[str]:
             state = inst.get("state")
             if state in BROKEN or (state in DOWN and inst.get("wanted")):
                 astray.append(f"{job['name']}[{inst.get('index')}]: {state}")
+            elif inst.get("health") == "unhealthy":
+                astray.append(f"{job['name']}[{inst.get('index')}]: {state}, unhealthy")
     return astray

@@ -358,6 +358,10 @@ def test_not_as_wanted_from_the_status_document() -> None:
         "w[0]: FATAL", "w[1]: BACKOFF", "w[2]: STOPPED", "w[3]: EXITED"]
     assert not_as_wanted([{"name": "bad", "state": "INVALID", "instances": [], "error": "x"}]) == ["bad: INVALID"]
     assert not_as_wanted([job("old-daemon", ("STOPPED", False))]) == []  # no `wanted`: never counted down
+    assert not_as_wanted([job("deps", ("WAITING", True))]) == ["deps[0]: WAITING"]
+    sick = job("web", ("RUNNING", True))
+    sick["instances"][0]["health"] = "unhealthy"
+    assert not_as_wanted([sick]) == ["web[0]: RUNNING, unhealthy"]
 
 
 def test_shell_options_anywhere_help_of_a_command_and_a_follow_ended_by_ctrl_c(terminal: Terminal) -> None:
