@@ -19,7 +19,7 @@ import os
 import subprocess
 import time
 
-from .safepath import open_append, open_parent, same_file
+from .safepath import checked_size, open_append, open_parent, same_file
 
 log = logging.getLogger("taskmasterd.logs")
 
@@ -34,9 +34,10 @@ _BUFFER = memoryview(bytearray(CHUNK))  # one scratch buffer: the loop runs one 
 
 
 class LogFile:
-    """One log file, appended to and rotated to `.1` … `.N` when it would pass `maxbytes`. It is
-    created when acquired (so a bad path fails the spawn) but holds a descriptor only once
-    something is written: 5000 silent instances cost no log descriptors."""
+    """One log file, appended to and rotated to `.1` … `.N` when it would pass `maxbytes`. Its
+    path is checked when acquired (so an unsafe path fails the spawn), but the file is created,
+    and a descriptor held, only once something is written: 5000 silent instances cost neither
+    files nor descriptors (creating a file costs a journaling file system about a millisecond)."""
 
     def __init__(self, path: str, maxbytes: int, backups: int, mode: int = DEFAULT_LOG_MODE) -> None:
         self.path = path
@@ -51,7 +52,7 @@ class LogFile:
         self.failing: str | None = None  # why writes fail right now
         self._checked = 0.0
         self._rotation_off = False
-        os.close(self._open())
+        self.size = checked_size(path)
 
     def _open(self) -> int:
         fd = open_append(self.path, self.mode)
@@ -60,13 +61,14 @@ class LogFile:
         return fd
 
     def reopen(self) -> None:
-        """After logrotate moved the file (USR2), or when it vanished: a new file at the path."""
-        fd = self._open()
+        """After logrotate moved the file (USR2), or when it vanished: a new file at the path (or,
+        with nothing written yet, the path checked again for the first write)."""
         if self.fd >= 0:
+            fd = self._open()
             os.close(self.fd)
             self.fd = fd
         else:
-            os.close(fd)
+            self.size = checked_size(self.path)
         self._rotation_off = False
 
     def room(self) -> int:

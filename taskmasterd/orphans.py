@@ -1,9 +1,11 @@
 """What survives a daemon killed with SIGKILL.
 
 The daemon journals every process group it starts in `<state_dir>/children.json`, one JSON array
-per line, appended at the moment of the spawn (`["+", pid, start, stopsignal, stoptime]`) and of
-the reap (`["-", pid]`). `start` is the leader's start time in clock ticks since boot
-(/proc/<pid>/stat), which a wall-clock step cannot shift and a recycled pid cannot match. A
+per line, appended at the moment of the spawn (`["+", pid, identity, stopsignal, stoptime]`) and
+of the reap (`["-", pid]`). `identity` tells that very process from any later one with the same
+pid, without the wall clock: `"pidfs:N"`, the inode of its pidfd (unique for the kernel's uptime
+since Linux 6.9, and an fstat away), or on older kernels `"ticks:N"`, its start time in clock
+ticks since boot (/proc/<pid>/stat). A
 daemon that starts and finds entries of a predecessor that died without cleaning up stops those
 groups — also the ones whose leader died meanwhile but whose members live on — before it starts
 any job. Under systemd, KillMode=mixed already kills the cgroup; this covers every other way.
@@ -41,6 +43,39 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields and len(fields) > 19 else None
 
 
+def _pidfs() -> bool:
+    """Whether pidfds have an inode of their own per process (pidfs, Linux 6.9+)."""
+    global _HAS_PIDFS
+    if _HAS_PIDFS is None:
+        mine, parent = os.pidfd_open(os.getpid()), os.pidfd_open(os.getppid())
+        try:
+            _HAS_PIDFS = os.fstat(mine).st_ino != os.fstat(parent).st_ino
+        finally:
+            os.close(mine)
+            os.close(parent)
+    return _HAS_PIDFS
+
+
+_HAS_PIDFS: bool | None = None
+
+
+def identity(pid: int) -> str | None:
+    """What tells process `pid` from any later one with its pid (see the module's docstring);
+    None when it is gone."""
+    if _pidfs():
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            pass  # out of descriptors, say: the start time identifies it as well, only slower
+        else:
+            try:
+                return f"pidfs:{os.fstat(fd).st_ino}"
+            finally:
+                os.close(fd)
+    ticks = start_ticks(pid)
+    return None if ticks is None else f"ticks:{ticks}"
+
+
 class ChildJournal:
     """Append-only record of the live groups; rewritten when mostly made of ended entries."""
 
@@ -55,11 +90,11 @@ class ChildJournal:
         """Start a fresh journal (after `stop_leftovers` consumed the predecessor's)."""
         self._rewrite()
 
-    def started(self, pid: int, stopsignal: int, stoptime: float) -> None:
-        ticks = start_ticks(pid)
-        if ticks is None:
-            return  # already gone
-        line = orjson.dumps(["+", pid, ticks, stopsignal, stoptime]) + b"\n"
+    def started(self, pid: int, who: str | None, stopsignal: int, stoptime: float) -> None:
+        """`who`: the process's `identity` (None: it is gone already)."""
+        if who is None:
+            return
+        line = orjson.dumps(["+", pid, who, stopsignal, stoptime]) + b"\n"
         self._live[pid] = line
         self._append(line)
 
@@ -119,8 +154,8 @@ class Leftover:
     members: tuple[int, ...]
 
 
-def read_journal(path: str) -> dict[int, tuple[int, int, float]]:
-    """The groups a journal says are live: pid -> (start ticks, stop signal, stoptime). Whatever
+def read_journal(path: str) -> dict[int, tuple[str, int, float]]:
+    """The groups a journal says are live: pid -> (identity, stop signal, stoptime). Whatever
     does not have the journal's shape is skipped with one warning, never raised."""
     try:
         with open(path, "rb") as src:
@@ -132,7 +167,7 @@ def read_journal(path: str) -> dict[int, tuple[int, int, float]]:
         return {}
     if len(raw) > MAX_JOURNAL:
         log.warning("%s is larger than %d bytes; reading only its start", path, MAX_JOURNAL)
-    live: dict[int, tuple[int, int, float]] = {}
+    live: dict[int, tuple[str, int, float]] = {}
     bad = 0
     for line in raw[:MAX_JOURNAL].splitlines():
         entry = _entry(line)
@@ -156,20 +191,27 @@ def _entry(line: bytes) -> tuple | None:
         return None
     if value[0] == "-" and len(value) == 2 and _positive_int(value[1]):
         return ("-", value[1])
-    if value[0] == "+" and len(value) == 5 and _positive_int(value[1]) and _positive_int(value[2]) \
+    if value[0] == "+" and len(value) == 5 and _positive_int(value[1]) and _identity_text(value[2]) \
             and isinstance(value[3], int) and value[3] in signal.valid_signals() \
             and isinstance(value[4], (int, float)) and 0 <= value[4] < float("inf"):
         return ("+", value[1], value[2], value[3], float(value[4]))
     return None
 
 
+def _identity_text(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    kind, _, number = value.partition(":")
+    return kind in ("pidfs", "ticks") and number.isascii() and number.isdigit()
+
+
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31
 
 
-def find_leftovers(journal: dict[int, tuple[int, int, float]]) -> list[Leftover]:
+def find_leftovers(journal: dict[int, tuple[str, int, float]]) -> list[Leftover]:
     """The recorded groups that still have members. A leader that is alive must have the
-    recorded start time (else its pid was reused: not ours). A leader that died leaves its pid
+    recorded identity (else its pid was reused: not ours). A leader that died leaves its pid
     held by the group while any member lives (the kernel does not reuse a pid still in use as a
     process group id), so its surviving members are ours."""
     if not journal:
@@ -186,12 +228,20 @@ def find_leftovers(journal: dict[int, tuple[int, int, float]]) -> list[Leftover]
             groups.setdefault(pgid, []).append(int(entry))
     found = []
     for pgid, members in groups.items():
-        ticks, stopsignal, stoptime = journal[pgid]
-        leader = start_ticks(pgid)
-        if leader is not None and leader != ticks:
+        recorded, stopsignal, stoptime = journal[pgid]
+        leader = _identity_like(pgid, recorded)
+        if leader is not None and leader != recorded:
             continue
         found.append(Leftover(pgid, stopsignal, min(stoptime, LEFTOVER_GRACE_CAP), tuple(members)))
     return found
+
+
+def _identity_like(pid: int, recorded: str) -> str | None:
+    """`pid`'s identity in the scheme `recorded` was written in."""
+    if recorded.startswith("ticks:"):
+        ticks = start_ticks(pid)
+        return None if ticks is None else f"ticks:{ticks}"
+    return identity(pid)
 
 
 async def stop_leftovers(path: str) -> int:

@@ -20,6 +20,7 @@ import ctypes.util
 import logging
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import time
@@ -27,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from .orphans import ChildJournal, wait_gone
+from .orphans import ChildJournal, identity, wait_gone
 from .spawner import lookup_account
 
 log = logging.getLogger("taskmasterd.processes")
@@ -61,8 +62,10 @@ class Launch:
 
 class Child:
     """A spawned process group leader. `exited` resolves with subprocess's returncode (negative:
-    killed by that signal) as soon as the kernel reports the exit on the pidfd; by then whatever
-    the leader left in its group has been SIGKILLed."""
+    killed by that signal) as soon as SIGCHLD reports the exit; by then whatever the leader left in
+    its group has been SIGKILLed. No descriptor is held per child: each one would be copied into
+    every later fork, making a spawn cost grow with the number of children (10 000 pidfds make it
+    four times slower)."""
 
     def __init__(self, table: ProcessTable, popen: subprocess.Popen, launch: Launch,
                  loop: asyncio.AbstractEventLoop) -> None:
@@ -73,20 +76,16 @@ class Child:
         self._loop = loop
         self._kill_timer: asyncio.TimerHandle | None = None
         self.exited: asyncio.Future[int] = loop.create_future()
-        self._pidfd = os.pidfd_open(popen.pid)  # may fail (EMFILE): the table then kills and reaps it
-        loop.add_reader(self._pidfd, self._reap)
 
     def _reap(self) -> None:
+        """Called once the leader is a zombie (seen with WNOWAIT): its pid cannot be reused yet, so
+        its group is SIGKILLed first — the signal can never reach a recycled process group."""
         if self.exited.done():
             return
-        # The leader is a zombie now and its pid cannot be reused: kill its group before reaping,
-        # so the SIGKILL can never reach a recycled process group.
         self.signal_group(signal.SIGKILL)
-        returncode = self._popen.poll()
+        returncode = self._popen.poll()  # reaps through Popen, which then never waits on it again
         if returncode is None:
             return
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
         self._cancel_kill_timer()
         self._table._ended(self)
         self.exited.set_result(returncode)
@@ -158,26 +157,30 @@ class ProcessTable:
         self.adopt_orphans = adopt_orphans
         self.children: dict[int, Child] = {}
         self.closing = False
-        self._abandoned: dict[int, subprocess.Popen] = {}  # spawned, pidfd failed: killed, to reap
+        self._abandoned: dict[int, subprocess.Popen] = {}  # failed after the fork: killed, to reap
         self._queue: deque[SpawnTicket] = deque()
         self._queue_running = False
         self._queue_empty: asyncio.Event | None = None
         self._escape_signals: dict[frozenset[tuple[str, str]], int] = {}  # origin -> signal to send
         self._escape_sweep: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._programs: dict[tuple[str, str | None], str | None] = {}  # (name, PATH) -> its file
         self.nofile_limit = resource.getrlimit(resource.RLIMIT_NOFILE)  # what children get
 
     # --- life -----------------------------------------------------------------------------------
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Take over SIGCHLD (reaping abandoned spawns and, when adopting, every orphan)."""
+        """Start reaping from SIGCHLD (done by the first spawn otherwise); as a subreaper when
+        adopting orphans."""
+        if self._loop is loop:
+            return
         self._loop = loop
         if self.adopt_orphans:
             libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
             if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
                 log.warning("cannot become a child subreaper (%s): escaped grandchildren are not stopped",
                             os.strerror(ctypes.get_errno()))
-        loop.add_signal_handler(signal.SIGCHLD, self._reap_others)
+        _sigchld.watch(self, loop)
 
     async def drain(self) -> None:
         """Refuse new spawns, stop every live child with its own signal and stoptime, then every
@@ -191,8 +194,7 @@ class ProcessTable:
             await self._stop_every_orphan()
 
     def close(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_signal_handler(signal.SIGCHLD)
+        _sigchld.unwatch(self)
         if self._escape_sweep is not None:
             self._escape_sweep.cancel()
         if self.journal is not None:
@@ -235,24 +237,46 @@ class ProcessTable:
         Raises SpawnRefused when closing, and whatever Popen raises when it cannot start."""
         if self.closing:
             raise SpawnRefused("taskmasterd is shutting down")
+        self.open(asyncio.get_running_loop())
         kwargs: dict = {}
         if launch.user is not None:
             account = lookup_account(launch.user)
             kwargs = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
-        popen = subprocess.Popen(
-            launch.argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=launch.cwd,
-            env=launch.env, umask=launch.umask if launch.umask is not None else -1,
-            start_new_session=True, close_fds=True, **kwargs)
+        program = self._program(launch)
         try:
-            child = Child(self, popen, launch, asyncio.get_running_loop())
+            popen = subprocess.Popen(
+                launch.argv, executable=program, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                cwd=launch.cwd, env=launch.env, umask=launch.umask if launch.umask is not None else -1,
+                start_new_session=True, close_fds=True, **kwargs)
+        except OSError:
+            self._programs.pop((launch.argv[0], launch.env.get("PATH")), None)  # moved or gone: look again
+            raise
+        try:
+            child = self._register(popen, launch)
         except BaseException:
             self._abandon(popen)
             raise
-        self.children[child.pid] = child
-        if self.journal is not None:
-            self.journal.started(child.pid, launch.stopsignal, launch.stoptime)
         self._give_original_nofile(child.pid)
         return child
+
+    def _register(self, popen: subprocess.Popen, launch: Launch) -> Child:
+        child = self.children[popen.pid] = Child(self, popen, launch, asyncio.get_running_loop())
+        if self.journal is not None:
+            self.journal.started(child.pid, identity(child.pid), launch.stopsignal, launch.stoptime)
+        return child
+
+    def _program(self, launch: Launch) -> str | None:
+        """The file a bare command name runs, found once per name and PATH: Popen would search
+        PATH again at every spawn, with a failed exec in the child for each directory before it."""
+        name = launch.argv[0]
+        if "/" in name:
+            return None
+        key = (name, launch.env.get("PATH"))
+        if key not in self._programs:
+            if len(self._programs) >= 1024:
+                self._programs.clear()
+            self._programs[key] = shutil.which(name, path=key[1] if key[1] is not None else os.defpath)
+        return self._programs[key]
 
     def _give_original_nofile(self, pid: int) -> None:
         """The child runs with the descriptor limit the daemon was started with, not the one the
@@ -263,7 +287,9 @@ class ProcessTable:
             pass  # already gone, or a setuid program we may not touch
 
     def _abandon(self, popen: subprocess.Popen) -> None:
-        """A process we could not watch: SIGKILL its group and reap it from SIGCHLD."""
+        """A process we could not take in (a failure after the fork): SIGKILL its group and reap it
+        from SIGCHLD, so it is neither left running nor left a zombie."""
+        self.children.pop(popen.pid, None)
         with _suppress_gone():
             os.killpg(popen.pid, signal.SIGKILL)
         self._abandoned[popen.pid] = popen
@@ -283,34 +309,39 @@ class ProcessTable:
     # --- orphans --------------------------------------------------------------------------------
 
     def _reap_others(self) -> None:
-        """SIGCHLD: reap abandoned spawns and, as a subreaper, every orphan that exited. Our own
-        children are reaped through their Child (and their Popen), so no exit status is stolen."""
-        for pid, popen in list(self._abandoned.items()):
-            if popen.poll() is not None:
-                del self._abandoned[pid]
+        """SIGCHLD: reap every child that exited — ours through its Child, abandoned spawns, and
+        as a subreaper every orphan. Without `adopt_orphans` only our own pids are looked at, so
+        an embedding program's other children keep their exit status."""
         if not self.adopt_orphans:
+            for pid in [*self.children, *self._abandoned]:
+                if _exited(pid):
+                    self._reap_pid(pid)
             return
-        while True:
+        while True:  # WNOWAIT: see the zombie, leave it for Child._reap (which kills its group first)
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
             if info is None or info.si_pid == 0:
                 return
-            pid = info.si_pid
-            child = self.children.get(pid)
-            if child is not None:
-                child._reap()
-                if pid in self.children:  # not reaped after all: leave it to its pidfd
-                    return
-            elif pid in self._abandoned:
-                self._abandoned.pop(pid).poll()
-            else:
-                with _suppress_gone():
-                    os.waitpid(pid, os.WNOHANG)
+            if not self._reap_pid(info.si_pid):
+                return  # not reaped after all: never spin
+
+    def _reap_pid(self, pid: int) -> bool:
+        child = self.children.get(pid)
+        if child is not None:
+            child._reap()
+            return pid not in self.children
+        popen = self._abandoned.pop(pid, None)
+        if popen is not None:
+            popen.poll()
+            return True
+        with _suppress_gone():  # an escape reparented to us
+            os.waitpid(pid, os.WNOHANG)
+        return True
 
     def _signal_escapes(self, child: Child, sig: int) -> None:
-        if self.adopt_orphans and child.launch.origin:
+        if self.adopt_orphans and child.launch.origin and not self.closing:  # closing: drain stops all
             self._mark_escapes(child.launch.origin_pairs(), sig)
 
     def _mark_escapes(self, origin: frozenset[tuple[str, str]], sig: int) -> None:
@@ -353,6 +384,46 @@ class _suppress_gone:
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
         return kind is not None and issubclass(kind, (ProcessLookupError, ChildProcessError, PermissionError))
+
+
+class _SigchldDispatch:
+    """One SIGCHLD handler per loop, serving every ProcessTable on it (a second table — an
+    embedding program's, a test's — must not take the signal away from the first)."""
+
+    def __init__(self) -> None:
+        self._tables: set[ProcessTable] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, table: ProcessTable, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not loop or loop.is_closed():
+            self._tables = set()
+            self._loop = loop
+            loop.add_signal_handler(signal.SIGCHLD, self._dispatch)
+            # Thousands of children ending together overflow the loop's wake-up pipe; that loses
+            # no signal that matters (one wake-up reaps them all), but Python would print a
+            # traceback for each, which alone can take the loop minutes. Keep it quiet.
+            signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
+        self._tables.add(table)
+
+    def unwatch(self, table: ProcessTable) -> None:
+        self._tables.discard(table)
+        if not self._tables and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+            self._loop = None
+
+    def _dispatch(self) -> None:
+        for table in list(self._tables):
+            table._reap_others()
+
+
+_sigchld = _SigchldDispatch()
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # already reaped elsewhere: Popen.poll settles it
 
 
 def _orphans(children: Mapping[int, Child], abandoned: Mapping[int, object]) -> set[int]:

@@ -138,6 +138,7 @@ class Supervisor:
         others in parallel), then anything else the daemon started (Colonies runs, escaped
         grandchildren); nothing it started is left."""
         self.closing = True
+        self.processes.closing = True  # no spawn from now on; escapes are stopped once, at the end
         if self._watcher is not None:
             self._watcher.close()
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)

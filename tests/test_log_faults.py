@@ -127,6 +127,7 @@ def test_file_modes_log_0640_pushed_job_0640_state_0600(tmp_path):
         async with supervised(tmp_path, {"m": {"cmd": "echo hi", "starttime": 0, "autorestart": "never"}}) as sup:
             assert (await sup.push("pushed", b'{"cmd": "sleep 300", "autostart": false}')).response == "success"
             mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+            await eventually(lambda: (tmp_path / "logs" / "m.0.out").exists(), what="created by its first byte")
             assert mode(tmp_path / "logs" / "m.0.out") & 0o777 == 0o640 & ~current_umask()
             assert mode(tmp_path / "jobs" / "pushed.tm.json") == 0o640
             assert mode(tmp_path / "state" / "children.json") == 0o600

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from taskmasterd import processes
+from taskmasterd import orphans, processes
 from taskmasterd.job import Job
 from taskmasterd.jobfile import JobSpec
-from taskmasterd.orphans import find_leftovers, read_journal, start_ticks, stop_leftovers
+from taskmasterd.orphans import find_leftovers, identity, read_journal, start_ticks, stop_leftovers
 from taskmasterd.states import State
 
 from .support.daemon import pid_alive, write_job
@@ -72,7 +72,9 @@ def test_shrink_then_grow_never_runs_two_processes_for_one_index(tmp_path):
 
     async def scenario():
         async with supervised(tmp_path, {"w": stubborn(mark, numprocs=2, starttime=0)}, watch=False) as sup:
-            await eventually(lambda: len(marked(mark)) == 2, what="two instances")
+            # exec'd into sleep: the TERM trap is in place (a stop now lasts the whole stoptime)
+            await eventually(lambda: len(marked(mark)) == 2 and all(comm(pid) == "sleep" for pid in marked(mark)),
+                             what="two instances past their trap")
             for numprocs in (1, 2):
                 write_job(tmp_path / "jobs", "w", stubborn(mark, numprocs=numprocs, starttime=0))
                 await sup.reload("w", nowait=True)
@@ -85,6 +87,14 @@ def test_shrink_then_grow_never_runs_two_processes_for_one_index(tmp_path):
         assert not marked(mark)
 
     run(scenario())
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as src:
+            return src.read().strip()
+    except OSError:
+        return None
 
 
 def test_a_spawn_that_raises_anything_fails_the_start_and_shutdown_still_stops_the_rest(tmp_path):
@@ -103,26 +113,42 @@ def test_a_spawn_that_raises_anything_fails_the_start_and_shutdown_still_stops_t
     run(scenario())
 
 
-def test_pidfd_failure_after_fork_kills_and_reaps_the_child(tmp_path, monkeypatch):
+def test_a_failure_after_the_fork_kills_and_reaps_the_child(tmp_path, monkeypatch):
     mark = new_mark()
     seen = []
-    real = os.pidfd_open
+    real = processes.ProcessTable._register
 
-    def failing_once(pid, *args):
+    def failing_once(table, popen, launch):
         if not seen:
-            seen.append(pid)
+            seen.append(popen.pid)
             raise OSError(errno.EMFILE, "Too many open files")
-        return real(pid, *args)
+        return real(table, popen, launch)
 
     async def scenario():
-        monkeypatch.setattr(processes.os, "pidfd_open", failing_once)
+        monkeypatch.setattr(processes.ProcessTable, "_register", failing_once)
         job = {"cmd": "sleep 300", "starttime": 0, "env": mark, "startretries": 1}
         async with supervised(tmp_path, {"p": job}) as sup:
             inst = sup.jobs["p"].instances[0]
             await reach(inst, S.RUNNING, timeout=10)  # the retry after the backoff worked
-            assert inst.failures == 0 and "Too many open files" not in inst.description
-            assert seen and not pid_alive(seen[0])
+            assert inst.failures == 0 and inst.child.pid != seen[0]
             await eventually(lambda: not os.path.exists(f"/proc/{seen[0]}"), 5, "the abandoned child reaped")
+            assert marked(mark) == [inst.child.pid]
+
+    run(scenario())
+
+
+def test_without_descriptors_the_journal_still_identifies_each_child(tmp_path, monkeypatch):
+    def no_descriptors(pid, *args):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def scenario():
+        async with supervised(tmp_path, {"s": {"cmd": "sleep 300", "starttime": 0}}) as sup:
+            monkeypatch.setattr(orphans.os, "pidfd_open", no_descriptors)
+            assert (await sup.push("t", b'{"cmd": "sleep 300", "starttime": 0}')).response == "success"
+            pid = sup.jobs["t"].instances[0].child.pid
+            journal = read_journal(str(tmp_path / "state" / "children.json"))
+            assert journal[pid][0] == f"ticks:{start_ticks(pid)}"
+            assert pid in {g.pgid for g in find_leftovers(journal)}
 
     run(scenario())
 
@@ -161,10 +187,13 @@ def test_journal_records_each_spawn_at_once_with_boot_relative_start(tmp_path):
         async with supervised(tmp_path, {"s": {"cmd": "sleep 300", "starttime": 0, "numprocs": 2}}) as sup:
             pids = [i.child.pid for i in sup.jobs["s"].instances]
             journal = read_journal(str(tmp_path / "state" / "children.json"))  # no flush delay
-            assert {pid: entry[0] for pid, entry in journal.items()} == {pid: start_ticks(pid) for pid in pids}
+            assert {pid: entry[0] for pid, entry in journal.items()} == {pid: identity(pid) for pid in pids}
             assert {g.pgid for g in find_leftovers(journal)} == set(pids)
-            # the same pid with another start time is a recycled pid: never ours
-            assert not find_leftovers({pid: (ticks + 1, 15, 1.0) for pid, (ticks, *_) in journal.items()})
+            # the same pid with another identity is a recycled pid: never ours (either scheme)
+            assert not find_leftovers({pid: ("pidfs:1", 15, 1.0) for pid in pids})
+            assert {g.pgid for g in find_leftovers({pid: (f"ticks:{start_ticks(pid)}", 15, 1.0) for pid in pids})} \
+                == set(pids)
+            assert not find_leftovers({pid: (f"ticks:{start_ticks(pid) + 1}", 15, 1.0) for pid in pids})
         assert read_journal(str(tmp_path / "state" / "children.json")) == {}  # clean shutdown: empty
 
     run(scenario())
@@ -172,7 +201,8 @@ def test_journal_records_each_spawn_at_once_with_boot_relative_start(tmp_path):
 
 @pytest.mark.parametrize("content", [
     b'{"a": 1}', b"[1, 2, 3]", b"[[1]]", b'[[1, 2, 3]]', b"\xff\xfe garbage", b"null",
-    b'["+", -5, 1, 15, 1]\n["+", "x", 1, 15, 1]\n["-"]\n["+", 1, 1, 999, 1]\n', b"[" * 100000,
+    b'["+", -5, "pidfs:1", 15, 1]\n["+", "x", "pidfs:1", 15, 1]\n["-"]\n["+", 1, "pidfs:1", 999, 1]\n'
+    b'["+", 1, "boot:1", 15, 1]\n["+", 1, 5, 15, 1]\n', b"[" * 100000,
 ])
 def test_recovery_never_crashes_on_a_journal_of_the_wrong_shape(tmp_path, content):
     path = tmp_path / "children.json"
