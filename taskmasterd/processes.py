@@ -34,7 +34,11 @@ from .spawner import lookup_account
 log = logging.getLogger("taskmasterd.processes")
 
 SPAWN_SLICE = 0.005  # seconds of spawning per loop iteration before other callbacks get a turn
-ESCAPE_RECHECK = 0.25  # a second look for escapes once a killed group has had time to die
+# When escapes of a spawn that ended are looked for: not at once, which would delay its restart
+# by a sweep of every child of the daemon, and a second time once a killed group has had time to
+# die (an escape is reparented only when its parent is gone).
+ESCAPE_LOOKS = (0.05, 0.5)
+SWEEP_INTERVAL = 0.5  # seconds between two sweeps for escapes, at the most
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -162,7 +166,8 @@ class ProcessTable:
         self._queue_running = False
         self._queue_empty: asyncio.Event | None = None
         self._escape_signals: dict[frozenset[tuple[str, str]], int] = {}  # origin -> signal to send
-        self._escape_sweep: asyncio.Handle | None = None
+        self._escape_sweep: asyncio.TimerHandle | None = None
+        self._last_sweep = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._programs: dict[tuple[str, str | None], str | None] = {}  # (name, PATH) -> its file
         self.nofile_limit = resource.getrlimit(resource.RLIMIT_NOFILE)  # what children get
@@ -300,11 +305,10 @@ class ProcessTable:
         if self.journal is not None:
             self.journal.ended(child.pid)
         if self.adopt_orphans and child.launch.origin and not self.closing:
-            # Escapes of a spawn that ended go with it, like the rest of its group; a second look
-            # catches those whose parent was still dying from the group's SIGKILL.
+            # Escapes of a spawn that ended go with it, like the rest of its group.
             origin = child.launch.origin_pairs()
-            self._mark_escapes(origin, signal.SIGKILL)
-            asyncio.get_running_loop().call_later(ESCAPE_RECHECK, self._mark_escapes, origin, signal.SIGKILL)
+            for delay in ESCAPE_LOOKS:
+                asyncio.get_running_loop().call_later(delay, self._mark_escapes, origin, signal.SIGKILL)
 
     # --- orphans --------------------------------------------------------------------------------
 
@@ -345,15 +349,18 @@ class ProcessTable:
             self._mark_escapes(child.launch.origin_pairs(), sig)
 
     def _mark_escapes(self, origin: frozenset[tuple[str, str]], sig: int) -> None:
-        """Queue `sig` for the escapes of `origin` (SIGKILL wins over a stop signal); one sweep per
-        loop iteration serves every spawn marked meanwhile."""
+        """Queue `sig` for the escapes of `origin` (SIGKILL wins over a stop signal). One sweep
+        serves every spawn marked meanwhile, at most every SWEEP_INTERVAL: listing the daemon's
+        children costs about a millisecond per thousand, and a crash loop must not pay it per exit."""
         if self._escape_signals.get(origin) != signal.SIGKILL:
             self._escape_signals[origin] = sig
         if self._escape_sweep is None and self._loop is not None:
-            self._escape_sweep = self._loop.call_soon(self._sweep_escapes)
+            when = max(self._loop.time(), self._last_sweep + SWEEP_INTERVAL)
+            self._escape_sweep = self._loop.call_at(when, self._sweep_escapes)
 
     def _sweep_escapes(self) -> None:
         self._escape_sweep = None
+        self._last_sweep = asyncio.get_running_loop().time()
         signals, self._escape_signals = self._escape_signals, {}
         if not signals:
             return
