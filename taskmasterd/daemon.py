@@ -16,7 +16,7 @@ from .access import AccessPolicy
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
 from .daemonhandle import DaemonHandle
-from .daemonlog import RingHandler
+from .daemonlog import QueueAndRing, RingHandler
 from .listeners import Listeners
 from .sdnotify import notify
 from .supervisor import Supervisor
@@ -38,12 +38,16 @@ def setup_logging(config: DaemonConfig) -> logging.handlers.QueueListener:
         handler = logging.StreamHandler(sys.stderr)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
-    ring = RingHandler()  # the last lines in memory, for `maintail` (foreground mode too); on the loop
+    ring = RingHandler()  # the last lines in memory, for `maintail` (foreground mode too)
     ring.setFormatter(formatter)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, handler)
+    # Records carry nothing the format uses beyond time, level, name and message: skip the rest
+    # (the caller's frame, thread and process names), which costs more than the line itself.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records), ring]
+    root.handlers[:] = [QueueAndRing(records, ring)]
     root.setLevel(config.log_level)
     listener.start()
     return listener

@@ -400,11 +400,13 @@ class _SigchldDispatch:
     def __init__(self) -> None:
         self._tables: set[ProcessTable] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = False
 
     def watch(self, table: ProcessTable, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not loop or loop.is_closed():
             self._tables = set()
             self._loop = loop
+            self._pending = False
             loop.add_signal_handler(signal.SIGCHLD, self._dispatch)
             # Thousands of children ending together overflow the loop's wake-up pipe; that loses
             # no signal that matters (one wake-up reaps them all), but Python would print a
@@ -419,6 +421,14 @@ class _SigchldDispatch:
             self._loop = None
 
     def _dispatch(self) -> None:
+        # asyncio calls this once per SIGCHLD delivered; one pass after them all reaps every
+        # zombie, and each extra pass would walk the whole child list in the kernel for nothing.
+        if not self._pending and self._loop is not None:
+            self._pending = True
+            self._loop.call_soon(self._reap_all)
+
+    def _reap_all(self) -> None:
+        self._pending = False
         for table in list(self._tables):
             table._reap_others()
 
