@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from taskmasterd.states import QUICK_EXIT  # noqa: E402
 from tests.support.daemon import Daemon, wait_for  # noqa: E402
 from report import print_table  # noqa: E402  (bench/ is the script's directory)
 
@@ -142,6 +143,7 @@ def main() -> None:
                             samples.append(arrived - killed)
                             break
                     wait_for(lambda: daemon.instances("victim")[0]["state"] == "RUNNING", interval=0.005)
+                    time.sleep(QUICK_EXIT)  # a victim killed younger than this is a crash loop: throttled
             finally:
                 events.close()
             rows.append(("events -f: SIGKILL to its line", percentiles(samples), "(report)"))
