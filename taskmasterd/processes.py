@@ -86,7 +86,8 @@ class Child:
         its group is SIGKILLed first — the signal can never reach a recycled process group."""
         if self.exited.done():
             return
-        self.signal_group(signal.SIGKILL)
+        if not self._table.draining_orphans:  # else drain() stops what is left, all at once
+            self.signal_group(signal.SIGKILL)
         returncode = self._popen.poll()  # reaps through Popen, which then never waits on it again
         if returncode is None:
             return
@@ -171,6 +172,13 @@ class ProcessTable:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._programs: dict[tuple[str, str | None], str | None] = {}  # (name, PATH) -> its file
         self.nofile_limit = resource.getrlimit(resource.RLIMIT_NOFILE)  # what children get
+
+    @property
+    def draining_orphans(self) -> bool:
+        """Shutting down as a subreaper: what a leader leaves in its group is reparented to us and
+        stopped by drain() with every other orphan, so no per-child SIGKILL is needed on the way
+        (10 000 of them cost the shutdown a third of a second)."""
+        return self.closing and self.adopt_orphans
 
     # --- life -----------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 
 from taskmasterd.listeners import bind_unix
 from tests.support.control_fixtures import SLEEPER, Raw, message
-from tests.support.daemon import ROOT, Daemon, free_port
+from tests.support.daemon import ROOT, Daemon, free_port, wait_for
 
 
 def refused_start(daemon: Daemon) -> subprocess.CompletedProcess:
@@ -39,7 +39,8 @@ def test_port_none_listens_on_the_unix_socket_only(tmp_path: Path) -> None:
         assert unix_exchange(path, message("list"))["response"] == "list"
         with pytest.raises(ConnectionRefusedError):
             Raw(daemon.port)
-        assert f"control on {path}" in daemon.stderr()
+        # the daemon's log is written by a thread of its own: the line may follow READY=1
+        wait_for(lambda: f"control on {path}" in daemon.stderr(), 10, what="the ready line in the log")
     assert not path.exists()
 
 
