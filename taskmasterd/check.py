@@ -9,12 +9,14 @@ import os
 from typing import Iterator
 
 from .dependencies import cycle_problem
-from .jobfile import JobFileError, host_errors, parse_job
+from .jobfile import JobFileError, Limits, host_errors, parse_job
+from .jobsdir import JobsDirectory
 from .names import SUFFIX, job_name_error, job_name_from_filename
 
 
-def problems_in(jobs_dir: str) -> tuple[int, list[str]]:
+def problems_in(jobs_dir: str, limits: Limits = Limits()) -> tuple[int, list[str]]:
     """(how many job files were read, every problem found in them); OSError for the directory."""
+    directory = JobsDirectory(jobs_dir)  # read as the daemon reads: regular files only, capped
     checked, problems = 0, []
     graph: dict[str, list[str]] = {}  # the dependencies of the files that loaded so far, in the daemon's order
     for entry in sorted(os.listdir(jobs_dir)):
@@ -25,19 +27,17 @@ def problems_in(jobs_dir: str) -> tuple[int, list[str]]:
                 problems.append(f"{path}: ignored: {job_name_error(entry[: -len(SUFFIX)])}")
             continue
         checked += 1
-        problems += list(_file_problems(name, path, graph))
+        problems += list(_file_problems(directory, name, limits, graph))
     return checked, problems
 
 
-def _file_problems(name: str, path: str, graph: dict[str, list[str]]) -> Iterator[str]:
+def _file_problems(directory: JobsDirectory, name: str, limits: Limits, graph: dict[str, list[str]]) -> Iterator[str]:
+    path = directory.path_of(name)
     try:
-        with open(path, "rb") as src:
-            raw = src.read()
-    except OSError as exc:
-        yield f"{path}: cannot read: {exc.strerror}"
-        return
-    try:
-        spec = parse_job(name, raw, path)
+        raw = directory.read(name)
+        if raw is None:
+            return  # removed meanwhile
+        spec = parse_job(name, raw, path, limits)
     except JobFileError as exc:
         yield from exc.problems
         return
@@ -51,10 +51,10 @@ def _file_problems(name: str, path: str, graph: dict[str, list[str]]) -> Iterato
     yield from problems
 
 
-def run_check(jobs_dir: str) -> int:
+def run_check(jobs_dir: str, limits: Limits = Limits()) -> int:
     """Print each problem, then a summary; 1 if anything is wrong, else 0."""
     try:
-        checked, problems = problems_in(jobs_dir)
+        checked, problems = problems_in(jobs_dir, limits)
     except OSError as exc:
         print(f"taskmasterd: cannot read the jobs directory {jobs_dir}: {exc.strerror}")
         return 1

@@ -16,8 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve(argv)
         if config.check is not None:  # offline: nothing else of the settings matters
             from .check import run_check
+            from .jobfile import Limits
 
-            return run_check(os.path.abspath(config.check) if config.check else config.jobs_dir)
+            return run_check(os.path.abspath(config.check) if config.check else config.jobs_dir,
+                             Limits(config.max_numprocs))
         colonies = ColoniesSettings.from_sources({"colonies": config.colonies}, os.environ)
     except (ConfigError, ValueError) as exc:
         print(f"taskmasterd: {exc}", file=sys.stderr)

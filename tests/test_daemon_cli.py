@@ -3,6 +3,7 @@ directories of a system service, and metrics scraped with curl."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -41,15 +42,17 @@ def test_check_prints_every_problem_as_the_daemon_would_and_exits_1(tmp_path: Pa
     write_job(tmp_path, "lost", {**SLEEPER, "workingdir": str(tmp_path / "nowhere")})
     (tmp_path / "bad name.tm.json").write_text(json.dumps(SLEEPER))
     (tmp_path / "notes.txt").write_text("not a job")
+    os.mkfifo(tmp_path / "pipe.tm.json")  # read as the daemon reads: refused, never waited on
     result = taskmasterd("--check", str(tmp_path))
     assert result.returncode == 1
     lines = result.stdout.splitlines()
+    assert f"{tmp_path}/pipe.tm.json: not a regular file" in lines
     assert any(line.startswith(f'{tmp_path}/bad.tm.json: field "numprocs": ') for line in lines)
     assert any("unknown field 'autorestrat' (did you mean 'autorestart'?)" in line for line in lines)
     assert any(f"{tmp_path}/lost.tm.json" in line and "does not exist" in line for line in lines)
     assert any("bad name.tm.json: ignored" in line for line in lines)
     assert not any("good" in line or "notes" in line for line in lines[:-1])
-    assert lines[-1] == f"taskmasterd: 3 job file(s) in {tmp_path}: 4 problem(s)"
+    assert lines[-1] == f"taskmasterd: 4 job file(s) in {tmp_path}: 5 problem(s)"
     assert taskmasterd("--check", str(tmp_path / "missing")).returncode == 1
 
 
