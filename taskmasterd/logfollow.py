@@ -17,6 +17,7 @@ import os
 
 from . import inotify
 from .reply import Reply
+from .safepath import UnsafePath, open_read
 
 CHUNK = 64 * 1024  # bytes read per wake-up and per `file` reply
 BLOCK = 64 * 1024  # bytes read backwards at a time when looking for the last lines
@@ -83,8 +84,8 @@ class FileFollower:
         """Open what is at the path now, to be read from its start; the file open before is kept
         as retired."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
+            fd = open_read(self.path)
+        except (FileNotFoundError, UnsafePath):  # an unsafe replacement is not followed
             return False
         info = os.fstat(fd)
         if self._fd >= 0:
@@ -147,7 +148,7 @@ async def tail(path: str, label: str, last: int, follow: bool) -> Reply:
     is written from there on. OSError when the file's directory cannot be watched."""
     if not follow:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_read(path)
         except FileNotFoundError:
             return Reply("file", job=label, data=b"")
         try:

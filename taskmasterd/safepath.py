@@ -146,6 +146,26 @@ def open_append(path: str, mode: int) -> int:
     return fd
 
 
+def open_read(path: str) -> int:
+    """A descriptor of the regular file `path` for reading, reached without following a lesser
+    user's symlink and never waiting (a FIFO planted there is refused, not opened for good);
+    FileNotFoundError when it is not there."""
+    dir_fd, name = open_parent(path)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(errno.ELOOP, f"{path} is a symbolic link: not followed") from None
+            raise
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePath(errno.EINVAL, f"{path} is not a regular file")
+    return fd
+
+
 def checked_size(path: str) -> int:
     """The size of the file `path` names (0: not there yet), after the same checks `open_append`
     makes — without creating it. Raises UnsafePath where open_append would refuse."""

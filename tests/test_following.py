@@ -11,6 +11,7 @@ import pytest
 from taskmasterd.fanout import Fanout
 from taskmasterd.following import FollowOptions, parse_options
 from taskmasterd.logfollow import FileFollower, cut_last_lines, last_lines, tail
+from taskmasterd.safepath import UnsafePath
 
 WAIT = 5.0  # seconds an event-driven read may take before the test fails
 
@@ -134,3 +135,17 @@ def test_a_slow_subscriber_loses_the_oldest_and_is_told_how_many() -> None:
 ])
 def test_follow_options(data: bytes | None, expected: FollowOptions | str) -> None:
     assert parse_options(data) == expected
+
+
+def test_a_fifo_at_a_log_path_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "web.0.out"
+    os.mkfifo(fifo)
+
+    async def scenario():
+        try:
+            await asyncio.wait_for(tail(str(fifo), "web:0", 10, False), 5)
+        except UnsafePath as exc:
+            return str(exc)
+        return "read"
+
+    assert "not a regular file" in asyncio.run(scenario())
