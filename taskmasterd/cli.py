@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     from .accounts import resolve_policy
-    from .daemon import raise_fd_limit, run, setup_logging
+    from .daemon import run, setup_logging
+    from .processes import raise_fd_limit
     from .listeners import open_listeners
 
     # Refuse a second daemon (same pid file, port or socket) here, where the operator sees the message.

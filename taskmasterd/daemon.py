@@ -5,8 +5,6 @@ import asyncio
 import logging
 import logging.handlers
 import os
-import queue
-import resource
 import signal
 import socket
 import sys
@@ -16,7 +14,7 @@ from .access import AccessPolicy
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
 from .daemonhandle import DaemonHandle
-from .daemonlog import QueueAndRing, RingHandler
+from .daemonlog import DaemonLogHandler, LogWriter, RingHandler
 from .listeners import Listeners
 from .sdnotify import notify
 from .supervisor import Supervisor
@@ -27,41 +25,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskmasterd")
 
 
-def setup_logging(config: DaemonConfig) -> logging.handlers.QueueListener:
+def setup_logging(config: DaemonConfig) -> LogWriter:
     """The daemon's log, written by a thread of its own: a slow terminal, journald or disk never
-    blocks the event loop (a log call only queues the record). Stop the returned listener last."""
+    blocks the event loop (a log call only queues the record). Stop the returned writer last."""
     if config.daemon:
         os.makedirs(config.log_dir, exist_ok=True)
         # Watched: after logrotate moves the file, the next line goes to a fresh one.
-        handler: logging.Handler = logging.handlers.WatchedFileHandler(os.path.join(config.log_dir, "taskmasterd.log"))
+        handler: logging.StreamHandler = logging.handlers.WatchedFileHandler(os.path.join(config.log_dir, "taskmasterd.log"))
     else:
         handler = logging.StreamHandler(sys.stderr)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
     ring = RingHandler()  # the last lines in memory, for `maintail` (foreground mode too)
     ring.setFormatter(formatter)
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler)
+    writer = LogWriter(handler)
     # Records carry nothing the format uses beyond time, level, name and message: skip the rest
     # (the caller's frame, thread and process names), which costs more than the line itself.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
-    root.handlers[:] = [QueueAndRing(records, ring)]
+    root.handlers[:] = [DaemonLogHandler(writer, ring)]
     root.setLevel(config.log_level)
-    listener.start()
-    return listener
-
-
-def raise_fd_limit() -> None:
-    """1000 instances hold ~5000 descriptors (pipes, pidfds, log files): take what the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass
+    writer.start()
+    return writer
 
 
 async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .dependencies import Standing
 from .health_state import Health
@@ -407,3 +407,10 @@ class Instance:
         if dropped:
             entry["dropped"] = dropped
         return entry
+
+
+async def wait_each(instances: Iterable[Instance], done: Callable[[Instance], bool]) -> None:
+    """Until each of `instances` has met `done` (or left): one wait after the other, which ends
+    when the slowest does, with no task per instance (10 000 of them cost a shutdown 0.5 s)."""
+    for inst in instances:
+        await inst.wait_until(done)

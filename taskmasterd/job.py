@@ -6,11 +6,10 @@ followed by a grow brings the same Instance back rather than a twin.
 """
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from .dependencies import conditions_met, waiting_text
-from .instance import Instance
+from .instance import Instance, wait_each
 from .jobfile import JobSpec
 from .spawner import child_environment
 from .states import State, summarize
@@ -55,7 +54,7 @@ class Job:
     async def wait_started(self, instances: list[Instance] | None = None) -> str | None:
         """Wait for every instance to settle after a start; the first failure's reason, or None."""
         instances = self.active if instances is None else instances
-        await asyncio.gather(*(inst.wait_until(Instance.start_settled) for inst in instances))
+        await wait_each(instances, Instance.start_settled)
         for inst in instances:
             if inst.discarded:
                 return f"{inst.label}: its job was removed"
@@ -67,12 +66,11 @@ class Job:
 
     async def wait_stopped(self, instances: list[Instance] | None = None) -> None:
         instances = list(self.instances) if instances is None else instances
-        await asyncio.gather(*(inst.wait_until(Instance.stop_settled) for inst in instances))
+        await wait_each(instances, Instance.stop_settled)
 
     async def wait_gone(self, retiring: list[Instance]) -> None:
         """Until these retired instances have left the job (or came back by a new resize)."""
-        await asyncio.gather(*(inst.wait_until(lambda i: not i.retired or i not in self.instances)
-                               for inst in retiring))
+        await wait_each(retiring, lambda i: not i.retired or i not in self.instances)
 
     def discard(self) -> None:
         for inst in self.instances:

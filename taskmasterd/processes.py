@@ -156,6 +156,24 @@ class SpawnTicket:
         self.cancelled = True
 
 
+_children_nofile: tuple[int, int] | None = None  # the limit the daemon had before raising its own
+
+
+def raise_fd_limit() -> None:
+    """Take what the hard limit allows (1000 captured instances hold ~3000 descriptors). Children
+    are still given the limit the daemon was started with (ProcessTable.spawn)."""
+    global _children_nofile
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _children_nofile is None:
+        _children_nofile = (soft, hard)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
 class ProcessTable:
     def __init__(self, journal: ChildJournal | None = None, adopt_orphans: bool = False) -> None:
         self.journal = journal
@@ -171,7 +189,9 @@ class ProcessTable:
         self._last_sweep = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._programs: dict[tuple[str, str | None], str | None] = {}  # (name, PATH) -> its file
-        self.nofile_limit = resource.getrlimit(resource.RLIMIT_NOFILE)  # what children get
+        self.nofile_limit = _children_nofile or resource.getrlimit(resource.RLIMIT_NOFILE)  # what children get
+        self._nofile_raised = self.nofile_limit != resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._devnull = -1
 
     @property
     def draining_orphans(self) -> bool:
@@ -212,6 +232,9 @@ class ProcessTable:
             self._escape_sweep.cancel()
         if self.journal is not None:
             self.journal.close()
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
 
     # --- spawning -------------------------------------------------------------------------------
 
@@ -256,9 +279,11 @@ class ProcessTable:
             account = lookup_account(launch.user)
             kwargs = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
         program = self._program(launch)
+        null = self._null()
         try:
             popen = subprocess.Popen(
-                launch.argv, executable=program, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                launch.argv, executable=program, stdin=null, stdout=null if stdout == subprocess.DEVNULL else stdout,
+                stderr=null if stderr == subprocess.DEVNULL else stderr,
                 cwd=launch.cwd, env=launch.env, umask=launch.umask if launch.umask is not None else -1,
                 start_new_session=True, close_fds=True, **kwargs)
         except OSError:
@@ -291,11 +316,19 @@ class ProcessTable:
             self._programs[key] = shutil.which(name, path=key[1] if key[1] is not None else os.defpath)
         return self._programs[key]
 
+    def _null(self) -> int:
+        """One /dev/null for every spawn's stdin and discarded streams (Popen would open and close
+        one per spawn)."""
+        if self._devnull < 0:
+            self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        return self._devnull
+
     def _give_original_nofile(self, pid: int) -> None:
         """The child runs with the descriptor limit the daemon was started with, not the one the
         daemon raised for itself (select()-based programs and fd-closing loops need it)."""
         try:
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, self.nofile_limit)
+            if self._nofile_raised:
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, self.nofile_limit)
         except (OSError, ValueError):
             pass  # already gone, or a setuid program we may not touch
 

@@ -2,6 +2,7 @@
 stall the loop, and a symlink planted where a log file goes."""
 import asyncio
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -145,9 +146,17 @@ def current_umask():
 def test_children_get_no_daemon_plumbing_and_the_original_descriptor_limit(tmp_path):
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = min(1024, hard // 2)  # below the hard limit, so the daemon raises its own
+
+    class LowLimitDaemon(Daemon):
+        def command(self) -> list[str]:
+            return ["prlimit", f"--nofile={soft}:{hard}", "--", *super().command()]
+
     job = {"cmd": ["sh", "-c", "env; grep 'open files' /proc/self/limits"], "starttime": 0, "autorestart": "never"}
-    with Daemon(tmp_path, {"env": job}, env={"LISTEN_FDS": "3", "WATCHDOG_USEC": "1000"}) as daemon:
+    with LowLimitDaemon(tmp_path, {"env": job}, env={"LISTEN_FDS": "3", "WATCHDOG_USEC": "1000"}) as daemon:
+        daemon_limit = open(f"/proc/{daemon.proc.pid}/limits").read()
+        assert re.search(rf"Max open files\s+{hard}\s", daemon_limit), daemon_limit
         out = tmp_path / "logs" / "env.0.out"
         deadline = time.monotonic() + 10
         while "open files" not in (out.read_text() if out.exists() else "") and time.monotonic() < deadline:
