@@ -111,31 +111,53 @@ class Changes:
 
 
 def test_a_tcp_check_against_a_real_listener():
+    # A loopback address is checked by asking the kernel: the service sees no connection at all.
     async def scenario():
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        accepted = []
+        server = await asyncio.start_server(lambda r, w: accepted.append(w.close()), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         changes = Changes()
         checker = make_checker(f'"tcp": "127.0.0.1:{port}", {FAST}', changes)
         before = time.time()
         checker.start()
-        assert await changes.wait(1) == (H.STARTING, H.HEALTHY, "tcp connected")
+        assert await changes.wait(1) == (H.STARTING, H.HEALTHY, "tcp listening")
         status = checker.status()
         assert status["health"] == "healthy" and status["check"] == f"tcp 127.0.0.1:{port}"
-        assert status["last_result"] == "tcp connected" and status["last_check"] >= before
+        assert status["last_result"] == "tcp listening" and status["last_check"] >= before
         server.close()
         await server.wait_closed()
         assert await changes.wait(2) == (H.HEALTHY, H.UNHEALTHY, "tcp connect refused")
         checker.stop()
         assert checker.state is None
+        assert accepted == []
 
     run(scenario())
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_loopback_tcp_check_finds_wildcard_and_ipv6_listeners(host):
+    if host == "::" and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    dualstack_ipv6=":" in host)
+    port = listener.getsockname()[1]
+
+    async def scenario():
+        assert await first_change(f'"tcp": "127.0.0.1:{port}", {FAST}') == (H.STARTING, H.HEALTHY, "tcp listening")
+        if ":" in host:
+            assert await first_change(f'"tcp": "[::1]:{port}", {FAST}') == (H.STARTING, H.HEALTHY, "tcp listening")
+
+    try:
+        run(scenario())
+    finally:
+        listener.close()
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_a_tcp_check_on_a_listener_that_never_accepts_times_out_and_leaks_nothing():
+def test_a_tcp_check_on_a_listener_that_never_accepts_fails_and_leaks_nothing():
     async def scenario():
         listener = socket.create_server(("127.0.0.1", 0), backlog=0)
         port = listener.getsockname()[1]
@@ -144,7 +166,11 @@ def test_a_tcp_check_on_a_listener_that_never_accepts_times_out_and_leaks_nothin
             for _ in range(8):
                 queued.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
         before = open_fds()
+        # Asked of the kernel: a full accept queue at once. Connected to (a host name): the
+        # handshake never ends, and the check times out.
         assert await first_change(f'"tcp": "127.0.0.1:{port}", "timeout": 0.2, {FAST}') == (
+            H.STARTING, H.UNHEALTHY, f"tcp accept queue full ({len(queued)} waiting, backlog 0)")
+        assert await first_change(f'"tcp": "localhost:{port}", "timeout": 0.2, {FAST}') == (
             H.STARTING, H.UNHEALTHY, "timed out after 0.2s")
         assert open_fds() == before
         for sock in queued + [listener]:
@@ -372,8 +398,22 @@ def test_new_settings_apply_from_the_next_check():
             checker.start()
             assert await changes.wait(1) == (H.STARTING, H.UNHEALTHY, "tcp connect refused")
             checker.update(healthcheck(f'"tcp": "127.0.0.1:{port}", {FAST}')[0])
-            assert await changes.wait(2) == (H.UNHEALTHY, H.HEALTHY, "tcp connected")
+            assert await changes.wait(2) == (H.UNHEALTHY, H.HEALTHY, "tcp listening")
             assert checker.status()["check"] == f"tcp 127.0.0.1:{port}"
             checker.stop()
+
+    run(scenario())
+
+
+def test_without_sock_diag_a_loopback_tcp_check_connects(monkeypatch):
+    # The state a sandbox without AF_NETLINK (or without tcp_diag) leaves the lookup in.
+    from taskmasterd import probes
+
+    monkeypatch.setattr(probes, "_listeners", probes._ListenerLookup())
+    monkeypatch.setattr(probes._listeners, "_unavailable", True)
+
+    async def scenario():
+        async with listening() as port:
+            assert await first_change(f'"tcp": "127.0.0.1:{port}", {FAST}') == (H.STARTING, H.HEALTHY, "tcp connected")
 
     run(scenario())

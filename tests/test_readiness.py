@@ -197,7 +197,7 @@ def test_a_tcp_check_and_ready_healthy(tmp_path):
             await reach(inst, S.RUNNING)
             assert inst.health.checker.state == "healthy"
             entry = sup.status("db").value["jobs"][0]["instances"][0]
-            assert entry["health"] == "healthy" and entry["last_result"] == "tcp connected"
+            assert entry["health"] == "healthy" and entry["last_result"] == "tcp listening"
             assert entry["check"] == f"tcp 127.0.0.1:{port}" and entry["failures"] == 0
 
     run(scenario())

@@ -1,0 +1,100 @@
+"""What the kernel knows of one TCP socket on this host, found by its address pair.
+
+One netlink sock_diag request (SOCK_DIAG_BY_FAMILY, an exact lookup, no dump): the kernel answers
+during the send, so the reply is already queued when it is read, some 15 microseconds in all, and
+the event loop never waits. The exact lookup is the one an arriving packet gets (established
+sockets first, then listeners, wildcard binds and dual-stack IPv6 listeners included), so asking
+for `local` = an address and port with `remote` = 0.0.0.0:0 finds the socket listening there.
+Used to name the owner of a control connection's peer (peercred) and to tell whether something
+listens at a tcp health check's loopback address (probes).
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import socket
+import struct
+from dataclasses import dataclass
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 1
+NLMSG_ERROR = 2
+TCP_LISTEN = 10
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
+_REQUEST = struct.Struct("=BBBBI")  # inet_diag_req_v2 up to its socket id: family, protocol, ext, pad, states
+_SOCKET_ID = struct.Struct("!HH16s16s")  # inet_diag_sockid: ports (big-endian), then source and destination
+_TAIL = struct.Struct("=III")  # interface, then the cookie (no cookie: skip the check)
+_STATE_OFFSET = _HEADER.size + 1  # inet_diag_msg: family, state, timer, retrans, id, expires, ...
+_QUEUES = struct.Struct("=IIII")  # ... rqueue, wqueue, uid, inode
+_QUEUES_OFFSET = _HEADER.size + 4 + 48 + 4
+_ALL_STATES = 0xFFFFFFFF
+_NO_COOKIE = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSocket:
+    """state: TCP_LISTEN and so on. For a listener, `queued` counts the connections waiting for
+    accept() and `backlog` is that queue's limit. `inode` is 0 for a socket no process holds any
+    more (a TIME_WAIT remnant, reported as uid 0)."""
+
+    state: int
+    queued: int
+    backlog: int
+    uid: int
+    inode: int
+
+
+class SockDiag:
+    """A netlink socket for exact lookups; raises OSError where sock_diag is unavailable (no
+    tcp_diag module, a sandbox without AF_NETLINK) or cannot find a socket it should."""
+
+    def __init__(self) -> None:
+        self._sequence = itertools.count(1)
+        self._netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                                      NETLINK_SOCK_DIAG)
+        try:
+            self._proves_it_works()
+        except OSError:
+            self._netlink.close()
+            raise
+
+    def close(self) -> None:
+        self._netlink.close()
+
+    def lookup(self, family: int, local: tuple[str, int], remote: tuple[str, int]) -> TcpSocket | None:
+        """The TCP socket bound to `local` and connected to `remote` (0.0.0.0:0 or [::]:0 for a
+        listener), or None when there is none."""
+        sequence = next(self._sequence) & 0xFFFFFFFF
+        socket_id = _SOCKET_ID.pack(local[1], remote[1], socket.inet_pton(family, local[0]).ljust(16, b"\0"),
+                                    socket.inet_pton(family, remote[0]).ljust(16, b"\0"))
+        body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, _ALL_STATES) + socket_id + _TAIL.pack(0, _NO_COOKIE, _NO_COOKIE)
+        self._netlink.send(_HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, sequence, 0) + body)
+        while True:  # skip what answers an earlier request that failed halfway
+            try:
+                reply = self._netlink.recv(4096)
+            except BlockingIOError:
+                raise OSError(errno.ETIMEDOUT, "no reply queued after the request") from None
+            if len(reply) < _HEADER.size + 4:
+                raise OSError(errno.EPROTO, "short netlink reply")
+            _, kind, _, answered, _ = _HEADER.unpack_from(reply)
+            if answered == sequence:
+                break
+        if kind == NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", reply, _HEADER.size)
+            if -code == errno.ENOENT:
+                return None
+            raise OSError(-code, f"sock_diag: {errno.errorcode.get(-code, -code)}")
+        if kind != SOCK_DIAG_BY_FAMILY or len(reply) < _QUEUES_OFFSET + _QUEUES.size:
+            raise OSError(errno.EPROTO, f"unexpected netlink reply type {kind}")
+        return TcpSocket(reply[_STATE_OFFSET], *_QUEUES.unpack_from(reply, _QUEUES_OFFSET))
+
+    def _proves_it_works(self) -> None:
+        """Without tcp_diag the kernel answers ENOENT to every lookup, which would look like
+        nothing there: find a listener of our own first."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            probe.listen(1)
+            found = self.lookup(socket.AF_INET, probe.getsockname(), ("0.0.0.0", 0))
+            if found is None or found.state != TCP_LISTEN:
+                raise OSError(errno.ENOENT, "sock_diag does not find TCP sockets here")
