@@ -26,8 +26,12 @@ MIB = 1024 * 1024
 
 
 def children_of(pid: int) -> set[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as src:
-        return {int(p) for p in src.read().split()}
+    """Of every thread: the daemon forks from a thread of its own (spawnthread.py)."""
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as src:
+            found.update(int(p) for p in src.read().split())
+    return found
 
 
 class SpawnJournal:

@@ -153,7 +153,9 @@ def test_children_get_no_daemon_plumbing_and_the_original_descriptor_limit(tmp_p
         def command(self) -> list[str]:
             return ["prlimit", f"--nofile={soft}:{hard}", "--", *super().command()]
 
-    job = {"cmd": ["sh", "-c", "env; grep 'open files' /proc/self/limits"], "starttime": 0, "autorestart": "never"}
+    # The limit is set from outside right after the exec (documented): read once the spawn is done.
+    job = {"cmd": ["sh", "-c", "env; sleep 0.5; grep 'open files' /proc/self/limits"], "starttime": 0,
+           "autorestart": "never"}
     with LowLimitDaemon(tmp_path, {"env": job}, env={"LISTEN_FDS": "3", "WATCHDOG_USEC": "1000"}) as daemon:
         daemon_limit = open(f"/proc/{daemon.proc.pid}/limits").read()
         assert re.search(rf"Max open files\s+{hard}\s", daemon_limit), daemon_limit

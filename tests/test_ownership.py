@@ -82,6 +82,9 @@ def test_shrink_then_grow_never_runs_two_processes_for_one_index(tmp_path):
             inst = sup.jobs["w"].instances[1]
             assert len(sup.jobs["w"].instances) == 2
             await reach(inst, S.RUNNING, timeout=10)  # the same Instance, respawned after its stop
+            # A vfork parent resumes while the child's exec is still setting up its environment:
+            # /proc/<pid>/environ may read empty for a moment.
+            await eventually(index_one, what="the new index 1 readable in /proc")
             assert len(index_one()) == 1 and inst.restarts == 0
             assert len(sup.jobs["w"].instances) == 2
         assert not marked(mark)
