@@ -72,30 +72,29 @@ class SpawnThread:
 
     def _run(self, ours: int, wakeup_fd: int) -> None:
         try:
-            self._unshare()
-        except OSError as exc:
+            requests, null = self._private_table(ours, wakeup_fd)
+        except OSError as exc:  # the thread ends, and its table with it
             self._failure = exc
             self._ready.set()
             return
-        # The copies of the loop's descriptors go (a pipe's write end held here would keep its
-        # drain from ever seeing EOF), all but ours and the wake-up fd.
-        low = 3
-        for keep in sorted({ours, wakeup_fd} - {-1}) + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]:
-            os.closerange(low, keep)
-            low = keep + 1
-        requests = socket.socket(fileno=ours)
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._ready.set()
         while (kwargs := self._requests.get()) is not None:
             self._replies.put(self._spawn(requests, kwargs, null))
         os.close(null)
         requests.close()
 
-    def _unshare(self) -> None:
+    def _private_table(self, ours: int, wakeup_fd: int) -> tuple[socket.socket, int]:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(CLONE_FILES) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, os.strerror(errno))
+        # The copies of the loop's descriptors go (a pipe's write end held here would keep its
+        # drain from ever seeing EOF), all but ours and the wake-up fd.
+        low = 3
+        for keep in sorted({ours, wakeup_fd} - {-1}) + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]:
+            os.closerange(low, keep)
+            low = keep + 1
+        return socket.socket(fileno=ours), os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def _spawn(self, requests: socket.socket, kwargs: dict[str, Any], null: int) -> subprocess.Popen | BaseException:
         try:
