@@ -313,7 +313,12 @@ class Supervisor:
             return job, [inst for inst in targets if act(inst)]
 
     async def start(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
-        outcome = await self._act(name, index, Instance.start)
+        return await self._start_with(Instance.start, name, nowait, index)
+
+    async def _start_with(self, act: Callable[[Instance], bool], name: str, nowait: bool,
+                          index: int | None) -> Reply:
+        """start and repair: `act` on the instances, answered once those it started settle."""
+        outcome = await self._act(name, index, act)
         if isinstance(outcome, Reply):
             return outcome
         job, started = outcome
@@ -352,11 +357,7 @@ class Supervisor:
         return SUCCESS if outcome[1] else REDUNDANT
 
     async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
-        outcome = await self._act(name, index, Instance.repair)
-        if isinstance(outcome, Reply):
-            return outcome
-        job, repaired = outcome
-        return await _settled_start(job, repaired, nowait) if repaired else REDUNDANT
+        return await self._start_with(Instance.repair, name, nowait, index)
 
     def status(self, name: str | None = None, index: int | None = None) -> Reply:
         now = time.monotonic()
