@@ -72,8 +72,11 @@ class AccessDaemon(Daemon):
 
 
 def run_as(uid: int, gid: int, exchanges: list[dict], groups: list[int] | None = None) -> list[dict]:
-    out = subprocess.run([str(SYSTEM_PYTHON), str(PROBE)], input=json.dumps(exchanges), capture_output=True, text=True,
-                         user=uid, group=gid, extra_groups=groups or [], cwd="/", timeout=120)
+    # Its source on the command line: the checkout may be in a directory other uids cannot enter
+    # (a clone in a `mktemp -d` folder, mode 0700).
+    out = subprocess.run([str(SYSTEM_PYTHON), "-c", PROBE.read_text()], input=json.dumps(exchanges),
+                         capture_output=True, text=True, user=uid, group=gid, extra_groups=groups or [], cwd="/",
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -6,7 +6,8 @@ bytes, "replies": how many replies to wait for, "close_wait": seconds to wait af
 daemon to close the connection (default 0: do not wait); prints a JSON list of results, each {"replies":
 [the bytes of each reply, as text], "closed": whether the daemon closed the connection after
 them, "error": why the connection failed, or null}. Standard library only, no project imports:
-it runs from a checkout another uid may not be able to import from.
+it is run as another uid, which may not be able to import from (or even enter) the checkout: the
+tests pass its source with `python3 -c`.
 """
 import base64
 import json
