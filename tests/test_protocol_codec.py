@@ -154,12 +154,13 @@ def test_any_bytes_split_anywhere_frame_as_the_byte_by_byte_rule(wire: bytes, da
 
 
 def framing_seconds(wire: bytes, segment: int) -> tuple[float, int]:
-    """CPU seconds (what the loop would lose; other processes on the machine do not count) and bodies."""
+    """CPU seconds of this thread (what the loop would lose; other processes, and threads an earlier
+    test left in this one, do not count) and bodies."""
     decoder = FrameDecoder()
-    started, bodies = time.process_time(), 0
+    started, bodies = time.thread_time(), 0
     for offset in range(0, len(wire), segment):
         bodies += len(decoder.feed(wire[offset:offset + segment]))
-    return time.process_time() - started, bodies
+    return time.thread_time() - started, bodies
 
 
 def repeated(pattern: bytes, size: int) -> bytes:
@@ -189,7 +190,8 @@ def test_many_tiny_messages_cost_a_bounded_time_each(pattern: bytes) -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.binary(min_size=1, max_size=8), st.sampled_from([4096, 65536, 1 << 20]))
 def test_any_repeated_pattern_is_framed_in_linear_time(pattern: bytes, segment: int) -> None:
-    elapsed, bodies = framing_seconds(repeated(pattern, 1024 * 1024), segment)
+    wire = repeated(pattern, 1024 * 1024)
+    elapsed, bodies = min(framing_seconds(wire, segment) for _ in range(3))  # the best of 3: no GC pass
     assert elapsed < 0.05 + bodies * 10e-6, f"{pattern!r}: {elapsed * 1000:.0f} ms for {bodies} messages"
 
 
