@@ -27,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .accounts import resolve_policy
     from .daemon import run, setup_logging
-    from .processes import raise_fd_limit
     from .listeners import open_listeners
+    from .process_start import close_inherited_on_exec
+    from .processes import raise_fd_limit
+
+    close_inherited_on_exec()  # what we were started with is no child's business
 
     # Refuse a second daemon (same pid file, port or socket) here, where the operator sees the message.
     pidfile = LockedPidfile(config.pidfile) if config.pidfile else None

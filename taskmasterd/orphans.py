@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from typing import Iterable
 
 import orjson
 
@@ -90,27 +91,29 @@ class ChildJournal:
         """Start a fresh journal (after `stop_leftovers` consumed the predecessor's)."""
         self._rewrite()
 
-    def started(self, pid: int, who: str | None, stopsignal: int, stoptime: float) -> None:
-        """`who`: the process's `identity` (None: it is gone already)."""
-        if who is None:
-            return
-        line = orjson.dumps(["+", pid, who, stopsignal, stoptime]) + b"\n"
-        self._live[pid] = line
-        self._append(line)
+    def started(self, spawns: Iterable[tuple[int, str | None, int, float]]) -> None:
+        """(pid, its `identity` (None: gone already), stop signal, stoptime) of each, in one write."""
+        lines = []
+        for pid, who, stopsignal, stoptime in spawns:
+            if who is not None:
+                line = self._live[pid] = orjson.dumps(["+", pid, who, stopsignal, stoptime]) + b"\n"
+                lines.append(line)
+        if lines:
+            self._append(b"".join(lines), len(lines))
 
     def ended(self, pid: int) -> None:
         if self._live.pop(pid, None) is None:
             return
-        self._append(orjson.dumps(["-", pid]) + b"\n")
+        self._append(orjson.dumps(["-", pid]) + b"\n", 1)
         if self._lines > 2 * len(self._live) + COMPACT_AFTER:
             self._rewrite()
 
-    def _append(self, line: bytes) -> None:
+    def _append(self, lines: bytes, count: int) -> None:
         if self._fd < 0:
             return
         try:
-            os.write(self._fd, line)  # O_APPEND, one write per line: no torn interleaving
-            self._lines += 1
+            os.write(self._fd, lines)  # O_APPEND, whole lines in one write: no torn interleaving
+            self._lines += count
         except OSError as exc:
             self._complain(exc)
 

@@ -2,7 +2,9 @@
 
 `ProcessTable.spawn` is the only way a process is started. Each becomes a `Child` that the table
 holds until it is reaped, and it is journaled for crash recovery before anything else can happen
-to it. Every stop goes through `Child.terminate` (stop signal to the group, SIGKILL after the
+to it: at the end of the spawn slice it was made in, before the loop runs any other callback (a
+reap, a verb, a signal). Until it is reaped its pid cannot be reused, so its identity read then is
+its own; read once the exec has settled it costs a fifth, and the slice's lines go in one write. Every stop goes through `Child.terminate` (stop signal to the group, SIGKILL after the
 grace), and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
 shutdown. Spawns are queued and run a few milliseconds' worth at a time, so starting 1000
 instances never freezes the loop.
@@ -26,10 +28,10 @@ import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .orphans import ChildJournal, identity, wait_gone
-from .spawner import lookup_account
+from .process_start import Started, start_process
 from .spawnthread import SpawnThread
 
 log = logging.getLogger("taskmasterd.processes")
@@ -73,12 +75,12 @@ class Child:
     every later fork, making a spawn cost grow with the number of children (10 000 pidfds make it
     four times slower)."""
 
-    def __init__(self, table: ProcessTable, popen: subprocess.Popen, launch: Launch,
+    def __init__(self, table: ProcessTable, started: Started, launch: Launch,
                  loop: asyncio.AbstractEventLoop) -> None:
-        self.pid = popen.pid
+        self.pid = started.pid
         self.launch = launch
         self._table = table
-        self._popen = popen
+        self._process = started
         self._loop = loop
         self._kill_timer: asyncio.TimerHandle | None = None
         self.exited: asyncio.Future[int] = loop.create_future()
@@ -90,7 +92,7 @@ class Child:
             return
         if not self._table.draining_orphans:  # else drain() stops what is left, all at once
             self.signal_group(signal.SIGKILL)
-        returncode = self._popen.poll()  # reaps through Popen, which then never waits on it again
+        returncode = self._process.poll()  # reaps it (a Popen then never waits on it again)
         if returncode is None:
             return
         self._cancel_kill_timer()
@@ -182,10 +184,11 @@ class ProcessTable:
         self.adopt_orphans = adopt_orphans
         self.children: dict[int, Child] = {}
         self.closing = False
-        self._abandoned: dict[int, subprocess.Popen] = {}  # failed after the fork: killed, to reap
+        self._abandoned: dict[int, Started] = {}  # failed after the fork: killed, to reap
         self._queue: deque[SpawnTicket] = deque()
         self._queue_running = False
         self._queue_empty: asyncio.Event | None = None
+        self._unjournaled: dict[int, Child] | None = None  # spawned in this slice, journaled at its end
         self._escape_signals: dict[frozenset[tuple[str, str]], int] = {}  # origin -> signal to send
         self._escape_sweep: asyncio.TimerHandle | None = None
         self._last_sweep = 0.0
@@ -256,10 +259,14 @@ class ProcessTable:
 
     def _run_queue(self) -> None:
         deadline = time.monotonic() + SPAWN_SLICE
-        while self._queue and time.monotonic() < deadline:
-            ticket = self._queue.popleft()
-            if not ticket.cancelled:
-                ticket.callback()
+        self._unjournaled = {}
+        try:
+            while self._queue and time.monotonic() < deadline:
+                ticket = self._queue.popleft()
+                if not ticket.cancelled:
+                    ticket.callback()
+        finally:
+            self._journal_spawned()
         if self._queue:
             asyncio.get_running_loop().call_soon(self._run_queue)
             return
@@ -277,30 +284,25 @@ class ProcessTable:
 
     def spawn(self, launch: Launch, stdout: int, stderr: int) -> Child:
         """Start `launch` in a new session. `stdout`/`stderr` are fds or subprocess.DEVNULL.
-        Raises SpawnRefused when closing, and whatever Popen raises when it cannot start."""
+        Raises SpawnRefused when closing, and what Popen raises when it cannot start."""
         if self.closing:
             raise SpawnRefused("taskmasterd is shutting down")
         self.open(asyncio.get_running_loop())
-        kwargs: dict = {}
-        if launch.user is not None:
-            account = lookup_account(launch.user)
-            kwargs = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
         program = self._program(launch)
         thread = self._spawn_thread_for(stdout, stderr)
-        start = thread.popen if thread is not None else subprocess.Popen
         try:
-            popen = start(
-                launch.argv, executable=program, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                cwd=launch.cwd, env=launch.env, umask=launch.umask if launch.umask is not None else -1,
-                start_new_session=True, close_fds=True, **kwargs)
+            if thread is not None:
+                started = thread.start(launch, program, stdout, stderr)
+            else:
+                started = start_process(launch, program, subprocess.DEVNULL, stdout, stderr)
         except OSError:
             self._programs.pop((launch.argv[0], launch.env.get("PATH")), None)  # moved or gone: look again
             raise
-        self._give_original_nofile(popen.pid)  # first: the program runs already
+        self._give_original_nofile(started.pid)  # first: the program runs already
         try:
-            return self._register(popen, launch)
+            return self._register(started, launch)
         except BaseException:
-            self._abandon(popen)
+            self._abandon(started)
             raise
 
     def _spawn_thread_for(self, *streams: int) -> SpawnThread | None:
@@ -323,11 +325,23 @@ class ProcessTable:
                          exc.strerror)
         return self._spawn_thread
 
-    def _register(self, popen: subprocess.Popen, launch: Launch) -> Child:
-        child = self.children[popen.pid] = Child(self, popen, launch, asyncio.get_running_loop())
-        if self.journal is not None:
-            self.journal.started(child.pid, identity(child.pid), launch.stopsignal, launch.stoptime)
+    def _register(self, started: Started, launch: Launch) -> Child:
+        child = self.children[started.pid] = Child(self, started, launch, asyncio.get_running_loop())
+        if self._unjournaled is not None:
+            self._unjournaled[child.pid] = child
+        else:
+            self._journal([child])
         return child
+
+    def _journal_spawned(self) -> None:
+        spawned, self._unjournaled = self._unjournaled, None
+        if spawned:
+            self._journal(spawned.values())
+
+    def _journal(self, children: Iterable[Child]) -> None:
+        if self.journal is not None:
+            self.journal.started([(child.pid, identity(child.pid), child.launch.stopsignal, child.launch.stoptime)
+                                  for child in children])
 
     def _program(self, launch: Launch) -> str | None:
         """The file a bare command name runs, found once per name and PATH: Popen would search
@@ -345,25 +359,27 @@ class ProcessTable:
     def _give_original_nofile(self, pid: int) -> None:
         """The child runs with the descriptor limit the daemon was started with, not the one the
         daemon raised for itself (select()-based programs and fd-closing loops need it). Set from
-        outside right after the exec (Popen has no rlimit setting, and a preexec_fn would cost
-        vfork): a program that looks at its limit in its first instants may see the raised one."""
+        outside right after the exec (neither posix_spawn nor Popen has an rlimit setting, and a
+        preexec_fn would cost vfork): a program that looks at its limit in its first instants may see the raised one."""
         try:
             if self._nofile_raised:
                 resource.prlimit(pid, resource.RLIMIT_NOFILE, self.nofile_limit)
         except (OSError, ValueError):
             pass  # already gone, or a setuid program we may not touch
 
-    def _abandon(self, popen: subprocess.Popen) -> None:
+    def _abandon(self, started: Started) -> None:
         """A process we could not take in (a failure after the fork): SIGKILL its group and reap it
         from SIGCHLD, so it is neither left running nor left a zombie."""
-        self.children.pop(popen.pid, None)
+        self.children.pop(started.pid, None)
         with _suppress_gone():
-            os.killpg(popen.pid, signal.SIGKILL)
-        self._abandoned[popen.pid] = popen
+            os.killpg(started.pid, signal.SIGKILL)
+        self._abandoned[started.pid] = started
         self._reap_others()
 
     def _ended(self, child: Child) -> None:
         self.children.pop(child.pid, None)
+        if self._unjournaled is not None:  # reaped in its own slice (an abandoned spawn's reap)
+            self._unjournaled.pop(child.pid, None)
         if self.journal is not None:
             self.journal.ended(child.pid)
         if self.adopt_orphans and child.launch.origin and not self.closing:
@@ -398,9 +414,9 @@ class ProcessTable:
         if child is not None:
             child._reap()
             return pid not in self.children
-        popen = self._abandoned.pop(pid, None)
-        if popen is not None:
-            popen.poll()
+        started = self._abandoned.pop(pid, None)
+        if started is not None:
+            started.poll()
             return True
         with _suppress_gone():  # an escape reparented to us
             os.waitpid(pid, os.WNOHANG)

@@ -3,12 +3,12 @@
 A fork copies the caller's descriptor table and the exec then closes the copies, so a spawn costs
 time in proportion to the descriptors the daemon holds: with 5000 captured instances (10 000 pipe
 ends) each spawn took 3 ms instead of 0.8. This thread calls unshare(CLONE_FILES) once, closes
-every copied descriptor but its end of a socket pair, and from then on spawns: the descriptors a
-child needs (its stdout and stderr pipe ends) are passed to it over the socket pair (SCM_RIGHTS)
-with each request, and closed again once the child has them. The children are the daemon's like
+every copied descriptor but its end of a socket pair, and from then on spawns (process_start):
+the descriptors a child needs (its stdout and stderr pipe ends) are passed to it over the socket
+pair (SCM_RIGHTS) with each request, and closed again once the child has them. The children are the daemon's like
 any other (a thread's child belongs to the process: SIGCHLD and waitid work as before).
 
-The loop thread waits for each spawn, as it waited for an inline Popen; the thread only changes
+The loop thread waits for each spawn, as it waits for an inline one; the thread only changes
 where the fork happens. Where unshare is refused (a seccomp filter), spawns stay inline.
 
 One descriptor must stay in the thread's table under its number: the signal wake-up fd. SIGCHLD
@@ -25,17 +25,21 @@ import resource
 import socket
 import subprocess
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING
+
+from .process_start import Started, start_process
+
+if TYPE_CHECKING:
+    from .processes import Launch
 
 CLONE_FILES = 0x400
-_STDIN, _STDOUT, _STDERR = range(3)
 
 
 class SpawnThread:
     def __init__(self, wakeup_fd: int) -> None:
         """`wakeup_fd`: the loop's signal wake-up fd (signal.set_wakeup_fd), or -1."""
-        self._requests: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._replies: queue.SimpleQueue[subprocess.Popen | BaseException] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[Launch, str | None] | None] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[Started | BaseException] = queue.SimpleQueue()
         # Made before the thread unshares, so each table holds both ends; each side closes the
         # end it does not use.
         self._ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -50,14 +54,14 @@ class SpawnThread:
             self._ours.close()
             raise self._failure
 
-    def popen(self, args: Sequence[str], *, stdin: int, stdout: int, stderr: int, **kwargs: Any) -> subprocess.Popen:
-        """subprocess.Popen(args, **kwargs) in the thread, with these three descriptors (the
-        loop's, or subprocess.DEVNULL) as the child's standard streams. Raises what Popen raises."""
-        streams = (stdin, stdout, stderr)
+    def start(self, launch: Launch, program: str | None, stdout: int, stderr: int) -> Started:
+        """process_start.start_process in the thread, with stdin on /dev/null and these two
+        descriptors (the loop's, or subprocess.DEVNULL). Raises what it raises."""
+        streams = (stdout, stderr)
         passed = [fd for fd in streams if fd >= 0]
         which = bytes(index for index, fd in enumerate(streams) if fd >= 0)
         socket.send_fds(self._ours, [which or b"-"], passed)
-        self._requests.put({"args": args, **kwargs})
+        self._requests.put((launch, program))
         reply = self._replies.get()
         if isinstance(reply, BaseException):
             raise reply
@@ -72,18 +76,17 @@ class SpawnThread:
 
     def _run(self, ours: int, wakeup_fd: int) -> None:
         try:
-            requests, null = self._private_table(ours, wakeup_fd)
+            requests = self._private_table(ours, wakeup_fd)
         except OSError as exc:  # the thread ends, and its table with it
             self._failure = exc
             self._ready.set()
             return
         self._ready.set()
-        while (kwargs := self._requests.get()) is not None:
-            self._replies.put(self._spawn(requests, kwargs, null))
-        os.close(null)
+        while (request := self._requests.get()) is not None:
+            self._replies.put(self._spawn(requests, *request))
         requests.close()
 
-    def _private_table(self, ours: int, wakeup_fd: int) -> tuple[socket.socket, int]:
+    def _private_table(self, ours: int, wakeup_fd: int) -> socket.socket:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(CLONE_FILES) != 0:
             errno = ctypes.get_errno()
@@ -94,18 +97,19 @@ class SpawnThread:
         for keep in sorted({ours, wakeup_fd} - {-1}) + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]:
             os.closerange(low, keep)
             low = keep + 1
-        return socket.socket(fileno=ours), os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        return socket.socket(fileno=ours)
 
-    def _spawn(self, requests: socket.socket, kwargs: dict[str, Any], null: int) -> subprocess.Popen | BaseException:
+    def _spawn(self, requests: socket.socket, launch: Launch, program: str | None) -> Started | BaseException:
         try:
-            which, fds, _, _ = socket.recv_fds(requests, 3, 3)
+            which, fds, _, _ = socket.recv_fds(requests, 2, 2)
         except BaseException as exc:
             return exc
-        streams = [null, null, null]
+        streams = [subprocess.DEVNULL, subprocess.DEVNULL]
         for index, fd in zip(which.rstrip(b"-"), fds):
+            os.set_inheritable(fd, False)  # as received they are not: the child must get only the copy
             streams[index] = fd
         try:
-            return subprocess.Popen(stdin=streams[_STDIN], stdout=streams[_STDOUT], stderr=streams[_STDERR], **kwargs)
+            return start_process(launch, program, subprocess.DEVNULL, *streams)
         except BaseException as exc:
             return exc
         finally:

@@ -216,3 +216,32 @@ def test_the_port_answers_while_the_jobs_are_still_loading(tmp_path):
         assert seen is not None and spawned < 1000, "status was answered only once every job had spawned"
     finally:
         assert daemon.stop() == 0
+
+
+def _status_mask(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as src:
+        for line in src:
+            if line.startswith(field + ":"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_child_gets_its_three_streams_and_default_signals_whichever_way_it_is_started(tmp_path):
+    # posix_spawn for a plain job, Popen for one with cwd and umask: the same child either way.
+    inherited = os.open(tmp_path, os.O_RDONLY)  # left open by a careless parent, without close-on-exec
+    os.set_inheritable(inherited, True)
+    daemon = Daemon(tmp_path, {"plain": SLEEP, "placed": {**SLEEP, "workingdir": "/tmp", "umask": "027"}})
+    daemon.pass_fds = (inherited,)
+    daemon.start()
+    try:
+        os.close(inherited)
+        assert str(inherited) in os.listdir(f"/proc/{daemon.proc.pid}/fd")  # the daemon does hold it
+        for job in ("plain", "placed"):
+            [pid] = wait_for(lambda: running_pids(daemon, job), 10, what=f"{job} running")
+            assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"], job
+            assert os.getsid(pid) == pid, job
+            ignored = _status_mask(pid, "SigIgn")
+            assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1)), job
+            assert _status_mask(pid, "SigBlk") == 0, job
+    finally:
+        daemon.stop()

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from taskmasterd.processes import THREAD_SPAWN_DESCRIPTORS
+from taskmasterd.processes import THREAD_SPAWN_DESCRIPTORS, Launch
 from taskmasterd.spawnthread import SpawnThread
 from taskmasterd.states import State
 
@@ -91,20 +91,25 @@ def test_the_thread_keeps_no_descriptor_of_the_loop_and_reports_spawn_errors():
     thread = SpawnThread(-1)
     try:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        child = thread.popen(["sh", "-c", "echo hi"], stdin=subprocess.DEVNULL, stdout=write_end,
-                             stderr=subprocess.DEVNULL, close_fds=True)
-        os.close(write_end)
-        assert os.read(read_end, 100) == b"hi\n"
-        assert os.read(read_end, 100) == b""  # EOF: no copy of the write end survives in the thread
-        os.close(read_end)
-        assert child.wait() == 0
-        try:
-            thread.popen(["/nonexistent/program"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-        except FileNotFoundError as exc:
-            assert exc.filename == "/nonexistent/program"
-        else:
-            raise AssertionError("a missing program must raise as Popen does")
+        for program in ("/bin/sh", None):  # posix_spawn, and Popen (no program: it searches PATH)
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            child = thread.start(Launch(("sh", "-c", "echo hi; ls /proc/self/fd"), dict(os.environ)), program,
+                                 write_end, subprocess.DEVNULL)
+            os.close(write_end)
+            out = b""
+            while chunk := os.read(read_end, 1000):  # EOF: no copy of the write end survives in the thread
+                out += chunk
+            os.close(read_end)
+            assert out.split()[0] == b"hi"
+            assert len(out.split()) <= 5, out  # 0, 1, 2 and the fd `ls` opens: no copy of the passed end
+            assert os.waitstatus_to_exitcode(os.waitpid(child.pid, 0)[1]) == 0
+        for program in ("/nonexistent/program", None):
+            try:
+                thread.start(Launch(("/nonexistent/program",), {}), program, subprocess.DEVNULL, subprocess.DEVNULL)
+            except FileNotFoundError as exc:
+                assert exc.filename == "/nonexistent/program"
+            else:
+                raise AssertionError("a missing program must raise as Popen does")
     finally:
         thread.close()
         for fd in held:
