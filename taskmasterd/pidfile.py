@@ -1,12 +1,16 @@
 """A pid file held with an exclusive flock for the daemon's whole life.
 
 The lock, not the file's existence, says a daemon is running: a stale file left by a crash never
-blocks a start, and two daemons can never share one pid file.
+blocks a start, and two daemons can never share one pid file. The file is opened like a log
+(safepath): not through a symlink at its end or one a lesser user owns on the way, and only if
+it is a regular file with no other link, so a planted link cannot make root truncate another file.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+
+from .safepath import open_read_write, unlink_if_same
 
 
 class PidfileLocked(RuntimeError):
@@ -22,7 +26,7 @@ class LockedPidfile:
         self.fd = -1
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_read_write(self.path, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -40,9 +44,6 @@ class LockedPidfile:
 
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            unlink_if_same(self.path, self.fd)
             os.close(self.fd)
             self.fd = -1

@@ -1,4 +1,4 @@
-"""Open the files the daemon writes (logs) without being steered by someone else's symlink.
+"""Open the files the daemon writes (logs, its pid file) without being steered by someone else's symlink.
 
 A job running as an ordinary user may control a directory on its own log path. The path is
 therefore walked one component at a time with O_NOFOLLOW, holding a descriptor of each directory
@@ -120,11 +120,19 @@ def _open_directory(part: str, dir_fd: int) -> int:
 
 def open_append(path: str, mode: int) -> int:
     """A descriptor of `path` for appending, created with `mode` if missing."""
+    return _open_regular(path, os.O_WRONLY | os.O_APPEND, mode)
+
+
+def open_read_write(path: str, mode: int) -> int:
+    """A descriptor of `path` for reading and writing (a pid file), created with `mode` if missing."""
+    return _open_regular(path, os.O_RDWR, mode)
+
+
+def _open_regular(path: str, flags: int, mode: int) -> int:
     dir_fd, name = open_parent(path)
     try:
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK, mode, dir_fd=dir_fd)
+            fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafePath(errno.ELOOP, f"{path} is a symbolic link: not followed") from None
@@ -199,3 +207,21 @@ def same_file(path: str, fd: int) -> bool:
         os.close(dir_fd)
     here = os.fstat(fd)
     return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+
+
+def unlink_if_same(path: str, fd: int) -> None:
+    """Remove `path` if it still names the file open as `fd` (walked safely): never another file
+    that was put in its place."""
+    try:
+        dir_fd, name = open_parent(path)
+    except OSError:
+        return
+    try:
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        here = os.fstat(fd)
+        if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(dir_fd)

@@ -79,6 +79,25 @@ def test_second_daemon_on_same_port_or_pidfile_refuses(tmp_path):
     assert not pidfile.exists()
 
 
+def test_the_pid_file_is_never_written_through_a_link(tmp_path):
+    # root's daemon must not truncate a file someone pointed its pid file at
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "by-symlink.pid").symlink_to(victim)
+    os.link(victim, tmp_path / "by-hard-link.pid")
+    lesser = tmp_path / "lesser"  # a directory on the way that is a lesser user's symlink
+    lesser.symlink_to(tmp_path)
+    os.lchown(lesser, 65534, 65534)
+    cases = ((tmp_path / "by-symlink.pid", "symbolic link"), (tmp_path / "by-hard-link.pid", "hard link"),
+             (lesser / "new.pid", "owned by uid 65534"))
+    for number, (path, why) in enumerate(cases):
+        daemon = Daemon(tmp_path / f"daemon{number}", {}, args=["--pidfile", str(path)])
+        out = subprocess.run(daemon.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 1 and why in out.stderr, (path, out.stderr)
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "new.pid").exists()
+
+
 def test_daemon_mode_detaches_with_a_locked_pidfile(tmp_path):
     pidfile = tmp_path / "run" / "taskmasterd.pid"
     pidfile.parent.mkdir()
