@@ -1,7 +1,7 @@
 """The one call that turns a Launch into a running process: posix_spawn where it can, Popen else.
 
 os.posix_spawn does in C what Popen does in a page of Python around the same vfork and exec: at
-10 000 spawns that page is a quarter of the daemon's time (0.57 against 0.41 ms of CPU per
+10 000 spawns that page was a third of the daemon's time (0.57 against 0.32-0.40 ms of CPU per
 instance on the 2-core VM). It cannot change directory, umask or user, nor search PATH the way
 Popen does when the program was not found; those spawns go through Popen, as before.
 
@@ -57,9 +57,9 @@ class SpawnedProcess:
 
 
 def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int) -> Started:
-    """Start `launch` in a new session with these standard streams (fds, or
-    subprocess.DEVNULL). `program`: the file argv[0] names, when it was found on PATH. Raises what
-    Popen raises when the program cannot run."""
+    """Start `launch` in a new session with these standard streams (fds, or subprocess.DEVNULL).
+    `program`: the file argv[0] names, when it was found on PATH. Raises what Popen raises when the
+    program cannot run."""
     path = program if program is not None else launch.argv[0] if "/" in launch.argv[0] else None
     if path is not None and launch.cwd is None and launch.umask is None and launch.user is None:
         actions = [_stream_action(fd, target) for target, fd in enumerate((stdin, stdout, stderr))]

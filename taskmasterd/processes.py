@@ -4,7 +4,8 @@
 holds until it is reaped, and it is journaled for crash recovery before anything else can happen
 to it: at the end of the spawn slice it was made in, before the loop runs any other callback (a
 reap, a verb, a signal). Until it is reaped its pid cannot be reused, so its identity read then is
-its own; read once the exec has settled it costs a fifth, and the slice's lines go in one write. Every stop goes through `Child.terminate` (stop signal to the group, SIGKILL after the
+its own; read once the exec has settled it costs a third less, and the slice's lines go in one
+write. Every stop goes through `Child.terminate` (stop signal to the group, SIGKILL after the
 grace), and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
 shutdown. Spawns are queued and run a few milliseconds' worth at a time, so starting 1000
 instances never freezes the loop.
@@ -360,7 +361,8 @@ class ProcessTable:
         """The child runs with the descriptor limit the daemon was started with, not the one the
         daemon raised for itself (select()-based programs and fd-closing loops need it). Set from
         outside right after the exec (neither posix_spawn nor Popen has an rlimit setting, and a
-        preexec_fn would cost vfork): a program that looks at its limit in its first instants may see the raised one."""
+        preexec_fn would cost vfork): a program that looks at its limit in its first instants may
+        see the raised one."""
         try:
             if self._nofile_raised:
                 resource.prlimit(pid, resource.RLIMIT_NOFILE, self.nofile_limit)
