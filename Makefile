@@ -26,9 +26,9 @@ run: $(STAMP)
 
 # The whole test suite. Tools it takes from Debian, as tool:package: systemd-analyze checks the
 # unit files, curl sends the cross-protocol HTTP request and scrapes
-# the metrics endpoint as a monitoring system would. Missing ones are installed when possible;
-# otherwise the tests that need them are skipped.
-TEST_TOOLS := systemd-analyze:systemd curl:curl
+# the metrics endpoint as a monitoring system would, faketime steps a daemon's wall clock.
+# Missing ones are installed when possible; otherwise the tests that need them are skipped.
+TEST_TOOLS := systemd-analyze:systemd curl:curl faketime:faketime
 test: $(TSTAMP)
 	@for pair in $(TEST_TOOLS); do tool=$${pair%%:*}; package=$${pair#*:}; \
 	  command -v $$tool >/dev/null 2>&1 || { \

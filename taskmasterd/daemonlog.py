@@ -92,11 +92,20 @@ class LogWriter:
         while True:
             self._wake.wait()
             if not self._stopping:
-                time.sleep(self.BATCH_DELAY)  # let a burst gather into one write
+                self._let_a_burst_gather()
             self._wake.clear()
             self._write(self._take())
             if self._stopping and not self._pending:
                 return
+
+    def _let_a_burst_gather(self) -> None:
+        """Wait BATCH_DELAY, so that a burst goes out in one write. A sleep that fails (seen under
+        an interposed clock: libfaketime answers EINVAL) only costs the batching: the thread must
+        live on, or every later line of the daemon's log would be lost."""
+        try:
+            time.sleep(self.BATCH_DELAY)
+        except OSError:
+            pass
 
     def _take(self) -> list[logging.LogRecord]:
         batch = []

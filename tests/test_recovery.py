@@ -2,6 +2,9 @@
 (double-forks and setsid, reparented to the daemon as child subreaper)."""
 import os
 import signal
+import time
+
+import pytest
 
 from .support.daemon import Daemon, wait_for
 from .support.processes import environment_of, marked, new_mark
@@ -80,3 +83,47 @@ def test_escaped_grandchildren_are_stopped_with_their_instance_and_at_shutdown(t
     finally:
         assert daemon.stop() == 0
     assert not marked(mark)  # shutdown stopped the other job's escapes too
+
+
+FAKETIME_LIBRARIES = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                      "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1")
+FAKETIME = next((path for path in FAKETIME_LIBRARIES if os.path.exists(path)), None)
+
+
+def stepped_clock(step_file):
+    """A daemon whose wall clock is that of `step_file` (libfaketime: "+400d", "-400d", "+0"),
+    read again every second; its monotonic clock stays the real one, as in a real step."""
+    return {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": str(step_file), "FAKETIME_CACHE_DURATION": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="libfaketime (Debian package faketime) is not installed")
+def test_a_wall_clock_step_either_way_hides_no_leftover_and_delays_no_timer(tmp_path):
+    mark = new_mark()
+    step = tmp_path / "clock"
+    step.write_text("+0\n")
+    jobs = {"s": sleeper(mark, numprocs=3, starttime=2)}
+    first = Daemon(tmp_path, jobs, env=stepped_clock(step)).start()
+    try:
+        wait_for(lambda: len(marked(mark)) == 3, 10, what="three instances")
+        step.write_text("-400d\n")  # back, as after a dead RTC battery, while they start
+        wait_for(lambda: all(i["state"] == "RUNNING" for i in first.instances("s")), 15, what="starttime passed")
+        spawned_before = set(marked(mark))
+        kill_daemon(first)
+    finally:
+        first.stop()
+    for when in ("+400d", "-400d"):  # the next daemon's clock is a year ahead, then behind
+        step.write_text(when + "\n")
+        later = Daemon(tmp_path, jobs, env=stepped_clock(step)).start()
+        try:
+            assert not spawned_before & set(marked(mark))  # stopped before READY=1
+            assert str(time.gmtime(time.time() + (400 if when == "+400d" else -400) * 86400).tm_year) \
+                in later.stderr().splitlines()[-1]  # its clock was stepped indeed
+            wait_for(lambda: len(marked(mark)) == 3, 10, what="its own three")
+            spawned_before = set(marked(mark))
+            kill_daemon(later)
+        finally:
+            later.stop()
+    (tmp_path / "jobs" / "s.tm.json").unlink()
+    with Daemon(tmp_path, {}):
+        assert not marked(mark)
