@@ -9,6 +9,12 @@ ticks since boot (/proc/<pid>/stat). A
 daemon that starts and finds entries of a predecessor that died without cleaning up stops those
 groups — also the ones whose leader died meanwhile but whose members live on — before it starts
 any job. Under systemd, KillMode=mixed already kills the cgroup; this covers every other way.
+
+Escapes (a grandchild that called setsid, in a group of its own) were the dead daemon's to stop
+as child subreaper, and its death gave them to init: each daemon run has a random id, every child
+gets it in its environment (RUN_VARIABLE) and the journal starts with it (`["run", id]`), so the
+next daemon also stops every process whose initial environment carries its predecessor's id. A
+clean shutdown leaves an empty journal, so only a daemon that died makes its successor look.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import orjson
 
 log = logging.getLogger("taskmasterd.orphans")
 MAX_JOURNAL = 16 * 1024 * 1024  # bytes of a predecessor's journal we are willing to read
+RUN_VARIABLE = "TASKMASTER_RUN"  # in every child's environment: the daemon run that started it
+ESCAPE_STOPTIME = 1.0  # seconds an escape gets between SIGTERM and SIGKILL (its job's is not known)
 COMPACT_AFTER = 4096  # journal lines beyond twice the live groups before it is rewritten
 LEFTOVER_GRACE_CAP = 10.0  # a leftover's recorded stoptime, but never longer than this
 
@@ -80,8 +88,10 @@ def identity(pid: int) -> str | None:
 class ChildJournal:
     """Append-only record of the live groups; rewritten when mostly made of ended entries."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, run: str | None = None) -> None:
+        """`run`: this daemon run's id (RUN_VARIABLE), the journal's first line while it lives."""
         self.path = path
+        self._run = run
         self._fd = -1
         self._live: dict[int, bytes] = {}  # pid -> its "+" line
         self._lines = 0
@@ -117,12 +127,13 @@ class ChildJournal:
         except OSError as exc:
             self._complain(exc)
 
-    def _rewrite(self) -> None:
+    def _rewrite(self, closing: bool = False) -> None:
         tmp = f"{self.path}.tmp"
+        header = [] if closing or self._run is None else [orjson.dumps(["run", self._run]) + b"\n"]
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, b"".join(self._live.values()))
+                os.write(fd, b"".join([*header, *self._live.values()]))
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
@@ -144,45 +155,55 @@ class ChildJournal:
         """A clean shutdown leaves an empty journal: nothing to recover."""
         if self._fd >= 0:
             self._live.clear()
-            self._rewrite()
+            self._rewrite(closing=True)
             os.close(self._fd)
             self._fd = -1
 
 
 @dataclass(frozen=True)
 class Leftover:
-    pgid: int
+    pgid: int  # the group signalled; with `whole_group` False, the one process
     stopsignal: int
     stoptime: float
     members: tuple[int, ...]
+    whole_group: bool = True
 
 
-def read_journal(path: str) -> dict[int, tuple[str, int, float]]:
-    """The groups a journal says are live: pid -> (identity, stop signal, stoptime). Whatever
-    does not have the journal's shape is skipped with one warning, never raised."""
+@dataclass(frozen=True)
+class Journal:
+    live: dict[int, tuple[str, int, float]]  # pid -> (identity, stop signal, stoptime)
+    run: str | None = None  # the id of the daemon run that wrote it, if it did not shut down
+
+
+def read_journal(path: str) -> Journal:
+    """The groups a journal says are live, and the run that wrote it. Whatever does not have the
+    journal's shape is skipped with one warning, never raised."""
     try:
         with open(path, "rb") as src:
             raw = src.read(MAX_JOURNAL + 1)
     except FileNotFoundError:
-        return {}
+        return Journal({})
     except OSError as exc:
         log.warning("ignoring unreadable %s: %s", path, exc.strerror)
-        return {}
+        return Journal({})
     if len(raw) > MAX_JOURNAL:
         log.warning("%s is larger than %d bytes; reading only its start", path, MAX_JOURNAL)
     live: dict[int, tuple[str, int, float]] = {}
+    run = None
     bad = 0
     for line in raw[:MAX_JOURNAL].splitlines():
         entry = _entry(line)
         if entry is None:
             bad += bool(line.strip())
+        elif entry[0] == "run":
+            run = entry[1]
         elif entry[0] == "+":
             live[entry[1]] = entry[2:]  # type: ignore[assignment]
         else:
             live.pop(entry[1], None)
     if bad:
         log.warning("ignoring %d line(s) of %s that are not journal entries", bad, path)
-    return live
+    return Journal(live, run)
 
 
 def _entry(line: bytes) -> tuple | None:
@@ -194,6 +215,9 @@ def _entry(line: bytes) -> tuple | None:
         return None
     if value[0] == "-" and len(value) == 2 and _positive_int(value[1]):
         return ("-", value[1])
+    if value[0] == "run" and len(value) == 2 and isinstance(value[1], str) and value[1].isascii() \
+            and value[1].isalnum() and 0 < len(value[1]) <= 64:
+        return ("run", value[1])
     if value[0] == "+" and len(value) == 5 and _positive_int(value[1]) and _identity_text(value[2]) \
             and isinstance(value[3], int) and value[3] in signal.valid_signals() \
             and isinstance(value[4], (int, float)) and 0 <= value[4] < float("inf"):
@@ -212,14 +236,16 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31
 
 
-def find_leftovers(journal: dict[int, tuple[str, int, float]]) -> list[Leftover]:
+def find_leftovers(journal: dict[int, tuple[str, int, float]], run: str | None = None) -> list[Leftover]:
     """The recorded groups that still have members. A leader that is alive must have the
     recorded identity (else its pid was reused: not ours). A leader that died leaves its pid
     held by the group while any member lives (the kernel does not reuse a pid still in use as a
-    process group id), so its surviving members are ours."""
-    if not journal:
+    process group id), so its surviving members are ours. With `run`, also the processes outside
+    them whose environment carries that run's id: escapes, each with its group if it leads one."""
+    if not journal and run is None:
         return []
     groups: dict[int, list[int]] = {}
+    outside: dict[int, list[int]] = {}  # pgid -> members, of the groups not journaled
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -229,6 +255,8 @@ def find_leftovers(journal: dict[int, tuple[str, int, float]]) -> list[Leftover]
         pgid, session = int(fields[2]), int(fields[3])
         if pgid in journal and session == pgid:
             groups.setdefault(pgid, []).append(int(entry))
+        elif run is not None:
+            outside.setdefault(pgid, []).append(int(entry))
     found = []
     for pgid, members in groups.items():
         recorded, stopsignal, stoptime = journal[pgid]
@@ -236,7 +264,37 @@ def find_leftovers(journal: dict[int, tuple[str, int, float]]) -> list[Leftover]
         if leader is not None and leader != recorded:
             continue
         found.append(Leftover(pgid, stopsignal, min(stoptime, LEFTOVER_GRACE_CAP), tuple(members)))
+    if run is not None:
+        found.extend(_escapes_of_run(run, outside))
     return found
+
+
+def _escapes_of_run(run: str, groups: dict[int, list[int]]) -> list[Leftover]:
+    mark = (RUN_VARIABLE, run)
+    own = os.getpid()
+    found = []
+    for pgid, members in groups.items():
+        marked = [pid for pid in members if pid != own and mark in environment_of(pid)]
+        if pgid in marked:  # it leads its group (setsid): the group goes with it
+            found.append(Leftover(pgid, signal.SIGTERM, ESCAPE_STOPTIME, tuple(members)))
+        else:
+            found.extend(Leftover(pid, signal.SIGTERM, ESCAPE_STOPTIME, (pid,), whole_group=False) for pid in marked)
+    return found
+
+
+def environment_of(pid: int, limit: int = 256 * 1024) -> frozenset[tuple[str, str]]:
+    """The TASKMASTER_* and COLONIES_PROCESS_ID variables `pid` was started with."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as src:
+            raw = src.read(limit)
+    except OSError:
+        return frozenset()
+    pairs = set()
+    for item in raw.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep and name.startswith((b"TASKMASTER_", b"COLONIES_PROCESS_ID")):
+            pairs.add((name.decode(errors="replace"), value.decode(errors="replace")))
+    return frozenset(pairs)
 
 
 def _identity_like(pid: int, recorded: str) -> str | None:
@@ -248,24 +306,29 @@ def _identity_like(pid: int, recorded: str) -> str | None:
 
 
 async def stop_leftovers(path: str) -> int:
-    """Stop the process groups a previous daemon left running; returns how many there were."""
-    leftovers = find_leftovers(read_journal(path))
+    """Stop the process groups a previous daemon left running, and its escapes; returns how many
+    groups and escapes there were."""
+    journal = read_journal(path)
+    leftovers = find_leftovers(journal.live, journal.run)
     if not leftovers:
         return 0
     log.warning("stopping %d process group(s) left by a daemon that did not shut down", len(leftovers))
     for group in leftovers:
-        _killpg(group.pgid, group.stopsignal)
+        _signal(group, group.stopsignal)
     members = [pid for group in leftovers for pid in group.members]
     await wait_gone(members, max(group.stoptime for group in leftovers))
     for group in leftovers:
-        _killpg(group.pgid, signal.SIGKILL)
+        _signal(group, signal.SIGKILL)
     await wait_gone(members, 5.0)
     return len(leftovers)
 
 
-def _killpg(pgid: int, sig: int) -> None:
+def _signal(leftover: Leftover, sig: int) -> None:
     try:
-        os.killpg(pgid, sig)
+        if leftover.whole_group:
+            os.killpg(leftover.pgid, sig)
+        else:
+            os.kill(leftover.pgid, sig)
     except ProcessLookupError:
         pass
 

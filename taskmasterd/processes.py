@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from .orphans import ChildJournal, identity, wait_gone
+from .orphans import ESCAPE_STOPTIME, ChildJournal, environment_of, identity, wait_gone
 from .process_start import Started, start_process
 from .spawnthread import SpawnThread
 
@@ -445,13 +445,13 @@ class ProcessTable:
         if not signals:
             return
         for pid in _orphans(self.children, self._abandoned):
-            environ = _environment_of(pid)
+            environ = environment_of(pid)
             for origin, sig in signals.items():
                 if origin <= environ:
                     _signal_orphan(pid, sig)
                     break
 
-    async def _stop_every_orphan(self, grace: float = 1.0) -> None:
+    async def _stop_every_orphan(self, grace: float = ESCAPE_STOPTIME) -> None:
         orphans = list(_orphans(self.children, self._abandoned))
         if not orphans:
             return
@@ -539,20 +539,6 @@ def _orphans(children: Mapping[int, Child], abandoned: Mapping[int, object]) -> 
         except OSError:
             continue
     return {pid for pid in found if pid not in children and pid not in abandoned}
-
-
-def _environment_of(pid: int, limit: int = 256 * 1024) -> frozenset[tuple[str, str]]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as src:
-            raw = src.read(limit)
-    except OSError:
-        return frozenset()
-    pairs = set()
-    for item in raw.split(b"\0"):
-        name, sep, value = item.partition(b"=")
-        if sep and name.startswith((b"TASKMASTER_", b"COLONIES_PROCESS_ID")):
-            pairs.add((name.decode(errors="replace"), value.decode(errors="replace")))
-    return frozenset(pairs)
 
 
 def _signal_orphan(pid: int, sig: int) -> None:

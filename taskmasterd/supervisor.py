@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol, TypeVar
@@ -31,7 +32,7 @@ from .jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
 from .jobsdir import JobsDirectory
 from .logcapture import DEFAULT_LOG_MODE, LogFiles
 from .notify_socket import NotifyDirectory, default_notify_path
-from .orphans import ChildJournal, stop_leftovers
+from .orphans import RUN_VARIABLE, ChildJournal, stop_leftovers
 from .processes import ProcessTable
 from .events import EventBus
 from .reply import REDUNDANT, SUCCESS, Reply, fail
@@ -88,11 +89,16 @@ class Supervisor:
         self.state_dir = os.path.abspath(state_dir)
         self.directory = JobsDirectory(self.jobs_dir)
         self.limits = limits
-        self.base_environment = inherited_environment(os.environ if environ is None else environ)
+        # This run's id, in every child's environment: the next daemon finds the escapes by it if
+        # this one dies (orphans.py).
+        self.run_id = secrets.token_hex(8)
+        self.base_environment = {**inherited_environment(os.environ if environ is None else environ),
+                                 RUN_VARIABLE: self.run_id}
         self.jobs: dict[str, Job] = {}
         self.invalid: dict[str, str] = {}  # files that never loaded: name -> error
         self.log_files = LogFiles(log_mode)
-        self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json")), adopt_orphans)
+        self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json"), self.run_id),
+                                      adopt_orphans)
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()

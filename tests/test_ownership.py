@@ -11,7 +11,7 @@ import pytest
 from taskmasterd import orphans, processes
 from taskmasterd.job import Job
 from taskmasterd.jobfile import JobSpec
-from taskmasterd.orphans import find_leftovers, identity, read_journal, start_ticks, stop_leftovers
+from taskmasterd.orphans import Journal, find_leftovers, identity, read_journal, start_ticks, stop_leftovers
 from taskmasterd.states import State
 
 from .support.daemon import pid_alive, write_job
@@ -149,7 +149,7 @@ def test_without_descriptors_the_journal_still_identifies_each_child(tmp_path, m
             monkeypatch.setattr(orphans.os, "pidfd_open", no_descriptors)
             assert (await sup.push("t", b'{"cmd": "sleep 300", "starttime": 0}')).response == "success"
             pid = sup.jobs["t"].instances[0].child.pid
-            journal = read_journal(str(tmp_path / "state" / "children.json"))
+            journal = read_journal(str(tmp_path / "state" / "children.json")).live
             assert journal[pid][0] == f"ticks:{start_ticks(pid)}"
             assert pid in {g.pgid for g in find_leftovers(journal)}
 
@@ -189,7 +189,7 @@ def test_journal_records_each_spawn_at_once_with_boot_relative_start(tmp_path):
     async def scenario():
         async with supervised(tmp_path, {"s": {"cmd": "sleep 300", "starttime": 0, "numprocs": 2}}) as sup:
             pids = [i.child.pid for i in sup.jobs["s"].instances]
-            journal = read_journal(str(tmp_path / "state" / "children.json"))  # no flush delay
+            journal = read_journal(str(tmp_path / "state" / "children.json")).live  # no flush delay
             assert {pid: entry[0] for pid, entry in journal.items()} == {pid: identity(pid) for pid in pids}
             assert {g.pgid for g in find_leftovers(journal)} == set(pids)
             # the same pid with another identity is a recycled pid: never ours (either scheme)
@@ -197,7 +197,7 @@ def test_journal_records_each_spawn_at_once_with_boot_relative_start(tmp_path):
             assert {g.pgid for g in find_leftovers({pid: (f"ticks:{start_ticks(pid)}", 15, 1.0) for pid in pids})} \
                 == set(pids)
             assert not find_leftovers({pid: (f"ticks:{start_ticks(pid) + 1}", 15, 1.0) for pid in pids})
-        assert read_journal(str(tmp_path / "state" / "children.json")) == {}  # clean shutdown: empty
+        assert read_journal(str(tmp_path / "state" / "children.json")) == Journal({})  # clean shutdown: empty
 
     run(scenario())
 
@@ -206,8 +206,10 @@ def test_journal_records_each_spawn_at_once_with_boot_relative_start(tmp_path):
     b'{"a": 1}', b"[1, 2, 3]", b"[[1]]", b'[[1, 2, 3]]', b"\xff\xfe garbage", b"null",
     b'["+", -5, "pidfs:1", 15, 1]\n["+", "x", "pidfs:1", 15, 1]\n["-"]\n["+", 1, "pidfs:1", 999, 1]\n'
     b'["+", 1, "boot:1", 15, 1]\n["+", 1, 5, 15, 1]\n', b"[" * 100000,
+    b'["run"]\n["run", 5]\n["run", ""]\n["run", "../x"]\n["run", "' + b"a" * 65 + b'"]\n["run", "a", "b"]\n',
 ])
 def test_recovery_never_crashes_on_a_journal_of_the_wrong_shape(tmp_path, content):
     path = tmp_path / "children.json"
     path.write_bytes(content)
+    assert read_journal(str(path)).run is None
     assert run(stop_leftovers(str(path))) == 0

@@ -2,6 +2,7 @@
 (double-forks and setsid, reparented to the daemon as child subreaper)."""
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -83,6 +84,33 @@ def test_escaped_grandchildren_are_stopped_with_their_instance_and_at_shutdown(t
     finally:
         assert daemon.stop() == 0
     assert not marked(mark)  # shutdown stopped the other job's escapes too
+
+
+def test_escapes_of_a_killed_daemon_are_stopped_by_the_next_one(tmp_path):
+    mark = new_mark()
+    job = {"cmd": ["sh", "-c", ESCAPES], "starttime": 0, "env": mark}
+    # A process outside the daemon that merely looks like a job's: the next daemon leaves it alone.
+    bystander = subprocess.Popen(["sleep", "300"], env={**os.environ, "TASKMASTER_JOB": "esc", "TASKMASTER_INSTANCE": "0",
+                                                         "TASKMASTER_RUN": "0123456789abcdef"}, start_new_session=True)
+    try:
+        first = Daemon(tmp_path, {"esc": job}).start()
+        try:
+            leader = first.instances("esc")[0]["pid"]
+            escaped = wait_for(lambda: len(escapes_of(mark, "esc", leader)) == 2 and escapes_of(mark, "esc", leader),
+                               10, what="two escapes")
+            kill_daemon(first)  # its escapes go to init, out of any journaled group
+        finally:
+            first.stop()
+        assert all(pid in marked(mark) for pid in escaped)
+        (tmp_path / "jobs" / "esc.tm.json").unlink()
+        with Daemon(tmp_path, {}) as second:
+            assert not any(pid in marked(mark) for pid in [leader, *escaped])  # gone before READY=1
+            assert bystander.poll() is None
+            # the leader's group and the two escapes (the log is written up to 10 ms late)
+            wait_for(lambda: "stopping 3 process group(s)" in second.stderr(), 5, what="the warning")
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 FAKETIME_LIBRARIES = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
