@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from .sockdiag import SockDiag
+from .sockdiag import SockDiagOrElse
 
 log = logging.getLogger("taskmasterd.peercred")
 
@@ -56,16 +56,11 @@ class PeerIdentifier:
     """One per daemon: holds the netlink socket its lookups share."""
 
     def __init__(self) -> None:
-        try:
-            self._diag: SockDiag | None = SockDiag()
-        except OSError:
-            self._diag = None
-            log.info("netlink sock_diag is unavailable: TCP peers are identified from /proc/net/tcp")
+        self._diag = SockDiagOrElse(log, "TCP peers are identified from /proc/net/tcp")
+        self._diag.available()  # opened now: the first peer is not kept waiting for it
 
     def close(self) -> None:
-        if self._diag is not None:
-            self._diag.close()
-            self._diag = None
+        self._diag.close()
 
     def identify(self, sock: SocketLike) -> Peer:
         if sock.family == socket.AF_UNIX:
@@ -82,13 +77,12 @@ class PeerIdentifier:
     def tcp_owner(self, family: int, peer: tuple[str, int], ours: tuple[str, int]) -> int | None:
         """The uid owning the TCP socket bound to `peer` and connected to `ours` on this host, or
         None if there is none (the peer is elsewhere, or has closed)."""
-        if self._diag is not None:
+        if self._diag.available():
             try:
                 found = self._diag.lookup(family, peer, ours)
                 return found.uid if found is not None and found.inode else None
-            except OSError as exc:
-                log.warning("netlink sock_diag failed (%s): identifying TCP peers from /proc from now on", exc)
-                self.close()
+            except OSError:
+                pass  # logged; /proc from now on
         return _proc_owner(family, peer, ours)
 
 

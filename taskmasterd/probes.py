@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Protocol
 
 from .connect import Connect, Outcome, Target, connect
-from .sockdiag import TCP_LISTEN, SockDiag, TcpSocket
+from .sockdiag import TCP_LISTEN, SockDiagOrElse, TcpSocket
 from .readiness_spec import CmdCheck, HttpCheck, TcpCheck, netloc
 from .processes import Child, ProcessTable
 from .spawner import INSTANCE_ORIGIN, launch_for, spawn_error_text
@@ -136,30 +136,17 @@ class _ListenerLookup:
     (or a lookup fails), checks connect instead."""
 
     def __init__(self) -> None:
-        self._diag: SockDiag | None = None
-        self._unavailable = False
+        self._diag = SockDiagOrElse(log, "tcp checks connect")
 
     def available(self) -> bool:
-        if self._diag is None and not self._unavailable:
-            try:
-                self._diag = SockDiag()
-            except OSError as exc:
-                self._unavailable = True
-                log.info("netlink sock_diag is unavailable (%s): tcp checks connect", exc.strerror or exc)
-        return self._diag is not None
+        return self._diag.available()
 
     def check(self, target: Target, done: Done) -> Running:
         assert target.family is not None
         wildcard = "::" if target.family == socket.AF_INET6 else "0.0.0.0"
         try:
-            assert self._diag is not None
             found = self._diag.lookup(target.family, (target.host, target.port), (wildcard, 0))
-        except OSError as exc:
-            log.warning("netlink sock_diag failed (%s): tcp checks connect from now on", exc.strerror or exc)
-            self._unavailable = True
-            if self._diag is not None:
-                self._diag.close()
-                self._diag = None
+        except OSError:  # logged; connect from now on
             return Connect(target, lambda outcome: done(_tcp_result(outcome)), asyncio.get_running_loop())
         done(_listener_result(found))
         return _Finished()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import socket
 import struct
 from dataclasses import dataclass
@@ -98,3 +99,45 @@ class SockDiag:
             found = self.lookup(socket.AF_INET, probe.getsockname(), ("0.0.0.0", 0))
             if found is None or found.state != TCP_LISTEN:
                 raise OSError(errno.ENOENT, "sock_diag does not find TCP sockets here")
+
+
+class SockDiagOrElse:
+    """One SockDiag for a kind of lookup, opened at the first, and given up for good (with one log
+    line naming `instead`, what the caller does then) when it cannot be opened or a lookup fails:
+    `lookup` then raises OSError and `available` is False."""
+
+    def __init__(self, log: logging.Logger, instead: str) -> None:
+        self._log = log
+        self._instead = instead
+        self._diag: SockDiag | None = None
+        self._given_up = False
+
+    def available(self) -> bool:
+        if self._diag is None and not self._given_up:
+            try:
+                self._diag = SockDiag()
+            except OSError as exc:
+                self._given_up = True
+                self._log.info("netlink sock_diag is unavailable (%s): %s", exc.strerror or exc, self._instead)
+        return self._diag is not None
+
+    def lookup(self, family: int, local: tuple[str, int], remote: tuple[str, int]) -> TcpSocket | None:
+        """SockDiag.lookup, or OSError once given up."""
+        if not self.available():
+            raise OSError(errno.ENOPROTOOPT, "sock_diag is not available")
+        assert self._diag is not None
+        try:
+            return self._diag.lookup(family, local, remote)
+        except OSError as exc:
+            self._log.warning("netlink sock_diag failed (%s): %s from now on", exc.strerror or exc, self._instead)
+            self.give_up()
+            raise
+
+    def give_up(self) -> None:
+        self._given_up = True
+        self.close()
+
+    def close(self) -> None:
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None

@@ -410,7 +410,7 @@ def test_without_sock_diag_a_loopback_tcp_check_connects(monkeypatch):
     from taskmasterd import probes
 
     monkeypatch.setattr(probes, "_listeners", probes._ListenerLookup())
-    monkeypatch.setattr(probes._listeners, "_unavailable", True)
+    probes._listeners._diag.give_up()
 
     async def scenario():
         async with listening() as port:
