@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .dependencies import conditions_met, waiting_text
 from .instance import Instance, wait_each
 from .jobfile import JobSpec
-from .spawner import child_environment
+from .spawner import RUN_VARIABLE, child_environment
 from .states import State, summarize
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Job:
     def environment(self, index: int) -> dict[str, str]:
         if self._env is None:
             self._env = child_environment(self.spec, self.supervisor.base_environment,
-                                          {"TASKMASTER_JOB": self.name})
+                                          {"TASKMASTER_JOB": self.name, RUN_VARIABLE: self.supervisor.run_id})
         return {**self._env, "TASKMASTER_INSTANCE": str(index)}
 
     # --- commands over every instance -----------------------------------------------------------

@@ -28,9 +28,10 @@ from typing import Iterable
 
 import orjson
 
+from .spawner import RUN_VARIABLE
+
 log = logging.getLogger("taskmasterd.orphans")
 MAX_JOURNAL = 16 * 1024 * 1024  # bytes of a predecessor's journal we are willing to read
-RUN_VARIABLE = "TASKMASTER_RUN"  # in every child's environment: the daemon run that started it
 ESCAPE_STOPTIME = 1.0  # seconds an escape gets between SIGTERM and SIGKILL (its job's is not known)
 COMPACT_AFTER = 4096  # journal lines beyond twice the live groups before it is rewritten
 LEFTOVER_GRACE_CAP = 10.0  # a leftover's recorded stoptime, but never longer than this

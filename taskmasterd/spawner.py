@@ -24,6 +24,7 @@ DAEMON_PLUMBING = frozenset({
     "TRIGGER_TIMER_REALTIME_USEC", "TRIGGER_TIMER_MONOTONIC_USEC", "MONITOR_SERVICE_RESULT",
 })
 INSTANCE_ORIGIN = ("TASKMASTER_JOB", "TASKMASTER_INSTANCE")
+RUN_VARIABLE = "TASKMASTER_RUN"  # the daemon run that started it (orphans.py), set after the job's own env
 
 
 def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -32,7 +32,7 @@ from .jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
 from .jobsdir import JobsDirectory
 from .logcapture import DEFAULT_LOG_MODE, LogFiles
 from .notify_socket import NotifyDirectory, default_notify_path
-from .orphans import RUN_VARIABLE, ChildJournal, stop_leftovers
+from .orphans import ChildJournal, stop_leftovers
 from .processes import ProcessTable
 from .events import EventBus
 from .reply import REDUNDANT, SUCCESS, Reply, fail
@@ -89,11 +89,10 @@ class Supervisor:
         self.state_dir = os.path.abspath(state_dir)
         self.directory = JobsDirectory(self.jobs_dir)
         self.limits = limits
-        # This run's id, in every child's environment: the next daemon finds the escapes by it if
-        # this one dies (orphans.py).
+        # This run's id, in every child's environment (RUN_VARIABLE): the next daemon finds the
+        # escapes by it if this one dies (orphans.py).
         self.run_id = secrets.token_hex(8)
-        self.base_environment = {**inherited_environment(os.environ if environ is None else environ),
-                                 RUN_VARIABLE: self.run_id}
+        self.base_environment = inherited_environment(os.environ if environ is None else environ)
         self.jobs: dict[str, Job] = {}
         self.invalid: dict[str, str] = {}  # files that never loaded: name -> error
         self.log_files = LogFiles(log_mode)

@@ -88,7 +88,8 @@ def test_escaped_grandchildren_are_stopped_with_their_instance_and_at_shutdown(t
 
 def test_escapes_of_a_killed_daemon_are_stopped_by_the_next_one(tmp_path):
     mark = new_mark()
-    job = {"cmd": ["sh", "-c", ESCAPES], "starttime": 0, "env": mark}
+    # The job's own env cannot replace the daemon's run id (a forged one would hide its escapes).
+    job = {"cmd": ["sh", "-c", ESCAPES], "starttime": 0, "env": {**mark, "TASKMASTER_RUN": "forged"}}
     # A process outside the daemon that merely looks like a job's: the next daemon leaves it alone.
     bystander = subprocess.Popen(["sleep", "300"], env={**os.environ, "TASKMASTER_JOB": "esc", "TASKMASTER_INSTANCE": "0",
                                                          "TASKMASTER_RUN": "0123456789abcdef"}, start_new_session=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..processes import Child
-from ..spawner import child_environment, launch_for, spawn_error_text
+from ..spawner import RUN_VARIABLE, child_environment, launch_for, spawn_error_text
 from ..states import describe_exit, exit_is_expected
 from .arguments import BadArguments, command_words
 from .assignment import Assignment, Lost
@@ -114,7 +114,8 @@ class CommandRun:
             words = command_words(self.task.spec.get("args"), self.task.spec.get("kwargs"))
             extra = {str(k): str(v) for k, v in (self.task.spec.get("env") or {}).items()}
             env = child_environment(spec, self.job.supervisor.base_environment,
-                                    {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id})
+                                    {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id,
+                                     RUN_VARIABLE: self.job.supervisor.run_id})
         except (BadArguments, ValueError, KeyError, AttributeError) as exc:
             await self.task.close(False, [f"cannot run {spec.name}: {exc}"])
             return
