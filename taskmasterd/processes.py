@@ -522,7 +522,7 @@ def _exited(pid: int) -> bool:
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
-        return True  # already reaped elsewhere: Popen.poll settles it
+        return True  # already reaped elsewhere: its poll() settles it
 
 
 def _orphans(children: Mapping[int, Child], abandoned: Mapping[int, object]) -> set[int]:
