@@ -30,12 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     from .listeners import open_listeners
     from .process_start import close_inherited_on_exec
     from .processes import raise_fd_limit
+    from .safepath import private_directory_problem
 
     close_inherited_on_exec()  # what we were started with is no child's business
 
     # Refuse a second daemon (same pid file, port or socket) here, where the operator sees the message.
     pidfile = LockedPidfile(config.pidfile) if config.pidfile else None
     try:
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+        unsafe = private_directory_problem(config.state_dir)
+        if unsafe is not None:
+            raise ValueError(f"the state directory {config.state_dir} is not private: {unsafe}")
         policy, control_gids = resolve_policy(config.control_users, config.control_groups, config.allow_remote)
         if pidfile is not None:
             pidfile.acquire()

@@ -225,3 +225,27 @@ def unlink_if_same(path: str, fd: int) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def private_directory_problem(path: str) -> str | None:
+    """Why `path` may not hold the daemon's secrets and journal (Colonies keys, children.json), or
+    None. It and every directory above it must belong to root or the daemon's user and be writable
+    by nobody else (above it, a sticky directory such as /tmp is fine: others may add entries there
+    but not move ours), and no symlink on the way may belong to a lesser user."""
+    parts = os.path.normpath(os.path.abspath(path)).split("/")[1:]
+    for depth in range(1, len(parts) + 1):
+        prefix = "/" + "/".join(parts[:depth])
+        info = os.lstat(prefix)
+        if stat.S_ISLNK(info.st_mode) and not _trusted(info.st_uid):
+            return f"{prefix} is a symbolic link owned by uid {info.st_uid}"
+    real = os.path.realpath(path)
+    here = real
+    while True:
+        info = os.stat(here)
+        if not _trusted(info.st_uid):
+            return f"{here} belongs to uid {info.st_uid}"
+        if info.st_mode & 0o022 and (here == real or not info.st_mode & stat.S_ISVTX):
+            return f"{here} is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+        if here == "/":
+            return None
+        here = os.path.dirname(here)

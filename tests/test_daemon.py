@@ -98,6 +98,29 @@ def test_the_pid_file_is_never_written_through_a_link(tmp_path):
     assert not (tmp_path / "new.pid").exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="files of another uid need root to set up")
+def test_a_state_directory_others_control_is_refused(tmp_path):
+    # It holds the Colonies keys and the journal of what to kill after a crash.
+    owned = tmp_path / "owned"
+    owned.mkdir(mode=0o700)
+    os.chown(owned, 65534, 65534)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "fine")
+    (tmp_path / "fine").mkdir(mode=0o700)
+    os.lchown(link, 65534, 65534)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    (open_to_all / "state").mkdir(mode=0o700)
+    cases = ((owned, "belongs to uid 65534"), (link, "symbolic link owned by uid 65534"),
+             (open_to_all, "writable by others (mode 0777)"), (open_to_all / "state", "writable by others (mode 0777)"))
+    for number, (state, why) in enumerate(cases):
+        daemon = Daemon(tmp_path / f"daemon{number}", {}, args=["--state-dir", str(state)])  # the last one counts
+        out = subprocess.run(daemon.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 1 and "is not private" in out.stderr and why in out.stderr, (state, out.stderr)
+    assert not list((tmp_path / "fine").iterdir())  # nothing was written through the link
+
+
 def test_daemon_mode_detaches_with_a_locked_pidfile(tmp_path):
     pidfile = tmp_path / "run" / "taskmasterd.pid"
     pidfile.parent.mkdir()
