@@ -30,17 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     from .listeners import open_listeners
     from .process_start import close_inherited_on_exec
     from .processes import raise_fd_limit
-    from .safepath import private_directory_problem
 
     close_inherited_on_exec()  # what we were started with is no child's business
 
     # Refuse a second daemon (same pid file, port or socket) here, where the operator sees the message.
     pidfile = LockedPidfile(config.pidfile) if config.pidfile else None
     try:
-        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-        unsafe = private_directory_problem(config.state_dir)
-        if unsafe is not None:
-            raise ValueError(f"the state directory {config.state_dir} is not private: {unsafe}")
+        _refuse_unsafe_directories(config.state_dir, config.jobs_dir)
         policy, control_gids = resolve_policy(config.control_users, config.control_groups, config.allow_remote)
         if pidfile is not None:
             pidfile.acquire()
@@ -75,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         listeners.close()
         if pidfile is not None:
             pidfile.__exit__(None, None, None)
+
+
+def _refuse_unsafe_directories(state_dir: str, jobs_dir: str) -> None:
+    """ValueError naming the problem when another user could read the keys or plant a journal in
+    the state directory, or have the daemon run a job file of theirs."""
+    from .safepath import jobs_directory_problem, private_directory_problem
+
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    unsafe = private_directory_problem(state_dir)
+    if unsafe is not None:
+        raise ValueError(f"the state directory {state_dir} is not private: {unsafe}")
+    os.makedirs(jobs_dir, exist_ok=True)
+    unsafe = jobs_directory_problem(jobs_dir)
+    if unsafe is not None:
+        raise ValueError(f"the jobs directory {jobs_dir} is open to everyone: {unsafe}")
 
 
 def _bind_metrics(address: str) -> socket.socket:

@@ -232,6 +232,17 @@ def private_directory_problem(path: str) -> str | None:
     None. It and every directory above it must belong to root or the daemon's user and be writable
     by nobody else (above it, a sticky directory such as /tmp is fine: others may add entries there
     but not move ours), and no symlink on the way may belong to a lesser user."""
+    return _directory_problem(path, writable_by=0o022, owner_checked=True)
+
+
+def jobs_directory_problem(path: str) -> str | None:
+    """Why `path` may not be the jobs directory, whose files the daemon runs as their `user` (as
+    root, by default): writable by everyone, or reached through a lesser user's symlink. Its owner
+    and its group may write it: that is whom the operator lets define jobs."""
+    return _directory_problem(path, writable_by=0o002, owner_checked=False)
+
+
+def _directory_problem(path: str, writable_by: int, owner_checked: bool) -> str | None:
     parts = os.path.normpath(os.path.abspath(path)).split("/")[1:]
     for depth in range(1, len(parts) + 1):
         prefix = "/" + "/".join(parts[:depth])
@@ -242,9 +253,9 @@ def private_directory_problem(path: str) -> str | None:
     here = real
     while True:
         info = os.stat(here)
-        if not _trusted(info.st_uid):
+        if owner_checked and not _trusted(info.st_uid):
             return f"{here} belongs to uid {info.st_uid}"
-        if info.st_mode & 0o022 and (here == real or not info.st_mode & stat.S_ISVTX):
+        if info.st_mode & writable_by and (here == real or not info.st_mode & stat.S_ISVTX):
             return f"{here} is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
         if here == "/":
             return None

@@ -121,6 +121,26 @@ def test_a_state_directory_others_control_is_refused(tmp_path):
     assert not list((tmp_path / "fine").iterdir())  # nothing was written through the link
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="files of another uid need root to set up")
+def test_a_jobs_directory_everyone_may_write_is_refused(tmp_path):
+    # Its files run as root by default: writable by all, any local user would be root.
+    shared = tmp_path / "shared-jobs"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (tmp_path / "team-jobs").mkdir()
+    link = tmp_path / "linked-jobs"
+    link.symlink_to(tmp_path / "team-jobs")
+    os.lchown(link, 65534, 65534)
+    for number, (jobs, why) in enumerate(((shared, "writable by others (mode 1777)"),
+                                          (link, "symbolic link owned by uid 65534"))):
+        daemon = Daemon(tmp_path / f"daemon{number}", {}, args=["--jobs-dir", str(jobs)])
+        out = subprocess.run(daemon.command(), capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 1 and "open to everyone" in out.stderr and why in out.stderr, (jobs, out.stderr)
+    (tmp_path / "team-jobs").chmod(0o2775)  # a team's, through its group: the operator's choice
+    with Daemon(tmp_path / "team", {}, args=["--jobs-dir", str(tmp_path / "team-jobs")]) as team:
+        assert team.request("status")["response"] == "status"
+
+
 def test_daemon_mode_detaches_with_a_locked_pidfile(tmp_path):
     pidfile = tmp_path / "run" / "taskmasterd.pid"
     pidfile.parent.mkdir()
