@@ -8,8 +8,8 @@ follower's queue.
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import logging.handlers
 import threading
 import time

@@ -65,7 +65,7 @@ def make_probe(check: CmdCheck | TcpCheck | HttpCheck, spawn_check: SpawnCheck |
         target = Target.of(check.host, check.port)
         if _is_loopback(target) and _listeners.available():
             return lambda done: _listeners.check(target, done)
-        return lambda done: Connect(target, lambda outcome: done(_tcp_result(outcome)), asyncio.get_running_loop())
+        return lambda done: _connect(target, done)
     if isinstance(check, HttpCheck):
         target = Target.of(check.host, check.port)
         request = (f"GET {check.target} HTTP/1.1\r\nHost: {netloc(check.host, check.port)}\r\n"
@@ -120,6 +120,10 @@ def _tcp_result(outcome: Outcome) -> ProbeResult:
     return ProbeResult(True, "tcp connected")
 
 
+def _connect(target: Target, done: Done) -> Running:
+    return Connect(target, lambda outcome: done(_tcp_result(outcome)), asyncio.get_running_loop())
+
+
 def _is_loopback(target: Target) -> bool:
     return target.family is not None and ipaddress.ip_address(target.host).is_loopback
 
@@ -147,7 +151,7 @@ class _ListenerLookup:
         try:
             found = self._diag.lookup(target.family, (target.host, target.port), (wildcard, 0))
         except OSError:  # logged; connect from now on
-            return Connect(target, lambda outcome: done(_tcp_result(outcome)), asyncio.get_running_loop())
+            return _connect(target, done)
         done(_listener_result(found))
         return _Finished()
 

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import stat
+from typing import Callable
 
 MAX_LINKS = 40  # like the kernel's limit on symlinks followed in one lookup
 DIRECTORY_MODE = 0o755
@@ -129,23 +130,9 @@ def open_read_write(path: str, mode: int) -> int:
 
 
 def _open_regular(path: str, flags: int, mode: int) -> int:
-    dir_fd, name = open_parent(path)
+    fd = _open_in_parent(path, flags | os.O_CREAT, mode)
     try:
-        try:
-            fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(errno.ELOOP, f"{path} is a symbolic link: not followed") from None
-            if exc.errno == errno.ENXIO:
-                raise UnsafePath(errno.ENXIO, f"{path} is not a regular file") from None
-            raise
-    finally:
-        os.close(dir_fd)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafePath(errno.EINVAL, f"{path} is not a regular file")
-        if info.st_nlink > 1:
+        if os.fstat(fd).st_nlink > 1:
             raise UnsafePath(errno.EPERM, f"{path} has other hard links: not written")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
@@ -158,13 +145,21 @@ def open_read(path: str) -> int:
     """A descriptor of the regular file `path` for reading, reached without following a lesser
     user's symlink and never waiting (a FIFO planted there is refused, not opened for good);
     FileNotFoundError when it is not there."""
+    return _open_in_parent(path, os.O_RDONLY, 0)
+
+
+def _open_in_parent(path: str, flags: int, mode: int) -> int:
+    """`path` opened non-blocking from its safely walked parent, not followed at its end; a
+    regular file or UnsafePath."""
     dir_fd, name = open_parent(path)
     try:
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafePath(errno.ELOOP, f"{path} is a symbolic link: not followed") from None
+            if exc.errno == errno.ENXIO:
+                raise UnsafePath(errno.ENXIO, f"{path} is not a regular file") from None
             raise
     finally:
         os.close(dir_fd)
@@ -195,34 +190,36 @@ def checked_size(path: str) -> int:
 
 def same_file(path: str, fd: int) -> bool:
     """Whether `path` (walked safely, not followed at its end) is the file open as `fd`."""
-    try:
-        dir_fd, name = open_parent(path)
-    except OSError:
-        return False
-    try:
-        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    finally:
-        os.close(dir_fd)
-    here = os.fstat(fd)
-    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+    return _when_same(path, fd, None)
 
 
 def unlink_if_same(path: str, fd: int) -> None:
     """Remove `path` if it still names the file open as `fd` (walked safely): never another file
     that was put in its place."""
+    _when_same(path, fd, os.unlink)
+
+
+def _when_same(path: str, fd: int, act: Callable[..., None] | None) -> bool:
+    """Whether `path` names the file open as `fd`; if so, `act(name, dir_fd=...)` on it, relative
+    to the directory the walk ended in (gone meanwhile: not an error)."""
     try:
         dir_fd, name = open_parent(path)
     except OSError:
-        return
+        return False
     try:
-        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        try:
+            there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
         here = os.fstat(fd)
-        if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
-            os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
+        if (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino):
+            return False
+        if act is not None:
+            try:
+                act(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+        return True
     finally:
         os.close(dir_fd)
 
