@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from taskmasterd.http_guard import starts_like_http
 from taskmasterd.verbs import VERBS, JobArg
 from tests.support.control_fixtures import SLEEPER, Raw, b64, daemon, message, serving_daemon, text, tree
 from tests.support.daemon import Daemon, write_job
@@ -364,6 +365,9 @@ requests = st.fixed_dictionaries(
                           st.binary(max_size=40).map(lambda b: b.replace(b'"', b"").replace(b";", b"") + b";;")),
                 min_size=1, max_size=5))
 def test_fuzzed_requests_always_get_one_reply_each(daemon: Daemon, frames: list[bytes]) -> None:
+    # A connection that opens like an HTTP request line (b"A ;;") is closed unanswered by design
+    # (http_guard.py; test_access_control covers it): no control client's frames can.
+    assume(starts_like_http(b"".join(frames)) is False)
     with Raw(daemon.port) as raw:
         raw.send(b"".join(frames) + message("list"))
         for _ in frames:
