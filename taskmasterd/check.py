@@ -18,8 +18,12 @@ def problems_in(jobs_dir: str, limits: Limits = Limits()) -> tuple[int, list[str
     """(how many job files were read, every problem found in them); OSError for the directory."""
     directory = JobsDirectory(jobs_dir)  # read as the daemon reads: regular files only, capped
     checked, problems = 0, []
+    entries = sorted(os.listdir(jobs_dir))
+    unsafe = directory.problem()  # the daemon would refuse to start on it, and read none of its files
+    if unsafe is not None:
+        problems.append(unsafe)
     graph: dict[str, list[str]] = {}  # the dependencies of the files that loaded so far, in the daemon's order
-    for entry in sorted(os.listdir(jobs_dir)):
+    for entry in entries:
         path = os.path.join(jobs_dir, entry)
         name = job_name_from_filename(entry)
         if name is None:

@@ -76,16 +76,17 @@ def main(argv: list[str] | None = None) -> int:
 def _refuse_unsafe_directories(state_dir: str, jobs_dir: str) -> None:
     """ValueError naming the problem when another user could read the keys or plant a journal in
     the state directory, or have the daemon run a job file of theirs."""
-    from .safepath import jobs_directory_problem, private_directory_problem
+    from .jobsdir import JobsDirectory
+    from .safepath import private_directory_problem
 
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     unsafe = private_directory_problem(state_dir)
     if unsafe is not None:
         raise ValueError(f"the state directory {state_dir} is not private: {unsafe}")
     os.makedirs(jobs_dir, exist_ok=True)
-    unsafe = jobs_directory_problem(jobs_dir)
+    unsafe = JobsDirectory(os.path.abspath(jobs_dir)).problem()
     if unsafe is not None:
-        raise ValueError(f"the jobs directory {jobs_dir} is open to everyone: {unsafe}")
+        raise ValueError(unsafe)
 
 
 def _bind_metrics(address: str) -> socket.socket:

@@ -14,6 +14,7 @@ import tempfile
 
 from .jobfile import MAX_FILE, JobFileError
 from .names import SUFFIX, job_name_error
+from .safepath import jobs_directory_problem
 
 log = logging.getLogger("taskmasterd")
 JOB_FILE_MODE = 0o640
@@ -40,6 +41,18 @@ class JobsDirectory:
             if name is not None:
                 names.add(name)
         return names
+
+    def problem(self) -> str | None:
+        """Why the directory's files may not be read (or written) now, or None. Checked at every
+        reload, not only at startup: a deploy may swap in a directory everyone may write, and a
+        directory that is not there means "wait", never "every job was removed"."""
+        try:
+            if not os.path.isdir(self.path):
+                return f"the jobs directory {self.path} is not there"
+            unsafe = jobs_directory_problem(self.path)
+        except OSError as exc:
+            return f"the jobs directory {self.path} cannot be examined: {exc.strerror}"
+        return None if unsafe is None else f"the jobs directory {self.path} is open to everyone: {unsafe}"
 
     def job_name(self, filename: str) -> str | None:
         """The job `filename` defines, or None; a file ignored for a reason an operator should

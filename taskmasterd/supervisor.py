@@ -111,6 +111,7 @@ class Supervisor:
         self._held: set[Job] = set()  # jobs with instances WAITING for their dependencies
         self._changed: set[str] = set()  # jobs whose standing changed in this loop iteration
         self._settling: asyncio.Handle | None = None
+        self._refusal: str | None = None  # why the jobs directory is not read now (logged once)
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -217,6 +218,9 @@ class Supervisor:
         async with self._locks.hold(name):
             if self.closing:
                 return fail(SHUTTING_DOWN), "unchanged"
+            refusal = self._directory_refusal()
+            if refusal is not None:
+                return fail(refusal), "unchanged"
             job = self.jobs.get(name)
             try:
                 if pushed is not None:
@@ -258,6 +262,18 @@ class Supervisor:
         if retiring and not nowait:
             await job.wait_gone(retiring)
         return await _settled_start(job, starting, nowait), change
+
+    def _directory_refusal(self) -> str | None:
+        """Why no job file is read or written now (the jobs run on as they are), or None. Logged
+        when it starts and stops being so, not at every file."""
+        problem = self.directory.problem()
+        if problem != self._refusal:
+            if problem is not None:
+                log.error("%s; its files are not read until that changes, the jobs run as they are", problem)
+            else:
+                log.info("the jobs directory %s may be read again", self.jobs_dir)
+            self._refusal = problem
+        return problem
 
     def _invalid_file(self, name: str, job: Job | None, message: str) -> Reply:
         log.error("%s", message.replace("\n", "; "))
@@ -441,6 +457,9 @@ class Supervisor:
     async def reload_all(self) -> Reply:
         """Reload every job file (SIGHUP, `restart`): new, changed, removed and unchanged alike.
         The reply carries what happened to each job (docs/protocol.md, "The reload report")."""
+        refusal = self._directory_refusal()
+        if refusal is not None:
+            return _with_report(fail(refusal), [])
         names = sorted(self.directory.names() | set(self.jobs) | set(self.invalid))
         outcomes = await asyncio.gather(*(self._apply_file(name, nowait=True) for name in names))
         done = [f"{name} {change}" for name, (_, change) in zip(names, outcomes) if change not in ("unchanged", "missing")]

@@ -8,7 +8,9 @@ later (an editor that renames the old file away before writing the new one resta
 
 The directory itself: its parent is watched too, so a directory moved, deleted or swapped (a
 deploy's `mv new jobs`, or `ln -sfn` of a symlinked jobs dir) re-arms the watch and rescans once
-the path names a directory again; while it names nothing, the jobs keep running as they are.
+the path names a directory again; while it names nothing, the jobs keep running as they are. A
+change of the directory's own mode or owner rescans too: the supervisor reads only a directory
+that is safe (JobsDirectory.problem), and one made safe again is read at once.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Callable, Iterable
 
 log = logging.getLogger("taskmasterd.watcher")
 
+IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
@@ -35,7 +38,7 @@ IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 FILE_EVENTS = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE | IN_CREATE
-DIR_MASK = FILE_EVENTS | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+DIR_MASK = FILE_EVENTS | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 PARENT_MASK = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ONLYDIR
 _EVENT = struct.Struct("iIII")
 SETTLE = 0.05  # quiet time after the last event before reading
@@ -112,7 +115,9 @@ class DirectoryWatcher:
             elif wd == self._dir_wd:
                 if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                     self._rearm()
-                elif filename:
+                elif not filename:  # the directory's mode or owner: whether it may be read
+                    self._rescan = bool(mask & IN_ATTRIB) or self._rescan
+                elif not mask & IN_ATTRIB:
                     self._file_event(filename, mask)
         if self._pending or self._rescan:
             self._schedule()

@@ -57,7 +57,12 @@ def test_sigterm_stops_every_job_in_parallel_leaving_nothing(tmp_path):
     stubborn = {"cmd": ["sh", "-c", "trap '' TERM; sleep 300 & wait; wait"], "starttime": 0, "stoptime": 1}
     daemon = Daemon(tmp_path, {f"j{n}": stubborn for n in range(5)}).start()
     pids = [i["pid"] for n in range(5) for i in daemon.instances(f"j{n}")]
-    children = [int(p) for pid in pids for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+
+    def children_of_each() -> list[int]:
+        found = [[int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()] for pid in pids]
+        return [p for each in found for p in each] if all(found) else []
+
+    children = wait_for(children_of_each, 10, what="each shell's sleep forked")  # starttime 0: maybe not yet
     began = time.monotonic()
     assert daemon.stop() == 0
     elapsed = time.monotonic() - began

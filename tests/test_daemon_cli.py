@@ -54,6 +54,12 @@ def test_check_prints_every_problem_as_the_daemon_would_and_exits_1(tmp_path: Pa
     assert not any("good" in line or "notes" in line for line in lines[:-1])
     assert lines[-1] == f"taskmasterd: 4 job file(s) in {tmp_path}: 5 problem(s)"
     assert taskmasterd("--check", str(tmp_path / "missing")).returncode == 1
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    write_job(shared, "good", SLEEPER)
+    shared.chmod(0o777)  # valid files, in a directory the daemon would not read
+    result = taskmasterd("--check", str(shared))
+    assert result.returncode == 1 and f"the jobs directory {shared} is open to everyone" in result.stdout
 
 
 def test_check_without_a_directory_reads_the_configured_one(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from taskmasterd.check import problems_in
 from taskmasterd.states import State
 from taskmasterd.verbs import Request, dispatch
 
-from .support.daemon import Daemon, free_port, pid_alive, write_job
+from .support.daemon import Daemon, free_port, pid_alive, wait_for, write_job
 from .support.supervised import eventually, reach, run, supervised
 
 S = State
@@ -168,6 +168,13 @@ def layered_jobs(tmp_path) -> dict[str, dict]:
             "batch": job("batch")}
 
 
+def trap_set(pid: int) -> bool:
+    """The layered job's shell forks its sleep after setting its TERM trap: signalled before that,
+    it would die without writing its stamp (starttime 0 makes it RUNNING at once)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as src:
+        return bool(src.read().split())
+
+
 def stop_order(tmp_path) -> list[str]:
     return sorted(("db", "web", "workers", "batch"), key=lambda name: stamp(tmp_path / f"{name}.stop"))
 
@@ -176,7 +183,9 @@ def test_stop_of_several_jobs_stops_dependants_first_and_independent_jobs_togeth
     async def scenario():
         async with supervised(tmp_path, layered_jobs(tmp_path), watch=False) as sup:
             for name in ("db", "web", "workers", "batch"):
-                await reach(sup.jobs[name].instances[0], S.RUNNING)
+                for instance in sup.jobs[name].instances:
+                    await reach(instance, S.RUNNING)
+                    await eventually(lambda: trap_set(instance.child.pid), what=f"{name}'s trap set")
             db_pid = sup.jobs["db"].instances[0].child.pid
             reply = await dispatch(sup, "stop", Request(job="db web workers:1 workers batch nope"))
             assert reply.response == "fail" and reply.error == 'nope: job "nope" does not exist'
@@ -203,6 +212,9 @@ def test_daemon_shutdown_stops_dependants_before_their_dependencies(tmp_path):
             assert time.monotonic() < deadline, daemon.status()
             time.sleep(0.05)
         assert daemon.instances("workers")[0]["since"] >= daemon.instances("web")[0]["since"]
+        for name in ("db", "web", "workers"):
+            for instance in daemon.instances(name):
+                wait_for(lambda: trap_set(instance["pid"]), 10, what=f"{name}'s trap set")
     finally:
         assert daemon.stop() == 0
     order = stop_order(tmp_path)

@@ -90,3 +90,40 @@ def test_jobs_added_with_ln_and_ln_s_are_loaded(tmp_path):
         (tmp_path / "jobs" / "soft.tm.json").symlink_to(elsewhere / "soft.tm.json")
         os.link(elsewhere / "hard.tm.json", tmp_path / "jobs" / "hard.tm.json")
         wait_for(lambda: states(daemon) == {"soft": "RUNNING", "hard": "RUNNING"}, 10, what="both links loaded")
+
+
+def test_a_directory_swapped_in_later_is_checked_like_the_one_the_daemon_started_with(tmp_path):
+    """A deploy that swaps in a directory everyone may write must not let everyone define root
+    jobs: its files are not read (the running jobs go on as they are), `reload` says why, and once
+    the directory is made safe it is read."""
+    marker = tmp_path / "planted"
+    with Daemon(tmp_path, {"keep": SLEEP}) as daemon:
+        keep = pid_of(daemon, "keep")
+        open_to_all = tmp_path / "jobs.new"
+        open_to_all.mkdir()
+        write_job(open_to_all, "keep", SLEEP)
+        write_job(open_to_all, "planted", {"cmd": ["touch", str(marker)], "starttime": 0, "autorestart": "never"})
+        os.chmod(open_to_all, 0o777)
+        os.rename(tmp_path / "jobs", tmp_path / "jobs.old")
+        os.rename(open_to_all, tmp_path / "jobs")
+        wait_for(lambda: "writable by others" in daemon.stderr(), 10, what="the swapped directory refused")
+        reply = daemon.request("restart")  # reload every file, as SIGHUP does
+        assert reply["response"] == "fail" and b"writable by others" in reply["error"]
+        reply = daemon.request("reload", "planted")
+        assert reply["response"] == "fail" and b"writable by others" in reply["error"]
+        write_job(tmp_path / "jobs", "later", SLEEP)  # nor is a file dropped in it later read
+        time.sleep(1)
+        assert set(states(daemon)) == {"keep"} and pid_of(daemon, "keep") == keep and not marker.exists()
+        os.chmod(tmp_path / "jobs", 0o755)  # made safe: read at once, no SIGHUP needed
+        wait_for(lambda: {"planted", "later"} <= set(states(daemon)), 10, what="the directory read once safe")
+        wait_for(marker.exists, 5, what="the job run")
+        assert pid_of(daemon, "keep") == keep
+
+
+def test_a_reload_while_the_jobs_directory_is_gone_stops_nothing(tmp_path):
+    with Daemon(tmp_path, {"keep": SLEEP}) as daemon:
+        keep = pid_of(daemon, "keep")
+        os.rename(tmp_path / "jobs", tmp_path / "jobs.old")
+        for reply in daemon.request("restart"), daemon.request("reload", "keep"):
+            assert reply["response"] == "fail" and b"is not there" in reply["error"]
+        assert states(daemon) == {"keep": "RUNNING"} and pid_of(daemon, "keep") == keep
