@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import logging.handlers
+import os
+import select
 import threading
 import time
 from collections import deque
@@ -62,15 +64,26 @@ class LogWriter:
     """Writes the daemon's log lines from a thread of its own, so a slow terminal, journald or disk
     never blocks the event loop. Lines are written in batches (one write for whatever queued up
     meanwhile, at most BATCH_DELAY late): 10 000 instances starting log 20 000 lines, and a wake-up
-    of the thread and a write per line cost the loop a third of its time, through the GIL."""
+    of the thread and a write per line cost the loop a third of its time, through the GIL.
+
+    A stream that takes nothing (a pager that stopped reading, a full disk) costs lines, never the
+    daemon: at most MAX_PENDING wait, the rest are dropped, a failed write is lost without a
+    traceback, and the next line written says how many went; `stop` waits STOP_GRACE at most."""
 
     BATCH_DELAY = 0.01
+    MAX_PENDING = 10_000  # records (a few MB); beyond, the log only costs memory and tells nothing
+    STOP_GRACE = 2.0  # seconds `stop` gives a stuck stream before the process exits without it
 
     def __init__(self, handler: logging.StreamHandler) -> None:
         self.handler = handler
         self._pending: deque[logging.LogRecord] = deque()
         self._wake = threading.Event()
         self._stopping = False
+        self._dropped = 0  # records refused since the last line written: the queue was full
+        self._lost = 0  # records whose write failed since then
+        self._why_lost = ""
+        self._mid_line = False  # the last write stopped inside a line
+        self._count_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="taskmasterd-log", daemon=True)
 
     def start(self) -> None:
@@ -78,15 +91,20 @@ class LogWriter:
 
     def put(self, record: logging.LogRecord) -> None:
         """From any thread; cheap: the thread is woken only when it sleeps."""
+        if len(self._pending) >= self.MAX_PENDING:
+            with self._count_lock:
+                self._dropped += 1
+            return
         self._pending.append(record)
         if not self._wake.is_set():
             self._wake.set()
 
     def stop(self) -> None:
-        """Write what is still queued, then end the thread."""
+        """Write what is still queued, then end the thread; give up after STOP_GRACE (the thread
+        is a daemon thread: a stream stuck for good does not keep the process alive)."""
         self._stopping = True
         self._wake.set()
-        self._thread.join()
+        self._thread.join(self.STOP_GRACE)
 
     def _run(self) -> None:
         while True:
@@ -118,14 +136,63 @@ class LogWriter:
             return
         handler = self.handler
         try:
-            text = "".join(handler.format(record) + handler.terminator for record in batch)
-            with handler.lock or contextlib.nullcontext():
+            data = "".join(handler.format(record) + handler.terminator for record in batch).encode("utf-8", "replace")
+        except Exception:
+            handler.handleError(batch[-1])  # a bug of ours, not of the stream: say it
+            return
+        with self._count_lock:
+            dropped, lost, why = self._dropped, self._lost, self._why_lost
+        notes = []
+        if dropped:
+            notes.append(f"{dropped} lines of the daemon's log were dropped: they came faster than it could be written")
+        if lost:
+            notes.append(f"{lost} lines of the daemon's log were lost: {why}")
+        head = b"\n" if self._mid_line else b""  # a write that failed halfway left half a line
+        head += "".join(f"[taskmasterd: {note}]\n" for note in notes).encode()
+        # The handler's lock is not held across the write: logging.shutdown takes it at exit, and
+        # a stream stuck for good would keep the process from exiting.
+        with handler.lock or contextlib.nullcontext():
+            try:
                 if isinstance(handler, logging.handlers.WatchedFileHandler):
                     handler.reopenIfNeeded()  # after logrotate moved the file, write a fresh one
-                handler.stream.write(text)
-                handler.stream.flush()
-        except Exception:
-            handler.handleError(batch[-1])
+                handler.stream.flush()  # whatever else was written to it goes first
+                fd = handler.stream.fileno()
+            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                self._count_lost(len(batch), exc)
+                return
+        written, error = _write_all(fd, head + data)
+        if error is not None:
+            self._mid_line = 0 < written and (head + data)[written - 1:written] != b"\n"
+            self._count_lost(len(batch) - data[:max(0, written - len(head))].count(b"\n"), error)
+            return
+        self._mid_line = False
+        with self._count_lock:  # what the notes told is told; what came meanwhile is not
+            self._dropped -= dropped
+            self._lost -= lost
+
+    def _count_lost(self, lines: int, error: OSError | ValueError) -> None:
+        with self._count_lock:
+            self._lost += lines
+            self._why_lost = getattr(error, "strerror", None) or str(error)
+
+
+def _write_all(fd: int, data: bytes) -> tuple[int, OSError | None]:
+    """Write all of `data` (waiting on a non-blocking stream); (bytes written, the error that
+    stopped it or None). os.write, not the stream's buffers: after a failure, what was written
+    is known, and nothing unwritten lingers in a buffer to come out later."""
+    view, written = memoryview(data), 0
+    while written < len(data):
+        try:
+            written += os.write(fd, view[written:])
+        except BlockingIOError:
+            waiter = select.poll()  # not select(): the fd may be above FD_SETSIZE after a reopen
+            waiter.register(fd, select.POLLOUT)
+            waiter.poll(1000)
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            return written, exc
+    return written, None
 
 
 class DaemonLogHandler(logging.Handler):

@@ -47,6 +47,7 @@ class Daemon:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.pass_fds: tuple[int, ...] = ()  # descriptors the daemon inherits, as from a careless parent
+        self.stderr_fd: int | None = None  # where its log goes instead of daemon.stderr (a pipe, say)
         self.notify_path = str(root / "notify.sock")
         self.notify_sock: socket.socket | None = None
         self.messages: list[str] = []
@@ -64,7 +65,8 @@ class Daemon:
         self.stderr_path = self.root / "daemon.stderr"
         with open(self.stderr_path, "ab") as stderr:  # the child keeps its own copy
             self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=self.pass_fds)
+                                         stdout=subprocess.DEVNULL, stderr=stderr if self.stderr_fd is None
+                                         else self.stderr_fd, pass_fds=self.pass_fds)
         if wait:
             self.wait_notify("READY=1")
         return self
