@@ -1,4 +1,7 @@
-"""systemd's readiness protocol: one datagram to $NOTIFY_SOCKET (no-op when it is not set)."""
+"""systemd's readiness protocol: one datagram to $NOTIFY_SOCKET (no-op when it is not set).
+
+Sent without blocking: a reader whose queue is full (stuck, or not systemd at all) loses the
+datagram rather than freezing the loop that sends it."""
 from __future__ import annotations
 
 import os
@@ -12,8 +15,8 @@ def notify(message: str) -> bool:
     if address.startswith("@"):  # abstract namespace
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.sendto(message.encode(), address)
         return True
-    except OSError:
+    except OSError:  # BlockingIOError included
         return False

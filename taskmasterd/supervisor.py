@@ -225,7 +225,10 @@ class Supervisor:
             try:
                 if pushed is not None:
                     self._refuse_cycle(pushed[1])  # again: other files may have changed meanwhile
-                    self.directory.write(name, pushed[0])
+                    # fsync, twice: seconds on a busy disk, so not on the loop (the job's lock is held)
+                    await asyncio.to_thread(self.directory.write, name, pushed[0])
+                    if self.closing:  # began meanwhile: the file is written, the next start loads it
+                        return fail(SHUTTING_DOWN), "unchanged"
                     spec: JobSpec | None = pushed[1]
                 else:
                     raw = self.directory.read(name)

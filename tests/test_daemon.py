@@ -1,9 +1,11 @@
 """taskmasterd as a whole process: readiness, signals, refusal of a second daemon, daemon mode,
 leftovers of a killed daemon, and the output of a very fast writer."""
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -327,3 +329,31 @@ def test_a_child_gets_its_three_streams_and_default_signals_whichever_way_it_is_
             assert _status_mask(pid, "SigBlk") == 0, job
     finally:
         daemon.stop()
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_the_daemon(tmp_path):
+    """$NOTIFY_SOCKET whose reader is stuck (its queue full): the readiness datagram is dropped,
+    the daemon serves and stops as usual instead of blocking in sendto for good."""
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck.bind(str(tmp_path / "stuck.sock"))
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filler.sendto(b"x", str(tmp_path / "stuck.sock"))
+    daemon = Daemon(tmp_path / "d", {"sleepy": SLEEP}, env={"NOTIFY_SOCKET": str(tmp_path / "stuck.sock")})
+    daemon.start(wait=False)
+    try:
+        wait_for(lambda: _answers(daemon) and daemon.instances("sleepy")[0]["state"] == "RUNNING", 20,
+                 what="the daemon serving")
+    finally:
+        assert daemon.stop(timeout=20) == 0
+        stuck.close()
+        filler.close()
+
+
+def _answers(daemon) -> bool:
+    try:
+        return daemon.request("status", timeout=2)["response"] == "status"
+    except OSError:
+        return False
