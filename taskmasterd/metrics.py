@@ -4,7 +4,8 @@ At each scrape the daemon's state is copied into a snapshot on the event loop's 
 collector turns the snapshot into metric families and prometheus_client formats them in a worker
 thread, which touches nothing of the daemon (the text for 1000 instances takes tens of
 milliseconds the loop must not wait for). The HTTP side is a small asyncio server: one request
-per connection, read within a time limit and a size limit; a few scrapes at once at most.
+per connection, read within a time limit and a size limit, answered within a time limit (the
+connection is dropped when its reader does not take the answer); a few scrapes at once at most.
 
 Families (labels in braces):
 - taskmaster_instance_state{job,instance,state}: 1 for the instance's state, 0 for the others
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskmasterd.metrics")
 REQUEST_TIMEOUT = 10.0  # seconds a scraper has to send its request
+WRITE_TIMEOUT = 10.0  # ... and to take the answer: one that never reads must not hold a slot for good
 MAX_REQUEST = 16 * 1024  # bytes of request line and headers
 MAX_SCRAPES = 8  # scrapes served at once; more are refused with 503
 STATES = [state.value for state in State]
@@ -182,6 +184,9 @@ class MetricsServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._scrapes += 1
+        # drain() returns only once the whole answer is with the kernel: what the transport still
+        # buffered at close would otherwise stay, with the socket, for as long as nobody reads.
+        writer.transport.set_write_buffer_limits(0)
         try:
             if self._scrapes > MAX_SCRAPES:
                 writer.write(_response(b"503 Service Unavailable", b"too many scrapes at once\n"))
@@ -200,14 +205,18 @@ class MetricsServer:
                 snapshot = take_snapshot(self.supervisor, self.connections(), self.started)
                 body = await asyncio.to_thread(exposition, snapshot)
                 writer.write(_response(b"200 OK", b"" if method == b"HEAD" else body, CONTENT_TYPE_LATEST, len(body)))
-            await writer.drain()
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass  # a scraper that went away, or never sent a request: nobody to answer
         except asyncio.CancelledError:
             pass  # the daemon is closing (quietly: see server.ControlServer._serve)
         finally:
             self._scrapes -= 1
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # not taken in time: dropped, its buffers freed now
+            else:
+                writer.close()
 
 
 def _response(status: bytes, body: bytes, content_type: str = "text/plain; charset=utf-8",

@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,4 @@ def test_metrics_are_off_by_default_and_a_taken_port_refuses_the_start(tmp_path:
                               "--state-dir", str(tmp_path / "s"), "--port", str(free_port()),
                               "--metrics", f"127.0.0.1:{daemon.port}")
         assert refused.returncode == 1 and "cannot serve metrics" in refused.stderr
+
