@@ -152,8 +152,10 @@ def push(session: Session, args: Namespace) -> None:
 
 def status(session: Session, args: Namespace) -> None:
     """A table of the jobs named (one request each, on one connection), or of every job; exit 3
-    when one of them is not in its wanted state."""
+    when one of them is not in its wanted state, or when the daemon does not read its jobs
+    directory (it says why)."""
     jobs: list[dict] = []
+    unread = None  # why the daemon does not read its jobs directory now (status of every job says)
     for word in args.job or [None]:
         job = None if word is None else selector([word])
         reply = session.client.request("status", job)
@@ -161,6 +163,7 @@ def status(session: Session, args: Namespace) -> None:
             session.report("status", job, reply)
         if reply.response == "status":
             jobs += reply.value["jobs"]
+            unread = (reply.value.get("daemon") or {}).get("jobs_dir_problem")
     if len(args.job) > 1:  # overlapping patterns name a job twice: show it once
         first: dict[str, dict] = {}
         for entry in jobs:
@@ -170,6 +173,10 @@ def status(session: Session, args: Namespace) -> None:
         from .render import status_table
 
         session.out.write(status_table(jobs, session.colour))
+    if unread:  # a deploy that is not applied: as much "not as wanted" as a job that is down
+        if not session.as_json:
+            session.out.write(f"job files not read: {unread}\n")
+        session.exit = max(session.exit, EXIT_NOT_AS_WANTED)
     from .verdict import not_as_wanted
 
     if not_as_wanted(jobs):

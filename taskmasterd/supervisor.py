@@ -399,8 +399,9 @@ class Supervisor:
             return Reply("status", value={"jobs": [entry]})
         entries = [self._job_status(job, now) for job in self.jobs.values()]
         entries += [self._invalid_status(name) for name in self.invalid if name not in self.jobs]
-        if self.daemon is not None:  # who answers: `version` and `pid`
-            return Reply("status", value={"jobs": entries, "daemon": self.daemon.document()})
+        if self.daemon is not None:  # who answers (`version`, `pid`), and whether it reads its jobs dir
+            document = {**self.daemon.document(), "jobs_dir_problem": self._refusal}
+            return Reply("status", value={"jobs": entries, "daemon": document})
         return Reply("status", value={"jobs": entries})
 
     def _job_status(self, job: Job, now: float) -> dict:

@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+from .support.ctl import ctl, out
 from .support.daemon import Daemon, wait_for, write_job
 
 SLEEP = {"cmd": "sleep 300", "starttime": 0, "stdout": None, "stderr": None}
@@ -114,10 +115,13 @@ def test_a_directory_swapped_in_later_is_checked_like_the_one_the_daemon_started
         write_job(tmp_path / "jobs", "later", SLEEP)  # nor is a file dropped in it later read
         time.sleep(1)
         assert set(states(daemon)) == {"keep"} and pid_of(daemon, "keep") == keep and not marker.exists()
+        assert "writable by others" in daemon.status()["daemon"]["jobs_dir_problem"]
+        shown = ctl(daemon, "status")  # the operator sees why the deploy is not applied
+        assert shown.returncode == 3 and "writable by others" in out(shown), shown
         os.chmod(tmp_path / "jobs", 0o755)  # made safe: read at once, no SIGHUP needed
         wait_for(lambda: {"planted", "later"} <= set(states(daemon)), 10, what="the directory read once safe")
         wait_for(marker.exists, 5, what="the job run")
-        assert pid_of(daemon, "keep") == keep
+        assert pid_of(daemon, "keep") == keep and daemon.status()["daemon"]["jobs_dir_problem"] is None
 
 
 def test_a_reload_while_the_jobs_directory_is_gone_stops_nothing(tmp_path):
