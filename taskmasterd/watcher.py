@@ -39,7 +39,7 @@ IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 FILE_EVENTS = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE | IN_CREATE
 DIR_MASK = FILE_EVENTS | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
-PARENT_MASK = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ONLYDIR
+PARENT_MASK = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ATTRIB | IN_ONLYDIR
 _EVENT = struct.Struct("iIII")
 SETTLE = 0.05  # quiet time after the last event before reading
 MAX_SETTLE = 0.5  # ... but never later than this after the first one
@@ -110,8 +110,10 @@ class DirectoryWatcher:
             if mask & IN_Q_OVERFLOW:
                 self._rescan = True
             elif wd == self._parent_wd:
-                if filename == base:
+                if filename == base and not mask & IN_ATTRIB:
                     self._rearm()
+                elif not filename and mask & IN_ATTRIB:  # the parent's mode: whether it may be swapped
+                    self._rescan = True
             elif wd == self._dir_wd:
                 if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                     self._rearm()

@@ -131,3 +131,16 @@ def test_a_reload_while_the_jobs_directory_is_gone_stops_nothing(tmp_path):
         for reply in daemon.request("restart"), daemon.request("reload", "keep"):
             assert reply["response"] == "fail" and b"is not there" in reply["error"]
         assert states(daemon) == {"keep": "RUNNING"} and pid_of(daemon, "keep") == keep
+
+
+def test_a_parent_opened_to_everyone_stops_the_reading_until_it_is_closed_again(tmp_path):
+    """Whoever may write the parent may swap the jobs directory: the same refusal, lifted as soon
+    as the parent is closed again (its mode change is watched too)."""
+    with Daemon(tmp_path, {"keep": SLEEP}) as daemon:
+        os.chmod(tmp_path, 0o777)
+        write_job(tmp_path / "jobs", "new", SLEEP)
+        wait_for(lambda: daemon.status()["daemon"]["jobs_dir_problem"], 10, what="the parent's mode noticed")
+        assert set(states(daemon)) == {"keep"}
+        os.chmod(tmp_path, 0o755)
+        wait_for(lambda: "new" in states(daemon), 10, what="the directory read again")
+        assert daemon.status()["daemon"]["jobs_dir_problem"] is None
