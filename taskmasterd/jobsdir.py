@@ -2,7 +2,8 @@
 
 Only regular files are read (a symlink to one is fine: the directory is the operator's), opened
 non-blocking and size-capped, so a FIFO or a link to /dev/zero can neither hang nor exhaust the
-daemon.
+daemon; and only files that nobody may write but those who may write the directory
+(safepath.job_file_problem), since a job runs as root by default.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import tempfile
 
 from .jobfile import MAX_FILE, JobFileError
 from .names import SUFFIX, job_name_error
-from .safepath import jobs_directory_problem
+from .safepath import job_file_problem, jobs_directory_problem
 
 log = logging.getLogger("taskmasterd")
 JOB_FILE_MODE = 0o640
@@ -92,6 +93,9 @@ class JobsDirectory:
                 raise JobFileError([f"{path}: not a regular file"])
             if info.st_size > MAX_FILE:
                 raise JobFileError([f"{path}: larger than {MAX_FILE} bytes"])
+            untrusted = job_file_problem(path, info, os.stat(self.path))
+            if untrusted is not None:
+                raise JobFileError([f"{path}: not read: {untrusted}"])
             chunks, total = [], 0
             while chunk := os.read(fd, MAX_FILE + 1 - total):
                 chunks.append(chunk)

@@ -239,6 +239,30 @@ def jobs_directory_problem(path: str) -> str | None:
     return _directory_problem(path, writable_by=0o002, owner_checked=False)
 
 
+def job_file_problem(path: str, info: os.stat_result, directory: os.stat_result) -> str | None:
+    """Why the job file at `path` (`info`: the file it opened; `directory`: the jobs directory)
+    may not be trusted, or None. Whoever may write it defines a job, as root by default, so that
+    must be someone who may write the directory anyway: root, the daemon's user, its owner, or
+    (when the directory is group-writable) its group — a file of the directory's group whose
+    owner is not root was made by a member, since nobody else may give a file that group. A file
+    reached through a symlink is judged with its own directory too."""
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o002:
+        return f"{path} is writable by others (mode {mode:04o})"
+    team = bool(directory.st_mode & 0o020) and info.st_gid == directory.st_gid
+    if mode & 0o020 and not team:
+        return f"{path} is writable by group {info.st_gid}, who may not write the jobs directory"
+    if not (_trusted(info.st_uid) or info.st_uid == directory.st_uid or team):
+        return f"{path} belongs to uid {info.st_uid}, who may not write the jobs directory"
+    try:
+        here = os.lstat(path)
+    except OSError:
+        return None  # gone since it was opened: what was read is judged by `info`
+    if stat.S_ISLNK(here.st_mode):
+        return jobs_directory_problem(os.path.dirname(os.path.realpath(path)))
+    return None
+
+
 def _directory_problem(path: str, writable_by: int, owner_checked: bool) -> str | None:
     parts = os.path.normpath(os.path.abspath(path)).split("/")[1:]
     for depth in range(1, len(parts) + 1):

@@ -4,6 +4,8 @@ import json
 import os
 import time
 
+import pytest
+
 from .support.ctl import ctl, out
 from .support.daemon import Daemon, wait_for, write_job
 
@@ -144,3 +146,35 @@ def test_a_parent_opened_to_everyone_stops_the_reading_until_it_is_closed_again(
         os.chmod(tmp_path, 0o755)
         wait_for(lambda: "new" in states(daemon), 10, what="the directory read again")
         assert daemon.status()["daemon"]["jobs_dir_problem"] is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_a_job_file_someone_else_may_write_is_not_run(tmp_path):
+    """Job files run as root by default: one that a user who may not define jobs can write (open
+    to everyone, another user's file linked in, a link into a directory everyone may write) is
+    INVALID and never run. A team member's file in the team's directory is fine."""
+    jobs, library, shared = tmp_path / "jobs", tmp_path / "library", tmp_path / "shared"
+    for where in (jobs, library, shared):
+        where.mkdir()
+    marker = tmp_path / "ran"
+    planted = {"cmd": ["touch", str(marker)], "starttime": 0, "autorestart": "never"}
+    write_job(jobs, "open", planted)
+    os.chmod(jobs / "open.tm.json", 0o666)
+    write_job(library, "bobs", planted)
+    os.chown(library / "bobs.tm.json", 65534, 1)  # not the team's group
+    (jobs / "bobs.tm.json").symlink_to(library / "bobs.tm.json")
+    write_job(shared, "far", planted)
+    os.chmod(shared, 0o777)
+    (jobs / "far.tm.json").symlink_to(shared / "far.tm.json")
+    os.chown(jobs, 0, 65534)
+    os.chmod(jobs, 0o2775)  # the team's directory, through its group...
+    write_job(jobs, "teams", SLEEP)
+    os.chown(jobs / "teams.tm.json", 65534, 65534)  # ...and a member's file in it
+    with Daemon(tmp_path, {}) as daemon:
+        status = {job["name"]: job for job in daemon.status()["jobs"]}
+        assert status["teams"]["state"] == "RUNNING"
+        assert "writable by others" in status["open"]["error"]
+        assert "belongs to uid 65534" in status["bobs"]["error"]
+        assert f"{shared} is writable by others" in status["far"]["error"]
+        time.sleep(0.5)
+        assert not marker.exists()
