@@ -117,8 +117,9 @@ class DirectoryWatcher:
             elif wd == self._dir_wd:
                 if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                     self._rearm()
-                elif not filename:  # the directory's mode or owner: whether it may be read
-                    self._rescan = bool(mask & IN_ATTRIB) or self._rescan
+                elif not filename:
+                    if mask & IN_ATTRIB:  # the directory's mode or owner: whether it may be read
+                        self._rescan = True
                 elif not mask & IN_ATTRIB:
                     self._file_event(filename, mask)
         if self._pending or self._rescan:
