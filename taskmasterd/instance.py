@@ -255,7 +255,7 @@ class Instance:
                 if file is not None:
                     logs.append(file)
             env = {**self.job.environment(self.index), **self.health.environment(spec)}
-            launch = launch_for(spec, env)
+            launch = launch_for(spec, env, self.job.account())
             self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[1])
         except UnsafePath as exc:
             self._failed_start(f"unsafe log file: {exc.strerror}", final=True)

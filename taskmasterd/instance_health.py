@@ -17,7 +17,6 @@ from .notify_message import Notification
 from .notify_socket import NotifySocket
 from .probes import SpawnCheck, job_check_spawner
 from .readiness_spec import effective_healthcheck, ready_deadline
-from .spawner import lookup_account
 from .states import State
 from .watchdog import Watchdog, watchdog_environment
 
@@ -48,7 +47,8 @@ class InstanceHealth:
         self.ended()
         if spec.ready != "notify":
             return {}
-        uid = lookup_account(spec.user).uid if spec.user is not None else None
+        account = self._instance.job.account()
+        uid = account.uid if account is not None else None
         self._socket = self._instance.job.supervisor.notify_directory().open_socket(self._notified, uid)
         env = self._socket.environment()
         if spec.watchdog is not None:
@@ -138,7 +138,7 @@ class InstanceHealth:
 
     def _check_spawner(self, spec: JobSpec) -> SpawnCheck:
         job = self._instance.job
-        return job_check_spawner(job.supervisor.processes, spec, job.environment(self._instance.index))
+        return job_check_spawner(job.supervisor.processes, spec, job.environment(self._instance.index), job.account())
 
     def _start_checks(self, spec: JobSpec) -> None:
         check = effective_healthcheck(spec)

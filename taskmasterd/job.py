@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .dependencies import conditions_met, waiting_text
 from .instance import Instance, wait_each
 from .jobfile import JobSpec
-from .spawner import RUN_VARIABLE, child_environment
+from .spawner import RUN_VARIABLE, Account, child_environment, lookup_account
 from .states import State, summarize
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ class Job:
         self.error: str | None = None  # why the file on disk is not the version running
         self.instances: list[Instance] = []
         self._env: dict[str, str] | None = None
+        self._account: Account | None = None
         self.announced_serving: str | None = ""  # not_serving() as listeners last heard it ("": never)
         self._resize(spec.numprocs)
 
@@ -37,9 +38,18 @@ class Job:
         """The instances numprocs asks for (without the retired ones still stopping)."""
         return self.instances[: self.spec.numprocs]
 
+    def account(self) -> Account | None:
+        """The spec's `user`, looked up once per version of the job (a name service may be slow,
+        and a spawn is a hot path), as its environment is; KeyError while there is no such user."""
+        if self.spec.user is None:
+            return None
+        if self._account is None:
+            self._account = lookup_account(self.spec.user)
+        return self._account
+
     def environment(self, index: int) -> dict[str, str]:
         if self._env is None:
-            self._env = child_environment(self.spec, self.supervisor.base_environment,
+            self._env = child_environment(self.spec, self.supervisor.base_environment, self.account(),
                                           {"TASKMASTER_JOB": self.name, RUN_VARIABLE: self.supervisor.run_id})
         return {**self._env, "TASKMASTER_INSTANCE": str(index)}
 
@@ -123,7 +133,7 @@ class Job:
         retires instances. Returns the instances starting (restarted or added), the ones retiring,
         and whether any running process had to restart."""
         old, self.spec = self.spec, new
-        self._env = None
+        self._env = self._account = None
         for inst in self.instances:
             for path in self._log_paths(new, inst.index):
                 if path is not None:

@@ -27,7 +27,7 @@ from .connect import Connect, Outcome, Target, connect
 from .sockdiag import TCP_LISTEN, SockDiagOrElse, TcpSocket
 from .readiness_spec import CmdCheck, HttpCheck, TcpCheck, netloc
 from .processes import Child, ProcessTable
-from .spawner import INSTANCE_ORIGIN, launch_for, spawn_error_text
+from .spawner import INSTANCE_ORIGIN, Account, launch_for, spawn_error_text
 from .states import describe_exit
 
 if TYPE_CHECKING:
@@ -255,13 +255,14 @@ async def _cmd(check: CmdCheck, spawn_check: SpawnCheck) -> ProbeResult:
 CHECK_ORIGIN = (*INSTANCE_ORIGIN, "TASKMASTER_CHECK")  # a check's escapes, not its instance's
 
 
-def job_check_spawner(processes: ProcessTable, spec: JobSpec, env: Mapping[str, str]) -> SpawnCheck:
+def job_check_spawner(processes: ProcessTable, spec: JobSpec, env: Mapping[str, str],
+                      account: Account | None) -> SpawnCheck:
     """A command check runs like the job's own processes: its user, directory, umask and
     environment, in its own process group, owned by the daemon's process table."""
     check_env = {**env, "TASKMASTER_CHECK": "1"}
 
     def spawn_check(argv: tuple[str, ...], output_fd: int) -> Child:
-        launch = launch_for(replace(spec, argv=argv), check_env, origin=CHECK_ORIGIN)
+        launch = launch_for(replace(spec, argv=argv), check_env, account, origin=CHECK_ORIGIN)
         return processes.spawn(launch, output_fd, output_fd)
 
     return spawn_check

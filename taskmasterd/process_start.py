@@ -17,7 +17,6 @@ import signal
 import subprocess
 from typing import TYPE_CHECKING, Protocol
 
-from .spawner import lookup_account
 
 if TYPE_CHECKING:
     from .processes import Launch
@@ -61,13 +60,13 @@ def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, 
     `program`: the file argv[0] names, when it was found on PATH. Raises what Popen raises when the
     program cannot run."""
     path = program if program is not None else launch.argv[0] if "/" in launch.argv[0] else None
-    if path is not None and launch.cwd is None and launch.umask is None and launch.user is None:
+    if path is not None and launch.cwd is None and launch.umask is None and launch.account is None:
         actions = [_stream_action(fd, target) for target, fd in enumerate((stdin, stdout, stderr))]
         return SpawnedProcess(os.posix_spawn(path, launch.argv, launch.env, file_actions=actions,
                                              setsid=True, setsigdef=_RESTORED_SIGNALS))
     ids: dict = {}
-    if launch.user is not None:
-        account = lookup_account(launch.user)
+    if launch.account is not None:
+        account = launch.account
         ids = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
     return subprocess.Popen(
         launch.argv, executable=program, stdin=stdin, stdout=stdout, stderr=stderr, cwd=launch.cwd,

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Mapping
 
 from .orphans import ESCAPE_STOPTIME, ChildJournal, environment_of, identity, wait_gone
 from .process_start import Started, start_process
+from .spawner import Account
 from .spawnthread import SpawnThread
 
 log = logging.getLogger("taskmasterd.processes")
@@ -59,7 +60,7 @@ class Launch:
     env: Mapping[str, str]
     cwd: str | None = None
     umask: int | None = None
-    user: str | None = None
+    account: Account | None = None  # whose ids it runs with (None: the daemon's)
     stopsignal: int = int(signal.SIGTERM)
     stoptime: float = 10.0
     # Variables of `env` that identify this spawn's descendants after they escaped its group.

@@ -63,21 +63,23 @@ def lookup_account(user: str) -> Account:
     )
 
 
-def child_environment(spec: JobSpec, base: Mapping[str, str], extra: Mapping[str, str] = {}) -> dict[str, str]:
+def child_environment(spec: JobSpec, base: Mapping[str, str], account: Account | None,
+                      extra: Mapping[str, str] = {}) -> dict[str, str]:
     env = dict(base)
-    if spec.user is not None:
-        env.update(lookup_account(spec.user).env)
+    if account is not None:
+        env.update(account.env)
     env.update(spec.env)
     env.update(extra)
     return env
 
 
-def launch_for(spec: JobSpec, env: Mapping[str, str], extra_args: tuple[str, ...] = (),
+def launch_for(spec: JobSpec, env: Mapping[str, str], account: Account | None, extra_args: tuple[str, ...] = (),
                origin: tuple[str, ...] = INSTANCE_ORIGIN) -> Launch:
+    """`account`: the spec's user resolved (Job.account), or None when it has none."""
     from .processes import Launch
 
     return Launch(argv=(*spec.argv, *extra_args), env=env, cwd=spec.workingdir, umask=spec.umask,
-                  user=spec.user, stopsignal=spec.stopsignal, stoptime=spec.stoptime, origin=origin)
+                  account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime, origin=origin)
 
 
 def spawn_error_text(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ def healthcheck(fields: str, job: str = ""):
     """A job file's `"healthcheck": {fields}` (and more of the file in `job`), and a spawn function
     with the job's settings."""
     spec = parse_job("web", f'{{"cmd": "x", "healthcheck": {{{fields}}}{job}}}'.encode(), "jobs/web.tm.json")
-    return spec.healthcheck, job_check_spawner(ProcessTable(), spec, {"PATH": os.environ["PATH"], **dict(spec.env)})
+    return spec.healthcheck, job_check_spawner(ProcessTable(), spec, {"PATH": os.environ["PATH"], **dict(spec.env)}, None)
 
 
 def make_checker(fields: str, changes, job: str = "") -> HealthChecker:

@@ -239,3 +239,36 @@ def test_restart_verb_reports_invalid_files_and_applies_the_rest(tmp_path):
             assert {j["name"]: j["state"] for j in sup.status().value["jobs"]}["c"] == "INVALID"
 
     run(scenario())
+
+
+def test_a_jobs_user_is_looked_up_once_per_version_of_the_job(tmp_path, monkeypatch):
+    """A name service may be slow (LDAP) and the lookup ran on the loop at every spawn: now once
+    per version of the job, for its environment and its ids alike."""
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("needs root (user: nobody)")
+    import taskmasterd.job as job_module
+
+    lookups = []
+    real = job_module.lookup_account
+    monkeypatch.setattr(job_module, "lookup_account", lambda user: lookups.append(user) or real(user))
+    spec = {"cmd": ["sleep", "300"], "user": "nobody", "starttime": 0, "numprocs": 5, "stdout": None, "stderr": None}
+
+    async def scenario():
+        async with supervised(tmp_path, {"as_nobody": spec}, watch=False) as sup:
+            job = sup.jobs["as_nobody"]
+            for inst in job.instances:
+                await reach(inst, S.RUNNING)
+                assert os.stat(f"/proc/{inst.child.pid}").st_uid == 65534
+            assert lookups == ["nobody"]
+            await sup.kill("as_nobody")
+            assert (await sup.start("as_nobody")).response == "success"
+            assert lookups == ["nobody"]
+            write_job(tmp_path / "jobs", "as_nobody", {**spec, "env": {"V": "2"}})
+            await sup.reload("as_nobody")
+            for inst in job.instances:
+                await reach(inst, S.RUNNING)
+            assert lookups == ["nobody", "nobody"]
+
+    run(scenario())

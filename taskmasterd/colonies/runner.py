@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..processes import Child
-from ..spawner import RUN_VARIABLE, child_environment, launch_for, spawn_error_text
+from ..spawner import RUN_VARIABLE, Account, child_environment, launch_for, spawn_error_text
 from ..states import describe_exit, exit_is_expected
 from .arguments import BadArguments, command_words
 from .assignment import Assignment, Lost
@@ -51,9 +51,9 @@ class _Command:
         self.exited = child.exited
 
     @classmethod
-    def start(cls, job: Job, spec: JobSpec, env: dict[str, str], words: tuple[str, ...],
+    def start(cls, job: Job, spec: JobSpec, env: dict[str, str], account: Account | None, words: tuple[str, ...],
               stdout: int, stderr: int) -> _Command:
-        launch = launch_for(spec, env, words, origin=RUN_ORIGIN)
+        launch = launch_for(spec, env, account, words, origin=RUN_ORIGIN)
         return cls(job.supervisor.processes.spawn(launch, stdout, stderr))
 
     async def stop(self, spec: JobSpec) -> int:
@@ -113,13 +113,14 @@ class CommandRun:
         try:
             words = command_words(self.task.spec.get("args"), self.task.spec.get("kwargs"))
             extra = {str(k): str(v) for k, v in (self.task.spec.get("env") or {}).items()}
-            env = child_environment(spec, self.job.supervisor.base_environment,
+            account = self.job.account()  # of the spec this run took
+            env = child_environment(spec, self.job.supervisor.base_environment, account,
                                     {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id,
                                      RUN_VARIABLE: self.job.supervisor.run_id})
         except (BadArguments, ValueError, KeyError, AttributeError) as exc:
             await self.task.close(False, [f"cannot run {spec.name}: {exc}"])
             return
-        command = await self._start(spec, words, env)
+        command = await self._start(spec, words, env, account)
         if command is None:
             return
         ship = asyncio.create_task(self._ship_logs())
@@ -135,11 +136,12 @@ class CommandRun:
                     pipe.transport.close()
         await self._finish(spec, end)
 
-    async def _start(self, spec: JobSpec, words: tuple[str, ...], env: dict[str, str]) -> _Command | None:
+    async def _start(self, spec: JobSpec, words: tuple[str, ...], env: dict[str, str],
+                     account: Account | None) -> _Command | None:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            command = _Command.start(self.job, spec, env, words, out_w, err_w)
+            command = _Command.start(self.job, spec, env, account, words, out_w, err_w)
         except Exception as exc:  # whatever stops a spawn fails this process, never the executor
             os.close(out_r)
             os.close(err_r)
