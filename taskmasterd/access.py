@@ -2,10 +2,10 @@
 
 The kernel says who the peer is (`peercred.Peer`), NSS what groups it is in (`accounts.Account`);
 this module only decides. Admitted: root, the daemon's own uid, the uids of `control_users`, and
-members of `control_groups`. A peer the kernel cannot name is a host elsewhere (admitted only from
-an `allow_remote` network, unauthenticated) or a local socket that closed before it was looked at
-(refused). A local peer is judged by its uid whatever address it used, so binding a public address
-does not let a local user in through it.
+members of `control_groups`. A host elsewhere is never given a uid and is admitted only from an
+`allow_remote` network (unauthenticated). A local peer is judged by its uid whatever address it
+used, so binding a public address does not let a local user in through it; a local peer whose
+socket the kernel cannot name (closed before it was looked at) is refused.
 """
 from __future__ import annotations
 
@@ -53,21 +53,18 @@ class AccessPolicy:
 
     def decide(self, peer: Peer, account: Account | None = None) -> str | None:
         """None when the peer may control the daemon, else the refusal to send it."""
+        if peer.elsewhere:
+            assert peer.address is not None and peer.uid is None
+            address = ipaddress.ip_address(peer.address)
+            if any(address in network for network in self.remote):
+                return None
+            return f"permission denied: {peer.address} is not on this host and not in allow_remote"
         if peer.uid is not None:
             if self.admits_by_uid(peer.uid) or account is not None and account.groups & self.groups:
                 return None
             name = account.name if account is not None and account.name else "unknown user"
             return f"permission denied: uid {peer.uid} ({name}) may not control this daemon"
-        if peer.address is None or _is_loopback(peer.address):
-            return "permission denied: the kernel cannot tell who owns this connection (closed already?)"
-        address = ipaddress.ip_address(peer.address)
-        if any(address in network for network in self.remote):
-            return None
-        return f"permission denied: {peer.address} is not on this host and not in allow_remote"
-
-
-def _is_loopback(address: str) -> bool:
-    return ipaddress.ip_address(address).is_loopback
+        return "permission denied: the kernel cannot tell who owns this connection (closed already?)"
 
 
 class RefusalThrottle:

@@ -43,18 +43,20 @@ def test_a_local_peer_is_judged_by_uid_whatever_address_it_used() -> None:
 
 
 def test_an_unidentified_local_peer_is_refused() -> None:
-    for address in (None, "127.0.0.1", "127.9.9.9", "::1"):
+    """Through a public address of this host inside allow_remote too: a local process that closed
+    before it was looked at cannot pass for a host elsewhere."""
+    for address in (None, "127.0.0.1", "127.9.9.9", "::1", "192.0.2.44"):
         refusal = POLICY.decide(Peer(None, address))
         assert refusal is not None and refusal.startswith("permission denied: the kernel cannot tell")
 
 
 def test_peers_elsewhere_only_from_allow_remote() -> None:
     for inside in ("192.0.2.44", "2001:db8::5", "198.51.100.7"):
-        assert POLICY.decide(Peer(None, inside)) is None
+        assert POLICY.decide(Peer(None, inside, elsewhere=True)) is None
     for outside in ("192.0.3.1", "2001:db9::1", "198.51.100.8", "10.0.0.1"):
-        assert POLICY.decide(Peer(None, outside)) == \
+        assert POLICY.decide(Peer(None, outside, elsewhere=True)) == \
             f"permission denied: {outside} is not on this host and not in allow_remote"
-    assert AccessPolicy(DAEMON).decide(Peer(None, "192.0.2.44")) is not None  # none by default
+    assert AccessPolicy(DAEMON).decide(Peer(None, "192.0.2.44", elsewhere=True)) is not None  # none by default
 
 
 def test_bad_networks_are_named() -> None:
