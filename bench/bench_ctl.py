@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from taskmasterd.states import QUICK_EXIT  # noqa: E402
+from taskmasterd.lifecycle.states import QUICK_EXIT  # noqa: E402
 from tests.support.daemon import Daemon, wait_for  # noqa: E402
 from report import print_table  # noqa: E402  (bench/ is the script's directory)
 

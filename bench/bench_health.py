@@ -29,10 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 
-from taskmasterd.health import HealthChecker  # noqa: E402
-from taskmasterd.health_state import Health  # noqa: E402
-from taskmasterd.notify_socket import NotifyDirectory  # noqa: E402
-from taskmasterd.readiness_spec import HealthCheckSpec, TcpCheck  # noqa: E402
+from taskmasterd.health.checker import HealthChecker  # noqa: E402
+from taskmasterd.health.state import Health  # noqa: E402
+from taskmasterd.health.notify_socket import NotifyDirectory  # noqa: E402
+from taskmasterd.jobfiles.readiness_spec import HealthCheckSpec, TcpCheck  # noqa: E402
 from tests.support.daemon import Daemon, wait_for  # noqa: E402
 
 LISTENER = """

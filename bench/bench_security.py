@@ -34,16 +34,16 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from taskmasterctl.client import Client  # noqa: E402
-from taskmasterd.access import AccessPolicy  # noqa: E402
-from taskmasterd.peercred import PeerIdentifier  # noqa: E402
-from taskmasterd.protocol import MAX_MESSAGE, FrameDecoder  # noqa: E402
+from taskmasterd.control.access import AccessPolicy  # noqa: E402
+from taskmasterd.control.peercred import PeerIdentifier  # noqa: E402
+from taskmasterd.control.protocol import MAX_MESSAGE, FrameDecoder  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
 
 SLEEP = {"cmd": ["sleep", "100000"], "starttime": 0, "stdout": None, "stderr": None}
 ROUNDS = 5
 CONNECTS = 400  # per round
 ROUND_TRIPS = 1000  # per round
-UNCHECKED = "import taskmasterd.peercred as p; p.PeerIdentifier.identify = lambda self, sock: p.Peer(0)"
+UNCHECKED = "import taskmasterd.control.peercred as p; p.PeerIdentifier.identify = lambda self, sock: p.Peer(0)"
 ADVERSARIAL = [b'";', b";x", b'"\\"', b"\\\\", b'"a"', b'";;"x', b'"', b'"' + b";;" * 8 + b'"', b"\x01;"]
 
 
@@ -127,7 +127,7 @@ def framing() -> list[tuple[str, str, str]]:
 
 
 def main_framing(source: Path) -> tuple[str, str, str]:
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from taskmasterd.protocol import FrameDecoder; "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from taskmasterd.control.protocol import FrameDecoder; "
             "d = FrameDecoder(); t = time.process_time(); d.feed(b'\";' * 12288); print(time.process_time() - t)")
     seconds = float(subprocess.run([sys.executable, "-c", code, str(source)], capture_output=True, text=True,
                                    check=True).stdout)

@@ -10,7 +10,7 @@ import os
 import sys
 
 from taskmasterd import __version__
-from taskmasterd.reply import Reply
+from taskmasterd.control.reply import Reply
 
 from .session import EXIT_FAIL, EXIT_INVALID, EXIT_NOT_AS_WANTED, Session
 
@@ -44,7 +44,7 @@ def verb_name(wire: str) -> str:
 
 
 def send_signal(session: Session, args: Namespace) -> None:
-    from taskmasterd.signames import signal_number
+    from taskmasterd.jobfiles.signames import signal_number
 
     *jobs, name = args.job_and_signal
     if not jobs:
@@ -130,7 +130,7 @@ def pull(session: Session, args: Namespace) -> None:
 
 
 def push(session: Session, args: Namespace) -> None:
-    from taskmasterd.names import SUFFIX as JOB_SUFFIX
+    from taskmasterd.jobfiles.names import SUFFIX as JOB_SUFFIX
 
     path, name = args.file, args.name
     if name is None:

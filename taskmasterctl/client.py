@@ -13,8 +13,8 @@ from __future__ import annotations
 import _socket
 import select
 
-from taskmasterd.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
-from taskmasterd.reply import Reply
+from taskmasterd.control.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
+from taskmasterd.control.reply import Reply
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -80,7 +80,7 @@ def _pull(parser: argparse.ArgumentParser) -> None:
 
 
 def _push(parser: argparse.ArgumentParser) -> None:
-    from taskmasterd.names import SUFFIX as JOB_SUFFIX
+    from taskmasterd.jobfiles.names import SUFFIX as JOB_SUFFIX
 
     parser.add_argument("file", metavar="FILE", help="the job file to send ('-': standard input)")
     parser.add_argument("--name", metavar="JOB", help=f"job name (default: FILE's name without {JOB_SUFFIX})")

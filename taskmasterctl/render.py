@@ -1,7 +1,7 @@
 """Human (and --json) renderings of the daemon's replies. Pure: strings in, strings out."""
 from __future__ import annotations
 
-from taskmasterd.reply import Reply
+from taskmasterd.control.reply import Reply
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def _extras(doc: dict, known: set[str]) -> list[str]:
 def last_exit(instance: dict) -> str:
     """The last exit: its code, or the signal that killed it; "-" before any."""
     if instance.get("signal") is not None:
-        from taskmasterd.signames import signal_name  # signal (and enum) only when there is one
+        from taskmasterd.jobfiles.signames import signal_name  # signal (and enum) only when there is one
 
         return signal_name(instance["signal"])
     if instance.get("exitcode") is not None:

@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve(argv)
         if config.check is not None:  # offline: nothing else of the settings matters
-            from .check import run_check
-            from .jobfile import Limits
+            from .jobfiles.check import run_check
+            from .jobfiles.jobfile import Limits
 
             return run_check(os.path.abspath(config.check) if config.check else config.jobs_dir,
                              Limits(config.max_numprocs))
@@ -25,11 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taskmasterd: {exc}", file=sys.stderr)
         return 1
 
-    from .accounts import resolve_policy
+    from .control.accounts import resolve_policy
     from .daemon import run, setup_logging
-    from .listeners import open_listeners
-    from .process_start import close_inherited_on_exec
-    from .processes import raise_fd_limit
+    from .control.listeners import open_listeners
+    from .processes.start import close_inherited_on_exec
+    from .processes.table import raise_fd_limit
 
     close_inherited_on_exec()  # what we were started with is no child's business
 
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 def _refuse_unsafe_directories(state_dir: str, jobs_dir: str) -> None:
     """ValueError naming the problem when another user could read the keys or plant a journal in
     the state directory, or have the daemon run a job file of theirs."""
-    from .jobsdir import JobsDirectory
-    from .safepath import private_directory_problem
+    from .jobfiles.jobsdir import JobsDirectory
+    from .kernel.safepath import private_directory_problem
 
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     unsafe = private_directory_problem(state_dir)
@@ -90,7 +90,7 @@ def _refuse_unsafe_directories(state_dir: str, jobs_dir: str) -> None:
 
 
 def _bind_metrics(address: str) -> socket.socket:
-    from .metrics import bind  # prometheus_client is loaded only when metrics are on
+    from .observe.metrics import bind  # prometheus_client is loaded only when metrics are on
 
     return bind(address)
 

@@ -10,14 +10,14 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from .access import AccessPolicy
+from .control.access import AccessPolicy
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
-from .daemonhandle import DaemonHandle
-from .daemonlog import DaemonLogHandler, LogWriter, RingHandler
-from .listeners import Listeners
-from .sdnotify import notify
-from .supervisor import Supervisor
+from .control.daemonhandle import DaemonHandle
+from .observe.daemonlog import DaemonLogHandler, LogWriter, RingHandler
+from .control.listeners import Listeners
+from .kernel.sdnotify import notify
+from .lifecycle.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from .colonies.bridge import ColoniesBridge
@@ -52,8 +52,8 @@ def setup_logging(config: DaemonConfig) -> LogWriter:
 
 async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
               colonies: ColoniesSettings | None, metrics: socket.socket | None = None) -> int:
-    from .jobfile import Limits
-    from .server import ControlServer
+    from .jobfiles.jobfile import Limits
+    from .control.server import ControlServer
 
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
@@ -83,7 +83,7 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     await server.start(listeners.sockets)
     metrics_server = None
     if metrics is not None:
-        from .metrics import MetricsServer
+        from .observe.metrics import MetricsServer
 
         metrics_server = MetricsServer(supervisor, lambda: server.connections)
         await metrics_server.start(metrics)

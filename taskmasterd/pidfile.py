@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .safepath import open_read_write, unlink_if_same
+from .kernel.safepath import open_read_write, unlink_if_same
 
 
 class PidfileLocked(RuntimeError):

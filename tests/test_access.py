@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from taskmasterd.access import AccessPolicy, Account, RefusalThrottle, parse_networks
-from taskmasterd.accounts import account, group_id, resolve_policy, user_ids
-from taskmasterd.http_guard import starts_like_http
-from taskmasterd.peercred import Peer
+from taskmasterd.control.access import AccessPolicy, Account, RefusalThrottle, parse_networks
+from taskmasterd.control.accounts import account, group_id, resolve_policy, user_ids
+from taskmasterd.control.http_guard import starts_like_http
+from taskmasterd.control.peercred import Peer
 
 DAEMON = 1000
 POLICY = AccessPolicy(DAEMON, users=frozenset({2000}), groups=frozenset({50, 60}),

@@ -19,7 +19,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from taskmasterd.verbs import VERBS, JobArg
+from taskmasterd.control.verbs import VERBS, JobArg
 from tests.support.control_fixtures import SLEEPER, Raw, message, text, tree
 from tests.support.daemon import ROOT, Daemon
 

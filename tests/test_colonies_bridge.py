@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from taskmasterd import counters
+from taskmasterd.observe import counters
 
 from taskmasterd.colonies.crypto import derive_id, generate_prvkey
 from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY, daemon_options, make_colony, open_colony

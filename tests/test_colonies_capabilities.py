@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from taskmasterd.colonies import capabilities
-from taskmasterd.processes import ProcessTable
+from taskmasterd.processes.table import ProcessTable
 from tests.support.supervised import run
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from taskmasterd.colonies.settings import ColoniesSettings, from_sources
-from taskmasterd.spawner import inherited_environment
+from taskmasterd.processes.spawner import inherited_environment
 
 KEY = "ba949fa134981372d6da62b6a56f336ab4d843b22c02a4257dcf7d0d73097514"
 CONFIG = {"colonies": {"host": "colonies.lan", "port": 50080, "tls": True, "colony": "dev", "colony_prvkey": KEY}}
@@ -65,7 +65,7 @@ def test_children_never_inherit_a_prvkey_variable() -> None:
 
 
 def test_location_in_the_daemon_config_and_the_job_file() -> None:
-    from taskmasterd.jobfile import JobFileError, parse_job
+    from taskmasterd.jobfiles.jobfile import JobFileError, parse_job
 
     assert from_sources({"colonies": {**CONFIG["colonies"], "location": "lab"}}, {}).location == "lab"
     assert from_sources(CONFIG, {}).location == ""

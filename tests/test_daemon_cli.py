@@ -16,7 +16,7 @@ import pytest
 
 from taskmasterd import __version__
 from taskmasterd.config import default_directories
-from taskmasterd.metrics import parse_address
+from taskmasterd.observe.metrics import parse_address
 from tests.support.control_fixtures import SLEEPER
 from tests.support.ctl import ctl
 from tests.support.daemon import ROOT, Daemon, free_port, wait_for, write_job

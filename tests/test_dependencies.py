@@ -1,5 +1,5 @@
 """Dependencies between jobs, as pure logic: conditions, what a job waits on, cycles, stop order."""
-from taskmasterd.dependencies import (
+from taskmasterd.lifecycle.dependencies import (
     Standing,
     conditions_met,
     cycle_problem,
@@ -10,8 +10,8 @@ from taskmasterd.dependencies import (
     unmet,
     waiting_text,
 )
-from taskmasterd.jobfile import parse_job
-from taskmasterd.readiness_spec import Dependency
+from taskmasterd.jobfiles.jobfile import parse_job
+from taskmasterd.jobfiles.readiness_spec import Dependency
 
 UP = Standing(running=True, healthy=True, completed=False)
 UP_UNHEALTHY = Standing(running=True, healthy=False, completed=False)

@@ -4,9 +4,9 @@ refused, and dependants stopped before what they depend on."""
 import asyncio
 import time
 
-from taskmasterd.check import problems_in
-from taskmasterd.states import State
-from taskmasterd.verbs import Request, dispatch
+from taskmasterd.jobfiles.check import problems_in
+from taskmasterd.lifecycle.states import State
+from taskmasterd.control.verbs import Request, dispatch
 
 from .support.daemon import Daemon, free_port, pid_alive, wait_for, write_job
 from .support.supervised import eventually, reach, run, supervised

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from taskmasterd.fanout import Fanout
-from taskmasterd.following import FollowOptions, parse_options
-from taskmasterd.logfollow import FileFollower, cut_last_lines, last_lines, tail
-from taskmasterd.safepath import UnsafePath
+from taskmasterd.observe.fanout import Fanout
+from taskmasterd.observe.following import FollowOptions, parse_options
+from taskmasterd.observe.logfollow import FileFollower, cut_last_lines, last_lines, tail
+from taskmasterd.kernel.safepath import UnsafePath
 
 WAIT = 5.0  # seconds an event-driven read may take before the test fails
 

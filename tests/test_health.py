@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from taskmasterd.health import HealthChecker, due_time
-from taskmasterd.health_state import Health, HealthTracker
-from taskmasterd.jobfile import parse_job
-from taskmasterd.probes import OUTPUT_LIMIT, job_check_spawner
-from taskmasterd.processes import ProcessTable
-from taskmasterd.readiness_spec import HealthCheckSpec, TcpCheck
+from taskmasterd.health.checker import HealthChecker, due_time
+from taskmasterd.health.state import Health, HealthTracker
+from taskmasterd.jobfiles.jobfile import parse_job
+from taskmasterd.health.probes import OUTPUT_LIMIT, job_check_spawner
+from taskmasterd.processes.table import ProcessTable
+from taskmasterd.jobfiles.readiness_spec import HealthCheckSpec, TcpCheck
 from tests.support.supervised import run
 
 H = Health
@@ -407,7 +407,7 @@ def test_new_settings_apply_from_the_next_check():
 
 def test_without_sock_diag_a_loopback_tcp_check_connects(monkeypatch):
     # The state a sandbox without AF_NETLINK (or without tcp_diag) leaves the lookup in.
-    from taskmasterd import probes
+    from taskmasterd.health import probes
 
     monkeypatch.setattr(probes, "_listeners", probes._ListenerLookup())
     probes._listeners._diag.give_up()

@@ -4,8 +4,8 @@ import signal
 
 import pytest
 
-from taskmasterd.jobfile import JobFileError, host_errors, parse_job
-from taskmasterd.names import job_name_error, job_name_from_filename
+from taskmasterd.jobfiles.jobfile import JobFileError, host_errors, parse_job
+from taskmasterd.jobfiles.names import job_name_error, job_name_from_filename
 
 SRC = "jobs/web.tm.json"
 

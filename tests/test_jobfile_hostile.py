@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmasterd.jobfile import FIELDS, JobFileError, JobSpec, Limits, host_errors, parse_job
+from taskmasterd.jobfiles.jobfile import FIELDS, JobFileError, JobSpec, Limits, host_errors, parse_job
 
 from .support.supervised import run, supervised
 
@@ -98,7 +98,7 @@ def test_index_expands_whatever_numprocs_and_is_appended_only_for_several():
 
 
 def test_ignored_files_are_logged_once_with_the_reason(tmp_path, caplog):
-    from taskmasterd.jobsdir import JobsDirectory
+    from taskmasterd.jobfiles.jobsdir import JobsDirectory
 
     for name in ("web.json", "bad name.tm.json", ".hidden.tm.json", "notes.txt", "ok.tm.json", "vim.tm.json.swp"):
         (tmp_path / name).write_text("{}")

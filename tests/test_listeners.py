@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmasterd.listeners import bind_unix
+from taskmasterd.control.listeners import bind_unix
 from tests.support.control_fixtures import SLEEPER, Raw, message
 from tests.support.daemon import ROOT, Daemon, free_port, wait_for
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from taskmasterd.states import State
+from taskmasterd.lifecycle.states import State
 
 from .support.daemon import Daemon, pid_alive, wait_for
 from .support.supervised import eventually, reach, run, supervised

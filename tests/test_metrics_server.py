@@ -7,8 +7,8 @@ import contextlib
 import os
 import socket
 
-from taskmasterd import metrics
-from taskmasterd.metrics import MetricsServer
+from taskmasterd.observe import metrics
+from taskmasterd.observe.metrics import MetricsServer
 
 from .support.daemon import free_port
 from .support.supervised import run, supervised

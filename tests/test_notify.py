@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from taskmasterd.notify_message import MAX_DATAGRAM, Notification, parse_notification
-from taskmasterd.notify_socket import MAX_PER_WAKEUP, NotifyDirectory
+from taskmasterd.health.notify_message import MAX_DATAGRAM, Notification, parse_notification
+from taskmasterd.health.notify_socket import MAX_PER_WAKEUP, NotifyDirectory
 from tests.support.notify import NOTIFY_READY, PYTHON, short_tempdir
 from tests.support.supervised import run
 

@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from taskmasterd import orphans, processes
-from taskmasterd.job import Job
-from taskmasterd.jobfile import JobSpec
-from taskmasterd.orphans import Journal, find_leftovers, identity, read_journal, start_ticks, stop_leftovers
-from taskmasterd.states import State
+from taskmasterd.processes import orphans
+from taskmasterd.processes import table as processes
+from taskmasterd.lifecycle.job import Job
+from taskmasterd.jobfiles.jobfile import JobSpec
+from taskmasterd.processes.orphans import Journal, find_leftovers, identity, read_journal, start_ticks, stop_leftovers
+from taskmasterd.lifecycle.states import State
 
 from .support.daemon import pid_alive, write_job
 from .support.processes import marked, new_mark

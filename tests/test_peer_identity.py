@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmasterd.peercred import PeerIdentifier, _proc_owner
+from taskmasterd.control.peercred import PeerIdentifier, _proc_owner
 
 from .support import netns
 from .support.daemon import ROOT, Daemon, wait_for
@@ -116,7 +116,7 @@ def test_a_peer_gone_before_the_lookup_is_not_the_root_service_that_took_its_por
         script = f"""
             import socket, subprocess, sys, json
             sys.path.insert(0, {str(ROOT)!r})
-            from taskmasterd.peercred import PeerIdentifier
+            from taskmasterd.control.peercred import PeerIdentifier
             listener = socket.create_server(("127.0.0.1", 0))
             port = 2222
             subprocess.run([sys.executable, "-c", {_GONE_PEER!r}, str(port), str(listener.getsockname()[1]), "x"],
@@ -229,7 +229,7 @@ def test_the_kernel_routes_says_which_addresses_are_this_hosts() -> None:
         script = f"""
             import socket, sys, json
             sys.path.insert(0, {str(ROOT)!r})
-            from taskmasterd.localaddress import LocalAddresses
+            from taskmasterd.kernel.localaddress import LocalAddresses
             routes = LocalAddresses()
             print(json.dumps([routes.is_local(socket.AF_INET, a) for a in ("127.0.0.1", "10.213.0.1", "10.213.0.2",
                                                                         "192.0.2.1")]

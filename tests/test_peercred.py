@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from taskmasterd.peercred import Peer, PeerIdentifier, _proc_owner
+from taskmasterd.control.peercred import Peer, PeerIdentifier, _proc_owner
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a connection owned by another uid needs root to set up")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmasterd.protocol import (
+from taskmasterd.control.protocol import (
     MAX_MESSAGE,
     FrameDecoder,
     InvalidRequest,
@@ -18,7 +18,7 @@ from taskmasterd.protocol import (
     encode_request,
     parse_request,
 )
-from taskmasterd.verbs import VERBS, Reply, Request
+from taskmasterd.control.verbs import VERBS, Reply, Request
 
 
 def b64(text: str | bytes) -> str:

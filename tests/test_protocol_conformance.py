@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from taskmasterd.http_guard import starts_like_http
-from taskmasterd.verbs import VERBS, JobArg
+from taskmasterd.control.http_guard import starts_like_http
+from taskmasterd.control.verbs import VERBS, JobArg
 from tests.support.control_fixtures import SLEEPER, Raw, b64, daemon, message, serving_daemon, text, tree
 from tests.support.daemon import Daemon, write_job
 

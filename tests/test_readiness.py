@@ -7,7 +7,7 @@ import json
 import logging
 import time
 
-from taskmasterd.states import State
+from taskmasterd.lifecycle.states import State
 
 from .support.daemon import free_port, pid_alive, write_job
 from .support.notify import NOTIFY_READY, PYTHON

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from taskmasterd.jobfile import JobFileError, parse_job
-from taskmasterd.readiness_spec import (
+from taskmasterd.jobfiles.jobfile import JobFileError, parse_job
+from taskmasterd.jobfiles.readiness_spec import (
     CmdCheck,
     Dependency,
     HttpCheck,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from taskmasterd.reply import Reply
-from taskmasterd.selection import Item, Target, aggregate, is_selector, merge_status, only_instance, parse, resolve
+from taskmasterd.control.reply import Reply
+from taskmasterd.control.selection import Item, Target, aggregate, is_selector, merge_status, only_instance, parse, resolve
 
 KNOWN = {"web": 2, "worker": 3, "db": 1, "broken": 0}
 

@@ -21,10 +21,10 @@ from typing import AsyncIterator, Callable, Iterator
 import psutil
 import pytest
 
-from taskmasterd.access import AccessPolicy
-from taskmasterd.listeners import bind_tcp
-from taskmasterd.server import ControlServer
-from taskmasterd.verbs import VERBS, JobArg, Reply, Verb
+from taskmasterd.control.access import AccessPolicy
+from taskmasterd.control.listeners import bind_tcp
+from taskmasterd.control.server import ControlServer
+from taskmasterd.control.verbs import VERBS, JobArg, Reply, Verb
 from tests.support.control_fixtures import SLEEPER, STUBBORN, Raw, message
 from tests.support.daemon import Daemon
 from tests.support.supervised import run, supervised

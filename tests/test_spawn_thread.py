@@ -5,9 +5,9 @@ import signal
 import subprocess
 import time
 
-from taskmasterd.processes import THREAD_SPAWN_DESCRIPTORS, Launch
-from taskmasterd.spawnthread import SpawnThread
-from taskmasterd.states import State
+from taskmasterd.processes.table import THREAD_SPAWN_DESCRIPTORS, Launch
+from taskmasterd.processes.spawnthread import SpawnThread
+from taskmasterd.lifecycle.states import State
 
 from .support.supervised import eventually, reach, run, supervised
 

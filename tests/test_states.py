@@ -1,7 +1,7 @@
 """The state machine's table and decisions, without processes."""
 import pytest
 
-from taskmasterd.states import (
+from taskmasterd.lifecycle.states import (
     TRANSITIONS,
     IllegalTransition,
     State,

@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from taskmasterd.states import State
+from taskmasterd.lifecycle.states import State
 
 from .support.daemon import pid_alive, write_job
 from .support.supervised import eventually, reach, run, supervised
@@ -248,7 +248,7 @@ def test_a_jobs_user_is_looked_up_once_per_version_of_the_job(tmp_path, monkeypa
         import pytest
 
         pytest.skip("needs root (user: nobody)")
-    import taskmasterd.job as job_module
+    import taskmasterd.lifecycle.job as job_module
 
     lookups = []
     real = job_module.lookup_account

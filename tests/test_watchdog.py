@@ -4,8 +4,8 @@ import os
 import signal
 import subprocess
 
-from taskmasterd.notify_socket import NotifyDirectory
-from taskmasterd.watchdog import Watchdog, watchdog_environment
+from taskmasterd.health.notify_socket import NotifyDirectory
+from taskmasterd.health.watchdog import Watchdog, watchdog_environment
 from tests.support.notify import NOTIFY_READY, PYTHON, short_tempdir
 from tests.support.supervised import run
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
-from .. import counters
+from ..observe import counters
 from .client import ColoniesClient, ColoniesError, ColoniesOutcomeUnknown, ColoniesUnavailable, transient
 from .retry import Backoff, Outage, Timing
 

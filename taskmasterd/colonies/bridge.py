@@ -19,12 +19,12 @@ from .retry import Outage, Timing
 from .settings import ColoniesSettings
 from .shared import Shared
 
-from ..supervisor import JobListener
+from ..lifecycle.supervisor import JobListener
 
 if TYPE_CHECKING:
-    from ..job import Job
-    from ..jobfile import JobSpec
-    from ..supervisor import Supervisor
+    from ..lifecycle.job import Job
+    from ..jobfiles.jobfile import JobSpec
+    from ..lifecycle.supervisor import Supervisor
 
 log = logging.getLogger("taskmasterd.colonies")
 SHUTDOWN_REASON = "taskmasterd is shutting down"

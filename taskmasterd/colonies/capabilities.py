@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from ..spawner import inherited_environment
+from ..processes.spawner import inherited_environment
 
 if TYPE_CHECKING:
-    from ..processes import ProcessTable
+    from ..processes.table import ProcessTable
 
 log = logging.getLogger("taskmasterd.colonies")
 _NVIDIA_SMI_TIMEOUT = 5.0
@@ -56,7 +56,7 @@ def _cpu_model() -> str:
 
 
 async def _gpus(processes: ProcessTable) -> dict[str, Any]:
-    from ..processes import Launch
+    from ..processes.table import Launch
 
     program = shutil.which("nvidia-smi")
     if program is None:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from ..verbs import Request, dispatch
+from ..control.verbs import Request, dispatch
 
 if TYPE_CHECKING:
-    from ..supervisor import Supervisor
+    from ..lifecycle.supervisor import Supervisor
 
 CONTROL_FUNCTIONS = ("start", "stop", "restart", "status", "kill", "repair")
 

@@ -21,7 +21,7 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any, Coroutine
 
-from ..jobfile import ColoniesSpec
+from ..jobfiles.jobfile import ColoniesSpec
 from .assignment import RUNNING, Assignment
 from .client import ColoniesError, ColoniesOutcomeUnknown, transient
 from .control import control
@@ -32,7 +32,7 @@ from .runner import PIPE_GRACE, CommandRun
 from .shared import Shared
 
 if TYPE_CHECKING:
-    from ..job import Job
+    from ..lifecycle.job import Job
 
 log = logging.getLogger("taskmasterd.colonies")
 # An assign no process can match, which still marks the executor alive: the server calls

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from ..jobfile import ColoniesSpec
+from ..jobfiles.jobfile import ColoniesSpec
 from .client import ColoniesError, transient
 from .crypto import generate_prvkey
 from .keystore import ExecutorKey, KeyStoreError

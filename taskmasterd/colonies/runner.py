@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..processes import Child
-from ..spawner import RUN_VARIABLE, Account, child_environment, launch_for, spawn_error_text
-from ..states import describe_exit, exit_is_expected
+from ..processes.table import Child
+from ..processes.spawner import RUN_VARIABLE, Account, child_environment, launch_for, spawn_error_text
+from ..lifecycle.states import describe_exit, exit_is_expected
 from .arguments import BadArguments, command_words
 from .assignment import Assignment, Lost
 from .client import ColoniesError, ColoniesOutcomeUnknown
@@ -26,8 +26,8 @@ from .output import LogBatch, Tail
 from .retry import Backoff, Timing
 
 if TYPE_CHECKING:
-    from ..job import Job
-    from ..jobfile import JobSpec
+    from ..lifecycle.job import Job
+    from ..jobfiles.jobfile import JobSpec
 
 log = logging.getLogger("taskmasterd.colonies")
 OUT_LIMIT = 64 * 1024  # the last 64 KiB of stdout are kept for `out`; all of it is in the logs

@@ -12,7 +12,7 @@ from taskmasterd.colonies.bridge import ColoniesBridge
 from taskmasterd.colonies.client import ColoniesClient, func_spec
 from taskmasterd.colonies.retry import Timing
 from taskmasterd.colonies.settings import ColoniesSettings
-from taskmasterd.supervisor import Supervisor
+from taskmasterd.lifecycle.supervisor import Supervisor
 from tests.support.colonies_fixtures import COLONY_NAME, COLONY_PRVKEY, Colony, make_colony
 from tests.support.colonies_server import ColoniesTestServer
 from tests.support.colonies_state import CANCELLED, FAILED, SUCCESS

@@ -6,9 +6,9 @@ import contextlib
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
-from taskmasterd.instance import Instance
-from taskmasterd.states import State
-from taskmasterd.supervisor import Supervisor
+from taskmasterd.lifecycle.instance import Instance
+from taskmasterd.lifecycle.states import State
+from taskmasterd.lifecycle.supervisor import Supervisor
 
 from .daemon import write_job
 

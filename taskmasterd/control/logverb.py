@@ -1,0 +1,38 @@
+"""The `logs` verb: the last lines of one instance's stdout or stderr, or of the daemon's own log,
+and with follow what is written after them (docs/protocol.md, "Extensions")."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..observe import daemonlog
+from ..observe.following import parse_options
+from ..observe.logfollow import tail
+from .reply import Reply, fail
+
+if TYPE_CHECKING:
+    from ..lifecycle.supervisor import Supervisor
+    from .verbs import Request
+
+
+async def logs(sup: Supervisor, request: Request) -> Reply:
+    options = parse_options(request.data)
+    if isinstance(options, str):
+        return fail(options)
+    if request.job is None:
+        return daemonlog.follow(options)
+    found = sup.instances_of(request.job, request.instance)
+    if isinstance(found, Reply):
+        return found
+    job, instances = found
+    if len(instances) > 1:
+        return fail(f'job "{job.name}" has {len(instances)} instances: name one, '
+                    f"{job.name}:0 to {job.name}:{len(instances) - 1}")
+    index = instances[0].index
+    label = f"{job.name}:{index}"
+    path = job.spec.log_path(options.stream, index, sup.log_dir)
+    if path is None:
+        return fail(f'{label}: its {options.stream} is discarded ("{options.stream}": null in its file)')
+    try:
+        return await tail(path, label, options.last, options.follow)
+    except OSError as exc:
+        return fail(f"{label}: cannot read {path}: {exc.strerror or exc}")

@@ -1,0 +1,221 @@
+"""The one table of control verbs.
+
+The control server, taskmasterctl (through the wire) and the Colonies control functions all reach
+the supervisor through `dispatch`, so a verb means the same thing whichever door it came through.
+A verb never raises for a caller's mistake: it answers a `Reply` whose `response` is one of the
+protocol's response names.
+
+`dispatch` also resolves job selectors (the extension of selection.py): a verb that acts on many
+jobs runs its handler once per selected job or instance, all at once (`stop` and `kill`: a layer
+of jobs at a time, dependants before what they depend on), and answers one reply.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from ..observe import counters
+from . import selection
+from ..jobfiles.names import job_name_error
+from ..jobfiles.signames import signal_number
+from .reply import REDUNDANT, SUCCESS, Reply, fail
+
+if TYPE_CHECKING:
+    from ..lifecycle.supervisor import Supervisor
+
+__all__ = ["REDUNDANT", "SUCCESS", "VERBS", "JobArg", "Reply", "Request", "Selects", "Verb", "dispatch", "fail"]
+
+log = logging.getLogger("taskmasterd.verbs")
+
+
+class JobArg(enum.Enum):
+    NONE = "none"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+class Selects(enum.Enum):
+    """What the `job` field of a verb may name."""
+
+    NAME = "name"  # one job name (the seed protocol)
+    ONE = "one"  # one job or one instance: name or name:N
+    MANY = "many"  # a selector: names, name:N and globs
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    job: str | None = None
+    data: bytes | None = None
+    nowait: bool = False  # reply once the action is initiated, not when it has completed
+    instance: int | None = None  # set by dispatch for a `name:N` target
+
+
+Handler = Callable[["Supervisor", Request], "Awaitable[Reply] | Reply"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    name: str
+    job: JobArg
+    needs_data: bool
+    handler: Handler
+    summary: str
+    selects: Selects = Selects.NAME
+    stops: bool = False  # on several jobs: dependants first (Supervisor.stop_in_order)
+
+
+def _status(sup: Supervisor, request: Request) -> Reply:
+    reply = sup.status(request.job)
+    return reply if request.instance is None else selection.only_instance(reply, request.instance)
+
+
+async def _restart_job(sup: Supervisor, request: Request) -> Reply:
+    stopped = await sup.stop(request.job, nowait=request.nowait, index=request.instance)
+    if stopped.response == "fail":
+        return stopped
+    started = await sup.start(request.job, nowait=request.nowait, index=request.instance)
+    return SUCCESS if started.response == "redundant" else started
+
+
+def _signal(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
+    text = (request.data or b"").decode("utf-8", "replace").strip()
+    number = signal_number(text)
+    if number is None:
+        return fail(f"unknown signal {text!r}")
+    return sup.signal(request.job, number, index=request.instance)
+
+
+def _logs(sup: Supervisor, request: Request) -> Awaitable[Reply]:
+    from .logverb import logs
+
+    return logs(sup, request)
+
+
+def _events(sup: Supervisor, request: Request) -> Reply:
+    from ..observe.events import events_reply
+
+    return events_reply(sup.events, request.data)
+
+
+async def _reloaded(reply: Awaitable[Reply], request: Request) -> Reply:
+    """The reload report (what changed per job) only for a client that asked for it with
+    `data` = `{"report":true}`: a seed client gets the seed reply, bytes and all."""
+    answer = await reply
+    return answer if request.data is not None else answer.with_(value=None)
+
+
+def _shutdown(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
+    if sup.daemon is None:
+        return fail("this supervisor is not a daemon of its own: it cannot shut down on request")
+    return sup.daemon.shutdown()
+
+
+_R, _O, _N = JobArg.REQUIRED, JobArg.OPTIONAL, JobArg.NONE
+_ONE, _MANY = Selects.ONE, Selects.MANY
+VERBS: dict[str, Verb] = {verb.name: verb for verb in (
+    Verb("start", _R, False, lambda s, r: s.start(r.job, nowait=r.nowait, index=r.instance),
+         "start every instance that is not running", _MANY),
+    Verb("stop", _R, False, lambda s, r: s.stop(r.job, nowait=r.nowait, index=r.instance),
+         "stop every instance gracefully", _MANY, stops=True),
+    Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait, index=r.instance),
+         "SIGKILL every instance's process group now", _MANY, stops=True),
+    Verb("repair", _R, False, lambda s, r: s.repair(r.job, nowait=r.nowait, index=r.instance),
+         "clear FATAL/BACKOFF and start what should run", _MANY),
+    Verb("status", _O, False, _status, "report one job, or every job", _MANY),
+    Verb("pull", _R, False, lambda s, r: s.pull(r.job), "the job file as it is on disk"),
+    Verb("push", _R, True, lambda s, r: s.push(r.job, r.data or b"", nowait=r.nowait), "validate, write and apply a job file"),
+    Verb("delete", _R, False, lambda s, r: s.delete(r.job), "stop the job, remove its file, forget it"),
+    Verb("list", _N, False, lambda s, r: s.list(), "names of every job"),
+    Verb("reload", _R, False, lambda s, r: _reloaded(s.reload(r.job, nowait=r.nowait), r),
+         "re-read one job file and apply the difference"),
+    Verb("restart", _N, False, lambda s, r: _reloaded(s.reload_all(), r), "reload every job file, as SIGHUP does"),
+    # Extensions (docs/protocol.md): a seed client never sends these.
+    Verb("restart-job", _R, False, _restart_job, "stop, then start every instance", _MANY),
+    Verb("signal", _R, True, _signal, "send a signal to every running instance's process group", _MANY),
+    Verb("logs", _O, False, _logs, "the last lines of an instance's output (or of the daemon's log), then follow", _ONE),
+    Verb("events", _N, False, _events, "the last state changes, then follow"),
+    Verb("shutdown", _N, False, _shutdown, "stop every job as SIGTERM does, reply, exit"),
+)}
+
+
+async def dispatch(sup: Supervisor, verb: str, request: Request) -> Reply:
+    """Run `verb`; an unknown verb or a bad job name is a `fail` (the wire layer maps unknown verbs
+    to `invalid` before calling this). Every answer is counted for the metrics."""
+    spec = VERBS.get(verb)
+    reply = fail(f"unknown command {verb!r}") if spec is None else await _run(sup, spec, request)
+    counters.count_request(verb if spec is not None else "unknown", reply.response)
+    return reply
+
+
+async def _run(sup: Supervisor, spec: Verb, request: Request) -> Reply:
+    if spec.job is JobArg.REQUIRED and request.job is None:
+        return fail(f"{spec.name} needs a job name")
+    if spec.needs_data and request.data is None:
+        return fail(f"{spec.name} needs data")
+    if request.job is not None and spec.job is not JobArg.NONE:
+        if spec.selects is not Selects.NAME and selection.is_selector(request.job):
+            return await _run_selected(sup, spec, request)
+        problem = job_name_error(request.job)
+        if problem:
+            return fail(problem)
+    return await _call(spec, sup, request)
+
+
+async def _call(spec: Verb, sup: Supervisor, request: Request) -> Reply:
+    reply = spec.handler(sup, request)
+    return reply if isinstance(reply, Reply) else await reply
+
+
+async def _run_selected(sup: Supervisor, spec: Verb, request: Request) -> Reply:
+    assert request.job is not None
+    many = spec.selects is Selects.MANY
+    items = selection.parse(request.job, many=many, globs=many)
+    if isinstance(items, str):
+        return fail(items)
+    known = {name: job.spec.numprocs for name, job in sup.jobs.items()}
+    never_loaded = {name for name in sup.invalid if name not in known}
+    known.update((name, 0) for name in never_loaded)
+    # A pattern reaches a file that never loaded only in `status`, which shows it INVALID.
+    targets, problems = selection.resolve(items, known, frozenset() if spec.name == "status" else never_loaded)
+    if not many:
+        if problems:
+            return fail(problems[0])
+        return await _call(spec, sup, replace(request, job=targets[0].name, instance=targets[0].index))
+    outcomes = await (_each_in_stop_order if spec.stops else _each)(sup, spec, request, targets)
+    replies = [_internal_error(spec.name, outcome) if isinstance(outcome, BaseException) else outcome
+               for outcome in outcomes]
+    if spec.name == "status":
+        return selection.merge_status(replies, problems, targets)
+    return selection.aggregate(targets, replies, problems)
+
+
+async def _each(sup: Supervisor, spec: Verb, request: Request,
+                targets: list[selection.Target]) -> list[Reply | BaseException]:
+    """The handler on every target at once."""
+    return await asyncio.gather(*(_call(spec, sup, replace(request, job=t.name, instance=t.index)) for t in targets),
+                                return_exceptions=True)
+
+
+async def _each_in_stop_order(sup: Supervisor, spec: Verb, request: Request,
+                              targets: list[selection.Target]) -> list[Reply | BaseException]:
+    """The handler on every target, the targets of a job together, the jobs in stop order."""
+    of_job: dict[str, list[selection.Target]] = {}
+    for target in targets:
+        of_job.setdefault(target.name, []).append(target)
+
+    async def stop_job(name: str) -> list[Reply | BaseException]:
+        return await _each(sup, spec, request, of_job[name])
+
+    done = await sup.stop_in_order(list(of_job), stop_job)
+    answers = {target: outcome for name, outcomes in done.items() for target, outcome in zip(of_job[name], outcomes)}
+    return [answers[target] for target in targets]
+
+
+def _internal_error(verb: str, exc: BaseException) -> Reply:
+    if isinstance(exc, asyncio.CancelledError):
+        raise exc
+    log.error("%s failed", verb, exc_info=exc)
+    return fail(f"internal error in {verb}: {exc}")

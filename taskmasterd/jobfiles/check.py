@@ -1,0 +1,69 @@
+"""`taskmasterd --check [DIR]`: validate every job file offline, as the daemon would on load.
+
+Each problem is printed as the daemon would log it (the file and the field named); a file with a
+job-file suffix whose name is not a job name is reported too, since the daemon would ignore it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from ..lifecycle.dependencies import cycle_problem
+from .jobfile import JobFileError, Limits, host_errors, parse_job
+from .jobsdir import JobsDirectory
+from .names import SUFFIX, job_name_error, job_name_from_filename
+
+
+def problems_in(jobs_dir: str, limits: Limits = Limits()) -> tuple[int, list[str]]:
+    """(how many job files were read, every problem found in them); OSError for the directory."""
+    directory = JobsDirectory(jobs_dir)  # read as the daemon reads: regular files only, capped
+    checked, problems = 0, []
+    entries = sorted(os.listdir(jobs_dir))
+    unsafe = directory.problem()  # the daemon would refuse to start on it, and read none of its files
+    if unsafe is not None:
+        problems.append(unsafe)
+    graph: dict[str, list[str]] = {}  # the dependencies of the files that loaded so far, in the daemon's order
+    for entry in entries:
+        path = os.path.join(jobs_dir, entry)
+        name = job_name_from_filename(entry)
+        if name is None:
+            if entry.endswith(SUFFIX) and not entry.startswith("."):
+                problems.append(f"{path}: ignored: {job_name_error(entry[: -len(SUFFIX)])}")
+            continue
+        checked += 1
+        problems += list(_file_problems(directory, name, limits, graph))
+    return checked, problems
+
+
+def _file_problems(directory: JobsDirectory, name: str, limits: Limits, graph: dict[str, list[str]]) -> Iterator[str]:
+    path = directory.path_of(name)
+    try:
+        raw = directory.read(name)
+        if raw is None:
+            return  # removed meanwhile
+        spec = parse_job(name, raw, path, limits)
+    except JobFileError as exc:
+        yield from exc.problems
+        return
+    problems = host_errors(spec, path)
+    if not problems:  # loaded, unless it closes a cycle with the files loaded before it
+        graph[name] = [dependency.job for dependency in spec.depends_on]
+        cycle = cycle_problem(graph, name, path)
+        if cycle:
+            del graph[name]
+            problems.append(cycle)
+    yield from problems
+
+
+def run_check(jobs_dir: str, limits: Limits = Limits()) -> int:
+    """Print each problem, then a summary; 1 if anything is wrong, else 0."""
+    try:
+        checked, problems = problems_in(jobs_dir, limits)
+    except OSError as exc:
+        print(f"taskmasterd: cannot read the jobs directory {jobs_dir}: {exc.strerror}")
+        return 1
+    for problem in problems:
+        print(problem)
+    verdict = f"{len(problems)} problem(s)" if problems else "all valid"
+    print(f"taskmasterd: {checked} job file(s) in {jobs_dir}: {verdict}")
+    return 1 if problems else 0

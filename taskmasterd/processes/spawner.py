@@ -1,0 +1,97 @@
+"""What a child is given: its environment, its account, and the `Launch` made from a job spec.
+
+Starting and stopping it is `processes.py`'s job; this module only decides what goes in.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import subprocess
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from ..jobfiles.jobfile import JobSpec
+    from .table import Launch
+
+PRVKEY_SUFFIX = "PRVKEY"
+# Variables systemd (or another manager) addresses to the daemon itself: a child that saw them
+# could send READY=1 in the daemon's name, take its sockets, or feed its watchdog.
+DAEMON_PLUMBING = frozenset({
+    "NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_PID", "WATCHDOG_USEC",
+    "JOURNAL_STREAM", "MAINPID", "MANAGERPID", "INVOCATION_ID", "TRIGGER_UNIT", "TRIGGER_PATH",
+    "TRIGGER_TIMER_REALTIME_USEC", "TRIGGER_TIMER_MONOTONIC_USEC", "MONITOR_SERVICE_RESULT",
+})
+INSTANCE_ORIGIN = ("TASKMASTER_JOB", "TASKMASTER_INSTANCE")
+RUN_VARIABLE = "TASKMASTER_RUN"  # the daemon run that started it (orphans.py), set after the job's own env
+
+
+def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The daemon's environment as jobs see it: never a Colonies private key, never the
+    daemon's own service-manager plumbing."""
+    return {k: v for k, v in environ.items()
+            if k not in DAEMON_PLUMBING and not (k.startswith("COLONIES_") and k.endswith(PRVKEY_SUFFIX))}
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    env: tuple[tuple[str, str], ...]
+
+
+def account_entry(user: str) -> pwd.struct_passwd:
+    """The passwd entry of a job's `user` (a name, or a uid written in ASCII digits); KeyError
+    when there is none."""
+    if user.isascii() and user.isdigit():
+        try:
+            return pwd.getpwuid(int(user))
+        except OverflowError:
+            raise KeyError(user) from None
+    return pwd.getpwnam(user)
+
+
+def lookup_account(user: str) -> Account:
+    entry = account_entry(user)
+    return Account(
+        uid=entry.pw_uid,
+        gid=entry.pw_gid,
+        groups=tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),
+        env=(("HOME", entry.pw_dir), ("USER", entry.pw_name), ("LOGNAME", entry.pw_name)),
+    )
+
+
+def child_environment(spec: JobSpec, base: Mapping[str, str], account: Account | None,
+                      extra: Mapping[str, str] = {}) -> dict[str, str]:
+    env = dict(base)
+    if account is not None:
+        env.update(account.env)
+    env.update(spec.env)
+    env.update(extra)
+    return env
+
+
+def launch_for(spec: JobSpec, env: Mapping[str, str], account: Account | None, extra_args: tuple[str, ...] = (),
+               origin: tuple[str, ...] = INSTANCE_ORIGIN) -> Launch:
+    """`account`: the spec's user resolved (Job.account), or None when it has none."""
+    from .table import Launch
+
+    return Launch(argv=(*spec.argv, *extra_args), env=env, cwd=spec.workingdir, umask=spec.umask,
+                  account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime, origin=origin)
+
+
+def spawn_error_text(exc: BaseException) -> str:
+    """One line for any reason a spawn failed."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOENT and exc.filename:
+            return f"spawn error: no such file or directory: {exc.filename}"
+        if exc.errno == errno.EACCES:
+            return f"spawn error: permission denied: {exc.filename or ''}".rstrip()
+        return f"spawn error: {exc.strerror or exc}"
+    if isinstance(exc, KeyError):
+        return f"spawn error: no such user {exc.args[0]!r}" if exc.args else "spawn error: no such user"
+    if isinstance(exc, subprocess.SubprocessError):
+        return f"spawn error: {exc}"
+    return f"spawn error: {exc}" if str(exc) else f"spawn error: {type(exc).__name__}"
