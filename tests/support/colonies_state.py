@@ -176,6 +176,7 @@ class ColonyState:
         # COLONIES_STALE_EXECUTOR_DURATION (the real default is 600 s); None: never.
         self.stale_executor_duration = stale_executor_duration
         self._heard: dict[str, int] = {}  # executorid -> unix ns of its last assign (MarkAlive)
+        self.stale_removals: collections.Counter[str] = collections.Counter()  # executorid -> times removed
         self.held_assigns: collections.Counter[str] = collections.Counter()  # executorid -> long-polls waiting
         self.colonies: dict[str, dict[str, Any]] = {}
         self.executors: dict[tuple[str, str], dict[str, Any]] = {}
@@ -404,6 +405,7 @@ class ColonyState:
         for executor in self.executors.values():
             heard = self._heard.get(executor["executorid"])
             if executor["state"] != UNREGISTERED and heard is not None and heard < oldest:
+                self.stale_removals[executor["executorid"]] += 1
                 self._unregister(executor)
 
     async def _approve_executor(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
