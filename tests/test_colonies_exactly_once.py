@@ -14,6 +14,10 @@ server makes (`retries` grew, after maxexectime) starts only once the old copy i
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
+import signal
+import subprocess
 from pathlib import Path
 
 from tests.support.colonies_state import FAILED, SUCCESS
@@ -49,7 +53,7 @@ def test_a_retry_of_the_server_starts_once_the_old_copy_is_gone(tmp_path: Path) 
     runs = tmp_path / "runs"
     # A copy that ignores the stop signal (SIGKILL after stoptime) and leaves a child outside its
     # process group: each copy writes how many processes of any copy were alive when it started.
-    marker = "sleep 31.5"
+    marker = f"sleep 30.{random.randrange(10**6):06d}"
     copy = (f'trap "" TERM; echo "start $(pgrep -x -f "{marker}" | wc -l)" >> "$0"; '
             f'setsid {marker} </dev/null >/dev/null 2>&1 & exec {marker}')
     jobs = {"stubborn": job(["sh", "-c", copy, str(runs)], stoptime=1, colonies={"maxconcurrent": 2})}
@@ -64,4 +68,21 @@ def test_a_retry_of_the_server_starts_once_the_old_copy_is_gone(tmp_path: Path) 
             assert done["state"] == FAILED and done["retries"] == 1, done
             assert runs.read_text() == "start 0\nstart 0\n"
 
+    try:
+        run(scenario())
+    finally:  # the last copy's escape, which this in-process supervisor does not adopt
+        found = subprocess.run(["pgrep", "-x", "-f", marker], capture_output=True, text=True).stdout.split()
+        for pid in found:
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_contact_period_the_servers_stale_duration_makes_unsafe_is_warned_about(tmp_path: Path, caplog) -> None:
+    jobs = {"quiet": job(["true"])}
+
+    async def scenario() -> None:
+        async with world(tmp_path, jobs, settings={"keepalive": 10.0, "stale_executor_duration": 8.0}) as w:
+            await w.polling("quiet")
+
     run(scenario())
+    warned = [r.getMessage() for r in caplog.records if "colonies.keepalive is 10 s" in r.getMessage()]
+    assert len(warned) == 1 and "at most 4 s" in warned[0]

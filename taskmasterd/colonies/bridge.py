@@ -31,8 +31,9 @@ SHUTDOWN_REASON = "taskmasterd is shutting down"
 
 
 class ColoniesBridge(JobListener):
-    def __init__(self, supervisor: Supervisor, settings: ColoniesSettings, timing: Timing = Timing()) -> None:
+    def __init__(self, supervisor: Supervisor, settings: ColoniesSettings, timing: Timing | None = None) -> None:
         self.supervisor = supervisor
+        timing = timing or Timing.with_keepalive(settings.keepalive)
         client = ColoniesClient(settings.host, settings.port, settings.tls, timeout=timing.request_timeout, max_idle=16)
         self._shared = Shared(
             client=client,
@@ -48,6 +49,9 @@ class ColoniesBridge(JobListener):
     def open(self) -> None:
         """Serve the jobs already loaded, then follow the supervisor's changes. Registration runs in
         the background: the daemon never waits for the server."""
+        unsafe = self._shared.settings.contact_problem()
+        if unsafe is not None:
+            log.warning("%s", unsafe)
         self.supervisor.listeners.append(self)
         self.supervisor.status_extras.append(self.status_of)
         for job in list(self.supervisor.jobs.values()):

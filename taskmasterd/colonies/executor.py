@@ -8,6 +8,10 @@
 - Reconciliation, on start, after a lost assign reply and when the server answers again: the
   processes the server shows running for this executor that it does not run are closed failed,
   so that their submitters' retry policy decides.
+- A process is never started twice here while a copy of it lives (exactly_once.py): assigned
+  again while its run goes on (the server had lost sight of this executor and queued it again),
+  the running copy answers it; assigned again after its run ended meanwhile, the outcome kept
+  answers it; a new attempt (the server retries it) starts once the old copy is gone.
 - No new assign while the job cannot do the work (Job.not_serving: no healthy, or RUNNING,
   instance); an assign in flight is left to finish, and the keep-alive goes on meanwhile.
 
@@ -19,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from ..jobfiles.jobfile import ColoniesSpec
 from .assignment import RUNNING, Assignment
 from .client import ColoniesError, ColoniesOutcomeUnknown, transient
 from .control import control
+from .exactly_once import KeptOutcomes, answer, copy_gone
 from .keystore import ExecutorKey
 from .registration import Registration, RegistrationProblem, executor_identity
 from .retry import Backoff
@@ -44,6 +50,14 @@ LOST_TRACK = ("taskmasterd lost this process: its daemon restarted, or the reply
               "lost, and it does not run it")
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What serves one assigned process: its task, and the assignment it acts under."""
+
+    task: asyncio.Task[None]
+    assignment: Assignment
+
+
 class JobExecutor:
     def __init__(self, job: Job, shared: Shared, after: asyncio.Future[Any] | None = None) -> None:
         assert job.spec.colonies is not None
@@ -55,7 +69,8 @@ class JobExecutor:
         self._shared = shared
         self._colony = shared.settings.colony_name
         self._registration = Registration(shared, job.name, self.identity)
-        self._runs: dict[str, asyncio.Task[None]] = {}  # processid -> its run
+        self._runs: dict[str, _Run] = {}  # processid -> what serves it
+        self._kept = KeptOutcomes()  # outcomes of processes queued again under their runs
         self._polls: set[asyncio.Task[None]] = set()  # assigns in flight for free slots
         self._keepalive: asyncio.Task[None] | None = None  # a keep-alive assign in flight
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -112,7 +127,7 @@ class JobExecutor:
             self._stop.set_result(reason)
         if self._runs:
             timing = self._shared.timing
-            _, late = await asyncio.wait(self._runs.values(),
+            _, late = await asyncio.wait([run.task for run in self._runs.values()],
                                          timeout=self.job.spec.stoptime + timing.close_patience + PIPE_GRACE)
             for run in late:
                 run.cancel()
@@ -307,7 +322,10 @@ class JobExecutor:
         finally:
             self._adopted = None
         for process in listed:
-            if _process_id(process) not in (None, *ours):
+            processid = _process_id(process)
+            if processid in self._kept:  # its run ended here while it was adrift: its outcome answers it
+                self._begin(key, process)
+            elif processid not in (None, *ours):
                 log.warning("%s: process %s runs for executor %s on the server, not here: closing it failed",
                             self.job.name, process.get("processid"), key.executorname)
                 await self._assignment(key, process).close(False, [LOST_TRACK], shared.timing.close_patience)
@@ -324,16 +342,40 @@ class JobExecutor:
         task = self._assignment(key, process)
         if self._adopted is not None:
             self._adopted.add(task.id)
-        run = asyncio.create_task(self._serve_process(task))
-        self._runs[task.id] = run
+        current = self._runs.get(task.id)
+        if current is not None and current.assignment.attempt == task.attempt:
+            # Queued again under its run, and back: the running copy answers it, once.
+            current.assignment.set_adrift(False)
+            log.info("%s: process %s is assigned again while its run goes on: that run answers it",
+                     self.job.name, task.id)
+            return
+        kept = self._kept.take(task.id, task.attempt)
+        if kept is not None:
+            run = asyncio.create_task(answer(task, kept, self._shared.timing))
+        else:
+            old_copy = self._kept.ran_lately(task.id)
+            if current is not None:  # a new attempt: the old copy stops, and the new one waits for it
+                current.assignment.supersede()
+                old_copy = current.assignment.started
+            run = asyncio.create_task(self._serve_process(task, current.task if current else None, old_copy))
+        self._runs[task.id] = _Run(run, task)
         run.add_done_callback(functools.partial(self._finished, task.id))
 
     def _finished(self, processid: str, run: asyncio.Task[None]) -> None:
-        if self._runs.get(processid) is run:
+        current = self._runs.get(processid)
+        if current is not None and current.task is run:
             del self._runs[processid]
+            self._kept.ended(current.assignment)
         self._wake.set()
 
-    async def _serve_process(self, task: Assignment) -> None:
+    async def _serve_process(self, task: Assignment, previous: asyncio.Task[None] | None,
+                             old_copy: bool) -> None:
+        """Serve an assigned process; a new attempt of one that ran here first waits until the old
+        run has ended and its copy is gone."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        if old_copy and task.funcname == "run":
+            await copy_gone(task.id, self.job.spec.stoptime + PIPE_GRACE)
         functions = self.conf.functions
         try:
             if task.funcname not in functions:

@@ -22,6 +22,12 @@ class Timing:
     close_patience: float = 5.0  # how long a stopping executor keeps trying to close a process
     request_timeout: float = 15.0  # HTTP timeout of short calls (the long-poll adds its own)
 
+    @classmethod
+    def with_keepalive(cls, seconds: float) -> Timing:
+        """The server hears from each executor every `seconds` (colonies.keepalive): its long-poll
+        lasts that long (whole seconds: the server takes an integer), and so does a busy one's pause."""
+        return cls(assign_timeout=max(1, int(seconds)), keepalive_interval=seconds)
+
 
 class Backoff:
     def __init__(self, timing: Timing) -> None:

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 DEFAULT_PORT = 50080
+DEFAULT_KEEPALIVE = 10.0  # seconds: the assign long-poll, and the keep-alive of a busy executor
+MAX_KEEPALIVE = 3600.0
+SERVER_STALE_DEFAULT = 600.0  # the server's COLONIES_STALE_EXECUTOR_DURATION when it is not set
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -23,13 +26,32 @@ class ColoniesSettings:
     # The colony owner key lets the daemon add/approve executors itself; never shown.
     colony_prvkey: str | None = None
     location: str = ""  # the executors' location name, unless a job file names its own
+    # How often the server hears from each executor: the assign long-poll's timeout, and the
+    # period of the keep-alive of a busy one. The server removes an executor it has not heard from
+    # for its stale-executor duration (and queues its running processes again).
+    keepalive: float = DEFAULT_KEEPALIVE
+    # The server's COLONIES_STALE_EXECUTOR_DURATION, when it is not its default; None: unknown.
+    stale_executor_duration: float | None = None
 
     def __repr__(self) -> str:
         key = "<set>" if self.colony_prvkey else None
         return (
             f"ColoniesSettings(host={self.host!r}, port={self.port}, tls={self.tls}, "
-            f"colony_name={self.colony_name!r}, colony_prvkey={key}, location={self.location!r})"
+            f"colony_name={self.colony_name!r}, colony_prvkey={key}, location={self.location!r}, "
+            f"keepalive={self.keepalive!r}, stale_executor_duration={self.stale_executor_duration!r})"
         )
+
+    def contact_problem(self) -> str | None:
+        """Why the contact period is unsafe against the server's stale-executor duration, or None:
+        it must leave room for one late contact, so at most half of it."""
+        stale = self.stale_executor_duration or SERVER_STALE_DEFAULT
+        if self.keepalive * 2 <= stale:
+            return None
+        source = ("COLONIES_STALE_EXECUTOR_DURATION" if self.stale_executor_duration
+                  else "the server's default COLONIES_STALE_EXECUTOR_DURATION")
+        return (f"colonies.keepalive is {self.keepalive:g} s, but the server removes an executor it has not heard "
+                f"from for {stale:g} s ({source}) and queues its running processes again: one late contact is "
+                f"enough; set colonies.keepalive to at most {stale / 2:g} s")
 
     @classmethod
     def from_sources(cls, config: Mapping[str, Any], environ: Mapping[str, str]) -> ColoniesSettings | None:
@@ -53,6 +75,7 @@ class ColoniesSettings:
         location = section.get("location", "")
         if not isinstance(location, str):
             raise ValueError(f"invalid Colonies location {location!r} (want a string)")
+        stale = pick("stale_executor_duration", "COLONIES_STALE_EXECUTOR_DURATION")
         return cls(
             host=str(host),
             port=_port(port),
@@ -60,6 +83,9 @@ class ColoniesSettings:
             colony_name=str(pick("colony", "COLONIES_COLONY_NAME") or ""),
             colony_prvkey=_prvkey(prvkey),
             location=location,
+            keepalive=_seconds("keepalive", section.get("keepalive", DEFAULT_KEEPALIVE), 1.0, MAX_KEEPALIVE),
+            stale_executor_duration=None if stale in (None, "") else _seconds(
+                "stale_executor_duration", stale, 1.0, float(2**31)),
         )
 
 
@@ -76,6 +102,17 @@ def _port(value: Any) -> int:
     if not 0 < port < 65536:
         raise ValueError(f"invalid Colonies port {value!r}")
     return port
+
+
+def _seconds(name: str, value: Any, low: float, high: float) -> float:
+    """A number of seconds from the file (a number) or the environment (its text)."""
+    try:
+        seconds = float(value) if isinstance(value, str) else value
+    except ValueError:
+        seconds = None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not low <= seconds <= high:
+        raise ValueError(f"invalid Colonies {name} {value!r} (want seconds from {low:g} to {high:g})")
+    return float(seconds)
 
 
 def _flag(value: Any) -> bool:
