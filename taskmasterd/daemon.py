@@ -58,6 +58,10 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
                             log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir)
+    if colonies is not None and colonies.blueprints:
+        from .colonies.jobsource import install  # the blueprints' jobs load with the others, before any call
+
+        install(supervisor, colonies.colony_name)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)

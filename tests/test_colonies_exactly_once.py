@@ -61,9 +61,9 @@ def test_a_retry_of_the_server_starts_once_the_old_copy_is_gone(tmp_path: Path) 
     async def scenario() -> None:
         async with world(tmp_path, jobs) as w:
             await w.polling("stubborn")
-            # maxexectime 1, one retry: the server requeues it after a second (retries 1) while
-            # the first copy is still being stopped, and the free slot's assign brings it back.
-            processid = await w.submit("stubborn", maxexectime=1, maxretries=1)
+            # maxexectime 3, one retry: the server requeues it after 3 s (retries 1) while the
+            # first copy is still being stopped, and the free slot's assign brings it back.
+            processid = await w.submit("stubborn", maxexectime=3, maxretries=1)
             done = await w.ended(processid, timeout=30)
             assert done["state"] == FAILED and done["retries"] == 1, done
             assert runs.read_text() == "start 0\nstart 0\n"

@@ -32,8 +32,8 @@ from .client import ColoniesError, ColoniesOutcomeUnknown, transient
 from .control import control
 from .exactly_once import KeptOutcomes, answer, copy_gone
 from .keystore import ExecutorKey
-from .registration import Registration, RegistrationProblem, executor_identity
-from .retry import Backoff
+from .registered import RegisteredExecutor
+from .registration import executor_identity
 from .runner import PIPE_GRACE, CommandRun
 from .shared import Shared
 
@@ -58,17 +58,12 @@ class _Run:
     assignment: Assignment
 
 
-class JobExecutor:
+class JobExecutor(RegisteredExecutor):
     def __init__(self, job: Job, shared: Shared, after: asyncio.Future[Any] | None = None) -> None:
         assert job.spec.colonies is not None
+        super().__init__(shared, job.name, job.name, executor_identity(job.name, job.spec.colonies, shared.settings))
         self.job = job
         self.conf: ColoniesSpec = job.spec.colonies
-        self.identity = executor_identity(job.name, self.conf, shared.settings.location)
-        self.state = "starting"
-        self.error: str | None = None
-        self._shared = shared
-        self._colony = shared.settings.colony_name
-        self._registration = Registration(shared, job.name, self.identity)
         self._runs: dict[str, _Run] = {}  # processid -> what serves it
         self._kept = KeptOutcomes()  # outcomes of processes queued again under their runs
         self._polls: set[asyncio.Task[None]] = set()  # assigns in flight for free slots
@@ -82,13 +77,12 @@ class JobExecutor:
         self._wake = asyncio.Event()  # a poll, run or keep-alive ended, or the job changed
         self.not_serving: str | None = None  # why no assign goes out: the job cannot take work now
         self._stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._backoff = Backoff(shared.timing)
         self._task = asyncio.create_task(self._main(after))
         self._task.add_done_callback(self._main_ended)
 
     @property
-    def executorname(self) -> str:
-        return self._registration.name
+    def functions(self) -> tuple[str, ...]:
+        return self.conf.functions
 
     # --- what the bridge calls ------------------------------------------------------------------
 
@@ -145,41 +139,6 @@ class JobExecutor:
         while True:
             key = await self._register_until_done()
             await self._serve(key)
-
-    def _main_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: ColonyOS executor failed", self.job.name, exc_info=task.exception())
-            self.state, self.error = "error", f"internal error: {task.exception()!r}"
-
-    def _problem(self, text: str) -> None:
-        if text != self.error:
-            log.error("%s: %s", self.job.name, text)
-        self.state, self.error = "error", text
-
-    def _online(self) -> None:
-        self._shared.outage.recovered()
-        self._backoff.reset()
-
-    async def _register_until_done(self) -> ExecutorKey:
-        while True:
-            self.state = "registering"
-            try:
-                key = await self._registration.register()
-                await self._registration.sync_functions(key, self.conf.functions)
-            except RegistrationProblem as problem:
-                self._problem(str(problem))
-            except ColoniesError as exc:
-                if transient(exc):
-                    self._shared.outage.failed(exc)
-                else:
-                    self._problem(f"executor {self.executorname!r}: registration refused: {exc.message}")
-            else:
-                self._online()
-                self.state, self.error = "registered", None
-                log.info("%s: ColonyOS executor %s (type %s) registered in colony %s",
-                         self.job.name, key.executorname, self.identity.executortype, self._colony)
-                return key
-            await asyncio.sleep(self._backoff.next_delay())
 
     async def _serve(self, key: ExecutorKey) -> None:
         """Assign while the server accepts this executor; returns when it refuses it (removed, or
@@ -376,6 +335,10 @@ class JobExecutor:
             await asyncio.wait([previous])
         if old_copy and task.funcname == "run":
             await copy_gone(task.id, self.job.spec.stoptime + PIPE_GRACE)
+            standing = await task.standing()
+            if standing.lost:  # it went while the old copy was leaving
+                log.info("%s: process %s: %s; not started", self.job.name, task.id, standing.why)
+                return
         functions = self.conf.functions
         try:
             if task.funcname not in functions:

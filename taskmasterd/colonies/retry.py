@@ -21,6 +21,8 @@ class Timing:
     backoff_cap: float = 30.0
     close_patience: float = 5.0  # how long a stopping executor keeps trying to close a process
     request_timeout: float = 15.0  # HTTP timeout of short calls (the long-poll adds its own)
+    resync_interval: float = 30.0  # how often every daemon reads its blueprints again, whatever it heard
+    status_interval: float = 0.5  # at most one round of blueprint status writes per this many seconds
 
     @classmethod
     def with_keepalive(cls, seconds: float) -> Timing:

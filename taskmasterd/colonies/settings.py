@@ -6,13 +6,15 @@ Environment names follow the Go CLI and pycolonies (reference.md §3.2, executor
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 DEFAULT_PORT = 50080
 DEFAULT_KEEPALIVE = 10.0  # seconds: the assign long-poll, and the keep-alive of a busy executor
 MAX_KEEPALIVE = 3600.0
 SERVER_STALE_DEFAULT = 600.0  # the server's COLONIES_STALE_EXECUTOR_DURATION when it is not set
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # it goes into executor names
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -32,13 +34,18 @@ class ColoniesSettings:
     keepalive: float = DEFAULT_KEEPALIVE
     # The server's COLONIES_STALE_EXECUTOR_DURATION, when it is not its default; None: unknown.
     stale_executor_duration: float | None = None
+    # This daemon's name in the colony: its executors' default `<job>.<hostname>`, and what a
+    # blueprint's `hosts` are matched against.
+    hostname: str = field(default_factory=socket.gethostname)
+    blueprints: bool = False  # run the TaskmasterJob blueprints placed on this host (blueprints.py)
 
     def __repr__(self) -> str:
         key = "<set>" if self.colony_prvkey else None
         return (
             f"ColoniesSettings(host={self.host!r}, port={self.port}, tls={self.tls}, "
             f"colony_name={self.colony_name!r}, colony_prvkey={key}, location={self.location!r}, "
-            f"keepalive={self.keepalive!r}, stale_executor_duration={self.stale_executor_duration!r})"
+            f"keepalive={self.keepalive!r}, stale_executor_duration={self.stale_executor_duration!r}, "
+            f"hostname={self.hostname!r}, blueprints={self.blueprints!r})"
         )
 
     def contact_problem(self) -> str | None:
@@ -76,6 +83,12 @@ class ColoniesSettings:
         if not isinstance(location, str):
             raise ValueError(f"invalid Colonies location {location!r} (want a string)")
         stale = pick("stale_executor_duration", "COLONIES_STALE_EXECUTOR_DURATION")
+        hostname = section.get("hostname", socket.gethostname())
+        if "hostname" in section and (not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname)):
+            raise ValueError(f"invalid Colonies hostname {hostname!r} (want letters, digits, '.', '_' and '-')")
+        blueprints = section.get("blueprints", False)
+        if not isinstance(blueprints, bool):
+            raise ValueError(f"invalid Colonies blueprints {blueprints!r} (want true or false)")
         return cls(
             host=str(host),
             port=_port(port),
@@ -86,6 +99,8 @@ class ColoniesSettings:
             keepalive=_seconds("keepalive", section.get("keepalive", DEFAULT_KEEPALIVE), 1.0, MAX_KEEPALIVE),
             stale_executor_duration=None if stale in (None, "") else _seconds(
                 "stale_executor_duration", stale, 1.0, float(2**31)),
+            hostname=hostname,
+            blueprints=blueprints,
         )
 
 

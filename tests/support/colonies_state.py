@@ -216,6 +216,10 @@ class ColonyState:
             "cancelprocessmsg": ("cancel process", self._cancel),
             "removeprocessmsg": ("remove process", self._remove_process),
         }
+        from tests.support.colonies_blueprints import Blueprints  # it builds on this module
+
+        self.blueprints = Blueprints(self)
+        self.handlers.update(self.blueprints.handlers())
 
     # ------------------------------------------------------------------ change notification
 
@@ -494,6 +498,11 @@ class ColonyState:
             cpu, mem = cpu_millis(conditions["cpu"]), memory_bytes(conditions["mem"])
         except QuantityError as exc:
             raise ApiError(400, str(exc)) from None
+        return self._enqueue(spec, caller, self._initiator_name(caller, colonyname), cpu, mem)
+
+    def _enqueue(self, spec: dict[str, Any], caller: str, initiatorname: str, cpu: int = 0, mem: int = 0) -> dict[str, Any]:
+        """A new WAITING process of a normalized spec (controllers AddProcess), and the signal."""
+        colonyname = spec["conditions"]["colonyname"]
         now = time.time_ns()
         processid = random_id()
         wait_deadline = now + spec["maxwaittime"] * _NS if spec["maxwaittime"] > 0 else None
@@ -513,7 +522,7 @@ class ColonyState:
         doc = {
             "processid": processid,
             "initiatorid": caller,
-            "initiatorname": self._initiator_name(caller, colonyname),
+            "initiatorname": initiatorname,
             "assignedexecutorid": "",
             "isassigned": False,
             "state": WAITING,
