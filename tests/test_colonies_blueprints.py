@@ -16,7 +16,8 @@ from tests.support.colonies_fixtures import COLONY_NAME
 from tests.support.colonies_fleet import FLEET, daemon_host, fleet
 from tests.support.supervised import eventually, run
 
-SLEEPER = {"cmd": ["sleep", "60"], "starttime": 0.2, "stoptime": 1, "colonies": False}
+# Blueprint jobs run as a user named in the job: by default, never as root (blueprint_users).
+SLEEPER = {"cmd": ["sleep", "60"], "starttime": 0.2, "stoptime": 1, "colonies": False, "user": "nobody"}
 # The resync far away: what these tests see comes from the server's processes and the wake-ups.
 NO_RESYNC = dataclasses.replace(FLEET, resync_interval=600.0)
 
@@ -71,7 +72,7 @@ def test_a_bad_job_is_refused_with_the_job_file_error_and_reported(tmp_path: Pat
         async with fleet(tmp_path, ["web-1", "web-2"]) as f:
             web1 = f.hosts["web-1"]
             # The server checks types only; the daemons check the job file as they would a local one.
-            await f.add("bad", {"cmd": "sleep 60", "numprocs": 0}, hosts=["web-*"])
+            await f.add("bad", {"cmd": "sleep 60", "numprocs": 0, "user": "nobody"}, hosts=["web-*"])
             status = await f.reported("bad", {"web-1": {"generation": None}, "web-2": {"generation": None}})
             for host in ("web-1", "web-2"):
                 assert 'colony.bad.tm.json: field "numprocs": must be an integer ≥ 1, got 0' in status[host]["error"]
@@ -198,5 +199,25 @@ def test_without_the_colony_key_the_operators_definition_and_executors_are_used(
             await f.add("web", SLEEPER, hosts=["web-*"])
             await eventually(lambda: host.running("web") == 1, what="web running")
             await f.reported("web", {"web-1": {"generation": 0, "states": {"RUNNING": 1}}})
+
+    run(scenario())
+
+
+def test_a_blueprints_job_runs_as_root_only_where_the_daemon_allows_it(tmp_path: Path) -> None:
+    as_root = {key: value for key, value in SLEEPER.items() if key != "user"}
+
+    async def scenario() -> None:
+        async with fleet(tmp_path, ["web-1"]) as f:
+            host = f.hosts["web-1"]
+            await f.add("root", as_root, hosts=["web-1"])
+            status = await f.reported("root", {"web-1": {"error": lambda e: e and "does not run as root here" in e}})
+            assert "the daemon's own user 'root' (the job names none)" in status["web-1"]["error"]
+            assert host.job("root") is None
+            await f.change("root", {**as_root, "user": "0"})
+            await f.reported("root", {"web-1": {"error": lambda e: e and "as user '0'" in e}})
+            await f.stop("web-1")
+            allowing = await f.start("web-1", blueprint_users=("root",))
+            await eventually(lambda: allowing.running("root") == 1, what="root allowed by blueprint_users")
+            await f.reported("root", {"web-1": {"error": None, "states": {"RUNNING": 1}}})
 
     run(scenario())

@@ -31,6 +31,7 @@ class Blueprint:
     data: bytes | None  # the job file (canonical JSON); None when the spec has no job object
     placed: bool  # this daemon runs it
     problem: str | None  # what keeps any daemon from running it: reported once, for every host
+    user: Any = None  # the job's `user` (or its alias `runas`), as written; None: the daemon's own
 
 
 def job_name(blueprint: str) -> str:
@@ -53,7 +54,8 @@ def read_blueprint(doc: Any, host: str, location: str) -> Blueprint | None:
     problem = _name_problem(name) or _placement_problem(spec) or (None if data is not None else
                                                                   'spec.job: must be a job file (a JSON object)')
     placed = problem is None and _placed(spec, metadata, host, location)
-    return Blueprint(name, generation, job_name(name), data, placed, problem)
+    user = job.get("user", job.get("runas")) if isinstance(job, dict) else None
+    return Blueprint(name, generation, job_name(name), data, placed, problem, user)
 
 
 def _name_problem(name: str) -> str | None:
@@ -81,3 +83,20 @@ def _placed(spec: dict[str, Any], metadata: dict[str, Any], host: str, location:
         return False
     routed = metadata.get("locationname")
     return not (isinstance(routed, str) and routed and routed.lower() != location.lower())
+
+
+def user_refusal(user: Any, allowed: tuple[str, ...] | None, account: Any) -> str | None:
+    """Why a blueprint's job may not run as `user` here (None: it may). `account` is its passwd
+    entry (the daemon's own when the job names no user; None when there is no such user: the job
+    file check says so). `allowed`: colonies.blueprint_users; None: anyone but root."""
+    if account is None:
+        return None
+    who = f"user {user!r}" if user is not None else f"the daemon's own user {account.pw_name!r} (the job names none)"
+    if allowed is None:
+        if account.pw_uid != 0:
+            return None
+        return (f"a blueprint's job does not run as root here: it would run as {who}; name another user in the "
+                f"job, or allow it in the daemon's colonies.blueprint_users")
+    if account.pw_name in allowed or str(account.pw_uid) in allowed:
+        return None
+    return f"a blueprint's job may run as {', '.join(allowed)} here (colonies.blueprint_users), not as {who}"

@@ -25,12 +25,14 @@ import asyncio
 import collections
 import logging
 import os
+import pwd
 from typing import TYPE_CHECKING, Any
 
 from ..control.reply import Reply
 from .assignment import Assignment
 from .blueprint_schema import CLEANUP, KIND, RECONCILE, RECONCILER_TYPE, definition, handler_of
-from .blueprint_spec import PREFIX, Blueprint, read_blueprint
+from ..processes.spawner import account_entry
+from .blueprint_spec import PREFIX, Blueprint, read_blueprint, user_refusal
 from .blueprint_status import Report, StatusWriter
 from .client import ColoniesError, func_spec, transient
 from .jobsource import ColonyJobs
@@ -290,7 +292,10 @@ class BlueprintReconciler:
         except ValueError:  # JobFileError: not a file we can read; written again
             current = None
         reply: Reply | None = None
-        if current != blueprint.data:
+        refusal = await asyncio.to_thread(self._user_refusal, blueprint) if current != blueprint.data else None
+        if refusal is not None:
+            reply = Reply("fail", error=f"{self._jobs.path_of(job)}: {refusal}")
+        elif current != blueprint.data:
             reply = await sup.push(job, blueprint.data, nowait=True)
         elif job not in sup.jobs:  # the file is there, the job is not (a host problem since fixed?)
             reply = await sup.reload(job, nowait=True)
@@ -304,6 +309,14 @@ class BlueprintReconciler:
             log.info("blueprints: %s generation %d applied as job %s", blueprint.name, blueprint.generation, job)
         self._errors.pop(job, None)
         self._jobs.manifest[job] = {"blueprint": blueprint.name, "generation": blueprint.generation}
+
+    def _user_refusal(self, blueprint: Blueprint) -> str | None:
+        """Blocking (NSS): for a worker thread."""
+        try:
+            account = account_entry(str(blueprint.user)) if blueprint.user is not None else pwd.getpwuid(os.geteuid())
+        except (KeyError, ValueError, OverflowError):
+            account = None  # no such user: the job file's own check says so
+        return user_refusal(blueprint.user, self._shared.settings.blueprint_users, account)
 
     async def _remove(self, job: str) -> None:
         if job in self._sup.jobs or job in self._sup.invalid or os.path.lexists(self._jobs.path_of(job)):

@@ -38,6 +38,9 @@ class ColoniesSettings:
     # blueprint's `hosts` are matched against.
     hostname: str = field(default_factory=socket.gethostname)
     blueprints: bool = False  # run the TaskmasterJob blueprints placed on this host (blueprints.py)
+    # Who a blueprint's job may run as (names or uids); None: anyone but root. Any member of the
+    # colony may declare a blueprint, so by default none runs a command as root here.
+    blueprint_users: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         key = "<set>" if self.colony_prvkey else None
@@ -45,7 +48,7 @@ class ColoniesSettings:
             f"ColoniesSettings(host={self.host!r}, port={self.port}, tls={self.tls}, "
             f"colony_name={self.colony_name!r}, colony_prvkey={key}, location={self.location!r}, "
             f"keepalive={self.keepalive!r}, stale_executor_duration={self.stale_executor_duration!r}, "
-            f"hostname={self.hostname!r}, blueprints={self.blueprints!r})"
+            f"hostname={self.hostname!r}, blueprints={self.blueprints!r}, blueprint_users={self.blueprint_users!r})"
         )
 
     def contact_problem(self) -> str | None:
@@ -89,6 +92,10 @@ class ColoniesSettings:
         blueprints = section.get("blueprints", False)
         if not isinstance(blueprints, bool):
             raise ValueError(f"invalid Colonies blueprints {blueprints!r} (want true or false)")
+        users = section.get("blueprint_users")
+        if users is not None and (not isinstance(users, list) or any(
+                isinstance(u, bool) or not isinstance(u, (str, int)) or u == "" for u in users)):
+            raise ValueError(f"invalid Colonies blueprint_users {users!r} (want a list of user names or uids)")
         return cls(
             host=str(host),
             port=_port(port),
@@ -101,6 +108,7 @@ class ColoniesSettings:
                 "stale_executor_duration", stale, 1.0, float(2**31)),
             hostname=hostname,
             blueprints=blueprints,
+            blueprint_users=None if users is None else tuple(str(u) for u in users),
         )
 
 

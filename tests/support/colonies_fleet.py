@@ -59,10 +59,11 @@ class Fleet:
     hosts: dict[str, Host] = field(default_factory=dict)
     _stacks: dict[str, contextlib.AsyncExitStack] = field(default_factory=dict)
 
-    async def start(self, name: str, root: Path | None = None, colony_key: bool = True, location: str = "") -> Host:
+    async def start(self, name: str, root: Path | None = None, colony_key: bool = True, location: str = "",
+                    **settings: Any) -> Host:
         stack = contextlib.AsyncExitStack()
         host = await stack.enter_async_context(
-            daemon_host(root or self.root / name, name, self.server.port, self.timing, colony_key, location))
+            daemon_host(root or self.root / name, name, self.server.port, self.timing, colony_key, location, **settings))
         self.hosts[name], self._stacks[name] = host, stack
         return host
 
@@ -127,14 +128,14 @@ class Fleet:
 
 @contextlib.asynccontextmanager
 async def daemon_host(root: Path, hostname: str, port: int, timing: Timing, colony_key: bool = True,
-                      location: str = "") -> AsyncIterator[Host]:
+                      location: str = "", **extra_settings: Any) -> AsyncIterator[Host]:
     (root / "jobs").mkdir(parents=True, exist_ok=True)
     sup = Supervisor(root / "jobs", root / "logs", root / "state")
     install(sup, COLONY_NAME)
     await sup.open(watch=False)
     settings = ColoniesSettings(host="127.0.0.1", port=port, colony_name=COLONY_NAME,
                                 colony_prvkey=COLONY_PRVKEY if colony_key else None, location=location,
-                                hostname=hostname, blueprints=True)
+                                hostname=hostname, blueprints=True, **extra_settings)
     bridge = ColoniesBridge(sup, settings, timing)
     bridge.open()
     try:
