@@ -67,7 +67,7 @@ class BlueprintReconciler:
         self._finished = asyncio.Event()
         self._outcome: str | None = None  # the last pass's problem
         self._status = StatusWriter(shared.client, self._colony, self.host, shared.outage, shared.timing.status_interval,
-                                    self._report, self._prvkey)
+                                    self._report, self._list, self._prvkey)
         self._tasks = [asyncio.create_task(self._main()), asyncio.create_task(self._follow_jobs())]
 
     # --- what the bridge asks ---------------------------------------------------------------------
@@ -123,6 +123,9 @@ class BlueprintReconciler:
     def _wake_type(self, host: str) -> str:
         assert self._handler is not None
         return f"{self._handler[0]}.wake.{host}"
+
+    async def _list(self, prvkey: str) -> list[Any]:
+        return await self._shared.client.get_blueprints(self._colony, prvkey, kind=KIND)
 
     def _prvkey(self) -> str | None:
         reconciler = self._reconciler
@@ -262,7 +265,7 @@ class BlueprintReconciler:
         if prvkey is None:
             return "the reconciler is not registered"
         try:
-            docs = await self._shared.client.get_blueprints(self._colony, prvkey, kind=KIND)
+            docs = await self._list(prvkey)
         except ColoniesError as exc:
             if transient(exc):
                 self._shared.outage.failed(exc)
