@@ -40,6 +40,7 @@ from ..control.reply import REDUNDANT, SUCCESS, Reply, fail
 from ..processes.spawner import inherited_environment
 
 if TYPE_CHECKING:
+    from ..container.console import Console
     from ..control.daemonhandle import DaemonHandle
 
 log = logging.getLogger("taskmasterd")
@@ -108,6 +109,7 @@ class Supervisor:
         self.events = EventBus()  # every state change, for the `events` verb (Instance._enter publishes)
         self.daemon: DaemonHandle | None = None  # set by daemon.py: `shutdown`, and status's `daemon` object
         self.notify_dir = notify_dir  # None: a short directory of this daemon's own (default_notify_path)
+        self.console: Console | None = None  # container mode: jobs' output on the daemon's stdout/stderr
         self._notify: NotifyDirectory | None = None
         self._held: set[Job] = set()  # jobs with instances WAITING for their dependencies
         self._changed: set[str] = set()  # jobs whose standing changed in this loop iteration
