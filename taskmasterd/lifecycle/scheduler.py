@@ -231,9 +231,10 @@ class Scheduler:
         run.launching = False
         if table.book.current is not run or self.jobs.get(table.name) is not table:  # removed meanwhile
             return reply
-        if reply.response == "fail":
+        if self.supervisor.jobs.get(table.name) is None:  # gone, or never there
             self._finish(table, run, "failed", reply.error or "could not start")
             return reply
+        # A failed start may be retried (BACKOFF): the instances' states tell when the run is over.
         timeout = table.settings.timeout
         if timeout is not None:
             run.timeout = asyncio.get_running_loop().call_later(timeout, self._timed_out, table, run)
