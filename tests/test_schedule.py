@@ -165,6 +165,8 @@ def test_due_runs_their_results_status_events_and_metrics(tmp_path):
         later = _schedule(d, "later")
         assert datetime.fromtimestamp(later["next_run"], ZoneInfo("Pacific/Kiritimati")).strftime("%m-%d %H:%M:%S") \
             == "01-01 00:00:00" and later["last_runs"] == []
+        assert ctl(d, "status", "failing").returncode == 3  # a failed last run: not as wanted
+        assert ctl(d, "status", "three_ok").returncode == 0
         table = out(ctl(d, "status", "tick"))
         assert "next run" in table and "last runs:" in table and "success" in table
         # events for each run
