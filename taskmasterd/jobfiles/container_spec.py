@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .schedule_spec import _bool
 
-def _essential(value: Any) -> bool:
-    if not isinstance(value, bool):
-        from .jobfile import _Bad, _got  # see readiness_spec._bad
-
-        raise _Bad(f"must be true or false, got {_got(value)}")
-    return value
-
-
-CONTAINER_FIELDS = {"essential": _essential}
+CONTAINER_FIELDS = {"essential": _bool}
 
 
 def container_problems(document: dict[str, Any], source: str) -> list[str]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Callable
 
+from .readiness_spec import _bad, _one_of, _seconds
+
 if TYPE_CHECKING:
     from .jobfile import JobSpec
 
@@ -33,7 +35,6 @@ _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MIN_EVERY = 1.0  # seconds: a shorter interval is a busy loop, not a schedule
 MAX_EVERY = 366 * 86400.0
 MAX_EXPRESSION = 256
-MAX_SECONDS = 86400.0  # jitter and timeout: at most one day
 SCHEDULED_FIELDS = ("timezone", "overlap", "jitter", "timeout", "catch_up")  # only with `schedule`
 NOT_WITH_SCHEDULE = {"autostart": "a scheduled job starts at its due times",
                      "autorestart": "a scheduled job is started by its schedule, and a run that ends is over",
@@ -59,13 +60,6 @@ class ScheduleSpec:
     jitter: float = 0.0
     timeout: float | None = None
     catch_up: bool = False
-
-
-def _bad(reason: str, value: Any = None) -> Exception:
-    """jobfile's error type (see readiness_spec._bad: imported when raised)."""
-    from .jobfile import _Bad, _got
-
-    return _Bad(reason if value is None else f"{reason}, got {_got(value)}")
 
 
 def cron_error(expression: str) -> str | None:
@@ -119,32 +113,19 @@ def parse_timezone(value: Any) -> str:
     return value
 
 
-def _seconds(value: Any, zero_ok: bool) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS
-            or (value == 0 and not zero_ok)):
-        raise _bad(f"must be a number of seconds {'from 0' if zero_ok else 'above 0'} to {MAX_SECONDS:g}", value)
-    return float(value)
+def _bool(value: Any) -> bool:
+    from .jobfile import _bool as convert  # see readiness_spec._bad: jobfile imports this module
 
-
-def _overlap(value: Any) -> str:
-    if value not in OVERLAP_POLICIES:
-        raise _bad("must be one of " + ", ".join(f'"{p}"' for p in OVERLAP_POLICIES), value)
-    return value
-
-
-def _catch_up(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _bad("must be true or false", value)
-    return value
+    return convert(value)
 
 
 SCHEDULE_FIELDS: dict[str, Callable[[Any], Any]] = {
     "schedule": parse_schedule,
     "timezone": parse_timezone,
-    "overlap": _overlap,
+    "overlap": _one_of(OVERLAP_POLICIES),
     "jitter": lambda v: _seconds(v, zero_ok=True),
-    "timeout": lambda v: _seconds(v, zero_ok=False),
-    "catch_up": _catch_up,
+    "timeout": _seconds,
+    "catch_up": _bool,
 }
 
 
