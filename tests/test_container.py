@@ -123,7 +123,8 @@ def test_pid1_reaps_zombies_prefixes_output_and_exits_with_the_essential_jobs_co
     assert "\x1b[" not in out  # no colour when stdout is not a terminal
 
 
-def test_sigterm_stops_every_job_within_its_stoptime_and_exits_0(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_stops_every_job_within_its_stoptime_and_exits_0(tmp_path, sig):
     jobs = {"web": {"cmd": [SH, "-c", "trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done"], "starttime": 0},
             "stubborn": {"cmd": [SH, "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"],
                          "starttime": 0, "stoptime": 1}}
@@ -131,7 +132,7 @@ def test_sigterm_stops_every_job_within_its_stoptime_and_exits_0(tmp_path):
     daemon.start()
     try:
         wait_for(lambda: "stubborn[0] | up" in daemon.stdout(), what="the jobs up")
-        daemon.inner().send_signal(signal.SIGTERM)
+        daemon.inner().send_signal(sig)
         assert daemon.wait_exit(timeout=20) == 0
     finally:
         daemon.stop()

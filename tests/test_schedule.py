@@ -16,10 +16,11 @@ import pytest
 
 from taskmasterd.jobfiles.jobfile import JobFileError, parse_job
 from taskmasterd.jobfiles.schedule_spec import next_due, parse_schedule
-from taskmasterd.lifecycle.runs import run_result
+from taskmasterd.lifecycle.runs import HISTORY, RunBook, Run, run_result
 
 from .support.ctl import ctl, out
-from .support.daemon import ROOT, Daemon, free_port, wait_for
+from .support.daemon import ROOT, Daemon, free_port, wait_for, write_job
+from .support.supervised import eventually, run, supervised
 
 EVERY_SECOND = "* * * * * *"
 
@@ -128,6 +129,16 @@ def test_run_result():
     assert run_result([{**exited, "state": "BACKOFF"}], frozenset({0}), None) is None  # a start retried
 
 
+def test_the_last_ten_runs_are_kept_and_every_one_counted():
+    book = RunBook()
+    for number in range(HISTORY + 3):
+        book.finished(Run("schedule", float(number)).end("success" if number % 2 else "failed", ""))
+    document = book.document()
+    assert HISTORY == 10 and len(document["last_runs"]) == 10
+    assert document["runs_total"]["success"] + document["runs_total"]["failed"] == 13
+    assert document["last_success"] is not None
+
+
 # --- runs on a real daemon -----------------------------------------------------------------------
 
 
@@ -225,6 +236,7 @@ def test_start_runs_a_scheduled_job_now_once(tmp_path):
     jobs = {"manual": {"cmd": _logging(tmp_path / "manual", "sleep 0.3"), "schedule": "0 0 0 1 1 *"},
             "broken": {"cmd": ["/nonexistent/program"], "schedule": "0 0 0 1 1 *", "startretries": 1}}
     with Daemon(tmp_path, jobs) as d:
+        assert d.instances("manual")[0]["state"] == "STOPPED"  # a scheduled job does not autostart
         assert ctl(d, "start", "manual").returncode == 0
         wait_for(lambda: _results(d, "manual") == ["success"], what="the run")
         time.sleep(1)  # nothing else comes: not restarted, not run again
@@ -235,6 +247,36 @@ def test_start_runs_a_scheduled_job_now_once(tmp_path):
         wait_for(lambda: _results(d, "broken") == ["failed"], timeout=30, what="the failed start")
         assert d.instances("broken")[0]["state"] == "FATAL"
         assert "gave up after 2 attempts" in _schedule(d, "broken")["last_runs"][0]["detail"]
+        # a reload that changes the schedule moves the next run
+        write_job(d.jobs_dir, "manual", {**jobs["manual"], "schedule": "*/30 * * * * *"})
+        wait_for(lambda: _schedule(d, "manual")["next_run"] - time.time() <= 30, what="the new schedule")
+
+
+def test_a_due_time_reached_late_is_missed_unless_catch_up_and_a_clock_set_back_replans(tmp_path):
+    """In process, with the scheduler's alarm rung by hand: the host that slept and the clock
+    stepped back are hard to make on a shared test machine."""
+    yearly = "0 0 0 1 1 *"
+
+    async def scenario():
+        jobs = {"caught": {"cmd": ["true"], "schedule": yearly, "catch_up": True},
+                "missed": {"cmd": ["true"], "schedule": yearly}}
+        async with supervised(tmp_path, jobs) as sup:
+            scheduler = sup.scheduler
+            for name in jobs:  # due a minute ago: the host was asleep
+                scheduler._plan(scheduler.jobs[name], time.time() - 60)
+            scheduler._due(False)
+            await eventually(lambda: sup.status("caught").value["jobs"][0]["schedule"]["last_runs"])
+            caught = sup.status("caught").value["jobs"][0]["schedule"]
+            assert [(r["cause"], r["result"]) for r in caught["last_runs"]] == [("catch-up", "success")]
+            assert sup.status("missed").value["jobs"][0]["schedule"]["last_runs"] == []
+            assert caught["next_run"] > time.time() + 86400  # planned from now: next year
+            # the clock was set back a year: the next due time comes from the new now
+            table = scheduler.jobs["missed"]
+            scheduler._plan(table, table.following(time.time() + 400 * 86400))
+            scheduler._due(True)
+            assert table.nominal < time.time() + 366 * 86400
+
+    run(scenario())
 
 
 def test_catch_up_runs_a_missed_due_time_once_at_start(tmp_path):
