@@ -2,6 +2,7 @@
 seconds (6-field cron expressions, `@every 2s`), so no test waits for a wall-clock minute."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -315,3 +316,27 @@ def test_jitter_delays_each_run_up_to_it(tmp_path):
     offsets = [when - int(when) for word, when in _marks(tmp_path / "fleet") if word == "start"]
     assert all(offset < 0.75 for offset in offsets)  # never past the jitter (and a spawn's time)
     assert max(offsets) - min(offsets) > 0.05  # spread, not all at the due time
+
+
+def test_one_timer_for_every_scheduled_job(tmp_path):
+    """Two hundred scheduled jobs between their runs hold one timerfd, and no loop timer each."""
+
+    def timerfds() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[timerfd]"
+            except FileNotFoundError:  # the descriptor listdir itself held
+                pass
+        return count
+
+    async def scenario():
+        jobs = {f"y{i}": {"cmd": ["true"], "schedule": "0 0 0 1 1 *", "stdout": None, "stderr": None}
+                for i in range(200)}
+        before = timerfds()
+        async with supervised(tmp_path, jobs, watch=False) as sup:
+            assert len(sup.scheduler.jobs) == 200
+            assert timerfds() == before + 1
+            assert len(asyncio.get_running_loop()._scheduled) < 10  # asyncio's own heap of timers
+
+    run(scenario())
