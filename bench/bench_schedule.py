@@ -2,9 +2,11 @@
 
 1. CPU of a daemon with 1000 scheduled jobs between their runs (every one due once a year): the
    one wall-clock timer sleeps, nothing polls. Target 0.000 %.
-2. How late a due run starts: 1000 jobs due once a minute, spread over the minute's seconds
-   (about 17 due at each second), running `true`; the lateness of each run is the time of its
-   instance's RUNNING event (the process spawned) past its due second. Target p99 ≤ 50 ms.
+2. How late a due run starts, among 1000 scheduled jobs running `true`: the lateness of each run
+   is the time of its instance's RUNNING event (the process spawned) past its due second.
+   Target p99 ≤ 50 ms. Measured twice: one job due at each second (60 of the 1000 due once a
+   minute at distinct seconds, the others once a year), then all 1000 due once a minute (about
+   17 due together at each second: the spawns of a burst queue behind each other).
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ def bench_idle(root: Path, count: int, seconds: float) -> float:
         return (sum(proc.cpu_times()[:2]) - cpu0) / seconds * 100
 
 
-def bench_lateness(root: Path, count: int, seconds: float) -> list[float]:
-    jobs = {f"minute{i}": {"cmd": "true", "schedule": f"{i % 60} * * * * *", **QUIET} for i in range(count)}
+def bench_lateness(root: Path, count: int, seconds: float, due: int) -> list[float]:
+    """`due` of the `count` jobs run once a minute, spread over its seconds; the others yearly."""
+    jobs = {f"minute{i}": {"cmd": "true", "schedule": f"{i % 60} * * * * *" if i < due else "0 0 0 1 1 *", **QUIET}
+            for i in range(count)}
     late: dict[tuple[str, float], float] = {}
     with Daemon(root, jobs) as daemon:
         wait_for(lambda: len(daemon.status()["jobs"]) == count, 60)
@@ -60,16 +64,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         idle = bench_idle(Path(tmp) / "idle", args.jobs, args.idle)
-        late = bench_lateness(Path(tmp) / "late", args.jobs, args.seconds)
-    p99 = late[max(int(len(late) * 0.99) - 1, 0)]
+        single = bench_lateness(Path(tmp) / "single", args.jobs, args.seconds, 60)
+        burst = bench_lateness(Path(tmp) / "burst", args.jobs, args.seconds, args.jobs)
+    rows = [(f"{args.jobs} scheduled jobs, CPU between runs over {args.idle:g} s", f"{idle:.3f} %", "0.000 %")]
+    for what, late in (("one due at a time", single), (f"{args.jobs} due each minute", burst)):
+        rows += [(f"{what}: runs measured over {args.seconds:g} s", str(len(late)), ""),
+                 (f"{what}: started late p50", f"{statistics.median(late):.1f} ms", ""),
+                 (f"{what}: started late p99", f"{late[max(int(len(late) * 0.99) - 1, 0)]:.1f} ms", "≤ 50 ms"),
+                 (f"{what}: started late max", f"{late[-1]:.1f} ms", "")]
     print(f"load: {os.getloadavg()[0]:.2f} (1 min)")
-    print_table([
-        (f"{args.jobs} scheduled jobs, CPU between runs over {args.idle:g} s", f"{idle:.3f} %", "0.000 %"),
-        (f"runs measured ({args.jobs} jobs due once a minute, {args.seconds:g} s)", str(len(late)), ""),
-        ("due run started late, p50", f"{statistics.median(late):.1f} ms", ""),
-        ("due run started late, p99", f"{p99:.1f} ms", "≤ 50 ms"),
-        ("due run started late, max", f"{late[-1]:.1f} ms", ""),
-    ])
+    print_table(rows)
 
 
 if __name__ == "__main__":
