@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from taskmasterd.jobfiles.jobfile import JobFileError, parse_job
-from taskmasterd.jobfiles.schedule_spec import next_due, parse_schedule
+from taskmasterd.jobfiles.schedule_spec import host_timezone, next_due, parse_schedule
 from taskmasterd.lifecycle.runs import HISTORY, RunBook, Run, run_result
 
 from .support.ctl import ctl, out
@@ -116,6 +116,13 @@ def test_spring_forward_day_as_cronsim_documents_it():
     # an hourly job keeps its hours: 01:00 EST is followed by 03:00 EDT, one hour later
     one = datetime(2026, 3, 8, 1, 0, tzinfo=zone).timestamp()
     assert next_due(parse_schedule("@hourly"), zone, one) - one == 3600
+
+
+def test_the_host_time_zone_keeps_its_dst_rules():
+    assert host_timezone({"TZ": ":Asia/Tokyo"}).key == "Asia/Tokyo"
+    local = host_timezone({})  # /etc/localtime, as a zone with rules, not today's fixed offset
+    assert local.key == "localtime" or local.key == "UTC"
+    assert host_timezone({"TZ": "Not/AZone"}).utcoffset(datetime(2026, 1, 1)) == local.utcoffset(datetime(2026, 1, 1))
 
 
 def test_run_result():

@@ -175,8 +175,9 @@ def host_timezone(environ: dict[str, str] | os._Environ[str] = os.environ) -> tz
         return zoneinfo.ZoneInfo("UTC")
 
 
-def zone_of(spec: ScheduleSpec) -> tzinfo:
-    return host_timezone() if spec.timezone is None else zoneinfo.ZoneInfo(spec.timezone)
+def zone_of(spec: ScheduleSpec, host: tzinfo) -> tzinfo:
+    """The zone `spec`'s expression is read in: its `timezone`, else `host` (host_timezone())."""
+    return host if spec.timezone is None else zoneinfo.ZoneInfo(spec.timezone)
 
 
 def next_due(schedule: Schedule, zone: tzinfo, after: float) -> float | None:

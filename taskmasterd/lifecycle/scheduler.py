@@ -26,7 +26,7 @@ from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING
 
 from ..control.reply import REDUNDANT, Reply, fail
-from ..jobfiles.schedule_spec import ScheduleSpec, next_due, schedule_of, zone_of
+from ..jobfiles.schedule_spec import ScheduleSpec, host_timezone, next_due, schedule_of, zone_of
 from ..kernel.timerfd import WallClockAlarm
 from ..observe.events import Event
 from .last_runs import LastRuns
@@ -45,10 +45,10 @@ EARLY = 0.0005  # a due time this close is taken now rather than re-arming for a
 class _Timetable:
     """One scheduled job's settings and its next due time."""
 
-    def __init__(self, name: str, settings: ScheduleSpec) -> None:
+    def __init__(self, name: str, settings: ScheduleSpec, zone: tzinfo) -> None:
         self.name = name
         self.settings = settings
-        self.zone: tzinfo = zone_of(settings)
+        self.zone = zone
         self.nominal: float | None = None  # the next due time the schedule gives
         self.fire_at: float | None = None  # ... plus its jitter: when the run starts
         self.token = 0  # bumped whenever the due time changes: older heap entries are stale
@@ -65,6 +65,7 @@ class Scheduler:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.last_runs = LastRuns(supervisor.state_dir)
+        self.host_zone = host_timezone()  # read once: /etc/localtime is a file
         self.jobs: dict[str, _Timetable] = {}
         self._heap: list[tuple[float, int, str, int]] = []  # (fire_at, sequence, job, token)
         self._sequence = itertools.count()
@@ -80,7 +81,7 @@ class Scheduler:
         settings = schedule_of(job.spec)
         if settings is None:
             return
-        table = self.jobs[job.name] = _Timetable(job.name, settings)
+        table = self.jobs[job.name] = _Timetable(job.name, settings, zone_of(settings, self.host_zone))
         now = time.time()
         kind = settings.schedule.kind
         if kind == "reboot":
@@ -108,7 +109,7 @@ class Scheduler:
         if table is None:
             self.job_loaded(job)
         elif settings != table.settings:
-            table.settings, table.zone = settings, zone_of(settings)
+            table.settings, table.zone = settings, zone_of(settings, self.host_zone)
             self._plan(table, table.following(time.time()))
 
     def job_removed(self, name: str) -> None:
