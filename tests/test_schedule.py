@@ -255,9 +255,10 @@ def test_start_runs_a_scheduled_job_now_once(tmp_path):
         wait_for(lambda: _results(d, "broken") == ["failed"], timeout=30, what="the failed start")
         assert d.instances("broken")[0]["state"] == "FATAL"
         assert "gave up after 2 attempts" in _schedule(d, "broken")["last_runs"][0]["detail"]
-        # a reload that changes the schedule moves the next run
-        write_job(d.jobs_dir, "manual", {**jobs["manual"], "schedule": "*/30 * * * * *"})
+        # a reload that changes the schedule moves the next run; more instances wait for the next run
+        write_job(d.jobs_dir, "manual", {**jobs["manual"], "schedule": "*/30 * * * * *", "numprocs": 2})
         wait_for(lambda: _schedule(d, "manual")["next_run"] - time.time() <= 30, what="the new schedule")
+        assert [inst["state"] for inst in d.instances("manual")] == ["EXITED", "STOPPED"]
 
 
 def test_a_due_time_reached_late_is_missed_unless_catch_up_and_a_clock_set_back_replans(tmp_path):
