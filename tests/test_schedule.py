@@ -19,7 +19,7 @@ from taskmasterd.jobfiles.jobfile import JobFileError, parse_job
 from taskmasterd.jobfiles.schedule_spec import host_timezone, next_due, parse_schedule
 from taskmasterd.lifecycle.runs import HISTORY, RunBook, Run, run_result
 
-from .support.ctl import ctl, out
+from .support.ctl import ctl, err, out
 from .support.daemon import ROOT, Daemon, free_port, wait_for, write_job
 from .support.supervised import eventually, run, supervised
 
@@ -255,6 +255,12 @@ def test_start_runs_a_scheduled_job_now_once(tmp_path):
         wait_for(lambda: _results(d, "broken") == ["failed"], timeout=30, what="the failed start")
         assert d.instances("broken")[0]["state"] == "FATAL"
         assert "gave up after 2 attempts" in _schedule(d, "broken")["last_runs"][0]["detail"]
+        # repair: a run now when the last one failed, nothing when it succeeded
+        repaired = ctl(d, "repair", "manual")
+        assert repaired.returncode == 0 and "nothing to do" in out(repaired) + err(repaired)
+        assert len(_results(d, "manual")) == 1
+        ctl(d, "repair", "broken")
+        wait_for(lambda: _results(d, "broken") == ["failed", "failed"], timeout=30, what="a repair run")
         # a reload that changes the schedule moves the next run; more instances wait for the next run
         write_job(d.jobs_dir, "manual", {**jobs["manual"], "schedule": "*/30 * * * * *", "numprocs": 2})
         wait_for(lambda: _schedule(d, "manual")["next_run"] - time.time() <= 30, what="the new schedule")

@@ -311,6 +311,14 @@ class Scheduler:
         self._claim(table, run)
         return await self._launch(table, run, nowait)
 
+    async def repair(self, name: str, nowait: bool, index: int | None) -> Reply:
+        """`repair` of a scheduled job: a run now when its last run failed, else nothing (its
+        instances start with its runs only)."""
+        last = self.jobs[name].book.history
+        if self.jobs[name].book.current is not None or not last or last[-1]["result"] != "failed":
+            return REDUNDANT
+        return await self.run_now(name, nowait, index)
+
     def status_extra(self, name: str) -> dict:
         table = self.jobs.get(name)
         if table is None:

@@ -396,6 +396,8 @@ class Supervisor:
         return SUCCESS if outcome[1] else REDUNDANT
 
     async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        if self.scheduler.schedules(name) and not self.closing:  # a run now, if the last one failed
+            return await self.scheduler.repair(name, nowait, index)
         return await self._start_with(Instance.repair, name, nowait, index)
 
     def status(self, name: str | None = None, index: int | None = None) -> Reply:
