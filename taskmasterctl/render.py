@@ -8,7 +8,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO")
-JOB_FIELDS = {"name", "state", "instances", "error"}
+JOB_FIELDS = {"name", "state", "instances", "error", "schedule"}
+SHOWN_RUNS = 3  # last runs in the table (status --json has the last 10)
 INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description",
                    "wanted",
                    # health: shown as "healthy (http 200)"; the rest (and a check's output) in --json
@@ -108,7 +109,33 @@ def _rows(job: dict) -> list[tuple[str, ...]]:
         rows.append((job["name"], "-", job.get("state", "-"), "-", "-", "-", "-",
                      _one_line("; ".join([first, *extras] if first else extras))))
     rows += [("", "", "", "", "", "", "", _one_line(problem)) for problem in problems]
+    if job.get("schedule"):
+        rows += [("", "", "", "", "", "", "", line) for line in schedule_lines(job["schedule"])]
     return rows
+
+
+def schedule_lines(schedule: dict, now: float | None = None) -> list[str]:
+    """`next run …` and `last runs: …` (newest first) of a scheduled job, in local time."""
+    import time
+
+    now = time.time() if now is None else now
+
+    def stamp(when: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S" if abs(when - now) > 43200 else "%H:%M:%S", time.localtime(when))
+
+    nxt = schedule.get("next_run")
+    head = f"schedule {schedule.get('schedule')}"
+    if schedule.get("timezone") not in (None, "host"):
+        head += f" ({schedule['timezone']})"
+    head += f"; next run {stamp(nxt)} (in {uptime(max(nxt - now, 0))})" if nxt is not None else "; no next run"
+    if schedule.get("running"):
+        head += f"; running since {stamp(schedule['running']['start'])}"
+    runs = list(reversed(schedule.get("last_runs") or []))[:SHOWN_RUNS]
+    lines = [head]
+    if runs:
+        lines.append("last runs: " + ", ".join(f"{stamp(run['start'])} {run['result']} {run['duration']:.1f}s"
+                                               for run in runs))
+    return lines
 
 
 def status_table(jobs: list[dict], colour: bool = False) -> str:
@@ -158,4 +185,5 @@ def event_line(event: dict) -> str:
     where = event.get("job", "?") if event.get("instance") is None else f"{event.get('job')}[{event['instance']}]"
     kind = "" if event.get("kind", "state") == "state" else f"{event['kind']}: "
     reason = f" ({event['reason']})" if event.get("reason") else ""
-    return f"{stamp} {where} {kind}{event.get('old')} -> {event.get('new')}{reason}"
+    change = f"{event.get('old')} -> {event.get('new')}" if event.get("old") else str(event.get("new"))
+    return f"{stamp} {where} {kind}{change}{reason}"

@@ -14,7 +14,9 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .container_spec import CONTAINER_FIELDS, container_problems
 from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readiness_problems
+from .schedule_spec import SCHEDULE_FIELDS, Schedule, schedule_problems, scheduled_defaults
 
 RESTART_POLICIES = ("always", "never", "unexpected")
 # Bounds: whatever a file says, the daemon stays responsive and its memory bounded.
@@ -77,6 +79,13 @@ class JobSpec:
     healthcheck: HealthCheckSpec | None = None
     on_unhealthy: str = "restart"  # or "none"
     watchdog: float | None = None  # seconds without WATCHDOG=1 before a restart
+    schedule: Schedule | None = None  # None: a job that runs continuously (schedule_spec.py)
+    timezone: str | None = None
+    overlap: str = "skip"
+    jitter: float = 0.0
+    timeout: float | None = None
+    catch_up: bool = False
+    essential: bool = False  # container mode: its end ends the daemon (container_spec.py)
 
     def spawn_settings(self) -> tuple[Any, ...]:
         """What a running instance was started with: a change here needs a restart."""
@@ -296,6 +305,8 @@ FIELDS: dict[str, _Converter] = {
     "user": _user,
     "colonies": _colonies,
     **READINESS_FIELDS,  # depends_on, ready, ready_timeout, healthcheck, on_unhealthy, watchdog
+    **SCHEDULE_FIELDS,  # schedule, timezone, overlap, jitter, timeout, catch_up
+    **CONTAINER_FIELDS,  # essential
 }
 # Names used by files written for the original Taskmaster daemon: alias -> (field, converter).
 ALIASES: dict[str, tuple[str, _Converter]] = {
@@ -403,9 +414,10 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
             problems.append(f'{source}: field "{key}": {bad}')
     if "cmd" not in document:
         problems.append(f'{source}: field "cmd": is required')
+    problems += schedule_problems(document, source) + container_problems(document, source)
     if problems:
         raise JobFileError(problems)
-    spec = JobSpec(name=name, **values)
+    spec = JobSpec(name=name, **{**values, **scheduled_defaults(document)})
     problems = readiness_problems(spec, source)
     if problems:
         raise JobFileError(problems)

@@ -249,8 +249,10 @@ class Instance:
         try:
             for stream in ("stdout", "stderr"):
                 # A drain outlives its child and closes itself at EOF, so no byte is lost on exit.
+                # Container mode: the daemon's own stdout/stderr when the job names no file.
+                console = supervisor.console.stream_for(spec, stream, self.index) if supervisor.console else None
                 fd, file = open_capture(spec.log_path(stream, self.index, supervisor.log_dir), spec.logmaxbytes,
-                                        spec.logbackups, supervisor.log_files, loop)
+                                        spec.logbackups, supervisor.log_files, loop, console)
                 child_fds.append(fd)
                 if file is not None:
                     logs.append(file)

@@ -18,6 +18,7 @@ import logging
 import os
 import subprocess
 import time
+from typing import Callable, Protocol
 
 from ..kernel.safepath import checked_size, open_append, open_parent, same_file
 
@@ -214,13 +215,29 @@ class LogFiles:
                 log.error("cannot reopen log %s: %s", file.path, exc.strerror or exc)
 
 
-class Drain:
-    """Moves everything written into one pipe to a LogFile until the pipe's last writer closes it."""
+class Sink(Protocol):
+    """Where a Drain puts what it reads: a LogFile, or in container mode the daemon's own stream
+    (container/console.py)."""
 
-    def __init__(self, read_fd: int, file: LogFile, files: LogFiles, loop: asyncio.AbstractEventLoop) -> None:
+    path: str
+
+    def room(self) -> int: ...
+
+    def write(self, data: memoryview) -> None: ...
+
+    def check(self) -> None: ...
+
+    def rotate(self) -> None: ...
+
+
+class Drain:
+    """Moves everything written into one pipe to a sink until the pipe's last writer closes it,
+    then calls `release`."""
+
+    def __init__(self, read_fd: int, file: Sink, release: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
         self._fd = read_fd
         self._file = file
-        self._files = files
+        self._release = release
         self._loop = loop
         self._grown = False
         loop.add_reader(read_fd, self._pump)
@@ -261,22 +278,36 @@ class Drain:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = -1
-        self._files.release(self._file)
+        self._release()
+
+
+class ConsoleSink(Sink, Protocol):
+    def close(self) -> None: ...
 
 
 def open_capture(path: str | None, maxbytes: int, backups: int, files: LogFiles,
-                 loop: asyncio.AbstractEventLoop) -> tuple[int, LogFile | None]:
-    """The fd a child should write to, and the LogFile its Drain fills (None: output discarded).
-    The caller closes the returned fd once the child has been spawned. Raises UnsafePath or
-    OSError when the log file cannot be created safely."""
+                 loop: asyncio.AbstractEventLoop, console: ConsoleSink | None = None) -> tuple[int, LogFile | None]:
+    """The fd a child should write to, and the LogFile its Drain fills (None: output discarded,
+    or sent to `console`, the daemon's own stream in container mode). The caller closes the
+    returned fd once the child has been spawned. Raises UnsafePath or OSError when the log file
+    cannot be created safely."""
+    if console is not None:
+        read_fd, write_fd = _pipe()
+        Drain(read_fd, console, console.close, loop)
+        return write_fd, None
     if path is None:
         return subprocess.DEVNULL, None
     file = files.acquire(path, maxbytes, backups)
     try:
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        read_fd, write_fd = _pipe()
     except OSError:
         files.release(file)
         raise
-    os.set_blocking(write_fd, True)  # the child's end stays an ordinary blocking pipe
-    Drain(read_fd, file, files, loop)
+    Drain(read_fd, file, lambda: files.release(file), loop)
     return write_fd, file
+
+
+def _pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    os.set_blocking(write_fd, True)  # the child's end stays an ordinary blocking pipe
+    return read_fd, write_fd
