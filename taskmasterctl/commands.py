@@ -21,22 +21,23 @@ JOB_HELP = "a job name, 'all', a pattern like 'web*', or NAME:N for instance N"
 
 
 class Command:
-    __slots__ = ("name", "summary", "configure", "run", "takes_jobs")
+    __slots__ = ("name", "summary", "configure", "run", "takes_jobs", "takes_all")
 
     def __init__(self, name: str, summary: str, configure: Callable[[argparse.ArgumentParser], None],
-                 run: Runner, takes_jobs: bool = True) -> None:
+                 run: Runner, takes_jobs: bool = True, takes_all: bool = True) -> None:
         self.name, self.summary, self.configure, self.run = name, summary, configure, run
         self.takes_jobs = takes_jobs  # TAB completes job names after it
+        self.takes_all = takes_jobs and takes_all  # ... and `all` (not after a command of one job)
 
 
 class JobArguments:
     """`JOB...` (or `[JOB...]`), and `--nowait` where the wire verb waits: the arguments a quick
     parse can read without argparse (options.quick_parse)."""
 
-    __slots__ = ("required", "nowait")
+    __slots__ = ("required", "nowait", "force")
 
-    def __init__(self, required: bool, nowait: bool = False) -> None:
-        self.required, self.nowait = required, nowait
+    def __init__(self, required: bool, nowait: bool = False, force: bool = False) -> None:
+        self.required, self.nowait, self.force = required, nowait, force
 
     def __call__(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("job", nargs="+" if self.required else "*", metavar="JOB",
@@ -44,6 +45,9 @@ class JobArguments:
         if self.nowait:
             parser.add_argument("--nowait", action="store_true",
                                 help="reply as soon as the action has begun, not when it is done")
+        if self.force:
+            parser.add_argument("--force", action="store_true",
+                                help="also a job whose file on disk is invalid: run its last valid version")
 
 
 
@@ -104,31 +108,40 @@ def _completion(parser: argparse.ArgumentParser) -> None:
 def _completion_run(session: actions.Session, args: argparse.Namespace) -> None:
     from .completion import script
 
-    session.out.write(script(args.shell, sorted(VALUE_OPTIONS)))
+    _text(session, "script", script(args.shell, sorted(VALUE_OPTIONS)))
 
 
 def _help_run(session: actions.Session, args: argparse.Namespace) -> None:
     if args.topic is None:
-        session.out.write(commands_help() + "\n")
+        _text(session, "help", commands_help() + "\n")
     elif args.topic in COMMANDS:
-        session.out.write(parser_for(args.topic).format_help())
+        _text(session, "help", parser_for(args.topic).format_help())
     else:
         session.complain(unknown_command(args.topic), actions.EXIT_INVALID)
+
+
+def _text(session: actions.Session, key: str, text: str) -> None:
+    if session.as_json:
+        session.emit({key: text})
+    else:
+        session.out.write(text)
 
 
 COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command("status", "a table of every job, or of those named; exit 3 if one is not as wanted",
             JobArguments(False), actions.status),
-    Command("start", "start every instance that is not running", JobArguments(True, nowait=True), actions.act("start")),
+    Command("start", "start every instance that is not running", JobArguments(True, nowait=True, force=True),
+            actions.act("start")),
     Command("stop", "stop every instance gracefully (stop signal, SIGKILL after stoptime)",
             JobArguments(True, nowait=True), actions.act("stop")),
-    Command("restart", "stop, then start (to re-read every job file: reload)", JobArguments(False, nowait=True),
-            _restart_run),
+    Command("restart", "stop, then start (to re-read every job file: reload)",
+            JobArguments(False, nowait=True, force=True), _restart_run),
     Command("kill", "SIGKILL every instance's process group now", JobArguments(True, nowait=True), actions.act("kill")),
-    Command("repair", "clear FATAL/BACKOFF and start what should run", JobArguments(True, nowait=True),
+    Command("repair", "clear FATAL/BACKOFF and start what should run", JobArguments(True, nowait=True, force=True),
             actions.act("repair")),
     Command("signal", "send a signal to every running instance's process group", _signal, actions.send_signal),
-    Command("tail", "the last lines of a job's output; -f to follow it", _following("lines", job=True), actions.tail),
+    Command("tail", "the last lines of a job's output; -f to follow it", _following("lines", job=True), actions.tail,
+            takes_all=False),
     Command("maintail", "the last lines of the daemon's own log; -f to follow it", _following("lines"),
             actions.maintail, takes_jobs=False),
     Command("events", "the last state changes; -f to follow them as they happen", _following("events"),
@@ -137,7 +150,7 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command("list", "the job names, with a state summary", _nothing, actions.job_list, takes_jobs=False),
     Command("reload", "re-read every job file (as SIGHUP does), or the named jobs' files",
             JobArguments(False, nowait=True), actions.reload),
-    Command("pull", "the job's file, byte for byte", _pull, actions.pull),
+    Command("pull", "the job's file, byte for byte", _pull, actions.pull, takes_all=False),
     Command("push", "validate, write and apply a job file", _push, actions.push, takes_jobs=False),
     Command("delete", "stop the job, remove its file, forget it", JobArguments(True), actions.delete),
     Command("version", "the versions of taskmasterctl and of the daemon", _nothing, actions.version, takes_jobs=False),
@@ -154,7 +167,7 @@ def parse(name: str, words: list[str]) -> argparse.Namespace:
     SystemExit after argparse's message for a usage error, or for --help."""
     arguments = COMMANDS[name].configure
     if isinstance(arguments, JobArguments):
-        quick = quick_parse(words, arguments.required, arguments.nowait)
+        quick = quick_parse(words, arguments.required, arguments.nowait, arguments.force)
         if quick is not None:
             return quick  # type: ignore[return-value]  # the runners only read its attributes
     return parser_for(name).parse_intermixed_args(words)

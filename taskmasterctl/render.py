@@ -19,6 +19,17 @@ STATE_COLOURS = {"RUNNING": "32", "STARTING": "36", "WAITING": "36", "STOPPING":
 
 
 def reply_json(reply: Reply) -> str:
+    """The reply with its base64 fields decoded, as one line of JSON."""
+    return dumps(reply_document(reply))
+
+
+def dumps(document: Any) -> str:
+    import json
+
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def reply_document(reply: Reply) -> dict[str, Any]:
     """The reply with its base64 fields decoded: status/list data as JSON, file data as text."""
     doc: dict[str, Any] = {"response": reply.response}
     if reply.error is not None:
@@ -29,9 +40,7 @@ def reply_json(reply: Reply) -> str:
         doc["data"] = reply.value
     elif reply.data is not None:
         doc["data"] = reply.data.decode("utf-8", "replace")
-    import json
-
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return doc
 
 
 def job_list(value: dict) -> str:
@@ -111,9 +120,15 @@ def _rows(job: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-def status_table(jobs: list[dict], colour: bool = False) -> str:
-    """The status of jobs as an aligned table; states coloured when `colour`."""
+def status_table(jobs: list[dict], colour: bool = False, ignored: list[dict] = ()) -> str:
+    """The status of jobs as an aligned table, then a row per file of the jobs directory that is
+    not a job (`ignored`); states coloured when `colour`."""
     rows = [row for job in jobs for row in _rows(job)]
+    rows += [(entry["file"], "-", "INVALID", "-", "-", "-", "-", _one_line(f"error: {entry['error']}"))
+             for entry in ignored]
+    from .safetext import safe
+
+    rows = [tuple(safe(cell) for cell in row) for row in rows]  # a job's words never steer the terminal
     widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     lines = []
     for number, row in enumerate([COLUMNS, *rows]):
@@ -158,4 +173,6 @@ def event_line(event: dict) -> str:
     where = event.get("job", "?") if event.get("instance") is None else f"{event.get('job')}[{event['instance']}]"
     kind = "" if event.get("kind", "state") == "state" else f"{event['kind']}: "
     reason = f" ({event['reason']})" if event.get("reason") else ""
-    return f"{stamp} {where} {kind}{event.get('old')} -> {event.get('new')}{reason}"
+    from .safetext import safe
+
+    return safe(f"{stamp} {where} {kind}{event.get('old')} -> {event.get('new')}{reason}")

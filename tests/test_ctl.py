@@ -324,7 +324,7 @@ def test_the_command_is_the_first_word_that_is_not_an_option_or_its_value() -> N
     assert command_position([]) is None
 
 
-WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--port", "7778", "--host", "h", "--timeout", "2.5",
+WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--force", "--port", "7778", "--host", "h", "--timeout", "2.5",
          "-n", "--", "--port=1", "x"]
 
 
@@ -332,7 +332,7 @@ WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--port", "7778", "--
 @given(st.sampled_from(["status", "stop", "restart", "pid", "delete"]), st.lists(st.sampled_from(WORDS), max_size=6))
 def test_the_quick_parse_of_job_commands_is_what_argparse_makes_of_them(command: str, words: list[str]) -> None:
     arguments = COMMANDS[command].configure
-    quick = quick_parse(words, arguments.required, arguments.nowait)
+    quick = quick_parse(words, arguments.required, arguments.nowait, arguments.force)
     if quick is None:
         return  # argparse decides
     assert vars(quick) == vars(parser_for(command).parse_intermixed_args(words))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..observe import counters
 from . import selection
+from .caveats import noting_kills, refuse_stale_version
 from ..jobfiles.names import job_name_error
 from ..jobfiles.signames import signal_number
 from .reply import REDUNDANT, SUCCESS, Reply, fail
@@ -69,7 +70,23 @@ class Verb:
 
 def _status(sup: Supervisor, request: Request) -> Reply:
     reply = sup.status(request.job)
+    if request.job is None and reply.response == "status":
+        unloadable = sup.directory.unloadable()  # files named like jobs that cannot be (`my job.tm.json`)
+        if unloadable:
+            reply.value["ignored"] = [{"file": name, "error": why} for name, why in unloadable]
     return reply if request.instance is None else selection.only_instance(reply, request.instance)
+
+
+async def _start(sup: Supervisor, request: Request) -> Reply:
+    return await sup.start(request.job, nowait=request.nowait, index=request.instance)
+
+
+async def _stop(sup: Supervisor, request: Request) -> Reply:
+    return await sup.stop(request.job, nowait=request.nowait, index=request.instance)
+
+
+async def _repair(sup: Supervisor, request: Request) -> Reply:
+    return await sup.repair(request.job, nowait=request.nowait, index=request.instance)
 
 
 async def _restart_job(sup: Supervisor, request: Request) -> Reply:
@@ -116,14 +133,11 @@ def _shutdown(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
 _R, _O, _N = JobArg.REQUIRED, JobArg.OPTIONAL, JobArg.NONE
 _ONE, _MANY = Selects.ONE, Selects.MANY
 VERBS: dict[str, Verb] = {verb.name: verb for verb in (
-    Verb("start", _R, False, lambda s, r: s.start(r.job, nowait=r.nowait, index=r.instance),
-         "start every instance that is not running", _MANY),
-    Verb("stop", _R, False, lambda s, r: s.stop(r.job, nowait=r.nowait, index=r.instance),
-         "stop every instance gracefully", _MANY, stops=True),
+    Verb("start", _R, False, refuse_stale_version(_start), "start every instance that is not running", _MANY),
+    Verb("stop", _R, False, noting_kills(_stop), "stop every instance gracefully", _MANY, stops=True),
     Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait, index=r.instance),
          "SIGKILL every instance's process group now", _MANY, stops=True),
-    Verb("repair", _R, False, lambda s, r: s.repair(r.job, nowait=r.nowait, index=r.instance),
-         "clear FATAL/BACKOFF and start what should run", _MANY),
+    Verb("repair", _R, False, refuse_stale_version(_repair), "clear FATAL/BACKOFF and start what should run", _MANY),
     Verb("status", _O, False, _status, "report one job, or every job", _MANY),
     Verb("pull", _R, False, lambda s, r: s.pull(r.job), "the job file as it is on disk"),
     Verb("push", _R, True, lambda s, r: s.push(r.job, r.data or b"", nowait=r.nowait), "validate, write and apply a job file"),
@@ -133,7 +147,7 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
          "re-read one job file and apply the difference"),
     Verb("restart", _N, False, lambda s, r: _reloaded(s.reload_all(), r), "reload every job file, as SIGHUP does"),
     # Extensions (docs/protocol.md): a seed client never sends these.
-    Verb("restart-job", _R, False, _restart_job, "stop, then start every instance", _MANY),
+    Verb("restart-job", _R, False, refuse_stale_version(_restart_job), "stop, then start every instance", _MANY),
     Verb("signal", _R, True, _signal, "send a signal to every running instance's process group", _MANY),
     Verb("logs", _O, False, _logs, "the last lines of an instance's output (or of the daemon's log), then follow", _ONE),
     Verb("events", _N, False, _events, "the last state changes, then follow"),
