@@ -247,7 +247,8 @@ class Instance:
         child_fds: list[int] = []
         logs: list[LogFile] = []
         try:
-            for stream in ("stdout", "stderr"):
+            # "stderr": "stdout": one pipe for both, so the file has them in the order written
+            for stream in ("stdout",) if spec.stderr_to_stdout else ("stdout", "stderr"):
                 # A drain outlives its child and closes itself at EOF, so no byte is lost on exit.
                 fd, file = open_capture(spec.log_path(stream, self.index, supervisor.log_dir), spec.logmaxbytes,
                                         spec.logbackups, supervisor.log_files, loop)
@@ -256,7 +257,7 @@ class Instance:
                     logs.append(file)
             env = {**self.job.environment(self.index), **self.health.environment(spec)}
             launch = launch_for(spec, env, self.job.account())
-            self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[1])
+            self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[-1])
         except UnsafePath as exc:
             self._failed_start(f"unsafe log file: {exc.strerror}", final=True)
             return
