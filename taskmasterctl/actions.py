@@ -42,6 +42,17 @@ def act(verb: str) -> Runner:
     return run
 
 
+def enablement(verb: str) -> Runner:
+    """`enable`/`disable JOB...`; with --now, then start/stop them (as systemctl does)."""
+    def run(session: Session, args: Namespace) -> None:
+        job = selector(args.job)
+        session.report(verb, job, session.client.request(verb, job))
+        if args.now and session.exit == 0:
+            then = "start" if verb == "enable" else "stop"
+            session.report(then, job, session.client.request(then, job, REPORT))
+    return run
+
+
 def verb_name(wire: str) -> str:
     return "restart" if wire == "restart-job" else wire
 

@@ -78,6 +78,11 @@ def count(text: str) -> int:
     return number
 
 
+def _enablement(parser: argparse.ArgumentParser) -> None:
+    JobArguments(True)(parser)
+    parser.add_argument("--now", action="store_true", help="also start (enable) or stop (disable) the jobs now")
+
+
 def _pull(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", nargs=1, metavar="JOB")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the file here (default: stdout)")
@@ -146,6 +151,10 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
             actions.maintail, takes_jobs=False),
     Command("events", "the last state changes; -f to follow them as they happen", _following("events"),
             actions.events, takes_jobs=False),
+    Command("enable", "let the jobs autostart again and be started by 'start all' (--now: and start them)",
+            _enablement, actions.enablement("enable")),
+    Command("disable", "keep the jobs from autostart and 'start all', kept across restarts (--now: and stop them)",
+            _enablement, actions.enablement("disable")),
     Command("pid", "the daemon's pid, or the pids of a job's running instances", JobArguments(False), actions.pid),
     Command("list", "the job names, with a state summary", _nothing, actions.job_list, takes_jobs=False),
     Command("reload", "re-read every job file (as SIGHUP does), or the named jobs' files",

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO")
-JOB_FIELDS = {"name", "state", "instances", "error"}
+JOB_FIELDS = {"name", "state", "instances", "error", "enabled"}
 INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description",
                    "wanted",
                    # health: shown as "healthy (http 200)"; the rest (and a check's output) in --json
@@ -103,7 +103,7 @@ def _rows(job: dict) -> list[tuple[str, ...]]:
     """A row per instance, then a row per problem of the job's file: a multi-line error never
     breaks the table."""
     problems = [f"error: {line}" for line in (job.get("error") or "").splitlines() if line.strip()]
-    extras = _extras(job, JOB_FIELDS)
+    extras = (["disabled"] if job.get("enabled") is False else []) + _extras(job, JOB_FIELDS)
     instances = job.get("instances") or []
     rows: list[tuple[str, ...]] = []
     for position, inst in enumerate(instances):

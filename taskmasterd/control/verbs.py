@@ -124,6 +124,16 @@ async def _reloaded(reply: Awaitable[Reply], request: Request) -> Reply:
     return answer if request.data is not None else answer.with_(value=None)
 
 
+async def _enable(sup: Supervisor, request: Request, enabled: bool) -> Reply:
+    if sup.jobs.get(request.job or "") is None and request.job not in sup.invalid:
+        return fail(f'job "{request.job}" does not exist')
+    try:
+        changed = await sup.enablement.set(request.job or "", enabled)
+    except OSError as exc:
+        return fail(f"cannot write {sup.enablement.path}: {exc.strerror or exc}")
+    return SUCCESS if changed else REDUNDANT
+
+
 def _shutdown(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
     if sup.daemon is None:
         return fail("this supervisor is not a daemon of its own: it cannot shut down on request")
@@ -152,7 +162,14 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
     Verb("logs", _O, False, _logs, "the last lines of an instance's output (or of the daemon's log), then follow", _ONE),
     Verb("events", _N, False, _events, "the last state changes, then follow"),
     Verb("shutdown", _N, False, _shutdown, "stop every job as SIGTERM does, reply, exit"),
+    Verb("enable", _R, False, lambda s, r: _enable(s, r, True), "let the job autostart and be started by patterns", _MANY),
+    Verb("disable", _R, False, lambda s, r: _enable(s, r, False),
+         "keep the job from autostart and from `start all` (a start by name still starts it)", _MANY),
 )}
+
+
+_EVERY_FILE = frozenset({"status", "enable", "disable"})  # verbs whose patterns reach files that never loaded
+_STARTS = frozenset({"start", "repair", "restart-job"})
 
 
 async def dispatch(sup: Supervisor, verb: str, request: Request) -> Reply:
@@ -192,8 +209,12 @@ async def _run_selected(sup: Supervisor, spec: Verb, request: Request) -> Reply:
     known = {name: job.spec.numprocs for name, job in sup.jobs.items()}
     never_loaded = {name for name in sup.invalid if name not in known}
     known.update((name, 0) for name in never_loaded)
-    # A pattern reaches a file that never loaded only in `status`, which shows it INVALID.
-    targets, problems = selection.resolve(items, known, frozenset() if spec.name == "status" else never_loaded)
+    # A pattern reaches a file that never loaded only in `status`, which shows it INVALID; a
+    # pattern starts no disabled job (`start all`), naming it does.
+    skipped = frozenset() if spec.name in _EVERY_FILE else never_loaded
+    if spec.name in _STARTS:
+        skipped = skipped | sup.enablement.names
+    targets, problems = selection.resolve(items, known, skipped)
     if not many:
         if problems:
             return fail(problems[0])

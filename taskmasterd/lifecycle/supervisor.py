@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol, TypeVar
 
 from .dependencies import cycle_problem, dependency_graph, stop_layers
+from .enablement import Enablement
 from .instance import Instance
 from .job import Job
 from ..jobfiles.jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
@@ -112,6 +113,8 @@ class Supervisor:
         self._changed: set[str] = set()  # jobs whose standing changed in this loop iteration
         self._settling: asyncio.Handle | None = None
         self._refusal: str | None = None  # why the jobs directory is not read now (logged once)
+        self.enablement = Enablement(self.state_dir)  # `disable`d jobs do not autostart
+        self.status_extras.append(lambda name: {"enabled": False} if self.enablement.disabled(name) else {})
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class Supervisor:
         journal = self.processes.journal
         assert journal is not None
         await stop_leftovers(journal.path)
+        self.enablement.load()
         journal.open()
         self.processes.open(asyncio.get_running_loop())
         if watch:
@@ -248,7 +252,8 @@ class Supervisor:
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
-                starting = list(job.active) if spec.autostart and job.start_all("autostart") else []
+                autostart = spec.autostart and not self.enablement.disabled(name)
+                starting = list(job.active) if autostart and job.start_all("autostart") else []
                 retiring: list = []
                 change = "added"
             else:
