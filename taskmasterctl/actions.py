@@ -165,14 +165,19 @@ def push(session: Session, args: Namespace) -> None:
 # --- asking ------------------------------------------------------------------------------------
 
 def status(session: Session, args: Namespace) -> None:
-    """A table of the jobs named (one request each, on one connection), or of every job; exit 3
-    when one of them is not in its wanted state, when a job file is invalid or could not be
-    loaded, or when the daemon does not read its jobs directory (it says why)."""
+    """One job (`status web`, `status web:1`) as a block like `systemctl status`; else a table of
+    the jobs named (one request each, on one connection), or of every job. Exit 3 when one of
+    them is not in its wanted state, when a job file is invalid or could not be loaded, or when
+    the daemon does not read its jobs directory (it says why)."""
+    lines = getattr(args, "lines", DETAIL_LINES)
+    one = len(args.job) == 1 and args.job[0] != "all" and _PATTERN_CHARS.isdisjoint(args.job[0])
+    # CPU and memory of each instance (and for one job its detail): options a seed daemon ignores
+    options = (b'{"detail":true,"lines":%d}' % lines) if one else b'{"accounting":true}'
     jobs: list[dict] = []
     answered: list[Reply] = []
     for word in args.job or [None]:
         job = None if word is None else selector([word])
-        reply = session.client.request("status", job)
+        reply = session.client.request("status", job, options)
         if reply.response != "status":
             session.report("status", job, reply, quiet_json=True)
             continue
@@ -192,6 +197,10 @@ def status(session: Session, args: Namespace) -> None:
 
             session.emit(reply_document(answered[0]) if len(answered) == 1 and len(args.job) <= 1
                          else {"response": "status", "data": {"jobs": jobs}})
+    elif answered and one:
+        from .detail import job_block
+
+        session.out.write("\n".join(job_block(job) for job in jobs))
     elif answered:
         from .render import status_table
 
@@ -203,6 +212,9 @@ def status(session: Session, args: Namespace) -> None:
     # a deploy that is not applied is as much "not as wanted" as a job that is down
     if unread or ignored or not_as_wanted(jobs):
         session.exit = max(session.exit, EXIT_NOT_AS_WANTED)
+
+
+DETAIL_LINES = 10  # log lines per stream in `status JOB`
 
 
 def job_list(session: Session, args: Namespace) -> None:

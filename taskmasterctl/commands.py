@@ -35,6 +35,7 @@ class JobArguments:
     parse can read without argparse (options.quick_parse)."""
 
     __slots__ = ("required", "nowait", "force")
+    defaults: dict[str, object] = {}  # options of a subclass, as argparse sets them when absent
 
     def __init__(self, required: bool, nowait: bool = False, force: bool = False) -> None:
         self.required, self.nowait, self.force = required, nowait, force
@@ -49,6 +50,17 @@ class JobArguments:
             parser.add_argument("--force", action="store_true",
                                 help="also a job whose file on disk is invalid: run its last valid version")
 
+
+
+class StatusArguments(JobArguments):
+    """`[JOB...]`, and `-n N`: the log lines of each stream that `status JOB` shows."""
+
+    defaults = {"lines": 10}  # what the quick parse gives when -n is not on the line
+
+    def __call__(self, parser: argparse.ArgumentParser) -> None:
+        super().__call__(parser)
+        parser.add_argument("-n", "--lines", type=count, default=10, metavar="N",
+                            help="with one job: the last N lines of each of its logs (default 10)")
 
 
 def _nothing(parser: argparse.ArgumentParser) -> None:
@@ -133,8 +145,8 @@ def _text(session: actions.Session, key: str, text: str) -> None:
 
 
 COMMANDS: dict[str, Command] = {command.name: command for command in (
-    Command("status", "a table of every job, or of those named; exit 3 if one is not as wanted",
-            JobArguments(False), actions.status),
+    Command("status", "one job in detail, or a table of every job (or of those named); exit 3 if one is not "
+            "as wanted", StatusArguments(False), actions.status),
     Command("start", "start every instance that is not running", JobArguments(True, nowait=True, force=True),
             actions.act("start")),
     Command("stop", "stop every instance gracefully (stop signal, SIGKILL after stoptime)",
@@ -178,6 +190,7 @@ def parse(name: str, words: list[str]) -> argparse.Namespace:
     if isinstance(arguments, JobArguments):
         quick = quick_parse(words, arguments.required, arguments.nowait, arguments.force)
         if quick is not None:
+            vars(quick).update(arguments.defaults)
             return quick  # type: ignore[return-value]  # the runners only read its attributes
     return parser_for(name).parse_intermixed_args(words)
 

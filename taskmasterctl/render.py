@@ -7,13 +7,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO")
-JOB_FIELDS = {"name", "state", "instances", "error", "enabled"}
+COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "CPU%", "MEM", "INFO")
+JOB_FIELDS = {"name", "state", "instances", "error", "enabled", "file", "cmd", "autostart", "ready", "stopsignal",
+              "stoptime", "autorestart"}
 INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description",
                    "wanted",
                    # health: shown as "healthy (http 200)"; the rest (and a check's output) in --json
                    "health", "check", "last_check", "last_result", "output", "failures",
-                   "notify_status", "notify_stopping"}
+                   "notify_status", "notify_stopping",
+                   # accounting and detail (status options): columns, or the block of `status JOB`
+                   "cpu_percent", "cpu_seconds", "memory", "processes", "logs"}
 STATE_COLOURS = {"RUNNING": "32", "STARTING": "36", "WAITING": "36", "STOPPING": "36", "BACKOFF": "33",
                  "FATAL": "1;31", "INVALID": "1;31", "EXITED": "2", "STOPPED": "2"}
 
@@ -74,6 +77,21 @@ def _extras(doc: dict, known: set[str]) -> list[str]:
     return [f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in extra]
 
 
+def cpu(instance: dict) -> str:
+    percent = instance.get("cpu_percent")
+    return "-" if percent is None else f"{percent:.1f}"
+
+
+def memory(size: int | None) -> str:
+    """Bytes as ps and top write them: 512K, 12.3M, 1.2G."""
+    if size is None:
+        return "-"
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20)):
+        if size >= scale:
+            return f"{size / scale:.1f}{unit}"
+    return f"{size >> 10}K"
+
+
 def last_exit(instance: dict) -> str:
     """The last exit: its code, or the signal that killed it; "-" before any."""
     if instance.get("signal") is not None:
@@ -110,13 +128,13 @@ def _rows(job: dict) -> list[tuple[str, ...]]:
         info = _instance_info(inst)
         rows.append((job["name"], str(inst.get("index", position)), inst.get("state", "-"),
                      "-" if inst.get("pid") is None else str(inst["pid"]), uptime(inst.get("uptime")),
-                     str(inst.get("restarts", "-")), last_exit(inst),
+                     str(inst.get("restarts", "-")), last_exit(inst), cpu(inst), memory(inst.get("memory")),
                      _one_line("; ".join(info + (extras if position == 0 else [])))))
     if not instances:
         first = problems.pop(0) if problems else ""
-        rows.append((job["name"], "-", job.get("state", "-"), "-", "-", "-", "-",
+        rows.append((job["name"], "-", job.get("state", "-"), "-", "-", "-", "-", "-", "-",
                      _one_line("; ".join([first, *extras] if first else extras))))
-    rows += [("", "", "", "", "", "", "", _one_line(problem)) for problem in problems]
+    rows += [("", "", "", "", "", "", "", "", "", _one_line(problem)) for problem in problems]
     return rows
 
 
@@ -124,7 +142,7 @@ def status_table(jobs: list[dict], colour: bool = False, ignored: list[dict] = (
     """The status of jobs as an aligned table, then a row per file of the jobs directory that is
     not a job (`ignored`); states coloured when `colour`."""
     rows = [row for job in jobs for row in _rows(job)]
-    rows += [(entry["file"], "-", "INVALID", "-", "-", "-", "-", _one_line(f"error: {entry['error']}"))
+    rows += [(entry["file"], "-", "INVALID", "-", "-", "-", "-", "-", "-", _one_line(f"error: {entry['error']}"))
              for entry in ignored]
     from .safetext import safe
 

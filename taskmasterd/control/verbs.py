@@ -68,7 +68,16 @@ class Verb:
     stops: bool = False  # on several jobs: dependants first (Supervisor.stop_in_order)
 
 
-def _status(sup: Supervisor, request: Request) -> Reply:
+def _status(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
+    reply = _plain_status(sup, request)
+    if request.data is None:
+        return reply
+    from ..observe.statusview import detailed_status  # accounting, a job's detail (extension)
+
+    return detailed_status(sup, request.data, reply)
+
+
+def _plain_status(sup: Supervisor, request: Request) -> Reply:
     reply = sup.status(request.job)
     if request.job is None and reply.response == "status":
         unloadable = sup.directory.unloadable()  # files named like jobs that cannot be (`my job.tm.json`)
