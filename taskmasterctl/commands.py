@@ -95,6 +95,28 @@ def _enablement(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--now", action="store_true", help="also start (enable) or stop (disable) the jobs now")
 
 
+def _logs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", nargs="*", metavar="JOB", help=f"{JOB_HELP} (default: all)")
+    parser.add_argument("-f", "--follow", action="store_true", help="then show new lines as they come, until Ctrl-C")
+    parser.add_argument("-n", "--lines", type=count, default=None, metavar="N",
+                        help="the last N lines of each stream first (default 10; with --since, all since then)")
+    parser.add_argument("--since", metavar="T", help="only lines written since T: 30s, 5m, 2h, 1d ago, a Unix time, "
+                        "or a local date and time (2026-05-01T12:00:00)")
+    parser.add_argument("--timestamps", "-t", action="store_true", help="each line begins with when it was written")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--stdout", dest="streams", action="store_const", const="stdout", help="stdout only")
+    which.add_argument("--stderr", dest="streams", action="store_const", const="stderr", help="stderr only")
+    which.add_argument("--both", dest="streams", action="store_const", const="both", help="both (the default)")
+    parser.set_defaults(streams="both")
+    parser.add_argument("--daemon", action="store_true", help="the daemon's own log instead")
+
+
+def _logs_run(session: actions.Session, args: argparse.Namespace) -> None:
+    from .logs import logs
+
+    logs(session, args)
+
+
 def _pull(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", nargs=1, metavar="JOB")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the file here (default: stdout)")
@@ -159,6 +181,8 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command("signal", "send a signal to every running instance's process group", _signal, actions.send_signal),
     Command("tail", "the last lines of a job's output; -f to follow it", _following("lines", job=True), actions.tail,
             takes_all=False),
+    Command("logs", "every selected instance's output in one stream, each line prefixed (default: all); -f to "
+            "follow", _logs, _logs_run),
     Command("maintail", "the last lines of the daemon's own log; -f to follow it", _following("lines"),
             actions.maintail, takes_jobs=False),
     Command("events", "the last state changes; -f to follow them as they happen", _following("events"),

@@ -173,5 +173,6 @@ def test_completion_offers_all_only_where_it_works(daemon: Daemon) -> None:
     assert "all" not in offered("tail", "") and "db" in offered("tail", "")
     assert "all" not in offered("pull", "")
     assert "all" in offered("stop", "") and "all" in offered("logs", "")
-    for command in ("tail", "pull"):  # and what is offered there does work
-        assert ctl(daemon, command, "db").returncode == 0
+    assert ctl(daemon, "pull", "db").returncode == 0  # and what is offered there does work
+    assert "discarded" in err(ctl(daemon, "tail", "db"))  # (db's output is discarded, but db is found)
+    assert "discarded" not in err(ctl(daemon, "tail", "all")) and ctl(daemon, "tail", "all").returncode != 0

@@ -20,6 +20,8 @@ class FollowOptions:
     last: int = DEFAULT_LAST  # how many of the most recent lines (or events) come first
     follow: bool = False  # then keep sending what comes, until the client closes
     stream: str = "stdout"  # logs: which output of the instance
+    since: float | None = None  # logs: only what was written from this Unix time on (to the second)
+    times: bool = False  # logs: say when each part was written (`times` in each reply)
 
 
 def parse_options(data: bytes | None) -> FollowOptions | str:
@@ -41,7 +43,13 @@ def parse_options(data: bytes | None) -> FollowOptions | str:
         return 'option "follow" must be true or false'
     if stream not in STREAMS:
         return 'option "stream" must be "stdout" or "stderr"'
-    return FollowOptions(last, follow, stream)
+    since = document.get("since")
+    times = document.get("times", False)
+    if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float)) or not 0 <= since < 1e11):
+        return 'option "since" must be a Unix time'
+    if not isinstance(times, bool):
+        return 'option "times" must be true or false'
+    return FollowOptions(last, follow, stream, since, times)
 
 
 class SubscriptionStream(Generic[T]):

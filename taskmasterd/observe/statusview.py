@@ -4,9 +4,10 @@ process trees and last log lines). A seed client sends no `data` with `status` a
 any of it.
 
 The options are JSON in the request's `data`, every key optional:
-`{"accounting": true | "<selector>", "detail": true, "lines": 10}`. A selector names the
+`{"accounting": true | "<selector>", "detail": true, "lines": 10, "logs": true}`. A selector names the
 instances whose accounting is read (`top` asks for the rows on its screen); `true`, every
-instance of the reply. Accounting is read once, here, for the whole reply.
+instance of the reply. Accounting is read once, here, for the whole reply. `logs` (implied by
+`detail`): where each instance's streams go (`taskmasterctl logs` asks it: which to follow).
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ MAX_LINES = 1000  # log lines per stream in a detail
 
 
 class StatusOptions:
-    __slots__ = ("accounting", "detail", "lines")
+    __slots__ = ("accounting", "detail", "lines", "logs")
 
-    def __init__(self, accounting: bool | list[selection.Item], detail: bool, lines: int) -> None:
-        self.accounting, self.detail, self.lines = accounting, detail, lines
+    def __init__(self, accounting: bool | list[selection.Item], detail: bool, lines: int, logs: bool) -> None:
+        self.accounting, self.detail, self.lines, self.logs = accounting, detail, lines, logs or detail
 
     def counts(self, job: str, index: int) -> bool:
         """Whether the accounting of instance `index` of `job` is asked for."""
@@ -49,10 +50,11 @@ def parse_status_options(data: bytes) -> StatusOptions | str:
     if not isinstance(document, dict):
         return 'the options in "data" must be a JSON object'
     detail = document.get("detail", False)
+    logs = document.get("logs", False)
     lines = document.get("lines", 10)
     wanted = document.get("accounting", bool(detail))
-    if not isinstance(detail, bool):
-        return 'option "detail" must be true or false'
+    if not isinstance(detail, bool) or not isinstance(logs, bool):
+        return 'options "detail" and "logs" must be true or false'
     if isinstance(lines, bool) or not isinstance(lines, int) or not 0 <= lines <= MAX_LINES:
         return f'option "lines" must be a number of lines from 0 to {MAX_LINES}'
     if isinstance(wanted, str):
@@ -62,7 +64,7 @@ def parse_status_options(data: bytes) -> StatusOptions | str:
         wanted = items
     elif not isinstance(wanted, bool):
         return 'option "accounting" must be true, false or a selector'
-    return StatusOptions(wanted, detail, lines)
+    return StatusOptions(wanted, detail, lines, logs)
 
 
 async def detailed_status(sup: Supervisor, data: bytes, reply: Reply) -> Reply:
@@ -84,11 +86,13 @@ async def detailed_status(sup: Supervisor, data: bytes, reply: Reply) -> Reply:
                 if options.detail:
                     inst["processes"] = [{"pid": p.pid, "ppid": p.ppid, "command": p.command} for p in usage.processes]
         if options.detail:
-            await _add_detail(sup, job, options.lines)
+            _add_detail(sup, job)
+        if options.logs:
+            await _add_logs(sup, job, options.lines if options.detail else None)
     return reply
 
 
-async def _add_detail(sup: Supervisor, entry: dict, lines: int) -> None:
+def _add_detail(sup: Supervisor, entry: dict) -> None:
     loaded = sup.jobs.get(entry["name"])
     entry["file"] = sup.path_of(entry["name"])
     if loaded is None:
@@ -98,17 +102,27 @@ async def _add_detail(sup: Supervisor, entry: dict, lines: int) -> None:
                   "stopsignal": spec.stopsignal, "stoptime": spec.stoptime,
                   "autorestart": spec.autorestart})
     entry.setdefault("enabled", True)
+
+
+async def _add_logs(sup: Supervisor, entry: dict, lines: int | None) -> None:
+    """Where each instance's streams go ({"path": null}: discarded; "merged": stderr goes into
+    stdout's file), and with `lines` the last lines of each."""
+    loaded = sup.jobs.get(entry["name"])
+    if loaded is None:
+        return
+    spec = loaded.spec
     for inst in entry["instances"]:
         logs = {}
         for stream in STREAMS:
             path = spec.log_path(stream, inst["index"], sup.log_dir)
-            if path is None or (stream == "stderr" and spec.stderr_to_stdout):
-                logs[stream] = {"path": path, "merged": stream == "stderr" and spec.stderr_to_stdout}
+            merged = stream == "stderr" and spec.stderr_to_stdout
+            logs[stream] = {"path": path, **({"merged": True} if merged else {})}
+            if path is None or merged or lines is None:
                 continue
             try:
                 last = (await tail(path, "", lines, follow=False)).data or b""
             except OSError as exc:
-                logs[stream] = {"path": path, "error": os.strerror(exc.errno) if exc.errno else str(exc)}
+                logs[stream]["error"] = os.strerror(exc.errno) if exc.errno else str(exc)
                 continue
-            logs[stream] = {"path": path, "lines": last.decode("utf-8", "replace")}
+            logs[stream]["lines"] = last.decode("utf-8", "replace")
         inst["logs"] = logs

@@ -12,6 +12,7 @@ deleted from under the daemon is noticed (nlink 0) and created again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -32,6 +33,8 @@ HEALTH_CHECK_INTERVAL = 1.0  # seconds between checks that the file is still lin
 DEFAULT_LOG_MODE = 0o640
 _BUFFER = memoryview(bytearray(CHUNK))  # one scratch buffer: the loop runs one drain at a time
 NEWLINE = ord("\n")
+MARK_EVERY = 1.0  # seconds between two time marks of a file (`logs --since`, `--timestamps`)
+MAX_MARKS = 4096  # marks kept per file: the oldest go first
 
 
 class LogFile:
@@ -54,12 +57,16 @@ class LogFile:
         self._checked = 0.0
         self._rotation_off = False
         self.line_begun = 0  # bytes written since the file's last newline: 0, a rotation splits no line
+        # (Unix time, offset of a line start) at most every MARK_EVERY while written: when each
+        # part of the current file was written, for `logs --since` and `--timestamps`.
+        self.marks: collections.deque[tuple[float, int]] = collections.deque(maxlen=MAX_MARKS)
         self.size = checked_size(path)
 
     def _open(self) -> int:
         fd = open_append(self.path, self.mode)
         self.size = os.fstat(fd).st_size
         self.line_begun = 0  # (the descriptor is write-only: what an old file ends with is not read)
+        self.marks.clear()
         self._checked = time.monotonic()
         return fd
 
@@ -83,6 +90,7 @@ class LogFile:
     def write(self, data: memoryview) -> None:
         """Append `data`, rotating at a line boundary when the file is full; what the file refuses
         is counted as dropped, never raised."""
+        now = time.time()
         while data:
             if self.fd < 0:
                 try:
@@ -94,6 +102,8 @@ class LogFile:
             if take == 0:
                 self.rotate()
                 continue
+            if self.line_begun == 0 and (not self.marks or now - self.marks[-1][0] >= MARK_EVERY):
+                self.marks.append((now, self.size))
             try:
                 written = os.write(self.fd, data[:take])
             except OSError as exc:
@@ -163,6 +173,7 @@ class LogFile:
         elif info.st_size < self.size:
             self.size = info.st_size
             self.line_begun = min(self.line_begun, info.st_size)
+            self.marks.clear()  # truncated in place: the offsets mean nothing now
 
     def rotate(self) -> None:
         """`path` → `path.1` → … → `path.N`, then a fresh file. Only the file this daemon has open
@@ -175,6 +186,7 @@ class LogFile:
             elif self.fd >= 0:
                 os.ftruncate(self.fd, 0)
                 self.size = self.line_begun = 0
+                self.marks.clear()
                 return
             self.reopen()
         except OSError as exc:
