@@ -117,6 +117,12 @@ def _logs_run(session: actions.Session, args: argparse.Namespace) -> None:
     logs(session, args)
 
 
+def _top_run(session: actions.Session, args: argparse.Namespace) -> None:
+    from .top import top
+
+    top(session, args)
+
+
 def _pull(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", nargs=1, metavar="JOB")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the file here (default: stdout)")
@@ -183,6 +189,8 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
             takes_all=False),
     Command("logs", "every selected instance's output in one stream, each line prefixed (default: all); -f to "
             "follow", _logs, _logs_run),
+    Command("top", "a live view of every job: state, uptime, restarts, health, CPU, memory (q quits)", _nothing,
+            _top_run, takes_jobs=False),
     Command("maintail", "the last lines of the daemon's own log; -f to follow it", _following("lines"),
             actions.maintail, takes_jobs=False),
     Command("events", "the last state changes; -f to follow them as they happen", _following("events"),
