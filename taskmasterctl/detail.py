@@ -39,10 +39,14 @@ def _when(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
-def _command(argv: list[str]) -> str:
-    import shlex
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
 
-    return shlex.join(argv)
+
+def _command(argv: list[str]) -> str:
+    """The command as a shell would take it back (shlex.join's quoting, without importing `re`
+    on the path of a one-shot command)."""
+    return " ".join(word if word and _PLAIN.issuperset(word) else "'" + word.replace("'", "'\"'\"'") + "'"
+                    for word in argv)
 
 
 def job_block(job: dict) -> str:

@@ -52,6 +52,10 @@ def top(session: Session, args: Namespace) -> None:
         session.complain(f"top cannot use this terminal: {exc}", EXIT_INVALID)
 
 
+def _single(jobs: list[dict], name: str) -> bool:
+    return any(job["name"] == name and len(job.get("instances") or []) <= 1 for job in jobs)
+
+
 class Top:
     def __init__(self, session: Session, screen: curses.window) -> None:
         self.session = session
@@ -98,7 +102,9 @@ class Top:
         """One status request: every job, the accounting of the rows on the screen."""
         self.fetched = time.monotonic()
         shown = self.rows[self.first:self.first + self.body_height()]
-        wanted = " ".join(row.key for row in shown) if self.rows else "*"
+        # The instances on the screen (a job's own row adds up those of its instances shown).
+        wanted = " ".join(f"{row.job}:{row.index}" if row.index is not None else row.job
+                          for row in shown if row.index is not None or _single(self.jobs, row.job)) if self.rows else "*"
         try:
             reply = self.session.client.request("status", None, json.dumps({"accounting": wanted}).encode())
         except ConnectionFailed as exc:
@@ -184,8 +190,10 @@ class Top:
         running = sum(1 for job in self.jobs for inst in job.get("instances") or [] if inst.get("state") == "RUNNING")
         title = (f" taskmaster top  {self.session.client.address}  {len(self.jobs)} jobs, {instances} instances, "
                  f"{running} running")
-        clock = time.strftime("%H:%M:%S ")
-        self.put(0, 0, title.ljust(width - len(clock))[: max(width - len(clock), 0)] + clock, width, curses.A_REVERSE)
+        clock = time.strftime(" %H:%M:%S ")
+        room = max(width - len(clock), 0)
+        title = title if len(title) <= room else title[: max(room - 1, 0)] + "…" if self.unicode else title[:room]
+        self.put(0, 0, title.ljust(room) + clock, width, curses.A_REVERSE)
         name_width, spark_width, info_width = self.layout(width)
         header = " " + "JOB".ljust(name_width)
         for label, size in FIXED:

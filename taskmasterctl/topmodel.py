@@ -39,9 +39,11 @@ def rows_of(jobs: list[dict], pattern: str = "") -> list[Row]:
         if len(instances) == 1:
             rows.append(_instance_row(name, instances[0], name, info))
             continue
+        # the job's total only when every running instance was counted (top counts those it shows)
         counted = [inst for inst in instances if inst.get("cpu_percent") is not None]
-        cpu = sum(inst["cpu_percent"] for inst in counted) if counted else None
-        used = sum(inst.get("memory") or 0 for inst in counted) if counted else None
+        whole = counted and len(counted) == sum(1 for inst in instances if inst.get("pid"))
+        cpu = sum(inst["cpu_percent"] for inst in counted) if whole else None
+        used = sum(inst.get("memory") or 0 for inst in counted) if whole else None
         running = sum(1 for inst in instances if inst.get("state") == "RUNNING")
         restarts = sum(inst.get("restarts") or 0 for inst in instances)
         unhealthy = sum(1 for inst in instances if inst.get("health") == "unhealthy")

@@ -71,7 +71,7 @@ class FileFollower:
         self._offset = 0
         self._retired: list[int] = []  # rotated-away files, kept until the new one has data
         # Watch before the first read, so that no write after it goes unnoticed.
-        self._watch = inotify.watch(directory or ".", MASK, self._event)
+        self._watch = inotify.watch(directory or ".", MASK, self._event, about=self._base)
 
     def _event(self, name: str | None) -> None:
         if name is None or name == self._base or name.startswith(self._base + "."):

@@ -29,17 +29,20 @@ MAX_LINES = 1000  # log lines per stream in a detail
 
 
 class StatusOptions:
-    __slots__ = ("accounting", "detail", "lines", "logs")
+    __slots__ = ("everything", "jobs", "instances", "globs", "detail", "lines", "logs")
 
     def __init__(self, accounting: bool | list[selection.Item], detail: bool, lines: int, logs: bool) -> None:
-        self.accounting, self.detail, self.lines, self.logs = accounting, detail, lines, logs or detail
+        items = [] if isinstance(accounting, bool) else accounting
+        self.everything = accounting is True
+        self.jobs = {item.name for item in items if item.name is not None and item.index is None}
+        self.instances = {(item.name, item.index) for item in items if item.index is not None}
+        self.globs = [item.text for item in items if item.name is None]
+        self.detail, self.lines, self.logs = detail, lines, logs or detail
 
     def counts(self, job: str, index: int) -> bool:
         """Whether the accounting of instance `index` of `job` is asked for."""
-        if isinstance(self.accounting, bool):
-            return self.accounting
-        return any((item.name == job and item.index in (None, index)) if item.name is not None
-                   else fnmatch.fnmatchcase(job, item.text) for item in self.accounting)
+        return self.everything or job in self.jobs or (job, index) in self.instances or any(
+            fnmatch.fnmatchcase(job, glob) for glob in self.globs)
 
 
 def parse_status_options(data: bytes) -> StatusOptions | str:
