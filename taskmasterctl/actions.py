@@ -95,8 +95,9 @@ def _print_changes(session: Session, reply: Reply) -> None:
     changes = reply.value.get("changes") if isinstance(reply.value, dict) else None
     if changes and not session.as_json and any(entry.get("change") != "unchanged" for entry in changes):
         from .render import reload_report
+        from .safetext import safe
 
-        session.out.write(reload_report(changes))
+        session.out.write(safe(reload_report(changes), newlines=True))
 
 
 def delete(session: Session, args: Namespace) -> None:

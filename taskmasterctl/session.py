@@ -41,7 +41,9 @@ class Session:
         self.streamed = False  # a following command printed one document per line already
 
     def complain(self, message: str, code: int) -> None:
-        print(f"taskmasterctl: {message}", file=self.err)
+        from .safetext import safe  # an error may quote a job file or a job's words
+
+        print(f"taskmasterctl: {safe(message)}", file=self.err)
         self.errors.append(message)
         self.exit = max(self.exit, code)
 

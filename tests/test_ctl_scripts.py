@@ -176,3 +176,13 @@ def test_completion_offers_all_only_where_it_works(daemon: Daemon) -> None:
     assert ctl(daemon, "pull", "db").returncode == 0  # and what is offered there does work
     assert "discarded" in err(ctl(daemon, "tail", "db"))  # (db's output is discarded, but db is found)
     assert "discarded" not in err(ctl(daemon, "tail", "all")) and ctl(daemon, "tail", "all").returncode != 0
+
+
+def test_errors_that_quote_a_job_file_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    with Daemon(tmp_path, jobs={"sly": {**SLEEPER, "stoptime": "\u202e3s\x1b[2J"}}) as daemon:
+        for line in (["start", "sly"], ["reload", "sly"], ["reload"]):
+            result = ctl(daemon, *line)
+            shown = err(result) + out(result)
+            assert result.returncode == 1 and "stoptime" in shown, shown
+            assert "\u202e" not in shown and "\x1b" not in shown, shown
+            assert "\\u202e3s" in shown, shown
