@@ -122,11 +122,11 @@ def test_a_failure_after_the_fork_kills_and_reaps_the_child(tmp_path, monkeypatc
     seen = []
     real = processes.ProcessTable._register
 
-    def failing_once(table, popen, launch):
+    def failing_once(table, popen, *rest):
         if not seen:
             seen.append(popen.pid)
             raise OSError(errno.EMFILE, "Too many open files")
-        return real(table, popen, launch)
+        return real(table, popen, *rest)
 
     async def scenario():
         monkeypatch.setattr(processes.ProcessTable, "_register", failing_once)

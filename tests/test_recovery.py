@@ -86,6 +86,24 @@ def test_escaped_grandchildren_are_stopped_with_their_instance_and_at_shutdown(t
     assert not marked(mark)  # shutdown stopped the other job's escapes too
 
 
+def test_the_clean_up_of_a_run_that_ended_spares_the_escapes_of_the_next_run(tmp_path):
+    """Run 1 exits and is restarted at once; run 2 double-forks a helper. The escape sweeps still
+    scheduled for run 1 (50 ms and 500 ms after its end) must not take run 2's helper for run 1's."""
+    mark = new_mark()
+    flag = tmp_path / "ran-once"
+    script = (f"if [ ! -e {flag} ]; then touch {flag}; exit 1; fi; "
+              "(setsid sleep 304 &); exec sleep 300")
+    job = {"cmd": ["sh", "-c", script], "starttime": 0, "autorestart": "always", "env": mark}
+    with Daemon(tmp_path, {"again": job}) as daemon:
+        leader = wait_for(lambda: flag.exists() and (daemon.instances("again")[0]["pid"] or 0) > 0
+                          and daemon.instances("again")[0]["restarts"] == 1 and daemon.instances("again")[0]["pid"],
+                          10, what="the second run")
+        helper = wait_for(lambda: escapes_of(mark, "again", leader), 10, what="the second run's helper")
+        time.sleep(1.0)  # past both sweeps scheduled for the first run
+        assert all(pid in marked(mark) for pid in helper), "the first run's clean-up killed the second run's helper"
+        assert daemon.instances("again")[0]["state"] == "RUNNING"
+
+
 def test_escapes_of_a_killed_daemon_are_stopped_by_the_next_one(tmp_path):
     mark = new_mark()
     # The job's own env cannot replace the daemon's run id (a forged one would hide its escapes).

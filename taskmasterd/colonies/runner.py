@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..processes.table import Child
-from ..processes.spawner import RUN_VARIABLE, Account, child_environment, launch_for, spawn_error_text
+from ..processes.spawner import Account, child_environment, launch_for, spawn_error_text
 from ..lifecycle.states import describe_exit, exit_is_expected
 from .arguments import BadArguments, command_words
 from .assignment import Assignment, Lost
@@ -37,7 +37,6 @@ LOG_BATCH = 64 * 1024
 LOG_HIGH_WATER = 1024 * 1024  # output waiting for the server past which the pipes are not read
 PIPE_GRACE = 2.0  # after the exit, how long pipes may stay open and silent (held by an escapee)
 DRAIN_LIMIT = 30.0  # after the exit, the longest the rest of the output may take to reach the logs
-RUN_ORIGIN = ("TASKMASTER_JOB", "COLONIES_PROCESS_ID")  # what marks a run's escaped descendants
 
 
 class _Command:
@@ -53,7 +52,7 @@ class _Command:
     @classmethod
     def start(cls, job: Job, spec: JobSpec, env: dict[str, str], account: Account | None, words: tuple[str, ...],
               stdout: int, stderr: int) -> _Command:
-        launch = launch_for(spec, env, account, words, origin=RUN_ORIGIN)
+        launch = launch_for(spec, env, account, words)
         return cls(job.supervisor.processes.spawn(launch, stdout, stderr))
 
     async def stop(self, spec: JobSpec) -> int:
@@ -115,8 +114,7 @@ class CommandRun:
             extra = {str(k): str(v) for k, v in (self.task.spec.get("env") or {}).items()}
             account = self.job.account()  # of the spec this run took
             env = child_environment(spec, self.job.supervisor.base_environment, account,
-                                    {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id,
-                                     RUN_VARIABLE: self.job.supervisor.run_id})
+                                    {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id})
         except (BadArguments, ValueError, KeyError, AttributeError) as exc:
             await self.task.close(False, [f"cannot run {spec.name}: {exc}"])
             return

@@ -27,7 +27,7 @@ from .connect import Connect, Outcome, Target, connect
 from ..kernel.sockdiag import TCP_LISTEN, SockDiagOrElse, TcpSocket
 from ..jobfiles.readiness_spec import CmdCheck, HttpCheck, TcpCheck, netloc
 from ..processes.table import Child, ProcessTable
-from ..processes.spawner import INSTANCE_ORIGIN, Account, launch_for, spawn_error_text
+from ..processes.spawner import Account, launch_for, spawn_error_text
 from ..lifecycle.states import describe_exit
 
 if TYPE_CHECKING:
@@ -252,9 +252,6 @@ async def _cmd(check: CmdCheck, spawn_check: SpawnCheck) -> ProbeResult:
     return ProbeResult(returncode == 0, detail, text)
 
 
-CHECK_ORIGIN = (*INSTANCE_ORIGIN, "TASKMASTER_CHECK")  # a check's escapes, not its instance's
-
-
 def job_check_spawner(processes: ProcessTable, spec: JobSpec, env: Mapping[str, str],
                       account: Account | None) -> SpawnCheck:
     """A command check runs like the job's own processes: its user, directory, umask and
@@ -262,7 +259,7 @@ def job_check_spawner(processes: ProcessTable, spec: JobSpec, env: Mapping[str, 
     check_env = {**env, "TASKMASTER_CHECK": "1"}
 
     def spawn_check(argv: tuple[str, ...], output_fd: int) -> Child:
-        launch = launch_for(replace(spec, argv=argv), check_env, account, origin=CHECK_ORIGIN)
+        launch = launch_for(replace(spec, argv=argv), check_env, account)
         return processes.spawn(launch, output_fd, output_fd)
 
     return spawn_check

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .dependencies import conditions_met, waiting_text
 from .instance import Instance, wait_each
 from ..jobfiles.jobfile import JobSpec
-from ..processes.spawner import RUN_VARIABLE, Account, child_environment, lookup_account
+from ..processes.spawner import Account, child_environment, lookup_account
 from .states import State, summarize
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class Job:
     def environment(self, index: int) -> dict[str, str]:
         if self._env is None:
             self._env = child_environment(self.spec, self.supervisor.base_environment, self.account(),
-                                          {"TASKMASTER_JOB": self.name, RUN_VARIABLE: self.supervisor.run_id})
+                                          {"TASKMASTER_JOB": self.name})
         return {**self._env, "TASKMASTER_INSTANCE": str(index)}
 
     # --- commands over every instance -----------------------------------------------------------

@@ -98,7 +98,7 @@ class Supervisor:
         self.invalid: dict[str, str] = {}  # files that never loaded: name -> error
         self.log_files = LogFiles(log_mode)
         self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json"), self.run_id),
-                                      adopt_orphans)
+                                      adopt_orphans, self.run_id)
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()

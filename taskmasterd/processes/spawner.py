@@ -23,8 +23,11 @@ DAEMON_PLUMBING = frozenset({
     "JOURNAL_STREAM", "MAINPID", "MANAGERPID", "INVOCATION_ID", "TRIGGER_UNIT", "TRIGGER_PATH",
     "TRIGGER_TIMER_REALTIME_USEC", "TRIGGER_TIMER_MONOTONIC_USEC", "MONITOR_SERVICE_RESULT",
 })
-INSTANCE_ORIGIN = ("TASKMASTER_JOB", "TASKMASTER_INSTANCE")
-RUN_VARIABLE = "TASKMASTER_RUN"  # the daemon run that started it (orphans.py), set after the job's own env
+# Set by the process table in every spawn's environment, after everything else (a job's own `env`
+# cannot forge them): the daemon run that started it (orphans.py), and the spawn itself, unique in
+# that run. Together they mark a spawn's descendants after they escaped its process group.
+RUN_VARIABLE = "TASKMASTER_RUN"
+SPAWN_VARIABLE = "TASKMASTER_SPAWN"
 
 
 def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -73,13 +76,13 @@ def child_environment(spec: JobSpec, base: Mapping[str, str], account: Account |
     return env
 
 
-def launch_for(spec: JobSpec, env: Mapping[str, str], account: Account | None, extra_args: tuple[str, ...] = (),
-               origin: tuple[str, ...] = INSTANCE_ORIGIN) -> Launch:
+def launch_for(spec: JobSpec, env: Mapping[str, str], account: Account | None,
+               extra_args: tuple[str, ...] = ()) -> Launch:
     """`account`: the spec's user resolved (Job.account), or None when it has none."""
     from .table import Launch
 
     return Launch(argv=(*spec.argv, *extra_args), env=env, cwd=spec.workingdir, umask=spec.umask,
-                  account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime, origin=origin)
+                  account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime)
 
 
 def spawn_error_text(exc: BaseException) -> str:

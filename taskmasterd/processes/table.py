@@ -10,30 +10,35 @@ grace), and `drain()` stops whatever is still alive, so nothing the daemon start
 shutdown. Spawns are queued and run a few milliseconds' worth at a time, so starting 1000
 instances never freezes the loop.
 
-With `adopt_orphans` (the daemon, not in-process tests) the process is a child subreaper: a
-grandchild that double-forks or calls setsid is reparented to it, reaped when it exits, and
-stopped with the spawn it came from — recognised by the `origin` variables it inherited
-(TASKMASTER_JOB and TASKMASTER_INSTANCE, or COLONIES_PROCESS_ID).
+Every spawn has an id of its own (`Child.spawn_id`, unique in the daemon run), set with the run's
+id in its environment after everything else (SPAWN_VARIABLE, RUN_VARIABLE), so a job's `env`
+cannot forge either. With `adopt_orphans` (the daemon, not in-process tests) the process is a child
+subreaper: a grandchild that double-forks or calls setsid is reparented to it, reaped when it
+exits, and stopped with the spawn it came from — recognised by those two variables, which it
+inherited. The clean-up of a spawn that ended therefore never reaches the next spawn of the same
+instance.
 """
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import ctypes.util
+import dataclasses
 import logging
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from .orphans import ESCAPE_STOPTIME, ChildJournal, environment_of, identity, wait_gone
 from .start import Started, start_process
-from .spawner import Account
+from .spawner import RUN_VARIABLE, SPAWN_VARIABLE, Account
 from .spawnthread import SpawnThread
 
 log = logging.getLogger("taskmasterd.processes")
@@ -63,11 +68,6 @@ class Launch:
     account: Account | None = None  # whose ids it runs with (None: the daemon's)
     stopsignal: int = int(signal.SIGTERM)
     stoptime: float = 10.0
-    # Variables of `env` that identify this spawn's descendants after they escaped its group.
-    origin: tuple[str, ...] = field(default=())
-
-    def origin_pairs(self) -> frozenset[tuple[str, str]]:
-        return frozenset((name, self.env[name]) for name in self.origin if name in self.env)
 
 
 class Child:
@@ -77,10 +77,11 @@ class Child:
     every later fork, making a spawn cost grow with the number of children (10 000 pidfds make it
     four times slower)."""
 
-    def __init__(self, table: ProcessTable, started: Started, launch: Launch,
+    def __init__(self, table: ProcessTable, started: Started, launch: Launch, spawn_id: int,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.pid = started.pid
         self.launch = launch
+        self.spawn_id = spawn_id
         self._table = table
         self._process = started
         self._loop = loop
@@ -181,9 +182,12 @@ def raise_fd_limit() -> None:
 
 
 class ProcessTable:
-    def __init__(self, journal: ChildJournal | None = None, adopt_orphans: bool = False) -> None:
+    def __init__(self, journal: ChildJournal | None = None, adopt_orphans: bool = False,
+                 run_id: str | None = None) -> None:
         self.journal = journal
         self.adopt_orphans = adopt_orphans
+        self.run_id = run_id or secrets.token_hex(8)
+        self._last_spawn_id = 0
         self.children: dict[int, Child] = {}
         self.closing = False
         self._abandoned: dict[int, Started] = {}  # failed after the fork: killed, to reap
@@ -291,6 +295,10 @@ class ProcessTable:
             raise SpawnRefused("taskmasterd is shutting down")
         self.open(asyncio.get_running_loop())
         program = self._program(launch)
+        self._last_spawn_id += 1
+        spawn_id = self._last_spawn_id
+        launch = dataclasses.replace(launch, env={**launch.env, RUN_VARIABLE: self.run_id,
+                                                  SPAWN_VARIABLE: str(spawn_id)})
         thread = self._spawn_thread_for(stdout, stderr)
         try:
             if thread is not None:
@@ -302,7 +310,7 @@ class ProcessTable:
             raise
         self._give_original_nofile(started.pid)  # first: the program runs already
         try:
-            return self._register(started, launch)
+            return self._register(started, launch, spawn_id)
         except BaseException:
             self._abandon(started)
             raise
@@ -327,8 +335,8 @@ class ProcessTable:
                          exc.strerror)
         return self._spawn_thread
 
-    def _register(self, started: Started, launch: Launch) -> Child:
-        child = self.children[started.pid] = Child(self, started, launch, asyncio.get_running_loop())
+    def _register(self, started: Started, launch: Launch, spawn_id: int) -> Child:
+        child = self.children[started.pid] = Child(self, started, launch, spawn_id, asyncio.get_running_loop())
         if self._unjournaled is not None:
             self._unjournaled[child.pid] = child
         else:
@@ -385,9 +393,9 @@ class ProcessTable:
             self._unjournaled.pop(child.pid, None)
         if self.journal is not None:
             self.journal.ended(child.pid)
-        if self.adopt_orphans and child.launch.origin and not self.closing:
+        if self.adopt_orphans and not self.closing:
             # Escapes of a spawn that ended go with it, like the rest of its group.
-            origin = child.launch.origin_pairs()
+            origin = self._origin(child)
             for delay in ESCAPE_LOOKS:
                 asyncio.get_running_loop().call_later(delay, self._mark_escapes, origin, signal.SIGKILL)
 
@@ -425,9 +433,13 @@ class ProcessTable:
             os.waitpid(pid, os.WNOHANG)
         return True
 
+    def _origin(self, child: Child) -> frozenset[tuple[str, str]]:
+        """What every descendant of that spawn carries in its initial environment."""
+        return frozenset({(RUN_VARIABLE, self.run_id), (SPAWN_VARIABLE, str(child.spawn_id))})
+
     def _signal_escapes(self, child: Child, sig: int) -> None:
-        if self.adopt_orphans and child.launch.origin and not self.closing:  # closing: drain stops all
-            self._mark_escapes(child.launch.origin_pairs(), sig)
+        if self.adopt_orphans and not self.closing:  # closing: drain stops all
+            self._mark_escapes(self._origin(child), sig)
 
     def _mark_escapes(self, origin: frozenset[tuple[str, str]], sig: int) -> None:
         """Queue `sig` for the escapes of `origin` (SIGKILL wins over a stop signal). One sweep
