@@ -38,7 +38,7 @@ LOGS_SECONDS = 5 if QUICK else 20
 SLEEP = {"cmd": ["sleep", "100000"], "starttime": 0, "stdout": None, "stderr": None}
 WEB = {"cmd": ["sh", "-c", "sleep 100000 & for i in $(seq 1 20); do echo line $i; echo warn $i >&2; done; wait"],
        "starttime": 0, "numprocs": 2}
-# 100 KiB/s each: ten bursts a second of ten 100-byte lines numbered per job... in bursts of 1 KiB lines x 10.
+# 105 000 bytes a second each (10 MiB/s for 100 of them): ten bursts a second of 100 numbered 105-byte lines.
 WRITER = r"""
 import os, sys, time
 job = os.environ["TASKMASTER_JOB"].encode()
@@ -48,9 +48,9 @@ while True:
     lines = []
     for _ in range(100):
         head = b"%s %d " % (job, seq)
-        lines.append(head + b"x" * (99 - len(head)) + b"\n")
+        lines.append(head + b"x" * (104 - len(head)) + b"\n")
         seq += 1
-    os.write(1, b"".join(lines))  # 10 000 bytes
+    os.write(1, b"".join(lines))  # 10 500 bytes
     next_burst += 0.1
     time.sleep(max(0.0, next_burst - time.monotonic()))
 """
@@ -145,7 +145,7 @@ def logs_throughput(scratch: Path) -> str:
     seen: dict[bytes, list[int]] = {}
     for line in lines:
         match = pattern.match(line)
-        assert match and len(line) == len(b"w000[0] | ") + 99, line[:120]
+        assert match and len(line) == len(b"w000[0] | ") + 104, line[:120]
         seen.setdefault(match.group(1), []).append(int(match.group(2)))
     for job, numbers in seen.items():
         assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a line lost or repeated"
