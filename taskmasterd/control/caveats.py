@@ -10,12 +10,12 @@ with its request (taskmasterctl does): a seed client's replies stay the seed byt
 """
 from __future__ import annotations
 
-import json
 import signal
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..lifecycle.states import State
+from ..observe.following import options_object
 from .reply import Reply, fail
 
 if TYPE_CHECKING:
@@ -26,11 +26,8 @@ Handler = Callable[["Supervisor", "Request"], Awaitable[Reply]]
 
 
 def _options(request: Request) -> dict:
-    try:
-        document = json.loads(request.data) if request.data else {}
-    except ValueError:
-        return {}
-    return document if isinstance(document, dict) else {}
+    document = options_object(request.data)
+    return {} if isinstance(document, str) else document
 
 
 def with_note(reply: Reply, request: Request, note: str | None) -> Reply:

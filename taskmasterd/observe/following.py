@@ -24,16 +24,27 @@ class FollowOptions:
     times: bool = False  # logs: say when each part was written (`times` in each reply)
 
 
-def parse_options(data: bytes | None) -> FollowOptions | str:
-    """`{"last":N,"follow":B,"stream":S}`, each optional, unknown keys ignored; or the problem."""
+def options_object(data: bytes | None) -> dict | str:
+    """The JSON object of options a request carries in its `data` ({} without any), or why it
+    is not one. Shared by every verb that takes options."""
     if not data:
-        return FollowOptions()
+        return {}
     try:
         document = json.loads(data)
     except ValueError:
         return 'the options in "data" are not JSON'
     if not isinstance(document, dict):
         return 'the options in "data" must be a JSON object'
+    return document
+
+
+def parse_options(data: bytes | None) -> FollowOptions | str:
+    """`{"last":N,"follow":B,"stream":S}`, each optional, unknown keys ignored; or the problem."""
+    if not data:
+        return FollowOptions()
+    document = options_object(data)
+    if isinstance(document, str):
+        return document
     last = document.get("last", DEFAULT_LAST)
     follow = document.get("follow", False)
     stream = document.get("stream", "stdout")

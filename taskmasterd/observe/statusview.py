@@ -12,14 +12,13 @@ instance of the reply. Accounting is read once, here, for the whole reply. `logs
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 from typing import TYPE_CHECKING
 
 from ..control import selection
 from ..control.reply import Reply, fail
 from .accounting import accounting
-from .following import STREAMS
+from .following import STREAMS, options_object
 from .logfollow import tail
 
 if TYPE_CHECKING:
@@ -46,12 +45,9 @@ class StatusOptions:
 
 
 def parse_status_options(data: bytes) -> StatusOptions | str:
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return 'the options in "data" are not JSON'
-    if not isinstance(document, dict):
-        return 'the options in "data" must be a JSON object'
+    document = options_object(data)
+    if isinstance(document, str):
+        return document
     detail = document.get("detail", False)
     logs = document.get("logs", False)
     lines = document.get("lines", 10)
