@@ -30,7 +30,7 @@ class DaemonConfig:
     log_mode: str = "0640"  # mode of the log files the daemon creates (octal)
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
     config_file: str | None = None  # the --config file read, for status's `daemon` object (not a setting)
-    check: str | None = None  # --check: validate this jobs directory ("" = the configured one) and exit
+    check: str | None = None  # --check: validate this jobs directory or file ("" = the configured directory) and exit
     write_timeout: float = 30.0  # a client that reads none of its replies for this long is dropped
     control_users: list[str | int] = field(default_factory=list)  # who may connect, beyond root and
     control_groups: list[str] = field(default_factory=list)  # the daemon's own uid (see access.py)
@@ -159,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="daemon log level (default: INFO)")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on http://HOST:PORT/metrics "
                         "(off by default; a bare PORT means 127.0.0.1:PORT)")
-    parser.add_argument("--check", nargs="?", const="", metavar="DIR",
-                        help="validate every job file of DIR (default: the jobs directory) and exit: 1 if any is invalid")
+    parser.add_argument("--check", nargs="?", const="", metavar="DIR|FILE",
+                        help="validate every job file of DIR (default: the jobs directory), or one FILE, and exit: "
+                        "1 if any is invalid")
     parser.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
     return parser
 

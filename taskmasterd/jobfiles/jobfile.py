@@ -19,6 +19,7 @@ from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readi
 from .schedule_spec import SCHEDULE_FIELDS, Schedule, schedule_problems, scheduled_defaults
 
 RESTART_POLICIES = ("always", "never", "unexpected")
+STDERR_TO_STDOUT = "stdout"  # the value of "stderr" that sends it down stdout's pipe
 # Bounds: whatever a file says, the daemon stays responsive and its memory bounded.
 MAX_FILE = 1 << 20  # bytes of a job file
 MAX_CMD = 128 * 1024  # bytes of a command line, all words together
@@ -91,8 +92,15 @@ class JobSpec:
         """What a running instance was started with: a change here needs a restart."""
         return (self.argv, self.env, self.workingdir, self.umask, self.user, self.stdout, self.stderr)
 
+    @property
+    def stderr_to_stdout(self) -> bool:
+        """`"stderr": "stdout"`: one pipe for both streams, so one file in the order written."""
+        return self.stderr == STDERR_TO_STDOUT
+
     def log_path(self, stream: str, index: int, log_dir: str) -> str | None:
         """Where instance `index` writes `stream` ("stdout"/"stderr"); None = discarded."""
+        if self.stderr_to_stdout:
+            stream = "stdout"
         configured = self.stdout if stream == "stdout" else self.stderr
         if configured is None:
             return None

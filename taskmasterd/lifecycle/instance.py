@@ -247,7 +247,8 @@ class Instance:
         child_fds: list[int] = []
         logs: list[LogFile] = []
         try:
-            for stream in ("stdout", "stderr"):
+            # "stderr": "stdout": one pipe for both, so the file has them in the order written
+            for stream in ("stdout",) if spec.stderr_to_stdout else ("stdout", "stderr"):
                 # A drain outlives its child and closes itself at EOF, so no byte is lost on exit.
                 # Container mode: the daemon's own stdout/stderr when the job names no file.
                 console = supervisor.console.stream_for(spec, stream, self.index) if supervisor.console else None
@@ -258,7 +259,7 @@ class Instance:
                     logs.append(file)
             env = {**self.job.environment(self.index), **self.health.environment(spec)}
             launch = launch_for(spec, env, self.job.account())
-            self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[1])
+            self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[-1])
         except UnsafePath as exc:
             self._failed_start(f"unsafe log file: {exc.strerror}", final=True)
             return

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol, TypeVar
 
 from .dependencies import cycle_problem, dependency_graph, stop_layers
+from .enablement import Enablement
 from .instance import Instance
 from .job import Job
 from .scheduler import Scheduler
@@ -119,6 +120,8 @@ class Supervisor:
         self.scheduler = Scheduler(self)
         self.listeners.append(self.scheduler)
         self.status_extras.append(self.scheduler.status_extra)
+        self.enablement = Enablement(self.state_dir)  # `disable`d jobs do not autostart
+        self.status_extras.append(lambda name: {"enabled": False} if self.enablement.disabled(name) else {})
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class Supervisor:
         journal = self.processes.journal
         assert journal is not None
         await stop_leftovers(journal.path)
+        self.enablement.load()
         journal.open()
         self.processes.open(asyncio.get_running_loop())
         if watch:
@@ -256,7 +260,8 @@ class Supervisor:
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
-                starting = list(job.active) if spec.autostart and job.start_all("autostart") else []
+                autostart = spec.autostart and not self.enablement.disabled(name)
+                starting = list(job.active) if autostart and job.start_all("autostart") else []
                 retiring: list = []
                 change = "added"
             else:

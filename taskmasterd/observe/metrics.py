@@ -11,6 +11,8 @@ Families (labels in braces):
 - taskmaster_instance_state{job,instance,state}: 1 for the instance's state, 0 for the others
 - taskmaster_instance_restarts_total{job,instance}, taskmaster_instance_uptime_seconds{job,instance}
 - taskmaster_instance_last_exit_code{job,instance}, ..._last_exit_signal: after an exit, until the next spawn
+- taskmaster_instance_healthy{job,instance}: 1 healthy, 0 unhealthy, for the instances whose health
+  check has given a verdict in the current run (none without a check, or before its first verdict)
 - taskmaster_log_written_bytes_total / taskmaster_log_dropped_bytes_total{job,instance,stream}: per open log file
 - taskmaster_job_file_invalid{job}: 1 when the job's file on disk is invalid
 - taskmaster_job_runs_total{job,result}, taskmaster_job_last_success_timestamp_seconds{job}: a
@@ -125,6 +127,9 @@ class SnapshotCollector:
                                         labels=_INSTANCE)
         invalid = GaugeMetricFamily("taskmaster_job_file_invalid", "1 when the job's file on disk is invalid",
                                     labels=["job"])
+        healthy = GaugeMetricFamily("taskmaster_instance_healthy",
+                                    "1 when the instance's health check passes, 0 when it fails (checked instances only)",
+                                    labels=_INSTANCE)
         for job in snapshot.jobs:
             invalid.add_metric([job["name"]], 1 if job.get("error") else 0)
             for inst in job["instances"]:
@@ -137,7 +142,10 @@ class SnapshotCollector:
                     exit_code.add_metric(labels, inst["exitcode"])
                 if inst["signal"] is not None:
                     exit_signal.add_metric(labels, inst["signal"])
-        yield from (state, restarts, uptime, exit_code, exit_signal, invalid, *_run_families(snapshot.jobs))
+                verdict = inst.get("health")
+                if verdict in ("healthy", "unhealthy"):
+                    healthy.add_metric(labels, 1 if verdict == "healthy" else 0)
+        yield from (state, restarts, uptime, exit_code, exit_signal, invalid, healthy, *_run_families(snapshot.jobs))
         labels = [*_INSTANCE, "stream"]
         written = CounterMetricFamily("taskmaster_log_written_bytes", "bytes captured into the open log file",
                                       labels=labels)
