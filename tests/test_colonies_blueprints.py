@@ -114,6 +114,9 @@ def test_a_blueprints_job_is_not_pushed_or_deleted_locally_and_a_local_file_cann
             assert host.job("web")["blueprint"]["name"] == "web" and host.running("web") == 1
             assert host.sup.path_of("colony.web") == str(host.root / "state" / "blueprints" / "colony.web.tm.json")
             assert host.sup.directory.names() == {"colony.web"}
+            status = await dispatch(host.sup, "status", Request())  # says which file is not read, and why
+            assert {"file": "colony.web.tm.json", "error": "ignored: names starting with 'colony.' are kept for the "
+                    "colony's blueprints"} in status.value["ignored"]
 
     run(scenario())
 
@@ -221,3 +224,4 @@ def test_a_blueprints_job_runs_as_root_only_where_the_daemon_allows_it(tmp_path:
             await f.reported("root", {"web-1": {"error": None, "states": {"RUNNING": 1}}})
 
     run(scenario())
+

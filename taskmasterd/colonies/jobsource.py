@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..jobfiles.jobsdir import JobsDirectory, write_atomically
+from ..jobfiles.names import SUFFIX
 from .blueprint_spec import PREFIX
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskmasterd.colonies")
 MANIFEST = ".manifest.json"  # hidden: never taken for a job file
 MANIFEST_MODE = 0o600
+RESERVED = f"names starting with {PREFIX!r} are kept for the colony's blueprints"
 
 
 class ColonyJobs(JobsDirectory):
@@ -58,47 +60,59 @@ class ColonyJobs(JobsDirectory):
         return self.manifest.get(job)
 
 
-class JobSources:
-    """The jobs directory and the colony's jobs, seen by the supervisor as one directory (the
-    interface of JobsDirectory): each name goes to the one source that owns it."""
+class JobSources(JobsDirectory):
+    """The jobs directory (this object, to the supervisor) and the colony's jobs, seen as one
+    directory: each name goes to the one source that owns it. What the jobs directory grows
+    later is the jobs directory's unless routed here."""
 
-    def __init__(self, local: JobsDirectory, colony: ColonyJobs, colony_name: str) -> None:
-        self.local = local
+    def __init__(self, path: str, colony: ColonyJobs, colony_name: str) -> None:
+        super().__init__(path)
         self.colony = colony
-        self.path = local.path
         self._colony_name = colony_name
 
-    def _source(self, name: str) -> JobsDirectory:
-        return self.colony if name.startswith(PREFIX) else self.local
+    def _owned(self, name: str) -> bool:
+        return name.startswith(PREFIX)
 
     def path_of(self, name: str) -> str:
-        return self._source(name).path_of(name)
+        return self.colony.path_of(name) if self._owned(name) else super().path_of(name)
 
     def names(self) -> set[str]:
-        return {name for name in self.local.names() if not name.startswith(PREFIX)} | self.colony.names()
+        return super().names() | self.colony.names()  # job_name() keeps the local colony.* files out
 
-    def problem(self) -> str | None:
-        return self.local.problem()
+    def unloadable(self) -> list[tuple[str, str]]:
+        try:
+            entries = os.listdir(self.path)
+        except OSError:
+            entries = []
+        reserved = [(entry, f"ignored: {RESERVED}") for entry in entries
+                    if entry.startswith(PREFIX) and entry.endswith(SUFFIX) and not entry.startswith(".")]
+        return sorted(super().unloadable() + reserved)
 
     def job_name(self, filename: str) -> str | None:
-        """The local job a file of the jobs directory defines (for its watcher)."""
-        name = self.local.job_name(filename)
-        if name is not None and name.startswith(PREFIX):
-            self.local.ignored(filename, f"names starting with {PREFIX!r} are kept for the colony's blueprints")
+        """The local job a file of the jobs directory defines (for its watcher, and names())."""
+        name = super().job_name(filename)
+        if name is not None and self._owned(name):
+            self.ignored(filename, RESERVED)
             return None
         return name
 
     def read(self, name: str) -> bytes | None:
-        return self._source(name).read(name)
+        return self.colony.read(name) if self._owned(name) else super().read(name)
 
     def write(self, name: str, data: bytes) -> None:
-        self._source(name).write(name, data)
+        if self._owned(name):
+            self.colony.write(name, data)
+        else:
+            super().write(name, data)
 
     def remove(self, name: str) -> None:
-        self._source(name).remove(name)
+        if self._owned(name):
+            self.colony.remove(name)
+        else:
+            super().remove(name)
 
     def refuses_change(self, name: str) -> str | None:
-        if not name.startswith(PREFIX):
+        if not self._owned(name):
             return None
         entry = self.colony.blueprint_of(name)
         if entry is None:
@@ -107,10 +121,10 @@ class JobSources:
                 f"{self._colony_name!r}: the colony owns it; change or remove the blueprint instead")
 
 
-
 def install(supervisor: Supervisor, colony_name: str) -> JobSources:
     """Make the supervisor see the colony's jobs beside the jobs directory's: before it opens."""
     os.makedirs(supervisor.state_dir, mode=0o700, exist_ok=True)
-    sources = JobSources(supervisor.directory, ColonyJobs(os.path.join(supervisor.state_dir, "blueprints")), colony_name)
+    sources = JobSources(supervisor.directory.path, ColonyJobs(os.path.join(supervisor.state_dir, "blueprints")),
+                         colony_name)
     supervisor.directory = sources  # type: ignore[assignment]
     return sources
