@@ -225,3 +225,14 @@ def test_a_blueprints_job_runs_as_root_only_where_the_daemon_allows_it(tmp_path:
 
     run(scenario())
 
+
+
+def test_a_daemon_stopped_while_its_reconciler_starts_stops(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path, []) as f:
+            for attempt in range(5):
+                await f.start("web-1")
+                await asyncio.sleep(0.01 * attempt)  # while it asks for the definition, or just after
+                await asyncio.wait_for(f.stop("web-1"), 10)
+
+    run(scenario())
