@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from .client import ColoniesClient, ColoniesError, transient
 from .retry import Outage
+from .shared import cancel_and_wait
 
 log = logging.getLogger("taskmasterd.colonies")
 Report = tuple[dict[str, Any] | None, str | None]  # (our entry or None: none, the blueprint's problem)
@@ -47,8 +48,7 @@ class StatusWriter:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     def seen(self, docs: list[Any]) -> None:
         """The blueprints as the server listed them: what it shows of ours."""

@@ -39,7 +39,7 @@ from .jobsource import ColonyJobs
 from .registration import APPROVED, Identity
 from .retry import Backoff
 from .service import ServiceExecutor
-from .shared import Shared
+from .shared import Shared, cancel_and_wait
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor
@@ -89,9 +89,7 @@ class BlueprintReconciler:
         return {"blueprint": shown}
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         await self._status.close()
         for executor in (self._reconciler, self._wake):
             if executor is not None:

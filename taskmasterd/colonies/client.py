@@ -230,8 +230,11 @@ class ColoniesClient:
         repeatable = msgtype not in NOT_REPEATABLE
         sent = [False]
         try:
-            status, raw = await asyncio.wait_for(self._exchange(body, repeatable, sent), timeout or self.timeout)
-        except asyncio.TimeoutError:
+            # Not asyncio.wait_for: on Python 3.11 it returns a reply that arrives as the caller is
+            # cancelled and loses the cancellation (the caller then runs on, and a close waits forever).
+            async with asyncio.timeout(timeout or self.timeout):
+                status, raw = await self._exchange(body, repeatable, sent)
+        except TimeoutError:
             failure = f"{msgtype}: no reply from {self._host_header}"
         except (OSError, EOFError, asyncio.LimitOverrunError, _StaleConnection, ValueError) as exc:
             failure = f"{msgtype}: {self._host_header}: {exc!r}"

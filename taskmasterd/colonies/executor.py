@@ -35,7 +35,7 @@ from .keystore import ExecutorKey
 from .registered import RegisteredExecutor
 from .registration import executor_identity
 from .runner import PIPE_GRACE, CommandRun
-from .shared import Shared
+from .shared import Shared, cancel_and_wait
 
 if TYPE_CHECKING:
     from ..lifecycle.job import Job
@@ -115,8 +115,7 @@ class JobExecutor(RegisteredExecutor):
     async def close(self, reason: str, unregister: bool) -> None:
         """Stop assigning, stop the runs (failing their processes with `reason`), and with the
         colony key and `unregister`, remove the executor from the server (its key stays)."""
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         if not self._stop.done():
             self._stop.set_result(reason)
         if self._runs:

@@ -219,7 +219,8 @@ class CommandRun:
         ours. Adrift (queued again under this run), the run goes on; lost, it stops."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.task.superseded.wait(), self._timing.check_interval)
+                async with asyncio.timeout(self._timing.check_interval):  # not wait_for: see client.rpc
+                    await self.task.superseded.wait()
             was_adrift = self.task.adrift
             standing = await self.task.standing()
             if standing.lost:
@@ -240,7 +241,8 @@ class CommandRun:
             await self._output.wait()
             if not self._backlog.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._backlog.wait(), self._timing.log_interval)
+                    async with asyncio.timeout(self._timing.log_interval):  # not wait_for: see client.rpc
+                        await self._backlog.wait()
             await self.task.ours.wait()  # adrift: the server takes no log before it is ours again
             self._output.clear()
             # Shielded: stopping this task mid-send must not make the final flush send it again.

@@ -16,7 +16,7 @@ from .client import ColoniesError, ColoniesOutcomeUnknown, transient
 from .keystore import ExecutorKey
 from .registered import RegisteredExecutor
 from .registration import Identity
-from .shared import Shared
+from .shared import Shared, cancel_and_wait
 
 log = logging.getLogger("taskmasterd.colonies")
 Serve = Callable[[Assignment], Awaitable[tuple[bool, list[Any]]]]
@@ -44,8 +44,7 @@ class ServiceExecutor(RegisteredExecutor):
                 "state": "offline" if offline else self.state, "error": outage if offline else self.error}
 
     async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         self.state = "closed"
 
     async def _main(self) -> None:
