@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskmasterd.colonies")
 RECONCILER_KEY, WAKE_KEY = "_reconciler", "_reconciler.wake"  # key files: never a job's name
 WAKE_WAIT = 60  # seconds a wake-up waits for a daemon that is away (the resync covers it)
+YIELD_EVERY = 20  # blueprints read between two yields to the loop
 
 
 class BlueprintReconciler:
@@ -269,7 +270,12 @@ class BlueprintReconciler:
                 self._shared.outage.failed(exc)
             return f"the blueprints could not be read: {exc.message}"  # nothing is done on a guess
         self._shared.outage.recovered()
-        found = [bp for doc in docs if (bp := read_blueprint(doc, self.host, self._location)) is not None]
+        found = []
+        for index, doc in enumerate(docs):
+            if (blueprint := read_blueprint(doc, self.host, self._location)) is not None:
+                found.append(blueprint)
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # bounded work per wake-up: the control port answers meanwhile
         before = dict(self._jobs.manifest)
         self._blueprints = {bp.name: bp for bp in found}
         self._status.seen(docs)
@@ -277,6 +283,7 @@ class BlueprintReconciler:
         unreadable = {bp.job for bp in found if bp.problem is not None}  # keeps its job here as it is
         for job, blueprint in placed.items():
             await self._apply(job, blueprint)
+            await asyncio.sleep(0)  # a job as it should be costs a file read and no await
         for job in sorted((self._jobs.names() | set(self._jobs.manifest)) - placed.keys() - unreadable):
             await self._remove(job)
         if self._jobs.manifest != before:

@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .blueprint_spec import PREFIX
+from .blueprints import BlueprintReconciler
 from .capabilities import host_capabilities
 from .client import ColoniesClient
 from .executor import JobExecutor
@@ -24,7 +25,6 @@ from .shared import Shared
 from ..lifecycle.supervisor import JobListener
 
 if TYPE_CHECKING:
-    from .blueprints import BlueprintReconciler
     from ..lifecycle.job import Job
     from ..jobfiles.jobfile import JobSpec
     from ..lifecycle.supervisor import Supervisor
@@ -66,8 +66,6 @@ class ColoniesBridge(JobListener):
                  self._shared.client, len(self.executors), self._shared.settings.colony_name)
 
     def _open_blueprints(self) -> None:
-        from .blueprints import BlueprintReconciler  # only a daemon with blueprints on loads it
-
         sources = self.supervisor.directory
         if not isinstance(sources, JobSources):  # jobsource.install() comes before the jobs load
             raise RuntimeError("colonies.blueprints needs the colony's job source installed before the jobs load")
