@@ -100,6 +100,7 @@ class BlueprintReconciler:
 
     async def _main(self) -> None:
         executortype, function = self._handler = await self._definition()
+        self.state = "registering"
         settings = self._shared.settings
         remedy = (f"another daemon is (or was) host {self.host!r} of this colony: give this one another "
                   f"colonies.hostname, or remove that daemon's executors if it is gone for good")
@@ -111,13 +112,10 @@ class BlueprintReconciler:
             Identity(f"{executortype}.{self.host}.wake", self._wake_type(self.host), settings.location),
             (RECONCILE,), self._serve_wake, remedy)
         await self._reconciler.online.wait()
-        passes = asyncio.create_task(self._passes())
-        try:
-            while True:  # the resync: whatever was heard or missed
-                await self.reconciled()
-                await asyncio.sleep(self._shared.timing.resync_interval)
-        finally:
-            passes.cancel()
+        self._tasks.append(asyncio.create_task(self._passes()))  # close() stops it with the others
+        while True:  # the resync: whatever was heard or missed
+            await self.reconciled()
+            await asyncio.sleep(self._shared.timing.resync_interval)
 
     def _wake_type(self, host: str) -> str:
         assert self._handler is not None
