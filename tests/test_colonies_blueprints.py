@@ -236,3 +236,20 @@ def test_a_daemon_stopped_while_its_reconciler_starts_stops(tmp_path: Path) -> N
                 await asyncio.wait_for(f.stop("web-1"), 10)
 
     run(scenario())
+
+
+def test_a_burst_of_changes_makes_a_few_passes_and_wake_ups_not_one_each(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path, ["web-1", "web-2"], timing=NO_RESYNC) as f:
+            names = [f"burst-{i:02d}" for i in range(30)]
+            await asyncio.gather(*(f.add(name, SLEEPER, hosts=["web-*"]) for name in names))
+            await eventually(lambda: all(h.running(name) == 1 for h in f.hosts.values() for name in names),
+                             timeout=30, what="the 30 jobs on both hosts")
+            processes = f.server.state.processes.values()
+            changes = [p for p in processes if p.doc["spec"]["conditions"]["executortype"] == RECONCILER_TYPE]
+            wake_ups = [p for p in processes if ".wake." in p.doc["spec"]["conditions"]["executortype"]]
+            assert len(changes) == 30  # one per blueprint added, from the server
+            assert len(wake_ups) <= 15, len(wake_ups)  # rounds of wake-ups, not one per change (30)
+            await eventually(lambda: all(p.state == 2 for p in [*changes, *wake_ups]), what="every trigger closed")
+
+    run(scenario())

@@ -17,7 +17,9 @@ With `colonies.blueprints` on, each daemon
 - writes each blueprint's status back (blueprint_status.py).
 A pass is level-triggered and idempotent: one at a time, another one after it when asked
 meanwhile; every trigger (a process, a wake-up, the resync every `resync_interval`, the start)
-asks for one. Duplicated or lost triggers change nothing but timing.
+asks for one, and a process is closed once its pass is asked (so a burst of changes makes a few
+passes, and a few rounds of wake-ups, not one per change). Duplicated or lost triggers change
+nothing but timing.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ log = logging.getLogger("taskmasterd.colonies")
 RECONCILER_KEY, WAKE_KEY = "_reconciler", "_reconciler.wake"  # key files: never a job's name
 WAKE_WAIT = 60  # seconds a wake-up waits for a daemon that is away (the resync covers it)
 YIELD_EVERY = 20  # blueprints read between two yields to the loop
+WAKE_NAMES = 20  # changed blueprints named in one wake-up (informative: a pass reads them all)
+WAKE_GATHER = 0.5  # seconds between two rounds of wake-ups: the changes heard meanwhile go in one
 
 
 class BlueprintReconciler:
@@ -67,6 +71,8 @@ class BlueprintReconciler:
         self._kick = asyncio.Event()
         self._finished = asyncio.Event()
         self._outcome: str | None = None  # the last pass's problem
+        self._changed: set[str] = set()  # blueprints whose change the other daemons are to hear of
+        self._waking: asyncio.Task[None] | None = None  # a round of wake-ups going out
         self._status = StatusWriter(shared.client, self._colony, self.host, shared.outage, shared.timing.status_interval,
                                     self._report, self._list, self._prvkey)
         self._tasks = [asyncio.create_task(self._main()), asyncio.create_task(self._follow_jobs())]
@@ -90,7 +96,7 @@ class BlueprintReconciler:
         return {"blueprint": shown}
 
     async def close(self) -> None:
-        await cancel_and_wait(*self._tasks)
+        await cancel_and_wait(*self._tasks, self._waking)
         await self._status.close()
         for executor in (self._reconciler, self._wake):
             if executor is not None:
@@ -186,44 +192,56 @@ class BlueprintReconciler:
 
     async def _serve_change(self, task: Assignment) -> tuple[bool, list[Any]]:
         """A process of the server's: a blueprint added, changed or removed (kwargs blueprintName),
-        or all of them (every minute): the other daemons are woken for a change, then a pass."""
+        or all of them (every minute): the other daemons are woken for a change, and a pass asked."""
         kwargs = task.spec.get("kwargs") if isinstance(task.spec.get("kwargs"), dict) else {}
         name = kwargs.get("blueprintName")
         if isinstance(name, str) and name:
-            await self._wake_others(name)
+            self._wake_others(name)
         return await self._serve_wake(task)
 
     async def _serve_wake(self, task: Assignment) -> tuple[bool, list[Any]]:
-        problem = await self.reconciled()
-        if problem is not None:
-            return False, [f"{self.host}: {problem}"]
-        placed = sum(bp.placed for bp in self._blueprints.values())
-        return True, [f"{self.host}: reconciled, {placed} blueprint(s) placed here, {len(self._errors)} not applied"]
+        """A trigger is answered once a pass is asked: a hundred changes at once make the passes
+        that run one after the other, not a hundred (each pass reads every blueprint)."""
+        self._ask()
+        return True, [f"{self.host}: a reconciliation is under way"]
 
-    async def _wake_others(self, name: str) -> None:
-        prvkey = self._prvkey()
-        if prvkey is None:
-            return
-        client = self._shared.client
-        own = self._wake_type(self.host)
-        prefix = own[: -len(self.host)]
-        try:
-            executors = await client.get_executors(self._colony, prvkey)
-            for executor in executors:
-                executortype = executor.get("executortype") if isinstance(executor, dict) else None
-                if (isinstance(executortype, str) and executortype.startswith(prefix) and executortype != own
-                        and executor.get("state") == APPROVED):
-                    spec = func_spec(RECONCILE, self._colony, executortype, kwargs={"kind": KIND, "blueprintName": name},
-                                     maxwaittime=WAKE_WAIT)
-                    await client.submit(spec, prvkey)
-        except ColoniesError as exc:  # they find the change at their next resync
-            log.warning("blueprints: the other daemons could not all be woken for %s: %s", name, exc.message)
+    def _wake_others(self, name: str) -> None:
+        """Wake every other daemon for the change at once; the changes heard while a round goes
+        out, or within WAKE_GATHER after it, make one more round, not one each."""
+        self._changed.add(name)
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.create_task(self._wake_rounds())
+
+    async def _wake_rounds(self) -> None:
+        while self._changed:
+            names, self._changed = sorted(self._changed), set()
+            prvkey = self._prvkey()
+            if prvkey is None:
+                return
+            client = self._shared.client
+            own = self._wake_type(self.host)
+            prefix = own[: -len(self.host)]
+            kwargs = {"kind": KIND, "blueprintName": names[0], "blueprintNames": names[:WAKE_NAMES]}
+            try:
+                for executor in await client.get_executors(self._colony, prvkey):
+                    executortype = executor.get("executortype") if isinstance(executor, dict) else None
+                    if (isinstance(executortype, str) and executortype.startswith(prefix) and executortype != own
+                            and executor.get("state") == APPROVED):
+                        spec = func_spec(RECONCILE, self._colony, executortype, kwargs=kwargs, maxwaittime=WAKE_WAIT)
+                        await client.submit(spec, prvkey)
+            except ColoniesError as exc:  # they find the change at their next resync
+                log.warning("blueprints: the other daemons could not all be woken for %s: %s",
+                            ", ".join(names), exc.message)
+            await asyncio.sleep(WAKE_GATHER)  # the next round no sooner: a burst's changes gather meanwhile
+
+    def _ask(self) -> None:
+        self._asked += 1
+        self._kick.set()
 
     async def reconciled(self) -> str | None:
         """Once a pass that began after this call has finished: its problem, or None."""
-        self._asked += 1
+        self._ask()
         wanted = self._asked
-        self._kick.set()
         while self._done < wanted:
             finished = self._finished
             await finished.wait()
