@@ -28,6 +28,7 @@ from typing import Iterable
 
 import orjson
 
+from ..kernel import pidfd
 from .spawner import RUN_VARIABLE
 
 log = logging.getLogger("taskmasterd.orphans")
@@ -163,11 +164,21 @@ class ChildJournal:
 
 @dataclass(frozen=True)
 class Leftover:
-    pgid: int  # the group signalled; with `whole_group` False, the one process
+    pgid: int  # the group signalled (through its leader's pidfd); with `whole_group` False, the one process
     stopsignal: int
     stoptime: float
     members: tuple[int, ...]
     whole_group: bool = True
+    # What the process signalled must still be when the signal goes (seen with its pidfd open):
+    # ("identity", recorded) — the journaled leader itself; ("mark", run) — a process started
+    # with that run's id in its environment.
+    proof: tuple[str, str] = ("mark", "")
+
+    def holds(self, pid: int) -> bool:
+        kind, value = self.proof
+        if kind == "identity":
+            return _identity_like(pid, value) == value
+        return bool(value) and (RUN_VARIABLE, value) in environment_of(pid)
 
 
 @dataclass(frozen=True)
@@ -261,10 +272,15 @@ def find_leftovers(journal: dict[int, tuple[str, int, float]], run: str | None =
     found = []
     for pgid, members in groups.items():
         recorded, stopsignal, stoptime = journal[pgid]
+        stoptime = min(stoptime, LEFTOVER_GRACE_CAP)
         leader = _identity_like(pgid, recorded)
-        if leader is not None and leader != recorded:
-            continue
-        found.append(Leftover(pgid, stopsignal, min(stoptime, LEFTOVER_GRACE_CAP), tuple(members)))
+        if leader == recorded:  # the leader itself: its group is ours
+            found.append(Leftover(pgid, stopsignal, stoptime, tuple(members), proof=("identity", recorded)))
+        elif leader is None and run is not None:
+            # The leader died while no daemon ran, so its pid may be a new process's group now
+            # (a daemonizer: setsid, fork, exit). Only members started by that run are ours.
+            found.extend(Leftover(pid, stopsignal, stoptime, (pid,), whole_group=False, proof=("mark", run))
+                         for pid in members if (RUN_VARIABLE, run) in environment_of(pid))
     if run is not None:
         found.extend(_escapes_of_run(run, outside))
     return found
@@ -277,9 +293,10 @@ def _escapes_of_run(run: str, groups: dict[int, list[int]]) -> list[Leftover]:
     for pgid, members in groups.items():
         marked = [pid for pid in members if pid != own and mark in environment_of(pid)]
         if pgid in marked:  # it leads its group (setsid): the group goes with it
-            found.append(Leftover(pgid, signal.SIGTERM, ESCAPE_STOPTIME, tuple(members)))
+            found.append(Leftover(pgid, signal.SIGTERM, ESCAPE_STOPTIME, tuple(members), proof=("mark", run)))
         else:
-            found.extend(Leftover(pid, signal.SIGTERM, ESCAPE_STOPTIME, (pid,), whole_group=False) for pid in marked)
+            found.extend(Leftover(pid, signal.SIGTERM, ESCAPE_STOPTIME, (pid,), whole_group=False, proof=("mark", run))
+                         for pid in marked)
     return found
 
 
@@ -325,13 +342,9 @@ async def stop_leftovers(path: str) -> int:
 
 
 def _signal(leftover: Leftover, sig: int) -> None:
-    try:
-        if leftover.whole_group:
-            os.killpg(leftover.pgid, sig)
-        else:
-            os.kill(leftover.pgid, sig)
-    except ProcessLookupError:
-        pass
+    """Through the pidfd of the process (or group leader) named, once it is seen to be still the
+    one found: a pid that changed hands meanwhile is never signalled."""
+    pidfd.signal_if(leftover.pgid, sig, leftover.holds, group=leftover.whole_group)
 
 
 async def wait_gone(pids: list[int], timeout: float) -> None:
