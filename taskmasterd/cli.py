@@ -14,6 +14,8 @@ from .pidfile import LockedPidfile, PidfileLocked, StateDirectoryLock
 def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve(argv)
+        if config.version is not None:
+            return _print_version(config)
         if config.check is not None:  # offline: nothing else of the settings matters
             from .jobfiles.check import run_check
             from .jobfiles.jobfile import Limits
@@ -92,6 +94,22 @@ def _refuse_unsafe_directories(state_dir: str, jobs_dir: str) -> None:
     unsafe = JobsDirectory(os.path.abspath(jobs_dir)).problem()
     if unsafe is not None:
         raise ValueError(unsafe)
+
+
+def _print_version(config) -> int:
+    """`taskmasterd --version [--json]`: with --json, also the containment a daemon on these
+    settings would have, and why (found without creating or moving anything)."""
+    from . import __version__
+
+    if config.version == "text":
+        print(f"taskmasterd {__version__}")
+        return 0
+    import json
+
+    from .processes.containment import probe
+
+    print(json.dumps({"version": __version__, "containment": probe(os.path.abspath(config.state_dir), config.containment)}))
+    return 0
 
 
 def _bind_metrics(address: str) -> socket.socket:

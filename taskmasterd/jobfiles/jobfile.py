@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readiness_problems
+from .resources import NO_RESOURCES, RESOURCE_FIELDS, Resources, parse_resources
 
 RESTART_POLICIES = ("always", "never", "unexpected")
 # Bounds: whatever a file says, the daemon stays responsive and its memory bounded.
@@ -77,10 +78,14 @@ class JobSpec:
     healthcheck: HealthCheckSpec | None = None
     on_unhealthy: str = "restart"  # or "none"
     watchdog: float | None = None  # seconds without WATCHDOG=1 before a restart
+    resources: Resources = NO_RESOURCES  # memory_max, cpu_quota, tasks_max, nice, ... (resources.py)
+    inherit_env: bool = False  # a job of another user gets the daemon's environment (spawner.py)
 
     def spawn_settings(self) -> tuple[Any, ...]:
-        """What a running instance was started with: a change here needs a restart."""
-        return (self.argv, self.env, self.workingdir, self.umask, self.user, self.stdout, self.stderr)
+        """What a running instance was started with: a change here needs a restart (a cgroup
+        limit does not: it is changed live)."""
+        return (self.argv, self.env, self.workingdir, self.umask, self.user, self.stdout, self.stderr,
+                self.inherit_env, self.resources.start_settings())
 
     def log_path(self, stream: str, index: int, log_dir: str) -> str | None:
         """Where instance `index` writes `stream` ("stdout"/"stderr"); None = discarded."""
@@ -295,6 +300,7 @@ FIELDS: dict[str, _Converter] = {
     "umask": _umask,
     "user": _user,
     "colonies": _colonies,
+    "inherit_env": _bool,
     **READINESS_FIELDS,  # depends_on, ready, ready_timeout, healthcheck, on_unhealthy, watchdog
 }
 # Names used by files written for the original Taskmaster daemon: alias -> (field, converter).
@@ -374,9 +380,11 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
     if not isinstance(document, dict):
         raise JobFileError([f"{source}: must be a JSON object, got {type(document).__name__}"])
 
-    problems: list[str] = []
-    values: dict[str, Any] = {}
+    resources, problems = parse_resources(document, source)
+    values: dict[str, Any] = {"resources": resources} if resources.any() else {}
     for key, value in document.items():
+        if key in RESOURCE_FIELDS:
+            continue
         if key in FIELDS:
             target, convert = key, FIELDS[key]
         elif key in ALIASES:

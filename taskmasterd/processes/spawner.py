@@ -77,12 +77,14 @@ def child_environment(spec: JobSpec, base: Mapping[str, str], account: Account |
 
 
 def launch_for(spec: JobSpec, env: Mapping[str, str], account: Account | None,
-               extra_args: tuple[str, ...] = ()) -> Launch:
-    """`account`: the spec's user resolved (Job.account), or None when it has none."""
+               extra_args: tuple[str, ...] = (), unit: str | None = None) -> Launch:
+    """`account`: the spec's user resolved (Job.account), or None when it has none; `unit`: what
+    the spawn's cgroup is named after (default: the job's name)."""
     from .table import Launch
 
     return Launch(argv=(*spec.argv, *extra_args), env=env, cwd=spec.workingdir, umask=spec.umask,
-                  account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime)
+                  account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime,
+                  unit=unit or spec.name, resources=spec.resources)
 
 
 def spawn_error_text(exc: BaseException) -> str:
