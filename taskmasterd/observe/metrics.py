@@ -15,6 +15,10 @@ Families (labels in braces):
 - taskmaster_job_file_invalid{job}: 1 when the job's file on disk is invalid
 - taskmaster_control_connections, taskmaster_control_requests_total{verb,response}
 - taskmaster_colonies_processes_total{result}, taskmaster_build_info{version}, taskmaster_start_time_seconds
+- taskmaster_instance_cpu_seconds_total, ..._memory_bytes, ..._memory_peak_bytes, ..._tasks,
+  ..._oom_kills_total{job,instance}: the figures of the instance's current run (its cgroup's, or summed
+  over its processes: processes/accounting.py), where known
+- taskmaster_containment_info{containment}: "cgroup2" or "process-group (no writable cgroup2: <reason>)"
 """
 from __future__ import annotations
 
@@ -88,6 +92,7 @@ class Snapshot:
     requests: dict[tuple[str, str], int]
     colonies: dict[str, int]
     started: float
+    containment: str = ""
 
 
 def take_snapshot(supervisor: Supervisor, connections: int, started: float) -> Snapshot:
@@ -100,7 +105,7 @@ def take_snapshot(supervisor: Supervisor, connections: int, started: float) -> S
                 if file is not None:
                     log_bytes.append((job.name, inst.index, stream, file.written, file.dropped))
     return Snapshot(supervisor.status().value["jobs"], log_bytes, connections, dict(counters.requests),
-                    dict(counters.colonies_processes), started)
+                    dict(counters.colonies_processes), started, supervisor.processes.containment.describe())
 
 
 class SnapshotCollector:
@@ -123,6 +128,8 @@ class SnapshotCollector:
                                         labels=_INSTANCE)
         invalid = GaugeMetricFamily("taskmaster_job_file_invalid", "1 when the job's file on disk is invalid",
                                     labels=["job"])
+        figures = {name: kind(f"taskmaster_instance_{metric}", text, labels=_INSTANCE)
+                   for name, (kind, metric, text) in _FIGURES.items()}
         for job in snapshot.jobs:
             invalid.add_metric([job["name"]], 1 if job.get("error") else 0)
             for inst in job["instances"]:
@@ -135,7 +142,10 @@ class SnapshotCollector:
                     exit_code.add_metric(labels, inst["exitcode"])
                 if inst["signal"] is not None:
                     exit_signal.add_metric(labels, inst["signal"])
-        yield from (state, restarts, uptime, exit_code, exit_signal, invalid)
+                for name, family in figures.items():
+                    if inst.get(name) is not None:
+                        family.add_metric(labels, inst[name])
+        yield from (state, restarts, uptime, exit_code, exit_signal, invalid, *figures.values())
         labels = [*_INSTANCE, "stream"]
         written = CounterMetricFamily("taskmaster_log_written_bytes", "bytes captured into the open log file",
                                       labels=labels)
@@ -157,7 +167,18 @@ class SnapshotCollector:
         started = GaugeMetricFamily("taskmaster_start_time_seconds", "Unix time the daemon started")
         started.add_metric([], snapshot.started)
         yield from (written, dropped, connections, requests, colonies, started,
-                    InfoMetricFamily("taskmaster_build", "the daemon's version", value={"version": __version__}))
+                    InfoMetricFamily("taskmaster_build", "the daemon's version", value={"version": __version__}),
+                    InfoMetricFamily("taskmaster_containment", "how the daemon holds what it starts",
+                                     value={"containment": snapshot.containment}))
+
+
+_FIGURES = {  # status field -> (family kind, metric name, help)
+    "cpu_seconds": (CounterMetricFamily, "cpu_seconds", "CPU seconds used by the current run, all its processes"),
+    "memory_bytes": (GaugeMetricFamily, "memory_bytes", "memory of the current run, all its processes"),
+    "memory_peak_bytes": (GaugeMetricFamily, "memory_peak_bytes", "the most memory the current run held"),
+    "tasks": (GaugeMetricFamily, "tasks", "processes and threads of the current run"),
+    "oom_kills": (CounterMetricFamily, "oom_kills", "processes of the current run the OOM killer ended"),
+}
 
 
 def exposition(snapshot: Snapshot) -> bytes:
