@@ -273,7 +273,8 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 @pytest.mark.parametrize("unit, manager", [("taskmasterd.service", []), ("taskmasterd-user.service", ["--user"])])
 def test_systemd_unit_verifies_clean(tmp_path, unit, manager):
     text = (ROOT / "systemd" / unit).read_text()
-    expected = ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "RuntimeDirectory=taskmaster"]
+    expected = ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "RuntimeDirectory=taskmaster",
+                "\nDelegate=yes\n"]  # a cgroup per instance under the daemon's own
     if manager:  # the user's own daemon: its socket only, in the user's runtime directory
         expected += ["--socket %t/taskmaster/taskmasterd.sock", "--port none", "NoNewPrivileges=yes"]
     else:
