@@ -219,15 +219,19 @@ class Cell:
         return self.path is not None and cgroup.populated(self.path)
 
     def when_empty(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once the cell has no live process, as cgroup.events tells inotify."""
+        """Call `callback` once the cell has no live process, as cgroup.events tells inotify (at
+        once when it is empty already: a reaped leader alone, the usual case, costs no watch)."""
         assert self.path is not None
+        if not self.populated():
+            callback()
+            return
 
         def changed(name: str | None) -> None:
             if name in (None, "cgroup.events") and not self.populated():
                 self._unwatch()
                 callback()
 
-        self._watch = inotify.watch(self.path, inotify.IN_MODIFY, changed)
+        self._watch = inotify.watch(self.path, inotify.IN_MODIFY, changed, keep_open=True)
         changed(None)  # emptied before the watch was in place
 
     def _unwatch(self) -> None:
@@ -366,23 +370,20 @@ class Containment:
         """Drain every cell a previous daemon left in the subtree (its stop signal, then after its
         stoptime cgroup.kill) and remove it; nothing is known or needed of its processes but the
         cell they are in. Returns how many cells held processes."""
-        if self.subtree is None:
-            return 0
-        leftovers = []
-        with os.scandir(self.subtree) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False) and entry.name != DELEGATED_LEAF:
-                    leftovers.append(entry.path)
-        busy = [path for path in leftovers if cgroup.populated(path)]
-        if busy:
-            log.warning("stopping %d cgroup(s) left by a daemon that did not shut down", len(busy))
-            await asyncio.gather(*(self._drain(path) for path in busy))
-        for path in leftovers:
-            cgroup.remove_tree(path)
-        for subtree in self.controllers.v1_subtrees():
-            for entry in os.scandir(subtree):
-                if entry.is_dir(follow_symlinks=False):
-                    cgroup.remove_tree(entry.path)
+        busy: list[str] = []
+        if self.subtree is not None:
+            leftovers = _cells_in(self.subtree)
+            busy = [path for path in leftovers if cgroup.populated(path)]
+            if busy:
+                log.warning("stopping %d cgroup(s) left by a daemon that did not shut down", len(busy))
+                await asyncio.gather(*(self._drain(path) for path in busy))
+            for path in leftovers:
+                cgroup.remove_tree(path)
+        for controller in LIMITED:  # v1 cells (their processes: above, or the journal's in process-group mode)
+            hierarchy = self.layout.v1.get(controller)
+            if hierarchy is not None and os.path.isdir(os.path.join(hierarchy.own, self.name)):
+                for path in _cells_in(os.path.join(hierarchy.own, self.name)):
+                    cgroup.remove_tree(path)
         return len(busy)
 
     async def _drain(self, path: str) -> None:
@@ -404,19 +405,25 @@ class Containment:
     def close(self) -> None:
         """At a clean shutdown: remove what is left of the cells (empty by now) and a subtree of
         our own making; a delegated subtree stays systemd's."""
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing was watched
+            inotify.release()
         for subtree in self.controllers.v1_subtrees():
             cgroup.remove_tree(subtree)
         if self.subtree is not None:
             if self.delegated:  # only the cells go
-                for entry in os.scandir(self.subtree):
-                    if entry.is_dir(follow_symlinks=False) and entry.name != DELEGATED_LEAF:
-                        cgroup.remove_tree(entry.path)
+                for path in _cells_in(self.subtree):
+                    cgroup.remove_tree(path)
             else:
                 cgroup.remove_tree(self.subtree)
 
 
 class CgroupContainment(Containment):
     kind = "cgroup2"
+
+
+def _cells_in(subtree: str) -> list[str]:
+    with os.scandir(subtree) as entries:
+        return [entry.path for entry in entries if entry.is_dir(follow_symlinks=False) and entry.name != DELEGATED_LEAF]
 
 
 def _recorded_stop(path: str) -> tuple[int, float]:
