@@ -73,7 +73,8 @@ def test_each_spawn_is_born_in_a_cell_of_its_own_and_a_restart_gets_a_new_one(tm
         assert os.path.dirname(cell).endswith(subtree_name(os.path.abspath(daemon.state_dir)))
         assert os.path.basename(cell).startswith("web.0.")
         # the program's first instruction already ran there: what it printed at once says so
-        out = wait_for(lambda: (tmp_path / "logs" / "web.0.out").read_text(), 5, what="its output")
+        log = tmp_path / "logs" / "web.0.out"
+        out = wait_for(lambda: log.exists() and log.read_text(), 5, what="its output")
         assert "0::" + cgroups_of(first)[""] in out.splitlines()
         assert daemon.status()["daemon"]["containment"] == "cgroup2"
         os.kill(first, signal.SIGKILL)

@@ -14,41 +14,23 @@ operator the same.
 from __future__ import annotations
 
 import os
-import time
-import weakref
 from typing import TYPE_CHECKING
-
-import psutil
 
 if TYPE_CHECKING:
     from .table import Child
 
-FRESH = 1.0  # seconds a spawn's figures are reused
+FRESH = 1.0  # seconds a spawn's figures are reused (Child.figures keeps them)
 FIGURES = ("cpu_seconds", "memory_bytes", "memory_peak_bytes", "tasks", "oom_kills")
-_cache: weakref.WeakKeyDictionary[Child, tuple[float, dict]] = weakref.WeakKeyDictionary()  # -> (when, figures)
 _groups: tuple[float, dict[int, list[int]]] | None = None  # process groups of the machine, when read
 
 
-def spawn_figures(child: Child) -> dict:
-    now = time.monotonic()
-    cached = _cache.get(child)
-    if cached is not None and now - cached[0] < FRESH:
-        return cached[1]
-    figures = _read(child, now)
-    _cache[child] = (now, figures)
-    return figures
-
-
-def _read(child: Child, now: float) -> dict:
+def spawn_figures(child: Child, now: float) -> dict:
+    """The figures of a spawn, read now (`now`: time.monotonic())."""
     cell = child.cell or child.limits_cell
     figures: dict = dict.fromkeys(FIGURES) if cell is None else cell.figures()
-    if child.cell is not None:
-        pids = child.cell.member_pids()
-        source = "cgroup"
-    else:
-        pids = _group_members(child.pid, now)
-        source = "psutil"
+    source = "cgroup" if child.cell is not None else "psutil"
     if figures["memory_bytes"] is None or child.cell is None:
+        pids = child.cell.member_pids() if child.cell is not None else _group_members(child.pid, now)
         summed = process_figures(pids)
         for name, value in summed.items():
             if figures.get(name) is None:
@@ -61,6 +43,8 @@ def _read(child: Child, now: float) -> dict:
 
 def process_figures(pids: list[int]) -> dict:
     """CPU seconds, resident memory and threads summed over `pids`, through psutil."""
+    import psutil  # only once figures are asked for: the daemon starts without it
+
     cpu = 0.0
     rss = 0
     threads = 0
