@@ -27,6 +27,7 @@ class Hierarchy:
     controllers: frozenset[str]
     own: str  # this process's cgroup directory
     root: str = "/"  # the cgroup the mount shows at its mount point
+    options: frozenset[str] = frozenset()  # the super block's (favordynmods, nsdelegate, ...)
 
     def directory(self, cgroup: str) -> str | None:
         """The directory of a cgroup named as in /proc/<pid>/cgroup; None when this mount does
@@ -85,7 +86,7 @@ def parse_layout(mountinfo: str, own_cgroups: str) -> Layout:
         if fstype == "cgroup2" and v2 is None and "" in memberships:
             own = _inside(mountpoint, root, memberships[""])
             if own is not None:
-                v2 = Hierarchy(2, mountpoint, frozenset(), own, root)
+                v2 = Hierarchy(2, mountpoint, frozenset(), own, root, frozenset(options))
         elif fstype == "cgroup":
             names = frozenset(opt for opt in options if opt not in ("rw", "ro") and "=" not in opt
                               and opt not in ("relatime", "noatime", "nosuid", "nodev", "noexec",

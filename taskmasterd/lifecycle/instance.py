@@ -128,8 +128,8 @@ class Instance:
 
     def _terminate(self, why: str) -> None:
         spec = self.job.spec  # the current file's stop settings, even for an older spawn
-        self._enter(S.STOPPING, f"{why}: {signal.Signals(spec.stopsignal).name} to the process group")
         assert self.child is not None
+        self._enter(S.STOPPING, f"{why}: {signal.Signals(spec.stopsignal).name} to {self.child.holder}")
         self.child.terminate(spec.stopsignal, spec.stoptime)
 
     def signal_processes(self, sig: int) -> bool:

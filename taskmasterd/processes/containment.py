@@ -516,5 +516,9 @@ def _cgroup2(layout: Layout, name: str) -> CgroupContainment:
                 enabled.add(controller)
             except OSError as exc:
                 log.info("cannot enable the %s controller in %s: %s", controller, subtree, exc.strerror)
+    if "favordynmods" not in v2.options:
+        log.info("cgroup2 at %s is mounted without favordynmods: placing a spawn after a quiet spell waits "
+                 "for an RCU grace period (0.1 ms idle, up to ~15 ms on a busy host; docs/architecture.md)",
+                 v2.mountpoint)
     return CgroupContainment(layout, name, "", v2, subtree, os.path.join(home, "cgroup.procs"), frozenset(enabled),
                              delegated)

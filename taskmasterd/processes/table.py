@@ -136,6 +136,11 @@ class Child:
         assert self._returncode is not None
         self.exited.set_result(self._returncode)
 
+    @property
+    def holder(self) -> str:
+        """What a stop signals, for people: "its cgroup" or "the process group"."""
+        return "its cgroup" if self.cell is not None else "the process group"
+
     def signal_group(self, sig: int) -> bool:
         """Signal the whole spawn (its cell, else its process group) through pidfds; False when
         nothing of it is left."""
