@@ -148,10 +148,14 @@ def test_containment_is_said_in_status_version_and_metrics(tmp_path):
                              "process-group"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(forced.stdout)["containment"] == \
         "process-group (no writable cgroup2: asked for by --containment)"
-    with Daemon(tmp_path, {}, args=["--containment", "process-group"]) as daemon:
+    job = {"cmd": ["sh", "-c", "sleep 300 & sleep 300"], "starttime": 0}
+    with Daemon(tmp_path, {"pair": job}, args=["--containment", "process-group"]) as daemon:
         document = daemon.status()["daemon"]
         assert document["containment"] == "process-group (no writable cgroup2: asked for by --containment)"
         assert document["controllers"]["memory"] in ("cgroup v1", "cgroup2")
+        # without a cgroup, the figures are psutil's sums over the instance's process group
+        figures = wait_for(lambda: (i := daemon.instances("pair")[0])["tasks"] == 3 and i, 10, what="3 processes")
+        assert figures["accounting"] == "psutil" and figures["memory_bytes"] > 0 and figures["cpu_seconds"] >= 0
 
 
 def _file(directory, name):
@@ -268,3 +272,47 @@ def test_a_missing_controller_makes_the_instance_fatal_with_the_reason(tmp_path)
     assert state == "FATAL"
     assert description == ("the pids controller is not available: no cgroup2 hierarchy, and no cgroup v1 pids "
                            "hierarchy is mounted")
+
+
+DELEGATED = """
+import asyncio, json, os, sys
+from taskmasterd.kernel import cgroup
+from taskmasterd.jobfiles.resources import NO_RESOURCES
+from taskmasterd.processes.containment import choose
+cgroup.write(os.path.join(sys.argv[1], "cgroup.procs"), b"0")  # as systemd starts a Delegate=yes unit
+containment = choose(sys.argv[2])
+cell = containment.cell("web.0", "run", 1, NO_RESOURCES, 15, 1.0)
+with cell.placed():
+    pid = os.posix_spawn("/bin/sleep", ["sleep", "30"], {}, setsid=True)
+with open(f"/proc/{pid}/cgroup") as child, open("/proc/self/cgroup") as own:
+    print(json.dumps({"subtree": containment.subtree, "kind": containment.kind, "child": child.read(),
+                      "own": own.read()}))
+cell.kill()
+os.waitpid(pid, 0)
+cell.remove()
+async def close():
+    containment.close()
+asyncio.run(close())
+print(json.dumps(sorted(os.listdir(sys.argv[1]))))
+"""
+
+
+def test_under_delegation_the_daemon_moves_to_a_leaf_and_its_cells_go_beside_it(tmp_path):
+    """What systemd's Delegate=yes gives (a cgroup of the daemon's own, marked user.delegate=1),
+    made by hand: the daemon's own cgroup is the subtree, the daemon moves into its leaf
+    'supervisor', cells go beside it, and a clean close leaves the delegated cgroup to systemd."""
+    unit = os.path.join(LAYOUT.v2.mountpoint, f"taskmasterd-test-{os.getpid()}.service")
+    os.mkdir(unit)
+    try:
+        os.setxattr(unit, "user.delegate", b"1")
+        ran = subprocess.run([sys.executable, "-c", DELEGATED, unit, str(tmp_path / "state")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+        assert ran.returncode == 0, ran.stderr
+        report, left = (json.loads(line) for line in ran.stdout.splitlines())
+        assert report["kind"] == "cgroup2" and report["subtree"] == unit
+        relative = "/" + os.path.relpath(unit, LAYOUT.v2.mountpoint)
+        assert f"0::{relative}/supervisor\n" in report["own"]
+        assert f"0::{relative}/web.0.run.1\n" in report["child"]
+        assert [name for name in left if not name.startswith("cgroup.") and "." not in name] == ["supervisor"]
+    finally:
+        cgroup.remove_tree(unit)
