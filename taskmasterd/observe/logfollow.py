@@ -9,6 +9,10 @@ Rotation loses nothing. The daemon rotates `file` → `file.1` and writes on in 
 end, and goes on at the start of the new one; the old one is read once more and closed only after
 the new one has data, so late writes to it (logrotate before the daemon reopens) are kept too. A
 file truncated in place (`copytruncate`, or rotation with no backups) is read again from its start.
+
+A follower holds at most MAX_RETIRED rotated-away files: whoever owns the log directory (the job's
+user) could otherwise make it hold one descriptor per file it puts at the path. Past that the
+oldest is closed, and only writes that still reach a file rotated away that many times are lost.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from ..kernel.safepath import UnsafePath, open_read
 CHUNK = 64 * 1024  # bytes read per wake-up and per `file` reply
 BLOCK = 64 * 1024  # bytes read backwards at a time when looking for the last lines
 MAX_TAIL = 8 * 1024 * 1024  # at most this much of a file's end is read for its last lines
+MAX_RETIRED = 2  # rotated-away files a follower keeps reading for late writes
 MASK = (inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM
         | inotify.IN_DELETE | inotify.IN_CLOSE_WRITE)
 
@@ -90,6 +95,8 @@ class FileFollower:
         info = os.fstat(fd)
         if self._fd >= 0:
             self._retired.append(self._fd)
+            if len(self._retired) > MAX_RETIRED:
+                os.close(self._retired.pop(0))
         self._fd, self._identity, self._offset = fd, (info.st_dev, info.st_ino), 0
         return True
 
