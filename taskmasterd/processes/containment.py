@@ -165,7 +165,7 @@ class Cell:
             yield
         finally:
             for back in reversed(entered):
-                cgroup.write(back, b"0")
+                _move_back(back)
 
     # --- limits ---------------------------------------------------------------------------------
 
@@ -285,6 +285,19 @@ class Cell:
 
     def member_pids(self) -> list[int]:
         return cgroup.members(self.path) if self.path is not None else []
+
+
+def _move_back(procs: str) -> None:
+    """Home again after a spawn. A daemon left inside a cell would be killed with it: one retry,
+    then the daemon stops rather than run on in a job's cgroup."""
+    for attempt in (1, 2):
+        try:
+            cgroup.write(procs, b"0")
+            return
+        except OSError as exc:
+            if attempt == 2:
+                log.critical("cannot leave a job's cgroup (%s: %s): exiting", procs, exc.strerror)
+                os._exit(70)  # EX_SOFTWARE; the next daemon drains every cell
 
 
 def _number(path: str) -> int | None:
