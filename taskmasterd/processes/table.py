@@ -1,22 +1,24 @@
 """The one owner of every process the daemon starts: job instances, Colonies runs, health checks.
 
 `ProcessTable.spawn` is the only way a process is started. Each becomes a `Child` that the table
-holds until it is reaped, and it is journaled for crash recovery before anything else can happen
-to it: at the end of the spawn slice it was made in, before the loop runs any other callback (a
-reap, a verb, a signal). Until it is reaped its pid cannot be reused, so its identity read then is
-its own; read once the exec has settled it costs a third less, and the slice's lines go in one
-write. Every stop goes through `Child.terminate` (stop signal to the group, SIGKILL after the
-grace), and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
+holds until the spawn is entirely gone. With cgroups (containment.py) the spawn is born in a cell
+of its own, which is its record for crash recovery and holds whatever it forks. Without, it is
+journaled before anything else can happen to it: at the end of the spawn slice it was made in,
+before the loop runs any other callback (a reap, a verb, a signal). Until it is reaped its pid
+cannot be reused, so its identity read then is its own; read once the exec has settled it costs
+a third less, and the slice's lines go in one write. Every stop goes through `Child.terminate`
+(stop signal to the cell or group through pidfds, SIGKILL — `cgroup.kill` — after the grace),
+and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
 shutdown. Spawns are queued and run a few milliseconds' worth at a time, so starting 1000
 instances never freezes the loop.
 
 Every spawn has an id of its own (`Child.spawn_id`, unique in the daemon run), set with the run's
 id in its environment after everything else (SPAWN_VARIABLE, RUN_VARIABLE), so a job's `env`
 cannot forge either. With `adopt_orphans` (the daemon, not in-process tests) the process is a child
-subreaper: a grandchild that double-forks or calls setsid is reparented to it, reaped when it
-exits, and stopped with the spawn it came from — recognised by those two variables, which it
-inherited. The clean-up of a spawn that ended therefore never reaches the next spawn of the same
-instance.
+subreaper: a grandchild that double-forks or calls setsid is reparented to it and reaped when it
+exits; without cgroups it is stopped with the spawn it came from — recognised by those two
+variables, which it inherited. The clean-up of a spawn that ended therefore never reaches the
+next spawn of the same instance (with cgroups, the next spawn has another cell).
 """
 from __future__ import annotations
 
