@@ -316,3 +316,25 @@ def test_under_delegation_the_daemon_moves_to_a_leaf_and_its_cells_go_beside_it(
         assert [name for name in left if not name.startswith("cgroup.") and "." not in name] == ["supervisor"]
     finally:
         cgroup.remove_tree(unit)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody")
+def test_without_a_writable_cgroup2_the_reason_is_said(tmp_path):
+    """A daemon run by hand by a user who may not write the hierarchy (no delegation) keeps
+    process groups and says why (what --version --json prints, found as that user)."""
+    from taskmasterd.processes.containment import probe
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, probe(str(tmp_path / "state")).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        containment = answer.read().decode()
+    os.waitpid(pid, 0)
+    assert containment.startswith("process-group (no writable cgroup2: ") and "Permission denied" in containment

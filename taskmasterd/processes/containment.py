@@ -113,9 +113,6 @@ class Controllers:
             return f"the {controller} controller is not available: {offered}, and cgroup v1 {_why(exc, subtree)}"
         return Place(controller, hierarchy, subtree)
 
-    def v1_subtrees(self) -> list[str]:
-        return [place.subtree for place in self._v1.values() if isinstance(place, Place)]
-
     def describe(self) -> dict[str, str]:
         """controller -> "cgroup2", "cgroup v1" or why it is not available (for status)."""
         described = {}
@@ -392,12 +389,19 @@ class Containment:
                 await asyncio.gather(*(self._drain(path) for path in busy))
             for path in leftovers:
                 cgroup.remove_tree(path)
-        for controller in LIMITED:  # v1 cells (their processes: above, or the journal's in process-group mode)
-            hierarchy = self.layout.v1.get(controller)
-            if hierarchy is not None and os.path.isdir(os.path.join(hierarchy.own, self.name)):
-                for path in _cells_in(os.path.join(hierarchy.own, self.name)):
-                    cgroup.remove_tree(path)
+        for subtree in self._v1_subtrees():  # their processes: above, or the journal's (process-group mode)
+            for path in _cells_in(subtree):
+                cgroup.remove_tree(path)
         return len(busy)
+
+    def _v1_subtrees(self) -> list[str]:
+        """The v1 subtrees of this daemon's name that exist, whichever run made them."""
+        found = []
+        for controller in LIMITED:
+            hierarchy = self.layout.v1.get(controller)
+            if hierarchy is not None and self.name and os.path.isdir(os.path.join(hierarchy.own, self.name)):
+                found.append(os.path.join(hierarchy.own, self.name))
+        return found
 
     async def _drain(self, path: str) -> None:
         assert self.v2 is not None
@@ -420,7 +424,7 @@ class Containment:
         our own making; a delegated subtree stays systemd's."""
         with contextlib.suppress(RuntimeError):  # no running loop: nothing was watched
             inotify.release()
-        for subtree in self.controllers.v1_subtrees():
+        for subtree in self._v1_subtrees():
             cgroup.remove_tree(subtree)
         if self.subtree is not None:
             if self.delegated:  # only the cells go
@@ -495,7 +499,7 @@ def probe(state_dir: str, wanted: str = "auto") -> str:
         return "process-group (no writable cgroup2: no cgroup2 file system is mounted)"
     where = v2.own if _delegated(v2.own) else v2.mountpoint
     if not os.access(where, os.W_OK) or not os.access(os.path.join(v2.own, "cgroup.procs"), os.W_OK):
-        return f"process-group (no writable cgroup2: {where}: permission denied)"
+        return f"process-group (no writable cgroup2: {where}: {os.strerror(errno.EACCES)})"
     return "cgroup2"
 
 
