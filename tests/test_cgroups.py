@@ -155,7 +155,8 @@ def test_containment_is_said_in_status_version_and_metrics(tmp_path):
         assert document["controllers"]["memory"] in ("cgroup v1", "cgroup2")
         # without a cgroup, the figures are psutil's sums over the instance's process group
         figures = wait_for(lambda: (i := daemon.instances("pair")[0])["tasks"] == 3 and i, 10, what="3 processes")
-        assert figures["accounting"] == "psutil" and figures["memory_bytes"] > 0 and figures["cpu_seconds"] >= 0
+        assert figures["memory_bytes"] > 0 and figures["cpu_seconds"] >= 0 and figures["memory_peak_bytes"] is None
+        assert document["accounting"].startswith("psutil")
 
 
 def _file(directory, name):
@@ -184,7 +185,7 @@ def test_limits_are_applied_before_the_program_runs_and_changed_live_at_a_reload
         assert _limits_file(pid, "Max open files")[3:5] == ["1000", "2000"]
         assert _limits_file(pid, "Max core file size")[4:6] == ["0", "0"]
         status = daemon.instances("lim")[0]
-        assert status["accounting"] == "cgroup" and status["memory_bytes"] > 0 and status["tasks"] == 1
+        assert status["memory_bytes"] > 0 and status["tasks"] == 1
         assert status["oom_kills"] == 0 and status["cpu_seconds"] >= 0 and status["memory_peak_bytes"] > 0
         # a cgroup limit changes live (same pid); nice needs a new process
         (tmp_path / "jobs" / "lim.tm.json").write_text(json.dumps({**job, "memory_max": "128M", "tasks_max": 30}))

@@ -3,9 +3,11 @@
 With cgroups the kernel keeps the figures for the whole cell (cpu.stat, memory.current or
 memory.usage_in_bytes, pids.current, the OOM counter): one read each, whatever the spawn forked.
 Without a memory controller for the cell (a hybrid host where the job has no `memory_max`, or
-process-group mode), memory is the sum of its processes' resident sets, through psutil, and
-`accounting` says so; in process-group mode CPU and tasks are summed too, over the processes of
-its group (an escape that left the group is not counted: only a cgroup can see it).
+process-group mode), memory is the sum of its processes' resident sets, through psutil (its
+peak and OOM kills are then null), and status's `daemon.accounting` says so once, not in each
+instance (a status of 100 instances is a hot path, its size included); in process-group mode
+CPU and tasks are summed too, over the processes of its group (an escape that left the group is
+not counted: only a cgroup can see it).
 
 Figures are read at most once a second per spawn (`FRESH`): status is a hot path (100 instances
 would cost ~3 ms of file reads per request), and a figure of CPU or memory a second old tells an
@@ -28,16 +30,12 @@ def spawn_figures(child: Child, now: float) -> dict:
     """The figures of a spawn, read now (`now`: time.monotonic())."""
     cell = child.cell or child.limits_cell
     figures: dict = dict.fromkeys(FIGURES) if cell is None else cell.figures()
-    source = "cgroup" if child.cell is not None else "psutil"
     if figures["memory_bytes"] is None or child.cell is None:
         pids = child.cell.member_pids() if child.cell is not None else _group_members(child.pid, now)
         summed = process_figures(pids)
         for name, value in summed.items():
             if figures.get(name) is None:
                 figures[name] = value
-        if child.cell is not None:
-            source = "cgroup (memory: psutil, no memory controller for this job)"
-    figures["accounting"] = source
     return figures
 
 

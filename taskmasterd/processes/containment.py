@@ -252,12 +252,12 @@ class Cell:
 
     def figures(self) -> dict[str, float | int | None]:
         """cpu_seconds, memory_bytes, memory_peak_bytes, tasks, oom_kills; None where the cell has
-        no way to know (memory without a memory controller: `accounting` says where they came from)."""
+        no way to know (peak and OOM kills without a memory controller)."""
         figures: dict[str, float | int | None] = {"cpu_seconds": None, "memory_bytes": None,
                                                   "memory_peak_bytes": None, "tasks": None, "oom_kills": None}
         if self.path is not None:
             usage = cgroup.keyed(cgroup.read_or_none(os.path.join(self.path, "cpu.stat"))).get(b"usage_usec")
-            figures["cpu_seconds"] = None if usage is None else usage / 1e6
+            figures["cpu_seconds"] = None if usage is None else round(usage / 1e6, 3)
         memory = self._directory("memory")
         if memory is not None:
             directory, version = memory
@@ -340,7 +340,15 @@ class Containment:
         return "cgroup2" if self.kind == "cgroup2" else f"process-group (no writable cgroup2: {self.reason})"
 
     def status(self) -> dict[str, object]:
-        return {"containment": self.describe(), "cgroup": self.subtree, "controllers": self.controllers.describe()}
+        if self.kind != "cgroup2":
+            accounting = "psutil: the processes of each instance's process group"
+        elif "memory" in self.controllers.v2_enabled:
+            accounting = "cgroup"
+        else:
+            accounting = ("cgroup; memory summed over the processes with psutil for a job without memory_max "
+                          "(no memory controller in its cgroup: its memory_peak_bytes and oom_kills are null)")
+        return {"containment": self.describe(), "cgroup": self.subtree, "controllers": self.controllers.describe(),
+                "accounting": accounting}
 
     def cell(self, unit: str, run_id: str, spawn_id: int, resources: Resources,
              stopsignal: int, stoptime: float) -> Cell | None:

@@ -204,8 +204,8 @@ class Child:
             return False
 
     def figures(self) -> dict[str, float | int | None]:
-        """cpu_seconds, memory_bytes, memory_peak_bytes, tasks, oom_kills of the whole spawn, and
-        where they come from (`accounting`); read at most once every FRESH seconds."""
+        """cpu_seconds, memory_bytes, memory_peak_bytes, tasks, oom_kills of the whole spawn; read
+        at most once every FRESH seconds."""
         now = time.monotonic()
         if now - self._figures_read >= FRESH:
             self._figures, self._figures_read = spawn_figures(self, now), now
