@@ -11,6 +11,7 @@ from typing import Any
 from . import __version__
 
 DEFAULT_PORT = 7777
+CONTAINMENTS = ("auto", "cgroup2", "process-group")  # processes/containment.py
 
 
 @dataclass
@@ -110,7 +111,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: must be a JSON object")
     if isinstance(document.get("max_numprocs"), int) and not 1 <= document["max_numprocs"] <= 1 << 20:
         raise ConfigError(f"{path}: setting 'max_numprocs' must be from 1 to {1 << 20}")
-    if "containment" in document and document["containment"] not in ("auto", "cgroup2", "process-group"):
+    if "containment" in document and document["containment"] not in CONTAINMENTS:
         raise ConfigError(f"{path}: setting 'containment' must be \"auto\", \"cgroup2\" or \"process-group\"")
     if "log_mode" in document and not (isinstance(document["log_mode"], str)
                                        and re.fullmatch(r"0?[0-7]{3}", document["log_mode"])):
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(off by default; a bare PORT means 127.0.0.1:PORT)")
     parser.add_argument("--check", nargs="?", const="", metavar="DIR",
                         help="validate every job file of DIR (default: the jobs directory) and exit: 1 if any is invalid")
-    parser.add_argument("--containment", choices=["auto", "cgroup2", "process-group"],
+    parser.add_argument("--containment", choices=CONTAINMENTS,
                         help="a cgroup per instance (cgroup2), process groups, or cgroup2 wherever a writable "
                              "cgroup v2 hierarchy allows it (auto, the default)")
     parser.add_argument("--version", action="store_true", help="print the version (and the containment in force "

@@ -12,8 +12,9 @@ empty (inotify: never polled). A restart is another spawn, so another cell.
 
 Placement: Python's posix_spawn cannot clone3(CLONE_INTO_CGROUP), so the spawning thread goes
 into the cell, spawns, and comes back: the child is born there, before its first instruction.
-In v2 a move takes the whole daemon (cgroup.procs; ~35 µs a write on this 2-core VM under
-load), in v1 only the writing thread (`tasks`, ~10 µs). Its threads sit in the cell for those
+In v2 a move takes the whole daemon (cgroup.procs: ~30 µs a write back to back, but the first
+after a quiet spell waits for an RCU grace period unless cgroup2 is mounted with favordynmods:
+docs/architecture.md), in v1 only the writing thread (`tasks`, ~10 µs). Its threads sit in the cell for those
 microseconds: none of them forks meanwhile (spawns are made one at a time, by the thread that
 moved), and a cell's limits are written before the move, its pids.max after it, so the
 daemon's own threads never count against a job's `tasks_max` (docs/architecture.md).
@@ -40,7 +41,7 @@ import signal
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ..jobfiles.resources import CPU_PERIOD_US, NO_RESOURCES, Resources, memory_text
+from ..jobfiles.resources import CPU_PERIOD_US, NO_RESOURCES, Resources
 from ..kernel import cgroup, inotify, pidfd
 from ..kernel.cgroup import Hierarchy, Layout
 
@@ -50,7 +51,6 @@ LIMITED = tuple(LIMIT_FIELDS)
 DELEGATED_LEAF = "supervisor"  # the daemon's own leaf in a delegated subtree
 STOP_XATTR = "user.taskmaster.stop"  # "<stopsignal> <stoptime>" of a cell, for the next daemon
 LEFTOVER_GRACE_CAP = 10.0
-CONTAINMENTS = ("auto", "cgroup2", "process-group")
 
 
 class ContainmentError(Exception):
