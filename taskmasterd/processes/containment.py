@@ -108,7 +108,7 @@ class Controllers:
             return f"the {controller} controller is not available: {offered}, and no cgroup v1 {controller} hierarchy is mounted"
         subtree = os.path.join(hierarchy.own, self._name)
         try:
-            os.makedirs(subtree, exist_ok=True)
+            os.makedirs(subtree, exist_ok=True)  # at the first spawn that needs it
         except OSError as exc:
             return f"the {controller} controller is not available: {offered}, and cgroup v1 {_why(exc, subtree)}"
         return Place(controller, hierarchy, subtree)
@@ -117,14 +117,17 @@ class Controllers:
         """controller -> "cgroup2", "cgroup v1" or why it is not available (for status)."""
         described = {}
         for controller in LIMITED:
+            hierarchy = self._layout.v1.get(controller)
             if controller in self.v2_enabled:
                 described[controller] = "cgroup2"
-                continue
-            try:
-                self.v1_place(controller)
-                described[controller] = "cgroup v1"
-            except ContainmentError as exc:
-                described[controller] = str(exc)
+            elif controller not in self._v1 and hierarchy is not None and os.access(hierarchy.own, os.W_OK):
+                described[controller] = "cgroup v1"  # said without making anything
+            else:
+                try:
+                    self.v1_place(controller)
+                    described[controller] = "cgroup v1"
+                except ContainmentError as exc:
+                    described[controller] = str(exc)
         return described
 
 
