@@ -339,3 +339,27 @@ def test_without_a_writable_cgroup2_the_reason_is_said(tmp_path):
         containment = answer.read().decode()
     os.waitpid(pid, 0)
     assert containment.startswith("process-group (no writable cgroup2: ") and "Permission denied" in containment
+
+
+def test_a_limit_whose_controller_the_running_cgroup_lacks_restarts_the_instance(tmp_path):
+    """On a hybrid host a job without memory_max runs without a v1 memory cgroup: a reload that
+    asks for one cannot be applied live, so the instance restarts into a cgroup that has it."""
+    job = {"cmd": "sleep 300", "starttime": 0}
+    with Daemon(tmp_path, {"grow": job}) as daemon:
+        pid = daemon.instances("grow")[0]["pid"]
+        (tmp_path / "jobs" / "grow.tm.json").write_text(json.dumps({**job, "memory_max": "32M"}))
+        daemon.signal(signal.SIGHUP)
+        fresh = wait_for(lambda: (i := daemon.instances("grow")[0])["pid"] not in (pid, None) and i["pid"], 10,
+                         what="the restart")
+        memory = v1_dir(fresh, "memory") if "memory" in LAYOUT.v1 else v2_dir(fresh)
+        assert _file(memory, "memory.limit_in_bytes" if "memory" in LAYOUT.v1 else "memory.max") == str(32 << 20)
+
+
+@pytest.mark.skipif("memory" not in LAYOUT.v1, reason="no cgroup v1 memory hierarchy here")
+def test_process_group_mode_still_applies_limits_through_cgroup_v1(tmp_path):
+    job = {"cmd": "sleep 300", "starttime": 0, "memory_max": "48M"}
+    with Daemon(tmp_path, {"lim": job}, args=["--containment", "process-group"]) as daemon:
+        pid = daemon.instances("lim")[0]["pid"]
+        assert _file(v1_dir(pid, "memory"), "memory.limit_in_bytes") == str(48 << 20)
+        assert "taskmasterd-" not in cgroups_of(pid)[""]  # no v2 cell: process groups contain it
+        assert daemon.instances("lim")[0]["memory_peak_bytes"] > 0  # the v1 cgroup's figures
