@@ -41,8 +41,8 @@ async def measure(resources: Resources) -> tuple[list[float], list[float]]:
             began = time.perf_counter()
             cell = containment.cell("bench.0", "run", spawn_id, resources, 15, 1.0)
             pid = spawn(cell.placed)
-            if resources.tasks_max is not None:
-                cell.apply(resources, spawned=True)
+            if resources.controllers():
+                cell.apply(resources)
             starts.append(time.perf_counter() - began)
             began = time.perf_counter()
             empty = asyncio.get_running_loop().create_future()

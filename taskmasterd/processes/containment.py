@@ -16,8 +16,8 @@ In v2 a move takes the whole daemon (cgroup.procs: ~30 µs a write back to back,
 after a quiet spell waits for an RCU grace period unless cgroup2 is mounted with favordynmods:
 docs/architecture.md), in v1 only the writing thread (`tasks`, ~10 µs). Its threads sit in the cell for those
 microseconds: none of them forks meanwhile (spawns are made one at a time, by the thread that
-moved), and a cell's limits are written before the move, its pids.max after it, so the
-daemon's own threads never count against a job's `tasks_max` (docs/architecture.md).
+moved), and a cell's limits are written once the daemon is out again (`Cell.apply`), so the
+daemon never counts against a job's limits (docs/architecture.md).
 
 **Controllers** (limits and accounting): from the v2 subtree when they are enabled there, else
 from cgroup v1 hierarchies (hybrid hosts: v2 for containment and events, v1 for memory, cpu,
@@ -169,13 +169,16 @@ class Cell:
 
     # --- limits ---------------------------------------------------------------------------------
 
-    def apply(self, resources: Resources, spawned: bool) -> bool:
+    def apply(self, resources: Resources) -> bool:
         """Write the limits (and lift those no longer asked for); False when one needs a
-        controller this cell was made without (a restart gives it one). pids.max waits until the
-        spawn is made (`spawned`): the daemon's own threads pass through the cell."""
+        controller this cell was made without (a restart gives it one). Written once the spawn
+        is made and the daemon is out of the cell, never before: with its threads inside, a
+        tiny cpu_quota could throttle the daemon, tasks_max count its threads, and an OOM in the
+        cell while the child execs choose the daemon (the largest process there) as its victim.
+        The job's first microseconds therefore run without them (docs/architecture.md)."""
         for controller, field in LIMIT_FIELDS.items():
             wanted, had = getattr(resources, field), getattr(self.resources, field)
-            if (wanted is None and had is None) or (controller == "pids" and not spawned):
+            if wanted is None and had is None:
                 continue
             where = self._directory(controller)
             if where is None:
@@ -355,8 +358,9 @@ class Containment:
 
     def cell(self, unit: str, run_id: str, spawn_id: int, resources: Resources,
              stopsignal: int, stoptime: float) -> Cell | None:
-        """A new cell for one spawn, its limits written; None in process-group mode without limits.
-        ContainmentError when a controller its limits need is not there."""
+        """A new cell for one spawn (its limits are written by `Cell.apply` once the spawn is
+        made); None in process-group mode without limits. ContainmentError when a controller its
+        limits need is not there."""
         v1_needed = [c for c in resources.controllers() if c not in self.controllers.v2_enabled]
         places = [self.controllers.v1_place(c) for c in v1_needed]
         if self.subtree is None and not places:
@@ -378,9 +382,7 @@ class Containment:
                     os.mkdir(directory)
                     made.append(directory)
                 v1[place.controller] = (place.hierarchy, directory)
-            cell = Cell(path, self.v2, v1, self.controllers.v2_enabled, self.home)
-            cell.apply(resources, spawned=False)
-            return cell
+            return Cell(path, self.v2, v1, self.controllers.v2_enabled, self.home)
         except OSError as exc:
             for directory in reversed(made):
                 with contextlib.suppress(OSError):

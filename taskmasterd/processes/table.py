@@ -198,7 +198,7 @@ class Child:
         if cell is None:
             return not resources.controllers()
         try:
-            return cell.apply(resources, spawned=True)
+            return cell.apply(resources)
         except OSError as exc:
             log.warning("cannot change the limits of pid %d live: %s", self.pid, exc.strerror)
             return False
@@ -388,12 +388,19 @@ class ProcessTable:
             raise
         try:
             self._give_start_settings(started.pid, launch)  # first: the program runs already
-            if cell is not None and launch.resources.tasks_max is not None:
-                cell.apply(launch.resources, spawned=True)  # pids.max, now that the daemon is out
+            if cell is not None and launch.resources.controllers():
+                self._give_limits(cell, launch.resources)  # now that the daemon is out of the cell
             return self._register(started, launch, spawn_id, cell)
         except BaseException:
             self._abandon(started, cell)
             raise
+
+    @staticmethod
+    def _give_limits(cell: Cell, resources: Resources) -> None:
+        try:
+            cell.apply(resources)
+        except OSError as exc:  # v1 refuses a memory limit below what it already uses
+            raise ContainmentError(f"cannot set its limits: {exc.strerror or exc}") from None
 
     def _spawn_thread_for(self, *streams: int) -> SpawnThread | None:
         """The spawn thread when this spawn should go through it: when the daemon holds enough
