@@ -69,6 +69,19 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
                             log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir,
                             containment=containment)
     stopping = asyncio.Event()
+    exit_code = 0
+    if config.container:
+        from .container.console import Console
+        from .container.exitwatch import ExitWatch
+
+        supervisor.console = Console()
+
+        def exit_with(code: int, why: str) -> None:
+            nonlocal exit_code
+            exit_code = code
+            stopping.set()
+
+        ExitWatch(supervisor, exit_with)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.background(_reload(supervisor), "SIGHUP reload"))
@@ -118,7 +131,9 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
         await metrics_server.close()
     await server.close()
     await stop_jobs()
-    return 0
+    if supervisor.console is not None:
+        supervisor.console.close()
+    return exit_code
 
 
 async def _stop_jobs(supervisor: Supervisor, opening: asyncio.Task[None] | None,

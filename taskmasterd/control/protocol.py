@@ -285,7 +285,7 @@ def encode_reply(reply: Reply) -> bytes:
         return constant
     import orjson
 
-    wire: dict[str, str] = {"response": reply.response}
+    wire: dict[str, Any] = {"response": reply.response}
     if reply.response in ("status", "events"):
         wire["data"] = _b64(orjson.dumps(reply.value))
     elif reply.response == "list":
@@ -293,6 +293,8 @@ def encode_reply(reply: Reply) -> bytes:
     elif reply.response == "file":
         wire["job"] = _b64((reply.job or "").encode("utf-8"))
         wire["data"] = _b64(reply.data or b"")
+        if reply.value is not None:  # extension: when each part of `data` was written
+            wire["times"] = reply.value["times"]
     else:  # success, redundant, fail, invalid
         if reply.error is not None:
             wire["error"] = _b64(reply.error.encode("utf-8"))
@@ -359,7 +361,9 @@ def decode_reply(body: bytes) -> Reply:
             return Reply(response, value=_loads(_reply_b64("data", message["data"])))
         if response == "file":
             job = _reply_b64("job", message["job"]).decode("utf-8", "replace")
-            return Reply(response, job=job, data=_reply_b64("data", message["data"]))
+            times = message.get("times")  # extension: [[offset in data, Unix time], ...]
+            return Reply(response, job=job, data=_reply_b64("data", message["data"]),
+                         value=None if times is None else {"times": times})
         if not isinstance(response, str):
             raise ReplyError("the reply's response is not a string")
         data = message.get("data")  # extension on success/redundant/fail: a JSON document

@@ -128,7 +128,8 @@ def aggregate(targets: Sequence[Target], replies: Sequence[Reply], problems: Seq
     """One reply for a selector: `fail` with one "<target>: <error>" line per failure (items that
     selected nothing included) when anything failed; else `redundant` when every target was
     redundant, `success` otherwise. Its `value` lists each target's own response."""
-    results = [{"target": target.label, "response": reply.response, **({"error": reply.error} if reply.error else {})}
+    results = [{"target": target.label, "response": reply.response, **({"error": reply.error} if reply.error else {}),
+                **({"note": reply.value["note"]} if isinstance(reply.value, dict) and "note" in reply.value else {})}
                for target, reply in zip(targets, replies, strict=True)]
     failures = [f"{target.label}: {reply.error or reply.response}"
                 for target, reply in zip(targets, replies, strict=True) if reply.response not in ("success", "redundant")]

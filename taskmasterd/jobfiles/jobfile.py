@@ -14,10 +14,13 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .container_spec import CONTAINER_FIELDS, container_problems
 from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readiness_problems
 from .resources import NO_RESOURCES, RESOURCE_FIELDS, Resources, parse_resources
+from .schedule_spec import SCHEDULE_FIELDS, Schedule, schedule_problems, scheduled_defaults
 
 RESTART_POLICIES = ("always", "never", "unexpected")
+STDERR_TO_STDOUT = "stdout"  # the value of "stderr" that sends it down stdout's pipe
 # Bounds: whatever a file says, the daemon stays responsive and its memory bounded.
 MAX_FILE = 1 << 20  # bytes of a job file
 MAX_CMD = 128 * 1024  # bytes of a command line, all words together
@@ -78,6 +81,13 @@ class JobSpec:
     healthcheck: HealthCheckSpec | None = None
     on_unhealthy: str = "restart"  # or "none"
     watchdog: float | None = None  # seconds without WATCHDOG=1 before a restart
+    schedule: Schedule | None = None  # None: a job that runs continuously (schedule_spec.py)
+    timezone: str | None = None
+    overlap: str = "skip"
+    jitter: float = 0.0
+    timeout: float | None = None
+    catch_up: bool = False
+    essential: bool = False  # container mode: its end ends the daemon (container_spec.py)
     resources: Resources = NO_RESOURCES  # memory_max, cpu_quota, tasks_max, nice, ... (resources.py)
     inherit_env: bool = False  # a job of another user gets the daemon's environment (spawner.py)
 
@@ -87,8 +97,15 @@ class JobSpec:
         return (self.argv, self.env, self.workingdir, self.umask, self.user, self.stdout, self.stderr,
                 self.inherit_env, self.resources.start_settings())
 
+    @property
+    def stderr_to_stdout(self) -> bool:
+        """`"stderr": "stdout"`: one pipe for both streams, so one file in the order written."""
+        return self.stderr == STDERR_TO_STDOUT
+
     def log_path(self, stream: str, index: int, log_dir: str) -> str | None:
         """Where instance `index` writes `stream` ("stdout"/"stderr"); None = discarded."""
+        if self.stderr_to_stdout:
+            stream = "stdout"
         configured = self.stdout if stream == "stdout" else self.stderr
         if configured is None:
             return None
@@ -302,6 +319,8 @@ FIELDS: dict[str, _Converter] = {
     "colonies": _colonies,
     "inherit_env": _bool,
     **READINESS_FIELDS,  # depends_on, ready, ready_timeout, healthcheck, on_unhealthy, watchdog
+    **SCHEDULE_FIELDS,  # schedule, timezone, overlap, jitter, timeout, catch_up
+    **CONTAINER_FIELDS,  # essential
 }
 # Names used by files written for the original Taskmaster daemon: alias -> (field, converter).
 ALIASES: dict[str, tuple[str, _Converter]] = {
@@ -395,7 +414,7 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
         else:
             import difflib  # only a misspelt file pays for it
 
-            hint = difflib.get_close_matches(key, [*FIELDS, *ALIASES], n=1, cutoff=0.6)
+            hint = difflib.get_close_matches(key, [*FIELDS, *ALIASES, *RESOURCE_FIELDS], n=1, cutoff=0.6)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
             problems.append(f"{source}: unknown field {_short_repr(key)}{suggestion}")
             continue
@@ -411,9 +430,10 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
             problems.append(f'{source}: field "{key}": {bad}')
     if "cmd" not in document:
         problems.append(f'{source}: field "cmd": is required')
+    problems += schedule_problems(document, source) + container_problems(document, source)
     if problems:
         raise JobFileError(problems)
-    spec = JobSpec(name=name, **values)
+    spec = JobSpec(name=name, **{**values, **scheduled_defaults(document)})
     problems = readiness_problems(spec, source)
     if problems:
         raise JobFileError(problems)

@@ -248,16 +248,19 @@ class Instance:
         child_fds: list[int] = []
         logs: list[LogFile] = []
         try:
-            for stream in ("stdout", "stderr"):
+            # "stderr": "stdout": one pipe for both, so the file has them in the order written
+            for stream in ("stdout",) if spec.stderr_to_stdout else ("stdout", "stderr"):
                 # A drain outlives its child and closes itself at EOF, so no byte is lost on exit.
+                # Container mode: the daemon's own stdout/stderr when the job names no file.
+                console = supervisor.console.stream_for(spec, stream, self.index) if supervisor.console else None
                 fd, file = open_capture(spec.log_path(stream, self.index, supervisor.log_dir), spec.logmaxbytes,
-                                        spec.logbackups, supervisor.log_files, loop)
+                                        spec.logbackups, supervisor.log_files, loop, console)
                 child_fds.append(fd)
                 if file is not None:
                     logs.append(file)
             env = {**self.job.environment(self.index), **self.health.environment(spec)}
             launch = launch_for(spec, env, self.job.account(), unit=f"{spec.name}.{self.index}")
-            self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[1])
+            self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[-1])
         except UnsafePath as exc:
             self._failed_start(f"unsafe log file: {exc.strerror}", final=True)
             return
@@ -403,8 +406,6 @@ class Instance:
             # meant to be up now (a finished run with an expected exit is not): status exits 3 otherwise
             "wanted": self.wanted and not (self.state is S.EXITED and self._last_exit_expected()),
         }
-        if self.child is not None:
-            entry.update(self.child.figures())  # cpu_seconds, memory_bytes, ... (processes/accounting.py)
         self.health.report(entry)
         dropped = sum(file.dropped for file in self.logs)
         if dropped:

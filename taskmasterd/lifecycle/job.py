@@ -154,6 +154,7 @@ class Job:
         starting = list(restarting)
         if new.numprocs != old.numprocs:
             wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.autostart
+            wanted = wanted and new.schedule is None  # a scheduled job's instances start with its runs
             for inst in self._resize(new.numprocs):
                 if wanted and inst.start("numprocs increased"):
                     starting.append(inst)

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol, TypeVar
 
 from .dependencies import cycle_problem, dependency_graph, stop_layers
+from .enablement import Enablement
 from .instance import Instance
 from .job import Job
+from .scheduler import Scheduler
 from ..jobfiles.jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
 from ..jobfiles.jobsdir import JobsDirectory
 from ..processes.logcapture import DEFAULT_LOG_MODE, LogFiles
@@ -40,6 +42,7 @@ from ..control.reply import REDUNDANT, SUCCESS, Reply, fail
 from ..processes.spawner import inherited_environment
 
 if TYPE_CHECKING:
+    from ..container.console import Console
     from ..control.daemonhandle import DaemonHandle
 
 log = logging.getLogger("taskmasterd")
@@ -109,11 +112,18 @@ class Supervisor:
         self.events = EventBus()  # every state change, for the `events` verb (Instance._enter publishes)
         self.daemon: DaemonHandle | None = None  # set by daemon.py: `shutdown`, and status's `daemon` object
         self.notify_dir = notify_dir  # None: a short directory of this daemon's own (default_notify_path)
+        self.console: Console | None = None  # container mode: jobs' output on the daemon's stdout/stderr
         self._notify: NotifyDirectory | None = None
         self._held: set[Job] = set()  # jobs with instances WAITING for their dependencies
         self._changed: set[str] = set()  # jobs whose standing changed in this loop iteration
         self._settling: asyncio.Handle | None = None
         self._refusal: str | None = None  # why the jobs directory is not read now (logged once)
+        # Scheduled jobs: started at their due times, and by `start` once (lifecycle/scheduler.py).
+        self.scheduler = Scheduler(self)
+        self.listeners.append(self.scheduler)
+        self.status_extras.append(self.scheduler.status_extra)
+        self.enablement = Enablement(self.state_dir)  # `disable`d jobs do not autostart
+        self.status_extras.append(lambda name: {"enabled": False} if self.enablement.disabled(name) else {})
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -128,6 +138,7 @@ class Supervisor:
         assert journal is not None
         await self.processes.containment.recover()  # a killed predecessor's cells
         await stop_leftovers(journal.path)  # and the groups it journaled (process-group mode)
+        self.enablement.load()
         journal.open()
         self.processes.open(asyncio.get_running_loop())
         if watch:
@@ -148,6 +159,7 @@ class Supervisor:
         grandchildren); nothing it started is left."""
         self.closing = True
         self.processes.closing = True  # no spawn from now on; escapes are stopped once, at the end
+        await self.scheduler.close()
         if self._watcher is not None:
             self._watcher.close()
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
@@ -251,7 +263,8 @@ class Supervisor:
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
-                starting = list(job.active) if spec.autostart and job.start_all("autostart") else []
+                autostart = spec.autostart and not self.enablement.disabled(name)
+                starting = list(job.active) if autostart and job.start_all("autostart") else []
                 retiring: list = []
                 change = "added"
             else:
@@ -340,7 +353,14 @@ class Supervisor:
             return job, [inst for inst in targets if act(inst)]
 
     async def start(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
-        return await self._start_with(Instance.start, name, nowait, index)
+        if self.scheduler.schedules(name) and not self.closing:  # one run now, beside its schedule
+            return await self.scheduler.run_now(name, nowait, index)
+        return await self.start_instances(name, nowait, index)
+
+    async def start_instances(self, name: str, nowait: bool = False, index: int | None = None,
+                              reason: str = "start command") -> Reply:
+        """Start the instances, whatever the job's schedule (a scheduled job's runs come here)."""
+        return await self._start_with(lambda inst: inst.start(reason), name, nowait, index)
 
     async def _start_with(self, act: Callable[[Instance], bool], name: str, nowait: bool,
                           index: int | None) -> Reply:
@@ -384,6 +404,8 @@ class Supervisor:
         return SUCCESS if outcome[1] else REDUNDANT
 
     async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        if self.scheduler.schedules(name) and not self.closing:  # a run now, if the last one failed
+            return await self.scheduler.repair(name, nowait, index)
         return await self._start_with(Instance.repair, name, nowait, index)
 
     def status(self, name: str | None = None, index: int | None = None) -> Reply:

@@ -11,13 +11,17 @@ Families (labels in braces):
 - taskmaster_instance_state{job,instance,state}: 1 for the instance's state, 0 for the others
 - taskmaster_instance_restarts_total{job,instance}, taskmaster_instance_uptime_seconds{job,instance}
 - taskmaster_instance_last_exit_code{job,instance}, ..._last_exit_signal: after an exit, until the next spawn
+- taskmaster_instance_healthy{job,instance}: 1 healthy, 0 unhealthy, for the instances whose health
+  check has given a verdict in the current run (none without a check, or before its first verdict)
 - taskmaster_log_written_bytes_total / taskmaster_log_dropped_bytes_total{job,instance,stream}: per open log file
 - taskmaster_job_file_invalid{job}: 1 when the job's file on disk is invalid
+- taskmaster_job_runs_total{job,result}, taskmaster_job_last_success_timestamp_seconds{job}: a
+  scheduled job's runs by result (lifecycle/runs.py), and when its last successful run ended
 - taskmaster_control_connections, taskmaster_control_requests_total{verb,response}
 - taskmaster_colonies_processes_total{result}, taskmaster_build_info{version}, taskmaster_start_time_seconds
 - taskmaster_instance_cpu_seconds_total, ..._memory_bytes, ..._memory_peak_bytes, ..._tasks,
   ..._oom_kills_total{job,instance}: the figures of the instance's current run (its cgroup's, or summed
-  over its processes: processes/accounting.py), where known
+  over its processes: observe/accounting.py, read once per scrape), where known
 - taskmaster_containment_info{containment}: "cgroup2" or "process-group (no writable cgroup2: <reason>)"
 """
 from __future__ import annotations
@@ -35,6 +39,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from .. import __version__
 from . import counters
+from .accounting import accounting
+from .statusview import running_child
 from .following import STREAMS
 from ..lifecycle.states import State
 
@@ -104,7 +110,16 @@ def take_snapshot(supervisor: Supervisor, connections: int, started: float) -> S
                 file = supervisor.log_files.get(path) if path is not None else None
                 if file is not None:
                     log_bytes.append((job.name, inst.index, stream, file.written, file.dropped))
-    return Snapshot(supervisor.status().value["jobs"], log_bytes, connections, dict(counters.requests),
+    jobs = supervisor.status().value["jobs"]
+    spawns = {(job["name"], inst["index"]): child for job in jobs for inst in job["instances"]
+              if inst.get("pid") and (child := running_child(supervisor, job["name"], inst["index"])) is not None}
+    usages = accounting(spawns) if spawns else {}  # once per scrape
+    for job in jobs:
+        for inst in job["instances"]:
+            usage = usages.get((job["name"], inst["index"]))
+            if usage is not None:
+                inst.update(usage.document())
+    return Snapshot(jobs, log_bytes, connections, dict(counters.requests),
                     dict(counters.colonies_processes), started, supervisor.processes.containment.describe())
 
 
@@ -128,6 +143,9 @@ class SnapshotCollector:
                                         labels=_INSTANCE)
         invalid = GaugeMetricFamily("taskmaster_job_file_invalid", "1 when the job's file on disk is invalid",
                                     labels=["job"])
+        healthy = GaugeMetricFamily("taskmaster_instance_healthy",
+                                    "1 when the instance's health check passes, 0 when it fails (checked instances only)",
+                                    labels=_INSTANCE)
         figures = {name: kind(f"taskmaster_instance_{metric}", text, labels=_INSTANCE)
                    for name, (kind, metric, text) in _FIGURES.items()}
         for job in snapshot.jobs:
@@ -142,10 +160,14 @@ class SnapshotCollector:
                     exit_code.add_metric(labels, inst["exitcode"])
                 if inst["signal"] is not None:
                     exit_signal.add_metric(labels, inst["signal"])
+                verdict = inst.get("health")
+                if verdict in ("healthy", "unhealthy"):
+                    healthy.add_metric(labels, 1 if verdict == "healthy" else 0)
                 for name, family in figures.items():
                     if inst.get(name) is not None:
                         family.add_metric(labels, inst[name])
-        yield from (state, restarts, uptime, exit_code, exit_signal, invalid, *figures.values())
+        yield from (state, restarts, uptime, exit_code, exit_signal, invalid, healthy, *figures.values(),
+                    *_run_families(snapshot.jobs))
         labels = [*_INSTANCE, "stream"]
         written = CounterMetricFamily("taskmaster_log_written_bytes", "bytes captured into the open log file",
                                       labels=labels)
@@ -179,6 +201,21 @@ _FIGURES = {  # status field -> (family kind, metric name, help)
     "tasks": (GaugeMetricFamily, "tasks", "processes and threads of the current run"),
     "oom_kills": (CounterMetricFamily, "oom_kills", "processes of the current run the OOM killer ended"),
 }
+
+
+def _run_families(jobs: list[dict]) -> tuple[Metric, Metric]:
+    """The runs of scheduled jobs, so that a run that failed, or never came, can alert."""
+    runs = CounterMetricFamily("taskmaster_job_runs", "runs of a scheduled job, by result", labels=["job", "result"])
+    last_success = GaugeMetricFamily("taskmaster_job_last_success_timestamp_seconds",
+                                     "Unix time the scheduled job's last successful run ended", labels=["job"])
+    for job in jobs:
+        schedule = job.get("schedule")
+        if schedule:
+            for result, count in schedule["runs_total"].items():
+                runs.add_metric([job["name"], result], count)
+            if schedule["last_success"] is not None:
+                last_success.add_metric([job["name"]], schedule["last_success"])
+    return runs, last_success
 
 
 def exposition(snapshot: Snapshot) -> bytes:

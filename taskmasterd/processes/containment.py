@@ -234,7 +234,7 @@ class Cell:
                 self._unwatch()
                 callback()
 
-        self._watch = inotify.watch(self.path, inotify.IN_MODIFY, changed, keep_open=True)
+        self._watch = inotify.watch(self.path, inotify.IN_MODIFY, changed, about="cgroup.events", keep_open=True)
         changed(None)  # emptied before the watch was in place
 
     def _unwatch(self) -> None:
@@ -347,11 +347,11 @@ class Containment:
 
     def status(self) -> dict[str, object]:
         if self.kind != "cgroup2":
-            accounting = "psutil: the processes of each instance's process group"
+            accounting = "summed over the process tree of each instance's leader (/proc)"
         elif "memory" in self.controllers.v2_enabled:
             accounting = "cgroup"
         else:
-            accounting = ("cgroup; memory summed over the processes with psutil for a job without memory_max "
+            accounting = ("cgroup; memory summed over the processes of the cgroup for a job without memory_max "
                           "(no memory controller in its cgroup: its memory_peak_bytes and oom_kills are null)")
         return {"containment": self.describe(), "cgroup": self.subtree, "controllers": self.controllers.describe(),
                 "accounting": accounting}

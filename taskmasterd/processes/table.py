@@ -41,7 +41,6 @@ from typing import Callable, Iterable, Mapping
 from ..jobfiles.resources import NO_RESOURCES, RLIMITS, Resources, memory_text
 from ..kernel import pidfd
 from ..kernel.cgroup import Layout
-from .accounting import FRESH, spawn_figures
 from .containment import Cell, Containment, ContainmentError
 from .orphans import ESCAPE_STOPTIME, ChildJournal, environment_of, identity, wait_gone
 from .start import Started, start_process
@@ -100,8 +99,7 @@ class Child:
         self._loop = loop
         self._kill_timer: asyncio.TimerHandle | None = None
         self._returncode: int | None = None
-        self._figures: dict = {}
-        self._figures_read = -FRESH  # monotonic time they were read
+        self.started_at = time.monotonic()
         self.exited: asyncio.Future[int] = loop.create_future()
 
     def _reap(self) -> None:
@@ -202,14 +200,6 @@ class Child:
         except OSError as exc:
             log.warning("cannot change the limits of pid %d live: %s", self.pid, exc.strerror)
             return False
-
-    def figures(self) -> dict[str, float | int | None]:
-        """cpu_seconds, memory_bytes, memory_peak_bytes, tasks, oom_kills of the whole spawn; read
-        at most once every FRESH seconds."""
-        now = time.monotonic()
-        if now - self._figures_read >= FRESH:
-            self._figures, self._figures_read = spawn_figures(self, now), now
-        return self._figures
 
     def _cancel_kill_timer(self) -> None:
         if self._kill_timer is not None:
