@@ -54,11 +54,15 @@ class Usage:
     memory_peak: int | None = None  # known with a memory controller only
     oom_kills: int | None = None
     processes: list[ProcessInfo] = field(default_factory=list)  # with `tree`: leader first
+    _document: dict | None = None
 
     def document(self) -> dict:
-        return {"cpu_percent": round(self.cpu_percent, 1), "cpu_seconds": round(self.cpu_seconds, 3),
-                "memory_bytes": self.memory, "memory_peak_bytes": self.memory_peak, "tasks": self.tasks,
-                "oom_kills": self.oom_kills}
+        """The status fields (made once: a reused reading is asked for by every request)."""
+        if self._document is None:
+            self._document = {"cpu_percent": round(self.cpu_percent, 1), "cpu_seconds": round(self.cpu_seconds, 3),
+                              "memory_bytes": self.memory, "memory_peak_bytes": self.memory_peak,
+                              "tasks": self.tasks, "oom_kills": self.oom_kills}
+        return self._document
 
 
 # spawn (its leader's pid, or its cell) -> (its start, CPU seconds, monotonic time of the reading)
