@@ -55,9 +55,19 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     from .jobfiles.jobfile import Limits
     from .control.server import ControlServer
 
+    from .processes.containment import ContainmentError, choose
+
     loop = asyncio.get_running_loop()
+    try:
+        containment = choose(os.path.abspath(config.state_dir), config.containment)
+    except ContainmentError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    log.info("containment: %s%s", containment.describe(),
+             f" (cells under {containment.subtree})" if containment.subtree else "")
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
-                            log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir)
+                            log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir,
+                            containment=containment)
     if colonies is not None:
         # Imported before the control port answers: importing the bridge (its crypto, its client)
         # takes the loop tens of milliseconds, which a request must not wait for.
@@ -98,7 +108,7 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
         await asyncio.shield(jobs_stopped)
 
     dirs = {"jobs_dir": config.jobs_dir, "log_dir": config.log_dir, "state_dir": config.state_dir}
-    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stopping.set)
+    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stopping.set, containment.status())
     # The port answers from the start: while the jobs load, status shows what is loaded so far.
     server = ControlServer(supervisor, policy, max_connections=config.max_connections,
                            idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)

@@ -19,6 +19,7 @@ from .dependencies import Standing
 from ..health.state import Health
 from ..health.instance_health import InstanceHealth
 from ..processes.logcapture import LogFile, open_capture
+from ..processes.containment import ContainmentError
 from ..processes.table import Child, SpawnRefused, SpawnTicket
 from ..kernel.safepath import UnsafePath
 from ..processes.spawner import launch_for, spawn_error_text
@@ -127,8 +128,8 @@ class Instance:
 
     def _terminate(self, why: str) -> None:
         spec = self.job.spec  # the current file's stop settings, even for an older spawn
-        self._enter(S.STOPPING, f"{why}: {signal.Signals(spec.stopsignal).name} to the process group")
         assert self.child is not None
+        self._enter(S.STOPPING, f"{why}: {signal.Signals(spec.stopsignal).name} to {self.child.holder}")
         self.child.terminate(spec.stopsignal, spec.stoptime)
 
     def signal_processes(self, sig: int) -> bool:
@@ -258,12 +259,12 @@ class Instance:
                 if file is not None:
                     logs.append(file)
             env = {**self.job.environment(self.index), **self.health.environment(spec)}
-            launch = launch_for(spec, env, self.job.account())
+            launch = launch_for(spec, env, self.job.account(), unit=f"{spec.name}.{self.index}")
             self.child = supervisor.processes.spawn(launch, child_fds[0], child_fds[-1])
         except UnsafePath as exc:
             self._failed_start(f"unsafe log file: {exc.strerror}", final=True)
             return
-        except SpawnRefused as exc:
+        except (SpawnRefused, ContainmentError) as exc:  # the same next time: no retry
             self._failed_start(str(exc), final=True)
             return
         except Exception as exc:  # whatever the reason, the instance says it and never hangs in STARTING
@@ -343,7 +344,7 @@ class Instance:
         self._cancel_timer()
         self.health.ended()
         self.exitcode, self.signal = (None, -returncode) if returncode < 0 else (returncode, None)
-        what = describe_exit(returncode)
+        what = child.exit_reason or describe_exit(returncode)  # "out of memory: killed by the kernel, ..."
         lived = time.monotonic() - (self.started_at or 0.0)
         if self.state is S.STARTING:
             self._failed_start(f"exited too soon ({what})")

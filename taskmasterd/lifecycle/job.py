@@ -143,7 +143,9 @@ class Job:
         for inst in self.instances[: min(old.numprocs, new.numprocs)]:
             # numprocs crossing 1 can move an instance's log file: that needs a restart too
             moved = self._log_paths(old, inst.index) != self._log_paths(new, inst.index)
-            if (spawn_changed or moved) and inst.state in (State.STARTING, State.RUNNING, State.BACKOFF):
+            # cgroup limits change live; one whose controller the run's cgroup lacks needs a restart
+            limits_refused = inst.child is not None and not inst.child.apply_limits(new.resources)
+            if (spawn_changed or moved or limits_refused) and inst.state in (State.STARTING, State.RUNNING, State.BACKOFF):
                 inst.stop()
                 inst.start("restart for new settings")
                 restarting.append(inst)

@@ -35,6 +35,7 @@ from ..jobfiles.jobsdir import JobsDirectory
 from ..processes.logcapture import DEFAULT_LOG_MODE, LogFiles
 from ..health.notify_socket import NotifyDirectory, default_notify_path
 from ..processes.orphans import ChildJournal, stop_leftovers
+from ..processes.containment import Containment
 from ..processes.table import ProcessTable
 from ..observe.events import EventBus
 from ..control.reply import REDUNDANT, SUCCESS, Reply, fail
@@ -86,7 +87,8 @@ class _NameLocks:
 class Supervisor:
     def __init__(self, jobs_dir: Path | str, log_dir: Path | str, state_dir: Path | str,
                  environ: Mapping[str, str] | None = None, *, limits: Limits = Limits(),
-                 log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False, notify_dir: str | None = None):
+                 log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False, notify_dir: str | None = None,
+                 containment: Containment | None = None):
         self.jobs_dir = os.path.abspath(jobs_dir)
         self.log_dir = os.path.abspath(log_dir)
         self.state_dir = os.path.abspath(state_dir)
@@ -100,7 +102,7 @@ class Supervisor:
         self.invalid: dict[str, str] = {}  # files that never loaded: name -> error
         self.log_files = LogFiles(log_mode)
         self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json"), self.run_id),
-                                      adopt_orphans, self.run_id)
+                                      adopt_orphans, self.run_id, containment)
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()
@@ -134,7 +136,8 @@ class Supervisor:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         journal = self.processes.journal
         assert journal is not None
-        await stop_leftovers(journal.path)
+        await self.processes.containment.recover()  # a killed predecessor's cells
+        await stop_leftovers(journal.path)  # and the groups it journaled (process-group mode)
         self.enablement.load()
         journal.open()
         self.processes.open(asyncio.get_running_loop())
