@@ -153,13 +153,18 @@ class Blueprints:
         self.definitions[(colony, name)] = stored
         return stored
 
-    async def _get_definition(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
-        colony = _str(msg, "colonyname")
+    def _one(self, table: dict[tuple[str, str], dict[str, Any]], caller: str, colony: str, name: str,
+             missing: str) -> dict[str, Any]:
+        """A get by name: members and the colony owner; 404 with the server's words."""
         self._member_or_owner(caller, colony)
-        found = self.definitions.get((colony, _str(msg, "name")))
+        found = table.get((colony, name))
         if found is None:
-            raise ApiError(404, "Blueprint definition not found")
+            raise ApiError(404, missing)
         return found
+
+    async def _get_definition(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
+        return self._one(self.definitions, caller, _str(msg, "colonyname"), _str(msg, "name"),
+                         "Blueprint definition not found")
 
     async def _get_definitions(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
         colony = _str(msg, "colonyname")
@@ -220,13 +225,19 @@ class Blueprints:
         user = self._state.users.get(colony, {}).get(caller)
         return user["name"] if user else None
 
-    async def _add(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
+    def _sent(self, caller: str, msg: dict[str, Any], verb: str) -> tuple[dict[str, Any], str, str]:
+        """The blueprint an add or an update sends, its colony and name; members and the colony owner."""
         given = _obj(msg, "blueprint")
         if given is None:
-            raise ApiError(400, "Failed to add blueprint, blueprint is nil")
+            raise ApiError(400, f"Failed to {verb} blueprint, blueprint is nil")
         metadata = _obj(given, "metadata") or {}
         colony, name = _str(metadata, "colonyname"), _str(metadata, "name")
         self._member_or_owner(caller, colony)
+        return given, colony, name
+
+    async def _add(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
+        given, colony, name = self._sent(caller, msg, "add")
+        metadata = _obj(given, "metadata") or {}
         definition = self._checked(given, colony)
         if (colony, name) in self.blueprints:
             raise ApiError(409, f"blueprint with name '{name}' already exists in colony '{colony}'")
@@ -237,12 +248,7 @@ class Blueprints:
         return stored
 
     async def _get(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
-        colony = _str(msg, "namespace")
-        self._member_or_owner(caller, colony)
-        found = self.blueprints.get((colony, _str(msg, "name")))
-        if found is None:
-            raise ApiError(404, "Blueprint not found")
-        return found
+        return self._one(self.blueprints, caller, _str(msg, "namespace"), _str(msg, "name"), "Blueprint not found")
 
     async def _get_all(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
         colony, kind, location = _str(msg, "namespace"), _str(msg, "kind"), _str(msg, "locationname")
@@ -252,12 +258,7 @@ class Blueprints:
         return found or None
 
     async def _update(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
-        given = _obj(msg, "blueprint")
-        if given is None:
-            raise ApiError(400, "Failed to update blueprint, blueprint is nil")
-        metadata = _obj(given, "metadata") or {}
-        colony, name = _str(metadata, "colonyname"), _str(metadata, "name")
-        self._member_or_owner(caller, colony)
+        given, colony, name = self._sent(caller, msg, "update")
         old = self.blueprints.get((colony, name))
         if old is None:
             raise ApiError(404, f"blueprint '{name}' not found in namespace '{colony}'")
