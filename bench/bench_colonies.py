@@ -14,6 +14,14 @@ on loopback); this process is the user submitting to them. Prints one table:
 `--assign-latency 0.005` makes every assign cost the server 5 ms more, as a real server's
 database round trip does: the in-memory server is bound by its own CPU instead, which hides
 what several assigns in flight are worth.
+
+`--blueprints N` measures TaskmasterJob blueprints instead (issue 22's budget): three daemons
+(host names bench<run>-1..3), a blueprint placed on all three changed five times (time from the
+update's reply until every host runs the new generation), then N blueprints placed on the first,
+whose daemon is restarted: time from its start until every job runs and every blueprint's status
+on the server says so, with `status` timed every 20 ms meanwhile. `--server HOST:PORT
+--user-key KEY` runs it against another server (a real one: colony "dev" with the
+docker-compose keys, KEY a user of it).
 """
 from __future__ import annotations
 
@@ -175,6 +183,120 @@ async def measure(port: int, user: str, count: int, samples: int, daemon: Daemon
         return rows
 
 
+BLUEPRINT_JOB = {"cmd": ["sleep", "3600"], "user": "nobody", "colonies": False, "starttime": 0.2, "stoptime": 2,
+                 "stdout": None, "stderr": None}
+
+
+def blueprint_daemon(root: Path, host: str, port: int) -> Daemon:
+    config = root / "taskmasterd.json"
+    root.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"colonies": {"host": "127.0.0.1", "port": port, "colony": COLONY_NAME,
+                                               "blueprints": True, "hostname": host}}))
+    return Daemon(root, {}, args=["--config", str(config)], env={"COLONIES_COLONY_PRVKEY": COLONY_PRVKEY})
+
+
+def blueprint_jobs(daemon: Daemon) -> dict[str, dict]:
+    return {job["name"]: job for job in daemon.status()["jobs"] if job["name"].startswith("colony.")}
+
+
+def runs(daemon: Daemon, name: str, generation: int) -> bool:
+    job = blueprint_jobs(daemon).get(f"colony.{name}")
+    return (job is not None and (job.get("blueprint") or {}).get("generation") == generation
+            and all(i["state"] == "RUNNING" for i in job["instances"]))
+
+
+async def blueprint_measure(port: int, user: str, count: int, root: Path) -> dict[str, str]:
+    from taskmasterd.colonies.blueprint_schema import KIND
+
+    rows: dict[str, str] = {}
+    # Host names of this run's own: a name another daemon (an earlier run's) had is refused.
+    fleet = f"bench{generate_prvkey()[:6]}"
+    daemons = {host: blueprint_daemon(root / host, host, port).start() for host in (f"{fleet}-1", f"{fleet}-2", f"{fleet}-3")}
+    try:
+        async with ColoniesClient("127.0.0.1", port, max_idle=32) as client:
+            for host, daemon in daemons.items():
+                wait_for(lambda: daemon.status()["daemon"]["blueprints"]["state"] == "idle", 30, what=f"{host} idle")
+
+            def document(name: str, hosts: list[str], env: dict[str, str] | None = None) -> dict:
+                job = {**BLUEPRINT_JOB, "env": env or {}}
+                return {"kind": KIND, "metadata": {"name": name, "colonyname": COLONY_NAME},
+                        "spec": {"hosts": hosts, "job": job}}
+
+            await client.add_blueprint(document(f"{fleet}-all", [f"{fleet}-*"]), user)
+            wait_for(lambda: all(runs(d, f"{fleet}-all", 0) for d in daemons.values()), 30, what="the blueprint everywhere")
+            changes = []
+            for release in range(1, 6):
+                current = await client.get_blueprint(COLONY_NAME, f"{fleet}-all", user)
+                updated = await client.update_blueprint({**current, "spec": document(
+                    f"{fleet}-all", [f"{fleet}-*"], {"RELEASE": str(release)})["spec"]}, user)
+                began = time.monotonic()
+                generation = updated["metadata"]["generation"]
+                wait_for(lambda: all(runs(d, f"{fleet}-all", generation) for d in daemons.values()), 30,
+                         what=f"generation {generation} everywhere")
+                changes.append((time.monotonic() - began) * 1000)
+            rows["a change, 3 daemons: update reply -> new generation running on all, p50 / max"] = (
+                f"{statistics.median(changes):.0f} / {max(changes):.0f} ms")
+            await client.remove_blueprint(COLONY_NAME, f"{fleet}-all", user)
+            for daemon in list(daemons.values())[1:]:
+                daemon.stop()
+            host = daemons[f"{fleet}-1"]
+            names = [f"{fleet}-{i:03d}" for i in range(count)]
+            await asyncio.gather(*(client.add_blueprint(document(name, [f"{fleet}-1"]), user) for name in names))
+            wait_for(lambda: sum(runs(host, n, 0) for n in names) == count, 120, what=f"{count} blueprints on one host")
+            host.stop()
+
+            async def reported() -> bool:
+                found = await client.get_blueprints(COLONY_NAME, user, kind=KIND)
+                mine = [doc for doc in found if doc["metadata"]["name"] in names]
+                states = [((doc.get("status") or {}).get("hosts") or {}).get(f"{fleet}-1", {}).get("states") for doc in mine]
+                return len(mine) == count and all(state == {"RUNNING": 1} for state in states)
+
+            latencies: list[float] = []
+            stop = threading.Event()
+
+            def poll() -> None:
+                while not stop.is_set():
+                    began = time.perf_counter()
+                    try:
+                        host.request("status", timeout=5)
+                    except OSError:  # not listening yet
+                        time.sleep(0.02)
+                        continue
+                    latencies.append((time.perf_counter() - began) * 1000)
+                    time.sleep(0.02)
+
+            began = time.monotonic()
+            host.start(wait=False)
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            await asyncio.to_thread(wait_for, lambda: host.proc.poll() is None and _answers(host)
+                                    and sum(runs(host, n, 0) for n in names) == count, 60, 0.05, "jobs back")
+            running = time.monotonic() - began
+            while not await reported():
+                await asyncio.sleep(0.1)
+            settled = time.monotonic() - began
+            stop.set()
+            poller.join()
+            rows[f"{count} blueprints, daemon restarted: start -> every job RUNNING"] = f"{running:.2f} s"
+            rows[f"  start -> every status on the server says so"] = f"{settled:.2f} s"
+            rows["  control `status` meanwhile, p50 / p99 / max"] = (
+                f"{percentiles(sorted(latencies))} / {max(latencies):.2f} ms ({len(latencies)} requests)")
+            await asyncio.gather(*(client.remove_blueprint(COLONY_NAME, name, user) for name in names))
+            wait_for(lambda: not blueprint_jobs(host), 60, what="every blueprint's job gone")
+    finally:
+        for daemon in daemons.values():
+            daemon.stop()
+    return rows
+
+
+def _answers(daemon: Daemon) -> bool:
+    try:
+        daemon.request("status", timeout=5)
+    except OSError:
+        return False
+    return True
+
+
 async def setup(port: int, user: str) -> None:
     async with ColoniesClient("127.0.0.1", port) as client:
         await client.add_colony(derive_id(COLONY_PRVKEY), COLONY_NAME, DEFAULT_SERVER_PRVKEY)
@@ -188,7 +310,13 @@ def main() -> None:
     parser.add_argument("--assign-latency", type=float, default=0.0, metavar="SECONDS",
                         help="what each assign costs the server before it answers (a real server's "
                              "database round trip; the in-memory one has none)")
+    parser.add_argument("--blueprints", type=int, default=0, metavar="N",
+                        help="measure N blueprints on one daemon, and a change on three, instead")
+    parser.add_argument("--server", metavar="HOST:PORT", help="with --blueprints: this server, not the test server")
+    parser.add_argument("--user-key", help="with --server: the private key of a user of its colony dev")
     args = parser.parse_args()
+    if args.blueprints:
+        return blueprints_main(args)
     server, port = start_server(args.assign_latency)
     user = generate_prvkey()
     try:
@@ -211,6 +339,27 @@ def main() -> None:
         server.terminate()
         server.wait()
     rows = {"test server: extra time per assign": f"{args.assign_latency * 1000:g} ms", **rows}
+    width = max(map(len, rows))
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in {"measure": "result", **rows}.items()))
+
+
+def blueprints_main(args: argparse.Namespace) -> None:
+    server = None
+    if args.server:
+        port, user = int(args.server.rsplit(":", 1)[1]), args.user_key
+    else:
+        server, port = start_server(args.assign_latency)
+        user = generate_prvkey()
+        asyncio.run(setup(port, user))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-blueprints-") as tmp:
+            Path(tmp).chmod(0o755)  # the jobs run as nobody
+            rows = asyncio.run(blueprint_measure(port, user, args.blueprints, Path(tmp)))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+    rows = {"server": args.server or "test server", **rows}
     width = max(map(len, rows))
     print("\n".join(f"{name:<{width}}  {value}" for name, value in {"measure": "result", **rows}.items()))
 

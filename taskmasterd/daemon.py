@@ -68,6 +68,15 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
                             log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir,
                             containment=containment)
+    if colonies is not None:
+        # Imported before the control port answers: importing the bridge (its crypto, its client)
+        # takes the loop tens of milliseconds, which a request must not wait for.
+        from .colonies.bridge import ColoniesBridge  # only a daemon given a server loads any of it
+
+        if colonies.blueprints:
+            from .colonies.jobsource import install  # the blueprints' jobs load with the others, before any call
+
+            install(supervisor, colonies.colony_name)
     stopping = asyncio.Event()
     exit_code = 0
     if config.container:
@@ -116,8 +125,6 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     if opening.done() and not stopping.is_set():
         opening.result()
         if colonies is not None:
-            from .colonies.bridge import ColoniesBridge  # only a daemon given a server loads any of it
-
             bridge = ColoniesBridge(supervisor, colonies)
             bridge.open()
         log.info("taskmasterd ready: %d job(s) from %s, control on %s",

@@ -179,3 +179,48 @@ def test_process_history_of_one_executor() -> None:
                                                  seconds=0) == []
 
     run(scenario())
+
+
+def test_blueprints_are_kept_and_reconciled_as_the_real_server_does() -> None:
+    """Seen on the real server (v1.9.12): the generation is what was sent (none: 0) and grows by
+    one per change of the spec; an update stores the status it is sent; adding, changing and
+    removing queue a process for the handler (reconcile, reconcile, cleanup, with kwargs kind and
+    blueprintName); a change by the colony owner queues none; an empty list is null."""
+    from taskmasterd.colonies.blueprint_schema import definition
+
+    async def scenario() -> None:
+        async with serve_colony() as (server, client, col):
+            user, owner = col.user_prvkey, col.colony_prvkey
+            with pytest.raises(ColoniesError, match="not colony owner"):
+                await client.add_blueprint_definition(definition(COLONY_NAME, "rec"), user)
+            await client.add_blueprint_definition(definition(COLONY_NAME, "rec"), owner)
+            with pytest.raises(ColoniesError) as twice:
+                await client.add_blueprint_definition(definition(COLONY_NAME, "rec"), owner)
+            assert twice.value.status == 500 and "duplicate key" in twice.value.message
+            assert await client.rpc("getblueprintsmsg", {"namespace": COLONY_NAME, "kind": "TaskmasterJob"}, user) is None
+            doc = {"kind": "TaskmasterJob", "metadata": {"name": "web", "colonyname": COLONY_NAME},
+                   "spec": {"hosts": ["*"], "job": {"cmd": "a"}}}
+            added = await client.add_blueprint(doc, user)
+            assert "generation" not in added["metadata"] and "status" not in added
+            with pytest.raises(ColoniesError) as again:
+                await client.add_blueprint(doc, user)
+            assert again.value.status == 409
+            await client.update_blueprint_status(COLONY_NAME, "web", {"hosts": {"h": {"n": 1}}}, user)
+            shown = await client.get_blueprint(COLONY_NAME, "web", user)
+            assert shown["status"] == {"hosts": {"h": {"n": 1}}}
+            changed = await client.update_blueprint({**shown, "spec": {"hosts": ["*"], "job": {"cmd": "b"}}}, user)
+            assert changed["metadata"]["generation"] == 1 and changed["status"] == shown["status"]
+            same = await client.update_blueprint({k: v for k, v in changed.items() if k != "status"}, user)
+            assert same["metadata"]["generation"] == 1 and "status" not in same  # no status sent: none kept
+            await client.update_blueprint({**same, "spec": {"hosts": ["*"], "job": {"cmd": "c"}}}, owner)
+            assert (await client.get_blueprint(COLONY_NAME, "web", user))["metadata"]["generation"] == 2
+            await client.remove_blueprint(COLONY_NAME, "web", user)
+            queued = await client.get_processes(COLONY_NAME, WAITING, user, executortype="rec")
+            assert [(p["spec"]["funcname"], p["spec"]["kwargs"], p["initiatorname"]) for p in queued] == [
+                ("reconcile", {"kind": "TaskmasterJob", "blueprintName": "web"}, "alice"),  # added
+                ("reconcile", {"kind": "TaskmasterJob", "blueprintName": "web"}, "alice"),  # changed by a member
+                ("cleanup", {"kind": "TaskmasterJob", "blueprintName": "web"}, "alice"),  # removed
+            ]
+            assert all(p["spec"]["maxexectime"] == -1 for p in queued)
+
+    run(scenario())

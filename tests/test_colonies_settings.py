@@ -76,3 +76,29 @@ def test_location_in_the_daemon_config_and_the_job_file() -> None:
     assert parse_job("j", b'{"cmd": "x"}', "j.tm.json").colonies.location is None  # the daemon's
     with pytest.raises(JobFileError, match="location"):
         parse_job("j", b'{"cmd": "x", "colonies": {"location": ""}}', "j.tm.json")
+
+
+def test_the_contact_period_and_the_servers_stale_duration() -> None:
+    settings = from_sources(CONFIG, {})
+    assert settings.keepalive == 10.0 and settings.stale_executor_duration is None
+    assert settings.contact_problem() is None  # 10 s against the server's default 600 s
+    tuned = from_sources({"colonies": {**CONFIG["colonies"], "keepalive": 3, "stale_executor_duration": 8}}, {})
+    assert (tuned.keepalive, tuned.stale_executor_duration) == (3.0, 8.0) and tuned.contact_problem() is None
+    # The server's own variable, when the daemon shares its environment, says the duration too.
+    unsafe = from_sources(CONFIG, {"COLONIES_STALE_EXECUTOR_DURATION": "8"})
+    assert unsafe.stale_executor_duration == 8.0
+    problem = unsafe.contact_problem()
+    assert problem is not None and "keepalive is 10 s" in problem and "8 s" in problem and "at most 4 s" in problem
+    for bad in (0, 0.5, 3601, "ten", True, None, [10]):
+        with pytest.raises(ValueError, match="keepalive"):
+            from_sources({"colonies": {**CONFIG["colonies"], "keepalive": bad}}, {})
+    with pytest.raises(ValueError, match="stale_executor_duration"):
+        from_sources(CONFIG, {"COLONIES_STALE_EXECUTOR_DURATION": "soon"})
+
+
+def test_the_timing_follows_the_contact_period() -> None:
+    from taskmasterd.colonies.retry import Timing
+
+    assert (Timing.with_keepalive(10.0).assign_timeout, Timing.with_keepalive(10.0).keepalive_interval) == (10, 10.0)
+    assert (Timing.with_keepalive(2.5).assign_timeout, Timing.with_keepalive(2.5).keepalive_interval) == (2, 2.5)
+    assert Timing.with_keepalive(1.0).assign_timeout == 1

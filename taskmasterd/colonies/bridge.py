@@ -10,9 +10,12 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from .blueprint_spec import PREFIX
+from .blueprints import BlueprintReconciler
 from .capabilities import host_capabilities
 from .client import ColoniesClient
 from .executor import JobExecutor
+from .jobsource import JobSources
 from .keystore import KeyStore
 from .registration import executor_identity
 from .retry import Outage, Timing
@@ -31,8 +34,9 @@ SHUTDOWN_REASON = "taskmasterd is shutting down"
 
 
 class ColoniesBridge(JobListener):
-    def __init__(self, supervisor: Supervisor, settings: ColoniesSettings, timing: Timing = Timing()) -> None:
+    def __init__(self, supervisor: Supervisor, settings: ColoniesSettings, timing: Timing | None = None) -> None:
         self.supervisor = supervisor
+        timing = timing or Timing.with_keepalive(settings.keepalive)
         client = ColoniesClient(settings.host, settings.port, settings.tls, timeout=timing.request_timeout, max_idle=16)
         self._shared = Shared(
             client=client,
@@ -44,20 +48,38 @@ class ColoniesBridge(JobListener):
         )
         self.executors: dict[str, JobExecutor] = {}
         self._leaving: dict[str, asyncio.Task[None]] = {}  # job -> its old executor still closing
+        self.blueprints: BlueprintReconciler | None = None
 
     def open(self) -> None:
         """Serve the jobs already loaded, then follow the supervisor's changes. Registration runs in
         the background: the daemon never waits for the server."""
+        unsafe = self._shared.settings.contact_problem()
+        if unsafe is not None:
+            log.warning("%s", unsafe)
         self.supervisor.listeners.append(self)
         self.supervisor.status_extras.append(self.status_of)
         for job in list(self.supervisor.jobs.values()):
             self.job_loaded(job)
+        if self._shared.settings.blueprints:
+            self._open_blueprints()
         log.info("ColonyOS bridge to %s: %d job(s) served as executors in colony %s",
                  self._shared.client, len(self.executors), self._shared.settings.colony_name)
+
+    def _open_blueprints(self) -> None:
+        sources = self.supervisor.directory
+        if not isinstance(sources, JobSources):  # jobsource.install() comes before the jobs load
+            raise RuntimeError("colonies.blueprints needs the colony's job source installed before the jobs load")
+        self.blueprints = BlueprintReconciler(self.supervisor, self._shared, sources.colony)
+        if self.supervisor.daemon is not None:
+            self.supervisor.daemon.sections["blueprints"] = self.blueprints.status
 
     async def close(self) -> None:
         """Daemon shutdown: stop every run and fail its process with a clear error; registrations
         and keys stay for the next start."""
+        if self.blueprints is not None:
+            await self.blueprints.close()
+            if self.supervisor.daemon is not None:
+                self.supervisor.daemon.sections.pop("blueprints", None)
         self.supervisor.listeners.remove(self)
         self.supervisor.status_extras.remove(self.status_of)
         executors, self.executors = list(self.executors.values()), {}
@@ -74,15 +96,15 @@ class ColoniesBridge(JobListener):
 
     def job_changed(self, job: Job, old: JobSpec) -> None:
         executor, new = self.executors.get(job.name), job.spec.colonies
-        location = self._shared.settings.location
+        settings = self._shared.settings
         if executor is not None and new is not None:
-            if executor_identity(job.name, new, location) == executor.identity:
+            if executor_identity(job.name, new, settings) == executor.identity:
                 executor.update(job)
                 return
         if executor is not None:
             # Off ColonyOS or renamed: the old executor goes. A new type or location is registered
             # again under the same name and key (or refused, by a server that re-registers no name).
-            renamed = new is None or executor_identity(job.name, new, location).name != executor.identity.name
+            renamed = new is None or executor_identity(job.name, new, settings).name != executor.identity.name
             self._retire(job.name, "the job's ColonyOS settings changed", unregister=renamed)
         self.job_loaded(job)
 
@@ -101,7 +123,10 @@ class ColoniesBridge(JobListener):
 
     def status_of(self, name: str) -> dict[str, Any]:
         executor = self.executors.get(name)
-        return {"colonies": executor.status()} if executor is not None else {}
+        extra = {"colonies": executor.status()} if executor is not None else {}
+        if self.blueprints is not None and name.startswith(PREFIX):
+            extra.update(self.blueprints.job_status(name))
+        return extra
 
     def _retire(self, name: str, reason: str, unregister: bool) -> None:
         executor = self.executors.pop(name)

@@ -230,8 +230,11 @@ class ColoniesClient:
         repeatable = msgtype not in NOT_REPEATABLE
         sent = [False]
         try:
-            status, raw = await asyncio.wait_for(self._exchange(body, repeatable, sent), timeout or self.timeout)
-        except asyncio.TimeoutError:
+            # Not asyncio.wait_for: on Python 3.11 it returns a reply that arrives as the caller is
+            # cancelled and loses the cancellation (the caller then runs on, and a close waits forever).
+            async with asyncio.timeout(timeout or self.timeout):
+                status, raw = await self._exchange(body, repeatable, sent)
+        except TimeoutError:
             failure = f"{msgtype}: no reply from {self._host_header}"
         except (OSError, EOFError, asyncio.LimitOverrunError, _StaleConnection, ValueError) as exc:
             failure = f"{msgtype}: {self._host_header}: {exc!r}"
@@ -396,6 +399,43 @@ class ColoniesClient:
 
     async def remove_process(self, processid: str, prvkey: str) -> None:
         await self.rpc("removeprocessmsg", {"processid": processid, "all": False}, prvkey)
+
+    # ------------------------------------------------------------------ blueprints
+    # pkg/rpc/*blueprint*_msg.go (v1.9.12): definitions go by `colonyname`, blueprints by `namespace`
+    # (the colony's name too), except updateblueprintstatusmsg.
+
+    async def add_blueprint_definition(self, definition: dict[str, Any], prvkey: str) -> dict[str, Any]:
+        """Colony owner only."""
+        return await self.rpc("addblueprintdefinitionmsg", {"blueprintdefinition": definition}, prvkey)
+
+    async def get_blueprint_definitions(self, colonyname: str, prvkey: str) -> list[dict[str, Any]]:
+        return await self.rpc("getblueprintdefinitionsmsg", {"colonyname": colonyname}, prvkey) or []
+
+    async def remove_blueprint_definition(self, colonyname: str, name: str, prvkey: str) -> None:
+        await self.rpc("removeblueprintdefinitionmsg", {"namespace": colonyname, "name": name}, prvkey)
+
+    async def add_blueprint(self, blueprint: dict[str, Any], prvkey: str) -> dict[str, Any]:
+        return await self.rpc("addblueprintmsg", {"blueprint": blueprint}, prvkey)
+
+    async def get_blueprint(self, colonyname: str, name: str, prvkey: str) -> dict[str, Any]:
+        return await self.rpc("getblueprintmsg", {"namespace": colonyname, "name": name}, prvkey)
+
+    async def get_blueprints(self, colonyname: str, prvkey: str, kind: str = "", location: str = "") -> list[dict[str, Any]]:
+        fields = {"namespace": colonyname, "kind": kind, "locationname": location}
+        return await self.rpc("getblueprintsmsg", fields, prvkey) or []
+
+    async def update_blueprint(self, blueprint: dict[str, Any], prvkey: str, force_generation: bool = False) -> dict[str, Any]:
+        """The whole blueprint, status included: the server stores what it is sent."""
+        return await self.rpc("updateblueprintmsg", {"blueprint": blueprint, "forcegeneration": force_generation},
+                              prvkey)
+
+    async def remove_blueprint(self, colonyname: str, name: str, prvkey: str) -> None:
+        await self.rpc("removeblueprintmsg", {"namespace": colonyname, "name": name}, prvkey)
+
+    async def update_blueprint_status(self, colonyname: str, name: str, status: dict[str, Any], prvkey: str) -> None:
+        """Replaces the whole status (jsonb_set of `status`)."""
+        fields = {"colonyname": colonyname, "blueprintname": name, "status": status}
+        await self.rpc("updateblueprintstatusmsg", fields, prvkey)
 
     # ------------------------------------------------------------------ logs
 

@@ -8,6 +8,10 @@
 - Reconciliation, on start, after a lost assign reply and when the server answers again: the
   processes the server shows running for this executor that it does not run are closed failed,
   so that their submitters' retry policy decides.
+- A process is never started twice here while a copy of it lives (exactly_once.py): assigned
+  again while its run goes on (the server had lost sight of this executor and queued it again),
+  the running copy answers it; assigned again after its run ended meanwhile, the outcome kept
+  answers it; a new attempt (the server retries it) starts once the old copy is gone.
 - No new assign while the job cannot do the work (Job.not_serving: no healthy, or RUNNING,
   instance); an assign in flight is left to finish, and the keep-alive goes on meanwhile.
 
@@ -19,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from ..jobfiles.jobfile import ColoniesSpec
 from .assignment import RUNNING, Assignment
 from .client import ColoniesError, ColoniesOutcomeUnknown, transient
 from .control import control
+from .exactly_once import KeptOutcomes, answer, copy_gone
 from .keystore import ExecutorKey
-from .registration import Registration, RegistrationProblem, executor_identity
-from .retry import Backoff
+from .registered import RegisteredExecutor
+from .registration import executor_identity
 from .runner import PIPE_GRACE, CommandRun
-from .shared import Shared
+from .shared import Shared, cancel_and_wait
 
 if TYPE_CHECKING:
     from ..lifecycle.job import Job
@@ -44,18 +50,22 @@ LOST_TRACK = ("taskmasterd lost this process: its daemon restarted, or the reply
               "lost, and it does not run it")
 
 
-class JobExecutor:
+@dataclass(frozen=True)
+class _Run:
+    """What serves one assigned process: its task, and the assignment it acts under."""
+
+    task: asyncio.Task[None]
+    assignment: Assignment
+
+
+class JobExecutor(RegisteredExecutor):
     def __init__(self, job: Job, shared: Shared, after: asyncio.Future[Any] | None = None) -> None:
         assert job.spec.colonies is not None
+        super().__init__(shared, job.name, job.name, executor_identity(job.name, job.spec.colonies, shared.settings))
         self.job = job
         self.conf: ColoniesSpec = job.spec.colonies
-        self.identity = executor_identity(job.name, self.conf, shared.settings.location)
-        self.state = "starting"
-        self.error: str | None = None
-        self._shared = shared
-        self._colony = shared.settings.colony_name
-        self._registration = Registration(shared, job.name, self.identity)
-        self._runs: dict[str, asyncio.Task[None]] = {}  # processid -> its run
+        self._runs: dict[str, _Run] = {}  # processid -> what serves it
+        self._kept = KeptOutcomes()  # outcomes of processes queued again under their runs
         self._polls: set[asyncio.Task[None]] = set()  # assigns in flight for free slots
         self._keepalive: asyncio.Task[None] | None = None  # a keep-alive assign in flight
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -67,13 +77,12 @@ class JobExecutor:
         self._wake = asyncio.Event()  # a poll, run or keep-alive ended, or the job changed
         self.not_serving: str | None = None  # why no assign goes out: the job cannot take work now
         self._stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._backoff = Backoff(shared.timing)
         self._task = asyncio.create_task(self._main(after))
         self._task.add_done_callback(self._main_ended)
 
     @property
-    def executorname(self) -> str:
-        return self._registration.name
+    def functions(self) -> tuple[str, ...]:
+        return self.conf.functions
 
     # --- what the bridge calls ------------------------------------------------------------------
 
@@ -106,13 +115,12 @@ class JobExecutor:
     async def close(self, reason: str, unregister: bool) -> None:
         """Stop assigning, stop the runs (failing their processes with `reason`), and with the
         colony key and `unregister`, remove the executor from the server (its key stays)."""
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         if not self._stop.done():
             self._stop.set_result(reason)
         if self._runs:
             timing = self._shared.timing
-            _, late = await asyncio.wait(self._runs.values(),
+            _, late = await asyncio.wait([run.task for run in self._runs.values()],
                                          timeout=self.job.spec.stoptime + timing.close_patience + PIPE_GRACE)
             for run in late:
                 run.cancel()
@@ -130,41 +138,6 @@ class JobExecutor:
         while True:
             key = await self._register_until_done()
             await self._serve(key)
-
-    def _main_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: ColonyOS executor failed", self.job.name, exc_info=task.exception())
-            self.state, self.error = "error", f"internal error: {task.exception()!r}"
-
-    def _problem(self, text: str) -> None:
-        if text != self.error:
-            log.error("%s: %s", self.job.name, text)
-        self.state, self.error = "error", text
-
-    def _online(self) -> None:
-        self._shared.outage.recovered()
-        self._backoff.reset()
-
-    async def _register_until_done(self) -> ExecutorKey:
-        while True:
-            self.state = "registering"
-            try:
-                key = await self._registration.register()
-                await self._registration.sync_functions(key, self.conf.functions)
-            except RegistrationProblem as problem:
-                self._problem(str(problem))
-            except ColoniesError as exc:
-                if transient(exc):
-                    self._shared.outage.failed(exc)
-                else:
-                    self._problem(f"executor {self.executorname!r}: registration refused: {exc.message}")
-            else:
-                self._online()
-                self.state, self.error = "registered", None
-                log.info("%s: ColonyOS executor %s (type %s) registered in colony %s",
-                         self.job.name, key.executorname, self.identity.executortype, self._colony)
-                return key
-            await asyncio.sleep(self._backoff.next_delay())
 
     async def _serve(self, key: ExecutorKey) -> None:
         """Assign while the server accepts this executor; returns when it refuses it (removed, or
@@ -307,7 +280,10 @@ class JobExecutor:
         finally:
             self._adopted = None
         for process in listed:
-            if _process_id(process) not in (None, *ours):
+            processid = _process_id(process)
+            if processid in self._kept:  # its run ended here while it was adrift: its outcome answers it
+                self._begin(key, process)
+            elif processid not in (None, *ours):
                 log.warning("%s: process %s runs for executor %s on the server, not here: closing it failed",
                             self.job.name, process.get("processid"), key.executorname)
                 await self._assignment(key, process).close(False, [LOST_TRACK], shared.timing.close_patience)
@@ -324,16 +300,44 @@ class JobExecutor:
         task = self._assignment(key, process)
         if self._adopted is not None:
             self._adopted.add(task.id)
-        run = asyncio.create_task(self._serve_process(task))
-        self._runs[task.id] = run
+        current = self._runs.get(task.id)
+        if current is not None and current.assignment.attempt == task.attempt:
+            # Queued again under its run, and back: the running copy answers it, once.
+            current.assignment.set_adrift(False)
+            log.info("%s: process %s is assigned again while its run goes on: that run answers it",
+                     self.job.name, task.id)
+            return
+        kept = self._kept.take(task.id, task.attempt)
+        if kept is not None:
+            run = asyncio.create_task(answer(task, kept, self._shared.timing))
+        else:
+            old_copy = self._kept.ran_lately(task.id)
+            if current is not None:  # a new attempt: the old copy stops, and the new one waits for it
+                current.assignment.supersede()
+                old_copy = current.assignment.started
+            run = asyncio.create_task(self._serve_process(task, current.task if current else None, old_copy))
+        self._runs[task.id] = _Run(run, task)
         run.add_done_callback(functools.partial(self._finished, task.id))
 
     def _finished(self, processid: str, run: asyncio.Task[None]) -> None:
-        if self._runs.get(processid) is run:
+        current = self._runs.get(processid)
+        if current is not None and current.task is run:
             del self._runs[processid]
+            self._kept.ended(current.assignment)
         self._wake.set()
 
-    async def _serve_process(self, task: Assignment) -> None:
+    async def _serve_process(self, task: Assignment, previous: asyncio.Task[None] | None,
+                             old_copy: bool) -> None:
+        """Serve an assigned process; a new attempt of one that ran here first waits until the old
+        run has ended and its copy is gone."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        if old_copy and task.funcname == "run":
+            await copy_gone(task.id, self.job.spec.stoptime + PIPE_GRACE)
+            standing = await task.standing()
+            if standing.lost:  # it went while the old copy was leaving
+                log.info("%s: process %s: %s; not started", self.job.name, task.id, standing.why)
+                return
         functions = self.conf.functions
         try:
             if task.funcname not in functions:

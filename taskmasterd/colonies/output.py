@@ -65,6 +65,11 @@ class LogBatch:
     def consume(self, sent: int) -> None:
         del self._pending[:sent]
 
+    def take_all(self) -> bytes:
+        """Everything waiting, partial line included; the batch is then empty."""
+        pending, self._pending = bytes(self._pending), bytearray()
+        return pending
+
 
 def _utf8_boundary(data: bytearray, cut: int) -> int:
     """`cut`, moved back (at most 3 bytes) so that it does not split a UTF-8 character."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..jobfiles.jobfile import ColoniesSpec
 from .client import ColoniesError, transient
 from .crypto import generate_prvkey
 from .keystore import ExecutorKey, KeyStoreError
+from .settings import ColoniesSettings
 from .shared import Shared
 
 log = logging.getLogger("taskmasterd.colonies")
@@ -36,16 +36,18 @@ class Identity:
     location: str
 
 
-def executor_identity(job: str, conf: ColoniesSpec, default_location: str) -> Identity:
+def executor_identity(job: str, conf: ColoniesSpec, settings: ColoniesSettings) -> Identity:
     """The defaults of executor.md: `<job>.<hostname>`, the job's name as type, the daemon's location."""
-    return Identity(conf.executorname or f"{job}.{socket.gethostname()}", conf.executortype or job,
-                    default_location if conf.location is None else conf.location)
+    return Identity(conf.executorname or f"{job}.{settings.hostname}", conf.executortype or job,
+                    settings.location if conf.location is None else conf.location)
 
 
 class Registration:
-    def __init__(self, shared: Shared, job: str, wanted: Identity) -> None:
+    def __init__(self, shared: Shared, job: str, wanted: Identity,
+                 remedy: str = "give the job another executorname") -> None:
         self._shared = shared
         self._job = job
+        self._remedy = remedy  # what to do when the name belongs to another key
         self._colony = shared.settings.colony_name
         self.wanted = wanted
         self.name = wanted.name  # without the colony key, the key file may name the executor
@@ -81,9 +83,14 @@ class Registration:
     async def _ensure_approved(self, key: ExecutorKey, fresh: bool) -> None:
         client, colony_key = self._shared.client, self._shared.settings.colony_prvkey
         taken = (f"executor name {self.name!r} is taken in colony {self._colony!r} by another key and cannot "
-                 f"be reused; give the job another executorname")
+                 f"be reused; {self._remedy}")
         current = await self._lookup(key)
         if current is not None and current.get("executorid") != key.executorid:
+            raise RegistrationProblem(taken)
+        if current is None and fresh and colony_key and await self._name_exists(colony_key):
+            # A new key never takes a name over, even from a server that would let it
+            # (COLONIES_ALLOW_EXECUTOR_REREGISTER): the name is another daemon's, live or gone.
+            await asyncio.to_thread(self._shared.keystore.remove, self._job)
             raise RegistrationProblem(taken)
         if current is not None and current.get("state") == REJECTED:
             raise RegistrationProblem(f"executor {self.name!r} was rejected in colony {self._colony!r}; "
@@ -115,6 +122,19 @@ class Registration:
             raise RegistrationProblem(taken)
         if not self._as_wanted(verified):
             raise RegistrationProblem(self._cannot_change(verified))
+
+    async def _name_exists(self, colony_key: str) -> bool:
+        """Whether an executor of our name exists. The colony owner may not list executors, but it
+        may approve one by name, which fails for a name the server does not know ("executor is
+        nil", 500; seen on the real server). (A pending executor of another key by that name is
+        approved by this: it had the name first.)"""
+        try:
+            await self._shared.client.approve_executor(self._colony, self.name, colony_key)
+        except ColoniesError as exc:
+            if exc.status == 500 and "is nil" in exc.message:
+                return False
+            raise
+        return True
 
     def _as_wanted(self, executor: dict[str, Any]) -> bool:
         return (executor.get("executortype") == self.wanted.executortype

@@ -21,6 +21,14 @@ class Timing:
     backoff_cap: float = 30.0
     close_patience: float = 5.0  # how long a stopping executor keeps trying to close a process
     request_timeout: float = 15.0  # HTTP timeout of short calls (the long-poll adds its own)
+    resync_interval: float = 30.0  # how often every daemon reads its blueprints again, whatever it heard
+    status_interval: float = 0.5  # at most one round of blueprint status writes per this many seconds
+
+    @classmethod
+    def with_keepalive(cls, seconds: float) -> Timing:
+        """The server hears from each executor every `seconds` (colonies.keepalive): its long-poll
+        lasts that long (whole seconds: the server takes an integer), and so does a busy one's pause."""
+        return cls(assign_timeout=max(1, int(seconds)), keepalive_interval=seconds)
 
 
 class Backoff:

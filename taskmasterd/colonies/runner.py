@@ -20,7 +20,7 @@ from ..processes.table import Child
 from ..processes.spawner import Account, child_environment, launch_for, spawn_error_text
 from ..lifecycle.states import describe_exit, exit_is_expected
 from .arguments import BadArguments, command_words
-from .assignment import Assignment, Lost
+from .assignment import ADRIFT, Adrift, Assignment, Lost
 from .client import ColoniesError, ColoniesOutcomeUnknown
 from .output import LogBatch, Tail
 from .retry import Backoff, Timing
@@ -106,6 +106,7 @@ class CommandRun:
         self._flushing = asyncio.Lock()
         self._unsent: bytes | None = None  # a message that failed: sent again exactly as it was
         self._in_doubt = False  # ... and its reply was lost: the server may have it already
+        self._unlogged = 0  # bytes not logged while adrift with the logs backlogged
 
     async def run(self) -> None:
         spec = self.job.spec  # a reload during the run applies to the next one
@@ -153,14 +154,21 @@ class CommandRun:
             _, pipe = await loop.connect_read_pipe(lambda t=tail: _Pipe(self._sink(t)), os.fdopen(fd, "rb", 0))
             self._pipes.append(pipe)
         self._set_reading(not self._paused)  # output may have come before the second pipe connected
+        self.task.started = True
         log.info("%s: process %s runs as pid %d", spec.name, self.task.id, command.pid)
         return command
 
     def _sink(self, tail: Tail) -> Callable[[bytes], None]:
         def take(data: bytes) -> None:
             tail.feed(data)
-            self._logs.feed(data)
             self._read += len(data)
+            if self.task.adrift and self._logs.backlogged:
+                self._unlogged += len(data)  # the program must not wait for a server that refuses its logs
+                return
+            if self._unlogged:
+                self._logs.feed(_unlogged_note(self._unlogged))
+                self._unlogged = 0
+            self._logs.feed(data)
             self._output.set()
             if self._logs.backlogged and not self._paused:
                 self._paused = True
@@ -207,12 +215,25 @@ class CommandRun:
         return _End(kind, await command.stop(spec), why)
 
     async def _watch(self) -> str:
-        """Cancellation is silent on the server: ask at a modest pace whether the process is still ours."""
+        """Cancellation is silent on the server: ask at a modest pace whether the process is still
+        ours. Adrift (queued again under this run), the run goes on; lost, it stops."""
         while True:
-            await asyncio.sleep(self._timing.check_interval)
-            reason = await self.task.lost_reason()
-            if reason:
-                return reason
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timing.check_interval):  # not wait_for: see client.rpc
+                    await self.task.superseded.wait()
+            was_adrift = self.task.adrift
+            standing = await self.task.standing()
+            if standing.lost:
+                return standing.why
+            if standing is ADRIFT and not was_adrift:
+                log.warning("%s: process %s was queued again by the server (it had lost sight of this executor); "
+                            "the run goes on and answers it when it comes back", self.job.name, self.task.id)
+                if self._paused:  # its logs wait for it: the program must not wait for them
+                    self._paused = False
+                    self._backlog.clear()
+                    self._set_reading(True)
+            elif was_adrift and not self.task.adrift:
+                log.info("%s: process %s is assigned to this executor again", self.job.name, self.task.id)
 
     async def _ship_logs(self) -> None:
         """Send output as it comes: at most one message per log_interval, at once when the pipes wait."""
@@ -220,7 +241,9 @@ class CommandRun:
             await self._output.wait()
             if not self._backlog.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._backlog.wait(), self._timing.log_interval)
+                    async with asyncio.timeout(self._timing.log_interval):  # not wait_for: see client.rpc
+                        await self._backlog.wait()
+            await self.task.ours.wait()  # adrift: the server takes no log before it is ours again
             self._output.clear()
             # Shielded: stopping this task mid-send must not make the final flush send it again.
             if not await asyncio.shield(self._flush(final=False)):
@@ -236,6 +259,8 @@ class CommandRun:
                     await self.task.add_log(chunk.decode("utf-8", "replace"), self._in_doubt)
                 except Lost:
                     raise
+                except Adrift:
+                    return False
                 except ColoniesOutcomeUnknown:
                     self._in_doubt = True
                     return False
@@ -270,20 +295,35 @@ class CommandRun:
             log.info("%s: process %s lost (%s)", spec.name, self.task.id, lost)
             return
         if end.kind == "exit" and exit_is_expected(end.returncode, spec.exitcodes):
-            await self.task.close(True, [self._stdout.text()])
+            successful, values = True, [self._stdout.text()]
+        else:
+            status = describe_exit(end.returncode)
+            first = status if end.kind == "exit" else f"{end.why}; the command was stopped ({status})"
+            successful, values = False, [first, *self._stderr.last_lines(STDERR_LINES)]
+        if self.task.adrift:  # kept, with the rest of its output, for when the server gives it back
+            self.task.keep(successful, values, self._rest_of_output(), self._in_doubt)
             return
-        status = describe_exit(end.returncode)
-        first = status if end.kind == "exit" else f"{end.why}; the command was stopped ({status})"
-        await self.task.close(False, [first, *self._stderr.last_lines(STDERR_LINES)], patience)
+        await self.task.close(successful, values, patience)
+
+    def _rest_of_output(self) -> bytes:
+        rest = self._logs.take_all()  # a failed message (_unsent) is still at its head
+        return rest + _unlogged_note(self._unlogged) if self._unlogged else rest
 
     async def _send_the_rest(self, patience: float | None) -> None:
-        """The last of the output, retried while the server is away (within `patience`, if any)."""
+        """The last of the output, retried while the server is away (within `patience`, if any);
+        left waiting while the process is adrift."""
         loop = asyncio.get_running_loop()
         deadline = None if patience is None else loop.time() + patience
         backoff = Backoff(self._timing)
-        while not await self._flush(final=True):
+        if self.task.adrift:
+            await self.task.standing()  # it may be back: then the rest goes now
+        while not self.task.adrift and not await self._flush(final=True):
             delay = backoff.next_delay()
             if deadline is not None and loop.time() + delay > deadline:
                 log.warning("process %s: the last output could not be logged before giving up", self.task.id)
                 return
             await asyncio.sleep(delay)
+
+
+def _unlogged_note(count: int) -> bytes:
+    return f"\n[taskmasterd: {count} bytes of output were not logged while the server had queued this process again]\n".encode()

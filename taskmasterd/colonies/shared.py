@@ -19,3 +19,13 @@ class Shared:
     outage: Outage
     timing: Timing
     capabilities: asyncio.Future[dict[str, Any]]
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel the tasks and wait until each has ended, cancelling again one that runs on: a
+    cancellation lost somewhere (asyncio.wait_for on Python 3.11) must not hang a shutdown."""
+    pending = {task for task in tasks if task is not None and not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)

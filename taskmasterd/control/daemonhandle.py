@@ -19,12 +19,16 @@ class DaemonHandle:
                           "config": config_file, **dirs, **(containment or {})}
         self._stop_jobs = stop_jobs
         self._exit = exit
+        self.sections: dict[str, Callable[[], dict]] = {}  # name -> its document (a bridge's: "blueprints")
 
     def document(self) -> dict:
         """{version, pid, started (Unix time), config (the --config file or null), jobs_dir, log_dir, state_dir,
         containment ("cgroup2" or "process-group (no writable cgroup2: <reason>)"), cgroup (the
-        subtree of the cells, or null), controllers ({memory, cpu, pids}: where, or why not)}"""
-        return self._document
+        subtree of the cells, or null), controllers ({memory, cpu, pids}: where, or why not)}, and
+        each section's document under its name (a bridge's: "blueprints")"""
+        if not self.sections:
+            return self._document
+        return {**self._document, **{name: section() for name, section in self.sections.items()}}
 
     async def shutdown(self) -> Reply:
         """Stop every job as SIGTERM does, then exit once this reply is on its way: the exit is

@@ -133,6 +133,16 @@ async def _reloaded(reply: Awaitable[Reply], request: Request) -> Reply:
     return answer if request.data is not None else answer.with_(value=None)
 
 
+def _push(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
+    refusal = sup.directory.refuses_change(request.job)
+    return fail(refusal) if refusal else sup.push(request.job, request.data or b"", nowait=request.nowait)
+
+
+def _delete(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
+    refusal = sup.directory.refuses_change(request.job)
+    return fail(refusal) if refusal else sup.delete(request.job)
+
+
 async def _enable(sup: Supervisor, request: Request, enabled: bool) -> Reply:
     if sup.jobs.get(request.job or "") is None and request.job not in sup.invalid:
         return fail(f'job "{request.job}" does not exist')
@@ -159,8 +169,8 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
     Verb("repair", _R, False, refuse_stale_version(_repair), "clear FATAL/BACKOFF and start what should run", _MANY),
     Verb("status", _O, False, _status, "report one job, or every job", _MANY),
     Verb("pull", _R, False, lambda s, r: s.pull(r.job), "the job file as it is on disk"),
-    Verb("push", _R, True, lambda s, r: s.push(r.job, r.data or b"", nowait=r.nowait), "validate, write and apply a job file"),
-    Verb("delete", _R, False, lambda s, r: s.delete(r.job), "stop the job, remove its file, forget it"),
+    Verb("push", _R, True, _push, "validate, write and apply a job file"),
+    Verb("delete", _R, False, _delete, "stop the job, remove its file, forget it"),
     Verb("list", _N, False, lambda s, r: s.list(), "names of every job"),
     Verb("reload", _R, False, lambda s, r: _reloaded(s.reload(r.job, nowait=r.nowait), r),
          "re-read one job file and apply the difference"),

@@ -71,16 +71,17 @@ class JobsDirectory:
             return None  # hidden and editor files: silently ignored
         if not filename.endswith(SUFFIX):
             if filename.endswith(".json") or ".tm." in filename:
-                self._ignored(filename, f"job files end in {SUFFIX}")
+                self.ignored(filename, f"job files end in {SUFFIX}")
             return None
         name = filename[: -len(SUFFIX)]
         problem = job_name_error(name)
         if problem:
-            self._ignored(filename, problem)
+            self.ignored(filename, problem)
             return None
         return name
 
-    def _ignored(self, filename: str, why: str) -> None:
+    def ignored(self, filename: str, why: str) -> None:
+        """Say once in the log that a file of the directory is not a job, and why."""
         if filename in self._ignored_logged or len(self._ignored_logged) >= _MAX_REMEMBERED:
             return
         self._ignored_logged.add(filename)
@@ -116,6 +117,11 @@ class JobsDirectory:
             raise JobFileError([f"{path}: cannot read: {exc.strerror}"]) from None
         finally:
             os.close(fd)
+
+    def refuses_change(self, name: str) -> str | None:
+        """Why a client may not push or delete job `name` here, or None. The jobs directory
+        refuses no name; a source that owns some (colonies/jobsource.py) says why."""
+        return None
 
     def write(self, name: str, data: bytes) -> None:
         """Temp file in the same directory (hidden, so the watcher ignores it), fsync, rename,

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from .fanout import Fanout
+from .fanout import Fanout, Subscription
 from ..health.state import Health
 from .following import FollowOptions, parse_options, recent_then_stream
 from ..control.reply import Reply, fail
@@ -59,6 +59,10 @@ class EventBus:
 
     def publish_health(self, job: str, index: int, old: Health, new: Health, reason: str, when: float) -> None:
         self.publish(Event("health", job, index, old.value, new.value, reason, when))
+
+    def subscribe(self) -> Subscription[Event]:
+        """Every later event, in a bounded queue of its own (the ColonyOS blueprint status follows it)."""
+        return self._fanout.subscribe()
 
     def follow(self, options: FollowOptions) -> Reply:
         """The last `options.last` events, and with `follow` a stream of every later one."""

@@ -176,6 +176,7 @@ class ColonyState:
         # COLONIES_STALE_EXECUTOR_DURATION (the real default is 600 s); None: never.
         self.stale_executor_duration = stale_executor_duration
         self._heard: dict[str, int] = {}  # executorid -> unix ns of its last assign (MarkAlive)
+        self.stale_removals: collections.Counter[str] = collections.Counter()  # executorid -> times removed
         self.held_assigns: collections.Counter[str] = collections.Counter()  # executorid -> long-polls waiting
         self.colonies: dict[str, dict[str, Any]] = {}
         self.executors: dict[tuple[str, str], dict[str, Any]] = {}
@@ -215,6 +216,10 @@ class ColonyState:
             "cancelprocessmsg": ("cancel process", self._cancel),
             "removeprocessmsg": ("remove process", self._remove_process),
         }
+        from tests.support.colonies_blueprints import Blueprints  # it builds on this module
+
+        self.blueprints = Blueprints(self)
+        self.handlers.update(self.blueprints.handlers())
 
     # ------------------------------------------------------------------ change notification
 
@@ -404,6 +409,7 @@ class ColonyState:
         for executor in self.executors.values():
             heard = self._heard.get(executor["executorid"])
             if executor["state"] != UNREGISTERED and heard is not None and heard < oldest:
+                self.stale_removals[executor["executorid"]] += 1
                 self._unregister(executor)
 
     async def _approve_executor(self, caller: str, msg: dict[str, Any], gone: Any) -> Any:
@@ -492,6 +498,11 @@ class ColonyState:
             cpu, mem = cpu_millis(conditions["cpu"]), memory_bytes(conditions["mem"])
         except QuantityError as exc:
             raise ApiError(400, str(exc)) from None
+        return self._enqueue(spec, caller, self._initiator_name(caller, colonyname), cpu, mem)
+
+    def _enqueue(self, spec: dict[str, Any], caller: str, initiatorname: str, cpu: int = 0, mem: int = 0) -> dict[str, Any]:
+        """A new WAITING process of a normalized spec (controllers AddProcess), and the signal."""
+        colonyname = spec["conditions"]["colonyname"]
         now = time.time_ns()
         processid = random_id()
         wait_deadline = now + spec["maxwaittime"] * _NS if spec["maxwaittime"] > 0 else None
@@ -511,7 +522,7 @@ class ColonyState:
         doc = {
             "processid": processid,
             "initiatorid": caller,
-            "initiatorname": self._initiator_name(caller, colonyname),
+            "initiatorname": initiatorname,
             "assignedexecutorid": "",
             "isassigned": False,
             "state": WAITING,

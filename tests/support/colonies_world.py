@@ -63,16 +63,18 @@ class World:
 
 @contextlib.asynccontextmanager
 async def world(root: Path, jobs: dict[str, dict], colony_key: bool = True, before_open: Any = None,
-                location: str = "", **server_kwargs: Any) -> AsyncIterator[World]:
+                location: str = "", timing: Timing = FAST, settings: dict[str, Any] | None = None,
+                **server_kwargs: Any) -> AsyncIterator[World]:
     servers = [ColoniesTestServer(**server_kwargs)]
     await servers[0].start("127.0.0.1", 0)
     client = ColoniesClient("127.0.0.1", servers[0].port, timeout=10)
     try:
         colony = await make_colony(client)
-        settings = ColoniesSettings(host="127.0.0.1", port=servers[0].port, colony_name=COLONY_NAME,
-                                    colony_prvkey=COLONY_PRVKEY if colony_key else None, location=location)
+        configured = ColoniesSettings(host="127.0.0.1", port=servers[0].port, colony_name=COLONY_NAME,
+                                      colony_prvkey=COLONY_PRVKEY if colony_key else None, location=location,
+                                      **(settings or {}))
         async with supervised(root, jobs, watch=False) as sup:
-            bridge = ColoniesBridge(sup, settings, FAST)
+            bridge = ColoniesBridge(sup, configured, timing)
             w = World(servers[0], client, colony, sup, bridge)
             if before_open is not None:
                 await before_open(w)
