@@ -10,7 +10,7 @@ import os
 import sys
 
 from taskmasterd import __version__
-from taskmasterd.control.reply import Reply
+from taskmasterd.reply import Reply
 
 from .session import EXIT_FAIL, EXIT_INVALID, EXIT_NOT_AS_WANTED, Session
 

@@ -14,7 +14,7 @@ import _socket
 import select
 
 from taskmasterd.control.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
-from taskmasterd.control.reply import Reply
+from taskmasterd.reply import Reply
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 from .control.access import AccessPolicy
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
-from .control.daemonhandle import DaemonHandle
+from .daemonhandle import DaemonHandle
 from .observe.daemonlog import DaemonLogHandler, LogWriter, RingHandler
 from .control.listeners import Listeners
 from .kernel.sdnotify import notify

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from ..observe import daemonlog
 from ..observe.following import parse_options
 from ..observe.logfollow import tail
-from .reply import Reply, fail
+from ..reply import Reply, fail
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor

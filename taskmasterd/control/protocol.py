@@ -9,7 +9,7 @@ from __future__ import annotations
 import binascii
 
 from . import leanjson
-from .reply import Reply
+from ..reply import Reply
 
 TYPE_CHECKING = False  # typing costs the one-shot taskmasterctl 5 ms to import
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from ..observe import counters
 from . import selection
 from ..jobfiles.names import job_name_error
 from ..jobfiles.signames import signal_number
-from .reply import REDUNDANT, SUCCESS, Reply, fail
+from ..reply import REDUNDANT, SUCCESS, Reply, fail
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor

@@ -35,11 +35,11 @@ from ..health.notify_socket import NotifyDirectory, default_notify_path
 from ..processes.orphans import ChildJournal, stop_leftovers
 from ..processes.table import ProcessTable
 from ..observe.events import EventBus
-from ..control.reply import REDUNDANT, SUCCESS, Reply, fail
+from ..reply import REDUNDANT, SUCCESS, Reply, fail
 from ..processes.spawner import inherited_environment
 
 if TYPE_CHECKING:
-    from ..control.daemonhandle import DaemonHandle
+    from ..daemonhandle import DaemonHandle
 
 log = logging.getLogger("taskmasterd")
 SHUTTING_DOWN = "taskmasterd is shutting down"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .fanout import Fanout
 from ..health.state import Health
 from .following import FollowOptions, parse_options, recent_then_stream
-from ..control.reply import Reply, fail
+from ..reply import Reply, fail
 from ..lifecycle.states import State
 
 HISTORY = 1000  # events kept for `events` without follow, and for the start of a follow

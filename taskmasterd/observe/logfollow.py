@@ -16,7 +16,7 @@ import asyncio
 import os
 
 from ..kernel import inotify
-from ..control.reply import Reply
+from ..reply import Reply
 from ..kernel.safepath import UnsafePath, open_read
 
 CHUNK = 64 * 1024  # bytes read per wake-up and per `file` reply
