@@ -28,7 +28,7 @@ from ..kernel.sockdiag import TCP_LISTEN, SockDiagOrElse, TcpSocket
 from ..jobfiles.readiness_spec import CmdCheck, HttpCheck, TcpCheck, netloc
 from ..processes.table import Child, ProcessTable
 from ..processes.spawner import Account, launch_for, spawn_error_text
-from ..lifecycle.states import describe_exit
+from ..processes.exits import describe_exit
 
 if TYPE_CHECKING:
     from ..jobfiles.jobfile import JobSpec

@@ -3,7 +3,8 @@ decisions taken when an instance exits. No I/O here; `instance.py` applies these
 from __future__ import annotations
 
 import enum
-import signal
+
+from ..processes.exits import describe_exit
 
 
 class State(str, enum.Enum):
@@ -91,15 +92,6 @@ def crash_loop_delay(quick_exits: int) -> float:
     """Pause before restarting after the `quick_exits`-th exit in a row within QUICK_EXIT of the
     spawn: 0 s for the first (a single crash comes back at once), then 1 s, 2 s, 4 s … capped."""
     return 0.0 if quick_exits <= 1 else backoff_delay(quick_exits - 1)
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with code {returncode}"
 
 
 def summarize(states: list[State]) -> str:

@@ -33,12 +33,11 @@ import signal
 import subprocess
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from .orphans import ESCAPE_STOPTIME, ChildJournal, environment_of, identity, wait_gone
 from .start import Started, start_process
-from .spawner import RUN_VARIABLE, SPAWN_VARIABLE, Account
+from .launch import RUN_VARIABLE, SPAWN_VARIABLE, Launch
 from .spawnthread import SpawnThread
 
 log = logging.getLogger("taskmasterd.processes")
@@ -55,19 +54,6 @@ THREAD_SPAWN_DESCRIPTORS = 1000  # from this many descriptors on, spawns go thro
 
 class SpawnRefused(Exception):
     """The table is closed: the daemon is shutting down."""
-
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    """Everything needed to start one process and to stop it."""
-
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-    cwd: str | None = None
-    umask: int | None = None
-    account: Account | None = None  # whose ids it runs with (None: the daemon's)
-    stopsignal: int = int(signal.SIGTERM)
-    stoptime: float = 10.0
 
 
 class Child:
