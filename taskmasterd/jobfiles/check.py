@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from ..lifecycle.dependencies import cycle_problem
+from .cycles import cycle_problem
 from .jobfile import JobFileError, Limits, host_errors, parse_job
 from .jobsdir import JobsDirectory
 from .names import SUFFIX, job_name_error, job_name_from_filename

@@ -11,13 +11,11 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
+from .fields import FieldError, command_words, got
 from .names import job_name_error
-
-if TYPE_CHECKING:
-    from .jobfile import JobSpec
 
 READY_MODES = ("starttime", "notify", "healthy")
 CONDITIONS = ("running", "healthy", "completed")
@@ -81,17 +79,14 @@ def netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# --- converters: each returns the normalized value or raises jobfile's _Bad ---------------------
+# --- converters: each returns the normalized value or raises FieldError --------------------------
 
 _NO_VALUE = object()
 
 
-def _bad(reason: str, value: Any = _NO_VALUE) -> Exception:
-    """jobfile's error type, which its parse loop turns into a line naming the file and the field.
-    Imported when raised, not at the top: jobfile imports this module for its FIELDS table."""
-    from .jobfile import _Bad, _got
-
-    return _Bad(reason if value is _NO_VALUE else f"{reason}, got {_got(value)}")
+def _bad(reason: str, value: Any = _NO_VALUE) -> FieldError:
+    """The error the parse loop turns into a line naming the file and the field."""
+    return FieldError(reason if value is _NO_VALUE else f"{reason}, got {got(value)}")
 
 
 def _seconds(value: Any, zero_ok: bool = False) -> float:
@@ -106,11 +101,9 @@ def _seconds(value: Any, zero_ok: bool = False) -> float:
 
 def _keyed(key: str, convert: Callable[[Any], Any], value: Any) -> Any:
     """`convert(value)` for the key `key` of an object field: its reason names the key."""
-    from .jobfile import _Bad  # see _bad
-
     try:
         return convert(value)
-    except _Bad as bad:
+    except FieldError as bad:
         raise _bad(f'"{key}" {bad}') from None
 
 
@@ -206,9 +199,7 @@ def _url(value: Any) -> HttpCheck:
 
 
 def _check_cmd(value: Any) -> CmdCheck:
-    from .jobfile import _cmd  # a check's command follows the job's `cmd` rules; see _bad
-
-    return CmdCheck(_cmd(value))  # NUL bytes: refused for every field by jobfile.parse_job
+    return CmdCheck(command_words(value))  # NUL bytes: refused for every field by jobfile.parse_job
 
 
 _PROBES: dict[str, Callable[[Any], CmdCheck | TcpCheck | HttpCheck]] = {
@@ -260,14 +251,29 @@ READINESS_FIELDS: dict[str, Callable[[Any], Any]] = {
 # --- rules across fields, and what they mean for an instance -------------------------------------
 
 
-def ready_deadline(spec: JobSpec) -> float | None:
+class Readiness(Protocol):
+    """The fields of a job's spec these rules read (a `JobSpec` has them)."""
+
+    @property
+    def ready(self) -> str: ...
+    @property
+    def ready_timeout(self) -> float | None: ...
+    @property
+    def starttime(self) -> float: ...
+    @property
+    def healthcheck(self) -> HealthCheckSpec | None: ...
+    @property
+    def watchdog(self) -> float | None: ...
+
+
+def ready_deadline(spec: Readiness) -> float | None:
     """How long a `notify` or `healthy` instance may take to be ready: `ready_timeout`, else
     `starttime`; None (no deadline) when that is 0."""
     deadline = spec.ready_timeout if spec.ready_timeout is not None else spec.starttime
     return deadline or None
 
 
-def readiness_problems(spec: JobSpec, source: str) -> list[str]:
+def readiness_problems(spec: Readiness, source: str) -> list[str]:
     """What no single field can tell: fields that only mean something together."""
     problems = []
     if spec.watchdog is not None and spec.ready != "notify":
@@ -288,7 +294,7 @@ def readiness_problems(spec: JobSpec, source: str) -> list[str]:
     return problems
 
 
-def effective_healthcheck(spec: JobSpec) -> HealthCheckSpec | None:
+def effective_healthcheck(spec: Readiness) -> HealthCheckSpec | None:
     """The check an instance runs. With `ready: "healthy"` its start period lasts at least until the
     ready deadline: a failure before the first pass is not yet a verdict, the deadline is."""
     check = spec.healthcheck

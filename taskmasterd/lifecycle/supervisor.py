@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol, TypeVar
 
-from .dependencies import cycle_problem, dependency_graph, stop_layers
+from .dependencies import stop_layers
+from ..jobfiles.cycles import cycle_problem, dependency_graph
 from .instance import Instance
 from .job import Job
 from ..jobfiles.jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
