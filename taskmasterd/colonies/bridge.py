@@ -41,6 +41,7 @@ class ColoniesBridge(JobListener):
             outage=Outage(f"{settings.host}:{settings.port}"),
             timing=timing,
             capabilities=asyncio.ensure_future(_probe(supervisor)),
+            supervisor=supervisor,
         )
         self.executors: dict[str, JobExecutor] = {}
         self._leaving: dict[str, asyncio.Task[None]] = {}  # job -> its old executor still closing

@@ -342,7 +342,7 @@ class JobExecutor:
             elif task.funcname == "run":
                 await CommandRun(task, self.job, self._stop, self._shared.timing).run()
             else:
-                successful, values = await control(self.job.supervisor, self.job.name, task.funcname)
+                successful, values = await control(self._shared.supervisor, self.job.name, task.funcname)
                 await task.close(successful, values)
         except Exception as exc:  # one broken process must not take the executor down
             log.exception("%s: process %s failed inside taskmasterd", self.job.name, task.id)

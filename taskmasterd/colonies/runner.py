@@ -53,7 +53,7 @@ class _Command:
     def start(cls, job: Job, spec: JobSpec, env: dict[str, str], account: Account | None, words: tuple[str, ...],
               stdout: int, stderr: int) -> _Command:
         launch = launch_for(spec, env, account, words)
-        return cls(job.supervisor.processes.spawn(launch, stdout, stderr))
+        return cls(job.services.processes.spawn(launch, stdout, stderr))
 
     async def stop(self, spec: JobSpec) -> int:
         return await self._child.stop(spec.stopsignal, spec.stoptime)
@@ -113,7 +113,7 @@ class CommandRun:
             words = command_words(self.task.spec.get("args"), self.task.spec.get("kwargs"))
             extra = {str(k): str(v) for k, v in (self.task.spec.get("env") or {}).items()}
             account = self.job.account()  # of the spec this run took
-            env = child_environment(spec, self.job.supervisor.base_environment, account,
+            env = child_environment(spec, self.job.services.base_environment, account,
                                     {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id})
         except (BadArguments, ValueError, KeyError, AttributeError) as exc:
             await self.task.close(False, [f"cannot run {spec.name}: {exc}"])

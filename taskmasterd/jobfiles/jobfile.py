@@ -2,7 +2,8 @@
 
 Pure logic: `parse_job` reads bytes and returns a spec or raises `JobFileError` with every problem
 found, each naming the file and the field. `host_errors` is the separate, system-facing check
-(does the working directory exist, does the user exist, may we switch to it).
+(does the working directory exist, does the user exist, may we switch to it), given the user's
+uid by its caller.
 """
 from __future__ import annotations
 
@@ -373,21 +374,18 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
     return spec
 
 
-def host_errors(spec: JobSpec, source: str, daemon_uid: int | None = None) -> list[str]:
+def host_errors(spec: JobSpec, source: str, user_uid: int | None = None, daemon_uid: int | None = None) -> list[str]:
     """Problems only this machine can tell: a missing working directory, an unknown user, a user
-    switch the daemon has no right to make."""
+    switch the daemon has no right to make. `user_uid`: the uid the spec's `user` stands for, as
+    the caller looked it up (NSS may be far away: not here), None when there is no such user."""
     problems = []
     if spec.workingdir is not None and not os.path.isdir(spec.workingdir):
         problems.append(f'{source}: field "workingdir": directory {spec.workingdir!r} does not exist')
     if spec.user is not None:
-        from ..processes.spawner import account_entry
-
-        try:
-            account = account_entry(spec.user)
-        except KeyError:
+        if user_uid is None:
             problems.append(f'{source}: field "user": no such user {spec.user!r}')
         else:
             uid = os.geteuid() if daemon_uid is None else daemon_uid
-            if uid != 0 and account.pw_uid != uid:
+            if uid != 0 and user_uid != uid:
                 problems.append(f'{source}: field "user": running as {spec.user!r} needs a daemon started as root')
     return problems

@@ -1,8 +1,9 @@
 """The event bus: every state change of every instance, as it happens, for `events` followers.
 
-`kind` says what changed: "state" for the instance state machine (published by Instance._enter),
-"health" for its health verdict (starting, healthy, unhealthy; by Instance.health_changed). The bus keeps the
-last HISTORY events for a late `events` and gives each follower a bounded queue (fanout.py).
+`kind` says what changed: "state" for the instance state machine, "health" for its health verdict
+(starting, healthy, unhealthy); both are published by the instance, with the id of the spawn they
+are about. The bus keeps the last HISTORY events for a late `events` and gives each follower a
+bounded queue (fanout.py).
 """
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from .fanout import Fanout
-from ..health.state import Health
 from .following import FollowOptions, parse_options, recent_then_stream
 from ..reply import Reply, fail
-from ..lifecycle.states import State
 
 HISTORY = 1000  # events kept for `events` without follow, and for the start of a follow
 QUEUE = 1000  # events a follower may be behind before it loses the oldest (~200 KB at most)
@@ -28,10 +27,11 @@ class Event:
     new: str
     reason: str
     time: float  # Unix time
+    spawn: int | None = None  # the spawn (Child.spawn_id) it is about; None: no process yet or any more
 
     def document(self) -> dict:
         return {"kind": self.kind, "job": self.job, "instance": self.instance, "old": self.old,
-                "new": self.new, "reason": self.reason, "time": self.time}
+                "new": self.new, "reason": self.reason, "time": self.time, "spawn": self.spawn}
 
 
 class EventBus:
@@ -42,12 +42,6 @@ class EventBus:
     def publish(self, event: Event) -> None:
         self.history.append(event)
         self._fanout.publish(event)
-
-    def publish_state(self, job: str, index: int, old: State, new: State, reason: str, when: float) -> None:
-        self.publish(Event("state", job, index, old.value, new.value, reason, when))
-
-    def publish_health(self, job: str, index: int, old: Health, new: Health, reason: str, when: float) -> None:
-        self.publish(Event("health", job, index, old.value, new.value, reason, when))
 
     def follow(self, options: FollowOptions) -> Reply:
         """The last `options.last` events, and with `follow` a stream of every later one."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 import subprocess
 from typing import TYPE_CHECKING, Mapping
 
+from ..kernel.nss import passwd_entry
 from .launch import Account, Launch
 
 if TYPE_CHECKING:
@@ -30,19 +30,10 @@ def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
             if k not in DAEMON_PLUMBING and not (k.startswith("COLONIES_") and k.endswith(PRVKEY_SUFFIX))}
 
 
-def account_entry(user: str) -> pwd.struct_passwd:
-    """The passwd entry of a job's `user` (a name, or a uid written in ASCII digits); KeyError
-    when there is none."""
-    if user.isascii() and user.isdigit():
-        try:
-            return pwd.getpwuid(int(user))
-        except OverflowError:
-            raise KeyError(user) from None
-    return pwd.getpwnam(user)
-
-
 def lookup_account(user: str) -> Account:
-    entry = account_entry(user)
+    """Whom a job's `user` runs as; KeyError when there is no such user. Blocking (NSS): call it
+    on a worker thread."""
+    entry = passwd_entry(user)
     return Account(
         uid=entry.pw_uid,
         gid=entry.pw_gid,

@@ -1,0 +1,27 @@
+"""What the daemon gives every job and instance when it makes them: the one owner of processes,
+the log files, the event bus, where notify sockets live, and what a job's change means beyond it
+(its dependants, its listeners). Jobs and instances reach the daemon through this alone, never
+back through the supervisor, so each can be made and tested with what it is given."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from ..health.notify_socket import NotifyDirectory
+from ..observe.events import EventBus
+from ..processes.logcapture import LogFiles
+from ..processes.table import ProcessTable
+from .dependencies import ConditionsOf
+
+
+@dataclass(frozen=True)
+class Services:
+    processes: ProcessTable  # every spawn goes through it, and every stop
+    events: EventBus  # state and health changes, for `events`
+    log_files: LogFiles
+    log_dir: str
+    base_environment: Mapping[str, str]  # what every child inherits, before its job's `env`
+    notify_directory: Callable[[], NotifyDirectory]  # made when a job first needs a notify socket
+    conditions_of: ConditionsOf  # the conditions another job meets for its dependants
+    standing_changed: Callable[[str], None]  # job `name` changed state, health or wish: look again
+    hold: Callable[[str], None]  # job `name` has instances WAITING: release them when dependencies allow
