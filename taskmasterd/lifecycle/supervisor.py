@@ -49,7 +49,7 @@ from ..processes.orphans import ChildJournal, stop_leftovers
 from ..processes.spawner import inherited_environment, lookup_account
 from ..processes.table import ProcessTable
 from ..reply import REDUNDANT, SUCCESS, Reply, fail
-from ..tasks import TaskOwner, all_settled
+from ..tasks import TaskOwner, Turns, all_settled
 
 if TYPE_CHECKING:
     from ..daemonhandle import DaemonHandle
@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskmasterd")
 SHUTTING_DOWN = "taskmasterd is shutting down"
 STREAMS = ("stdout", "stderr")
+# Files applied at once by a load or a reload of every file (the others wait for one to end): a
+# task made per file would cost thousands of tasks in one loop iteration.
+FILES_AT_ONCE = 64
 T = TypeVar("T")
 
 
@@ -121,6 +124,7 @@ class Supervisor:
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()
         self._background = TaskOwner(log)  # reloads the watcher and SIGHUP asked for
+        self._turns = Turns()  # job files read and parsed a batch per loop iteration
         self._read = asyncio.Event()  # the jobs directory has been read once
         self._watcher = None
         self.closing = False
@@ -153,7 +157,8 @@ class Supervisor:
 
                 self._watcher = DirectoryWatcher(self.jobs_dir, self.directory.job_name, self._files_changed)
                 self._watcher.start()
-            await all_settled(self._apply_file(name, nowait=True) for name in sorted(self.directory.names()))
+            await all_settled((self._apply_file(name, nowait=True) for name in sorted(self.directory.names())),
+                              at_once=FILES_AT_ONCE)
         finally:
             self._read.set()
         await self.processes.queue_flushed()
@@ -239,10 +244,13 @@ class Supervisor:
                           pushed: tuple[bytes, JobSpec, Account | None] | None = None) -> tuple[Reply, str]:
         """Bring job `name` in line with its file (the `reload` verb), or with `pushed` (bytes
         already validated into a spec), which is written first. Returns the reply and what
-        changed: added, removed, restarted, applied (in place), unchanged, invalid or missing."""
+        changed: added, removed, restarted, applied (in place), unchanged, invalid or missing.
+        Reading and parsing wait their turn (`Turns`): a reload of every file holds the loop a
+        few milliseconds at a time."""
         async with self._locks.hold(name):
             if self.closing:
                 return fail(SHUTTING_DOWN), "unchanged"
+            await self._turns.turn()
             refusal = self._directory_refusal()
             if refusal is not None:
                 return fail(refusal), "unchanged"
@@ -566,14 +574,15 @@ class Supervisor:
 
     async def reload_all(self) -> Reply:
         """Reload every job file (SIGHUP, the wire's `restart`): new, changed, removed and
-        unchanged alike. The reply carries what
+        unchanged alike; their reading and parsing paced (`Turns`). The reply carries what
         happened to each job (docs/protocol.md, "The reload report")."""
         refusal = self._directory_refusal()
         if refusal is not None:
             return _with_report(fail(refusal), [])
         names = sorted(self.directory.names() | set(self.jobs) | set(self.invalid))
         outcomes: list[tuple[Reply, str]] = []
-        for name, result in zip(names, await all_settled(self._apply_file(name, nowait=True) for name in names)):
+        applied = all_settled((self._apply_file(name, nowait=True) for name in names), at_once=FILES_AT_ONCE)
+        for name, result in zip(names, await applied):
             if isinstance(result, Exception):  # a bug: that file's report says so, the others stand
                 log.error("reload of %s failed", name, exc_info=result)
                 result = (fail(f"internal error: {result}"), "invalid")
