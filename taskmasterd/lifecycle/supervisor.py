@@ -203,8 +203,8 @@ class Supervisor:
         return self.directory.path_of(name)
 
     async def _validate(self, name: str, raw: bytes) -> tuple[JobSpec, Account | None]:
-        """The spec of these bytes, and whom its `user` runs as (once per version of the job).
-        JobFileError if invalid."""
+        """The spec of these bytes, and whom its `user` runs as (looked up on a worker thread:
+        NSS may be LDAP or SSSD, far away; once per version of the job). JobFileError if invalid."""
         path = self.path_of(name)
         spec = parse_job(name, raw, path, self.limits)
         account = None
@@ -213,7 +213,7 @@ class Supervisor:
             if loaded is not None and loaded.spec == spec:
                 account = loaded.account()
             else:
-                account = _look_up(spec.user)
+                account = await asyncio.to_thread(_look_up, spec.user)
         problems = host_errors(spec, path, account.uid if account is not None else None)
         if problems:
             raise JobFileError(problems)
@@ -650,7 +650,7 @@ class Supervisor:
 
 
 def _look_up(user: str) -> Account | None:
-    """Whom `user` runs as, or None when there is no such user."""
+    """Whom `user` runs as, or None when there is no such user (blocking: on a worker thread)."""
     try:
         return lookup_account(user)
     except KeyError:
