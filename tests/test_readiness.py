@@ -208,7 +208,7 @@ def test_a_hanging_check_command_is_killed_at_its_timeout(tmp_path):
     async def scenario():
         pidfile = tmp_path / "check.pid"
         check = {"cmd": ["sh", "-c", f"echo $$ >> {pidfile}; exec sleep 300"], "timeout": 0.3, "interval": 0.2,
-                 "start_interval": 0.1, "retries": 2}
+                 "start_interval": 0.1, "retries": 2, "start_period": 0}
         async with supervised(tmp_path, {"w": {**SLEEP, "healthcheck": check, "on_unhealthy": "none"}}) as sup:
             inst = sup.jobs["w"].instances[0]
             await eventually(lambda: inst.health.checker and inst.health.checker.state == "unhealthy", what="unhealthy")

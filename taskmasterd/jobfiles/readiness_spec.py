@@ -62,15 +62,22 @@ class HttpCheck:
 @dataclass(frozen=True, slots=True)
 class HealthCheckSpec:
     """Docker's HEALTHCHECK: `retries` failures in a row make an instance unhealthy, one pass makes
-    it healthy; failures within `start_period` of the start do not count. Checks are
-    `start_interval` apart until the first verdict, then `interval` apart, each measured from the
-    end of the previous check (the first one `start_interval` after the start)."""
+    it healthy; failures within `start_period` of the start do not count until a check has passed.
+    Checks are `start_interval` apart until the first verdict, then `interval` apart, each measured
+    from the end of the previous check (the first one `start_interval` after the start).
+
+    Two defaults differ from Docker's, so that a check never kills what is still booting and
+    still catches what hangs: `start_period` 30 s (a database or a JVM service opens its port
+    within half a minute; Docker's 0 let `retries` failures one second apart kill it again and
+    again), and `timeout` 5 s (a check is a quick question; with Docker's 30 s three timed-out
+    checks alone took a minute and a half). A service hung at boot is restarted within
+    30 + 3 × (1 + 5) = 48 s."""
 
     probe: CmdCheck | TcpCheck | HttpCheck
     interval: float = 30.0
-    timeout: float = 30.0
+    timeout: float = 5.0
     retries: int = 3
-    start_period: float = 0.0
+    start_period: float = 30.0
     start_interval: float = 1.0
 
 
