@@ -35,7 +35,8 @@ def act(verb: str) -> Runner:
     """A command that sends `verb` once for all the jobs named (start, stop, kill, repair, restart)."""
     def run(session: Session, args: Namespace) -> None:
         job = selector(args.job)
-        session.report(verb_name(verb), job, session.client.request(verb, job, nowait=args.nowait))
+        deps = getattr(args, "with_deps", False)  # start only; a quick parse leaves it out
+        session.report(verb_name(verb), job, session.client.request(verb, job, nowait=args.nowait, deps=deps))
     return run
 
 

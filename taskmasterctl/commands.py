@@ -31,12 +31,13 @@ class Command:
 
 class JobArguments:
     """`JOB...` (or `[JOB...]`), and `--nowait` where the wire verb waits: the arguments a quick
-    parse can read without argparse (options.quick_parse)."""
+    parse can read without argparse (options.quick_parse); `start` also takes `--with-deps`
+    (argparse reads that one)."""
 
-    __slots__ = ("required", "nowait")
+    __slots__ = ("required", "nowait", "with_deps")
 
-    def __init__(self, required: bool, nowait: bool = False) -> None:
-        self.required, self.nowait = required, nowait
+    def __init__(self, required: bool, nowait: bool = False, with_deps: bool = False) -> None:
+        self.required, self.nowait, self.with_deps = required, nowait, with_deps
 
     def __call__(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("job", nargs="+" if self.required else "*", metavar="JOB",
@@ -44,6 +45,9 @@ class JobArguments:
         if self.nowait:
             parser.add_argument("--nowait", action="store_true",
                                 help="reply as soon as the action has begun, not when it is done")
+        if self.with_deps:
+            parser.add_argument("--with-deps", action="store_true",
+                                help="start the jobs it depends on first, as systemctl start pulls in Requires=")
 
 
 
@@ -119,7 +123,8 @@ def _help_run(session: actions.Session, args: argparse.Namespace) -> None:
 COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command("status", "a table of every job, or of those named; exit 3 if one is not as wanted",
             JobArguments(False), actions.status),
-    Command("start", "start every instance that is not running", JobArguments(True, nowait=True), actions.act("start")),
+    Command("start", "start every instance that is not running (--with-deps: its dependencies first)",
+            JobArguments(True, nowait=True, with_deps=True), actions.act("start")),
     Command("stop", "stop every instance gracefully (stop signal, SIGKILL after stoptime)",
             JobArguments(True, nowait=True), actions.act("stop")),
     Command("restart", "stop, then start (to re-read every job file: reload)", JobArguments(False, nowait=True),

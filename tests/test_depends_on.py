@@ -105,7 +105,9 @@ def test_a_start_is_answered_when_it_started_or_was_stopped_and_missing_jobs_are
             answer = await asyncio.wait_for(sup.start("b"), 5)
             assert answer.response == "fail" and answer.error == "waiting for a (STOPPED): start it too, or use --nowait"
             assert b.state is S.WAITING
-            assert (await sup.start("b")).response == "redundant"  # already on its way
+            again = await sup.start("b")  # still not redundant while what it waits for is not coming
+            assert again.response == "fail" and again.error == answer.error
+            assert (await sup.start("b", nowait=True)).response == "redundant"  # it does wait
             assert (await sup.stop("b")).response == "success"
             assert b.state is S.STOPPED
             # a is on its way: the start of b is answered once b runs, or was stopped

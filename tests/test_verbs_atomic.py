@@ -4,6 +4,7 @@ after it, never lost; a `start` whose dependencies are not coming answers at onc
 import threading
 import time
 
+from .support.ctl import ctl, err
 from .support.daemon import Daemon, wait_for
 
 # Takes a second to stop: SIGTERM is handled by sleeping, then exiting.
@@ -68,3 +69,15 @@ def test_start_with_deps_brings_the_dependencies_up_first(tmp_path):
         # each started once its own dependency was RUNNING
         since = {name: daemon.instances(name)[0]["since"] for name in ("db", "web", "api")}
         assert since["db"] <= since["web"] <= since["api"]
+
+
+def test_taskmasterctl_start_says_what_a_start_waits_for_and_with_deps_starts_it(tmp_path):
+    jobs = {"web": {**SLEEP, "autostart": False},
+            "api": {**SLEEP, "autostart": False, "depends_on": ["web"]}}
+    with Daemon(tmp_path, jobs) as daemon:
+        waiting = ctl(daemon, "start", "api", timeout=20)
+        assert waiting.returncode == 1
+        assert err(waiting) == "taskmasterctl: start api: waiting for web (STOPPED): start it too, or use --nowait\n"
+        started = ctl(daemon, "start", "--with-deps", "api", timeout=20)
+        assert started.returncode == 0, err(started)
+        assert [state_of(daemon, name) for name in ("web", "api")] == ["RUNNING", "RUNNING"]

@@ -376,7 +376,7 @@ class Supervisor:
             problem = await self._start_dependencies(name)
             if problem is not None:
                 return fail(problem)
-        return await self._start_with(Kind.START, "start command", name, nowait, index)
+        return await self._start_with(Kind.START, "start command", name, nowait, index, waiting_too=deps)
 
     async def restart(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
         """`restart-job`: stop each instance and start it again, one command each (what comes
@@ -387,22 +387,29 @@ class Supervisor:
     async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
         return await self._start_with(Kind.REPAIR, "repair", name, nowait, index)
 
-    async def _start_with(self, kind: Kind, why: str, name: str, nowait: bool, index: int | None) -> Reply:
+    async def _start_with(self, kind: Kind, why: str, name: str, nowait: bool, index: int | None,
+                          waiting_too: bool = False) -> Reply:
         """start, restart and repair: the command to the instances, answered once those it
         started settle."""
         outcome = await self._command(name, index, kind, why)
         if isinstance(outcome, Reply):
             return outcome
         job, answers = outcome
-        return await self._started(job, answers, nowait, nothing=REDUNDANT)
+        return await self._started(job, answers, nowait, nothing=REDUNDANT, waiting_too=waiting_too)
 
-    async def _started(self, job: Job, answers: list[tuple[Instance, Answer]], nowait: bool, nothing: Reply) -> Reply:
+    async def _started(self, job: Job, answers: list[tuple[Instance, Answer]], nowait: bool, nothing: Reply,
+                       waiting_too: bool = False) -> Reply:
         """Answer a request that started instances: `nothing` when none was started; at once with
         `nowait`; else once each is RUNNING, or one failed to start, or waits for a dependency
-        that is not coming."""
-        started = [inst for inst, answer in answers if await answer]
+        that is not coming. An instance a previous start left WAITING is waited for too when
+        `waiting_too` (the request started its dependencies), and is never "redundant" while what
+        it waits for is not coming."""
+        acted = [inst for inst, answer in answers if await answer]
+        held = [inst for inst, _ in answers if inst not in acted and inst.state is State.WAITING]
+        started = acted + held if waiting_too else acted
         if not started:
-            return nothing
+            stalled = self._stalled(job) if held and not nowait else None
+            return fail(stalled) if stalled is not None else nothing
         if nowait:
             return SUCCESS
         failure = await job.wait_started(started, lambda: self._stalled(job))
