@@ -18,6 +18,7 @@ from .observe.daemonlog import DaemonLogHandler, LogWriter, RingHandler
 from .control.listeners import Listeners
 from .kernel.sdnotify import notify
 from .lifecycle.supervisor import Supervisor
+from .tasks import TaskOwner
 
 if TYPE_CHECKING:
     from .colonies.bridge import ColoniesBridge
@@ -58,9 +59,16 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
                             log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir)
+    tasks = TaskOwner(log)  # the daemon's own: the load of the jobs, and the stop of every job
     stopping = asyncio.Event()
+    woken = asyncio.Event()  # a stop was asked for, or the load ended
+
+    def stop() -> None:
+        stopping.set()
+        woken.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.background(_reload(supervisor), "SIGHUP reload"))
     loop.add_signal_handler(signal.SIGUSR2, supervisor.reopen_logs)
     bridge: ColoniesBridge | None = None
@@ -69,14 +77,16 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
 
     async def stop_jobs() -> None:
         """Once, whether SIGTERM or the `shutdown` verb asked first: a load still in progress
-        (it stops at the next file), the bridge, then every job."""
+        (it stops at the next file), the bridge, then every job. A caller that goes away (the
+        verb's connection closed) leaves the stop going: `wait` never cancels what it waits for."""
         nonlocal jobs_stopped
         if jobs_stopped is None:
-            jobs_stopped = loop.create_task(_stop_jobs(supervisor, opening, lambda: bridge))
-        await asyncio.shield(jobs_stopped)
+            jobs_stopped = tasks.spawn(_stop_jobs(supervisor, opening, lambda: bridge), None)
+        await asyncio.wait([jobs_stopped])
+        jobs_stopped.result()
 
     dirs = {"jobs_dir": config.jobs_dir, "log_dir": config.log_dir, "state_dir": config.state_dir}
-    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stopping.set)
+    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stop)
     # The port answers from the start: while the jobs load, status shows what is loaded so far.
     server = ControlServer(supervisor, policy, max_connections=config.max_connections,
                            idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)
@@ -87,9 +97,9 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
 
         metrics_server = MetricsServer(supervisor, lambda: server.connections)
         await metrics_server.start(metrics)
-    opening = loop.create_task(supervisor.open())
-    stop_requested = loop.create_task(stopping.wait())
-    await asyncio.wait([opening, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+    opening = tasks.spawn(supervisor.open(), None)  # its failure ends the daemon, below
+    opening.add_done_callback(lambda _: woken.set())
+    await woken.wait()
     if opening.done() and not stopping.is_set():
         opening.result()
         if colonies is not None:
@@ -101,13 +111,13 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
                  len(supervisor.jobs), config.jobs_dir, listeners.describe())
         notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=supervising {len(supervisor.jobs)} job(s)")
         await stopping.wait()
-    stop_requested.cancel()
     log.info("shutting down")
     notify("STOPPING=1")
     if metrics_server is not None:
         await metrics_server.close()
     await server.close()
     await stop_jobs()
+    await tasks.close()
     return 0
 
 
@@ -115,7 +125,7 @@ async def _stop_jobs(supervisor: Supervisor, opening: asyncio.Task[None] | None,
                      bridge: Callable[[], ColoniesBridge | None]) -> None:
     supervisor.closing = True
     if opening is not None:
-        await asyncio.gather(opening, return_exceptions=True)
+        await asyncio.wait([opening])  # its failure, if any, is the daemon's to raise
     if bridge() is not None:
         await bridge().close()  # type: ignore[union-attr]
     await supervisor.shutdown()

@@ -33,9 +33,9 @@ class TaskOwner:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
-        """Run `coro` as a task of this owner; `what` names it when it fails. Refused once closed
-        (the coroutine is closed unstarted)."""
+    def spawn(self, coro: Coroutine[Any, Any, T], what: str | None) -> asyncio.Task[T]:
+        """Run `coro` as a task of this owner; `what` names it when it fails (None: whoever awaits
+        it reads its failure). Refused once closed (the coroutine is closed unstarted)."""
         if self.closed:
             coro.close()
             raise RuntimeError(f"{what}: its owner is closed")
@@ -44,7 +44,7 @@ class TaskOwner:
 
         def ended(task: asyncio.Task[Any]) -> None:
             self._tasks.discard(task)
-            if not task.cancelled() and task.exception() is not None:
+            if what is not None and not task.cancelled() and task.exception() is not None:
                 self._log.error("%s failed", what, exc_info=task.exception())
 
         task.add_done_callback(ended)

@@ -107,7 +107,7 @@ class JobExecutor:
         """Stop assigning, stop the runs (failing their processes with `reason`), and with the
         colony key and `unregister`, remove the executor from the server (its key stays)."""
         self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.wait([self._task])
         if not self._stop.done():
             self._stop.set_result(reason)
         if self._runs:
@@ -116,7 +116,8 @@ class JobExecutor:
                                          timeout=self.job.spec.stoptime + timing.close_patience + PIPE_GRACE)
             for run in late:
                 run.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                await asyncio.wait(late)
         key = self._registration.key
         if unregister and self._shared.settings.colony_prvkey and key is not None:
             await self._registration.unregister(key)
@@ -189,7 +190,8 @@ class JobExecutor:
             pending = [t for t in (*self._polls, self._keepalive, self._reconciling) if t is not None]
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                await asyncio.wait(pending)
             self._polls, self._keepalive, self._reconciling = set(), None, None
         log.warning("%s: executor %s: refused by the server (%s); registering again",
                     self.job.name, key.executorname, self._refused)

@@ -104,6 +104,7 @@ class CommandRun:
         self._output = asyncio.Event()  # output waits to be sent
         self._backlog = asyncio.Event()  # ... and so much that the pipes are paused: send now
         self._flushing = asyncio.Lock()
+        self._sending: asyncio.Task[bool] | None = None  # the ship task's send, which its stop does not cut
         self._unsent: bytes | None = None  # a message that failed: sent again exactly as it was
         self._in_doubt = False  # ... and its reply was lost: the server may have it already
 
@@ -128,7 +129,11 @@ class CommandRun:
             command.release()
             await self._drain(ship)
             ship.cancel()
-            await asyncio.gather(ship, return_exceptions=True)
+            await asyncio.wait([ship])
+            if self._sending is not None:
+                await asyncio.wait([self._sending])
+                if not self._sending.cancelled():
+                    self._sending.exception()  # read: a send that failed is the final flush's to redo
             for pipe in self._pipes:
                 if pipe.transport is not None:
                     pipe.transport.close()
@@ -192,7 +197,7 @@ class CommandRun:
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            await asyncio.wait([watch])
         if command.exited in done:
             return _End("exit", command.exited.result())
         if self._stop in done:
@@ -222,8 +227,11 @@ class CommandRun:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._backlog.wait(), self._timing.log_interval)
             self._output.clear()
-            # Shielded: stopping this task mid-send must not make the final flush send it again.
-            if not await asyncio.shield(self._flush(final=False)):
+            # Its own task, which stopping this one does not cancel (a send cut mid-way would make
+            # the final flush send it again); the run waits for it at its end.
+            self._sending = asyncio.get_running_loop().create_task(self._flush(final=False))
+            await asyncio.wait([self._sending])
+            if not self._sending.result():
                 self._output.set()  # the server is away: the output waits for the next try
                 await asyncio.sleep(self._timing.log_interval)
 
@@ -250,13 +258,14 @@ class CommandRun:
         """After the exit, read the pipes to their end while the logs make room. Pipes held open by
         something that escaped the group get PIPE_GRACE of silence; the whole drain DRAIN_LIMIT."""
         loop = asyncio.get_running_loop()
-        closed = asyncio.gather(*(pipe.closed for pipe in self._pipes))
+        open_pipes = {pipe.closed for pipe in self._pipes if not pipe.closed.done()}
         deadline = loop.time() + DRAIN_LIMIT
-        while not closed.done() and not ship.done() and loop.time() < deadline:
+        while open_pipes and not ship.done() and loop.time() < deadline:
             read = self._read
-            await asyncio.wait({closed, ship}, timeout=min(PIPE_GRACE, deadline - loop.time()),
-                               return_when=asyncio.FIRST_COMPLETED)
-            if self._read == read and not self._paused:
+            done, _ = await asyncio.wait({*open_pipes, ship}, timeout=min(PIPE_GRACE, deadline - loop.time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            open_pipes -= done
+            if not done and self._read == read and not self._paused:
                 break
 
     async def _finish(self, spec: JobSpec, end: _End) -> None:

@@ -19,6 +19,7 @@ from .notify_socket import NotifyDirectory, NotifySocket
 from .probes import SpawnCheck
 from ..jobfiles.readiness_spec import effective_healthcheck, ready_deadline
 from .watchdog import Watchdog, watchdog_environment
+from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
     from ..jobfiles.jobfile import JobSpec
@@ -41,14 +42,15 @@ class RunObserver(Protocol):
 
 
 class InstanceHealth:
-    __slots__ = ("_observer", "_notify_directory", "_check_spawner", "_timer", "_socket", "_watchdog", "_watching",
+    __slots__ = ("_observer", "_notify_directory", "_check_spawner", "_tasks", "_timer", "_socket", "_watchdog", "_watching",
                  "_ready", "_watchdog_timeout", "checker", "notified", "stopping_notified")
 
     def __init__(self, observer: RunObserver, notify_directory: Callable[[], NotifyDirectory],
-                 check_spawner: Callable[[JobSpec], SpawnCheck]):
+                 check_spawner: Callable[[JobSpec], SpawnCheck], tasks: TaskOwner):
         self._observer = observer
         self._notify_directory = notify_directory
         self._check_spawner = check_spawner  # how a `cmd` check of this instance runs
+        self._tasks = tasks  # the owner of its checks' tasks
         self._timer: asyncio.TimerHandle | None = None  # starttime, or the ready deadline
         self._socket: NotifySocket | None = None
         self._watchdog: Watchdog | None = None  # armed at READY=1
@@ -161,7 +163,7 @@ class InstanceHealth:
     def _start_checks(self, spec: JobSpec) -> None:
         check = effective_healthcheck(spec)
         if check is not None:
-            self.checker = HealthChecker(check, self._observer.run_health, self._check_spawner(spec))
+            self.checker = HealthChecker(check, self._observer.run_health, self._check_spawner(spec), self._tasks)
             self.checker.start()
 
     def _report_ready(self, how: str) -> None:

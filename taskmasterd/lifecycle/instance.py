@@ -84,7 +84,7 @@ class Instance:
         self.retired = False  # numprocs shrank below it: it leaves the job once stopped
         self.discarded = False  # its job is gone: it never spawns again
         self.logs: tuple[LogFile, ...] = ()  # the files of the current spawn's output
-        self.health = InstanceHealth(self, services.notify_directory, self._check_spawner)
+        self.health = InstanceHealth(self, services.notify_directory, self._check_spawner, services.checks)
         self._ticket: SpawnTicket | None = None
         self._timer: asyncio.TimerHandle | None = None  # the retry timer (backoff, throttled restart)
         self._waiters: list[asyncio.Future[None]] = []

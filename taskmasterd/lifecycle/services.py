@@ -11,6 +11,7 @@ from ..health.notify_socket import NotifyDirectory
 from ..observe.events import EventBus
 from ..processes.logcapture import LogFiles
 from ..processes.table import ProcessTable
+from ..tasks import TaskOwner
 from .dependencies import ConditionsOf
 
 
@@ -25,3 +26,4 @@ class Services:
     conditions_of: ConditionsOf  # the conditions another job meets for its dependants
     standing_changed: Callable[[str], None]  # job `name` changed state, health or wish: look again
     hold: Callable[[str], None]  # job `name` has instances WAITING: release them when dependencies allow
+    checks: TaskOwner  # the tasks of http and command health checks, awaited at shutdown

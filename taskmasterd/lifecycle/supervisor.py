@@ -118,8 +118,10 @@ class Supervisor:
         self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json"), self.run_id),
                                       adopt_orphans, self.run_id)
         self.events = EventBus()  # every state and health change, for the `events` verb
+        self._checks = TaskOwner(log)  # http and command health checks under way
         self.services = Services(self.processes, self.events, self.log_files, self.log_dir, self.base_environment,
-                                 self.notify_directory, self.conditions_of, self.standing_changed, self._hold)
+                                 self.notify_directory, self.conditions_of, self.standing_changed, self._hold,
+                                 self._checks)
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()
@@ -178,6 +180,7 @@ class Supervisor:
             self._watcher.close()
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
         await self.processes.drain()
+        await self._checks.close()  # cancelled as their instances stopped; a command check's group is gone
         await self._background.close()
         self.processes.close()
         if self._notify is not None:

@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from .. import __version__
 from . import counters
 from ..reply import Reply
+from ..tasks import TaskOwner
 
 log = logging.getLogger("taskmasterd.metrics")
 REQUEST_TIMEOUT = 10.0  # seconds a scraper has to send its request
@@ -175,13 +176,20 @@ class MetricsServer:
         self.started = time.time()
         self._server: asyncio.Server | None = None
         self._scrapes = 0
+        self._tasks = TaskOwner(log)  # one per scrape
 
     async def start(self, sock: socket.socket) -> None:
-        self._server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_REQUEST)
+        self._server = await asyncio.start_server(self._accepted, sock=sock, limit=MAX_REQUEST)
+
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A plain callback: asyncio makes no task of its own, the scrape is one of ours (which
+        close() awaits; asyncio's server does not cancel its connections' tasks)."""
+        self._tasks.spawn(self._serve(reader, writer), "a metrics scrape")
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            await self._tasks.close()
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -223,8 +223,9 @@ class ProcessTable:
         self.closing = True
         for ticket in self._queue:
             ticket.cancel()
-        children = list(self.children.values())
-        await asyncio.gather(*(child.terminate() for child in children))
+        exits = [child.terminate() for child in list(self.children.values())]
+        if exits:
+            await asyncio.wait(exits)
         if self.adopt_orphans:
             await self._stop_every_orphan()
 
