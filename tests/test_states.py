@@ -283,6 +283,17 @@ def test_a_start_waits_for_dependencies_and_goes_when_they_are_met():
     assert m.state is S.STARTING and Effect.SPAWN in effects
 
 
+def test_a_kill_during_a_restart_kills_the_old_run_now_and_still_comes_after_the_restart():
+    m, _ = run(UP)
+    m, effects = run([Event(K.RESTART, "restart command"), Event(K.KILL, "kill command"),
+                      Event(K.EXIT, code=-9, lived=30)], m)
+    kill = effects.index(Effect.KILL)
+    assert effects[kill + 1] is Effect.DEFER and effects.index(Effect.TERMINATE) < kill
+    assert transitions(effects) == [("RUNNING", "STOPPING"), ("STOPPING", "STOPPED"), ("STOPPED", "STARTING"),
+                                    ("STARTING", "STOPPED")]
+    assert m.state is S.STOPPED and not m.wanted
+
+
 def test_a_kill_during_a_slow_stop_does_not_wait_for_the_grace():
     m, _ = run(UP)
     m, effects = run([Event(K.STOP, "stop command"), Event(K.KILL, "kill command")], m)

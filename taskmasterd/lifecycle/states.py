@@ -620,9 +620,10 @@ def step(m: Machine, ev: Event, policy: Policy, waiting: str | None = None) -> S
     what the job's dependencies still wait for ("waiting for db (healthy)"), None when met.
 
     A command that arrives while a restart command is stopping the old run is deferred (a
-    restart is one event; what comes during it comes after it)."""
+    restart is one event; what comes during it comes after it). A kill also kills the old run at
+    once: it comes after the restart, but never waits out the old run's grace."""
     b = _Build(m, policy, waiting)
     if m.restarting and ev.kind in COMMANDS:
-        return Step(m, (Effect.DEFER,))
+        return Step(m, (Effect.KILL, Effect.DEFER) if ev.kind is K.KILL else (Effect.DEFER,))
     acted = TABLE[m.state][ev.kind](b, ev)
     return Step(b.m, tuple(b.effects), acted)
