@@ -26,9 +26,10 @@ run: $(STAMP)
 
 # The whole test suite. Tools it takes from Debian, as tool:package: systemd-analyze checks the
 # unit files, curl sends the cross-protocol HTTP request and scrapes
-# the metrics endpoint as a monitoring system would, faketime steps a daemon's wall clock.
+# the metrics endpoint as a monitoring system would, faketime steps a daemon's wall clock, tmux is
+# the real terminal in which taskmasterctl top is run and its screen read.
 # Missing ones are installed when possible; otherwise the tests that need them are skipped.
-TEST_TOOLS := systemd-analyze:systemd curl:curl faketime:faketime
+TEST_TOOLS := systemd-analyze:systemd curl:curl faketime:faketime tmux:tmux
 test: $(TSTAMP)
 	@for pair in $(TEST_TOOLS); do tool=$${pair%%:*}; package=$${pair#*:}; \
 	  command -v $$tool >/dev/null 2>&1 || { \

@@ -32,11 +32,26 @@ def selector(words: list[str]) -> str:
 # --- acting on jobs -----------------------------------------------------------------------------
 
 def act(verb: str) -> Runner:
-    """A command that sends `verb` once for all the jobs named (start, stop, kill, repair, restart)."""
+    """A command that sends `verb` once for all the jobs named (start, stop, kill, repair, restart).
+    Its options ask the daemon for its caveats (a stop that had to kill, a forced start of a job
+    whose file is invalid: docs/protocol.md), which a seed daemon ignores."""
     def run(session: Session, args: Namespace) -> None:
         job = selector(args.job)
+        options = b'{"report":true,"force":true}' if getattr(args, "force", False) else REPORT
         deps = getattr(args, "with_deps", False)  # start only; a quick parse leaves it out
-        session.report(verb_name(verb), job, session.client.request(verb, job, nowait=args.nowait, deps=deps))
+        session.report(verb_name(verb), job, session.client.request(verb, job, options, nowait=args.nowait,
+                                                                    deps=deps))
+    return run
+
+
+def enablement(verb: str) -> Runner:
+    """`enable`/`disable JOB...`; with --now, then start/stop them (as systemctl does)."""
+    def run(session: Session, args: Namespace) -> None:
+        job = selector(args.job)
+        session.report(verb, job, session.client.request(verb, job))
+        if args.now and session.exit == 0:
+            then = "start" if verb == "enable" else "stop"
+            session.report(then, job, session.client.request(then, job, REPORT))
     return run
 
 
@@ -82,8 +97,9 @@ def _print_changes(session: Session, reply: Reply) -> None:
     changes = reply.value.get("changes") if isinstance(reply.value, dict) else None
     if changes and not session.as_json and any(entry.get("change") != "unchanged" for entry in changes):
         from .render import reload_report
+        from .safetext import safe
 
-        session.out.write(reload_report(changes))
+        session.out.write(safe(reload_report(changes), newlines=True))
 
 
 def delete(session: Session, args: Namespace) -> None:
@@ -152,36 +168,56 @@ def push(session: Session, args: Namespace) -> None:
 # --- asking ------------------------------------------------------------------------------------
 
 def status(session: Session, args: Namespace) -> None:
-    """A table of the jobs named (one request each, on one connection), or of every job; exit 3
-    when one of them is not in its wanted state, or when the daemon does not read its jobs
-    directory (it says why)."""
+    """One job (`status web`, `status web:1`) as a block like `systemctl status`; else a table of
+    the jobs named (one request each, on one connection), or of every job. Exit 3 when one of
+    them is not in its wanted state, when a job file is invalid or could not be loaded, or when
+    the daemon does not read its jobs directory (it says why)."""
+    lines = getattr(args, "lines", DETAIL_LINES)
+    one = len(args.job) == 1 and args.job[0] != "all" and _PATTERN_CHARS.isdisjoint(args.job[0])
+    # CPU and memory of each instance (and for one job its detail): options a seed daemon ignores
+    options = (b'{"detail":true,"lines":%d}' % lines) if one else b'{"accounting":true}'
     jobs: list[dict] = []
-    unread = None  # why the daemon does not read its jobs directory now (status of every job says)
+    answered: list[Reply] = []
     for word in args.job or [None]:
         job = None if word is None else selector([word])
-        reply = session.client.request("status", job)
-        if reply.response != "status" or session.as_json:
-            session.report("status", job, reply)
-        if reply.response == "status":
-            jobs += reply.value["jobs"]
-            unread = (reply.value.get("daemon") or {}).get("jobs_dir_problem")
+        reply = session.client.request("status", job, options)
+        if reply.response != "status":
+            session.report("status", job, reply, quiet_json=True)
+            continue
+        answered.append(reply)
+        jobs += reply.value["jobs"]
     if len(args.job) > 1:  # overlapping patterns name a job twice: show it once
         first: dict[str, dict] = {}
         for entry in jobs:
             first.setdefault(entry["name"], entry)
         jobs = list(first.values())
-    if not session.as_json and (jobs or not args.job):
+    everything = answered[0].value if answered and not args.job else {}
+    unread = (everything.get("daemon") or {}).get("jobs_dir_problem")  # why the jobs directory is not read
+    ignored = everything.get("ignored") or []  # files of the directory that could not be loaded
+    if session.as_json:
+        if answered:
+            from .render import reply_document
+
+            session.emit(reply_document(answered[0]) if len(answered) == 1 and len(args.job) <= 1
+                         else {"response": "status", "data": {"jobs": jobs}})
+    elif answered and one:
+        from .detail import job_block
+
+        session.out.write("\n".join(job_block(job) for job in jobs))
+    elif answered:
         from .render import status_table
 
-        session.out.write(status_table(jobs, session.colour))
-    if unread:  # a deploy that is not applied: as much "not as wanted" as a job that is down
-        if not session.as_json:
+        session.out.write(status_table(jobs, session.colour, ignored))
+        if unread:
             session.out.write(f"job files not read: {unread}\n")
-        session.exit = max(session.exit, EXIT_NOT_AS_WANTED)
     from .verdict import not_as_wanted
 
-    if not_as_wanted(jobs):
+    # a deploy that is not applied is as much "not as wanted" as a job that is down
+    if unread or ignored or not_as_wanted(jobs):
         session.exit = max(session.exit, EXIT_NOT_AS_WANTED)
+
+
+DETAIL_LINES = 10  # log lines per stream in `status JOB`
 
 
 def job_list(session: Session, args: Namespace) -> None:
@@ -198,19 +234,23 @@ def pid(session: Session, args: Namespace) -> None:
     if not args.job:
         document = _daemon_document(session)
         if document is not None:
-            print(document["pid"], file=session.out)
+            session.emit({"pid": document["pid"]}) if session.as_json else print(document["pid"], file=session.out)
         return
+    found: dict[str, list[int]] = {}
     for word in args.job:
         job = selector([word])
         reply = session.client.request("status", job)
         if reply.response != "status":
-            session.report("pid", job, reply)
+            session.report("pid", job, reply, quiet_json=True)
             continue
-        pids = [inst["pid"] for entry in reply.value["jobs"] for inst in entry["instances"] if inst["pid"]]
+        pids = found[word] = [inst["pid"] for entry in reply.value["jobs"] for inst in entry["instances"] if inst["pid"]]
         if not pids:
             session.complain(f"pid {word}: not running", EXIT_FAIL)
-        for number in pids:
-            print(number, file=session.out)
+        if not session.as_json:
+            for number in pids:
+                print(number, file=session.out)
+    if session.as_json:
+        session.emit({"pids": found})
 
 
 def _daemon_document(session: Session) -> dict | None:
@@ -226,15 +266,14 @@ def _daemon_document(session: Session) -> dict | None:
 
 
 def version(session: Session, args: Namespace) -> None:
-    print(f"taskmasterctl {__version__}", file=session.out)
-    session.out.flush()
+    if not session.as_json:
+        print(f"taskmasterctl {__version__}", file=session.out)
+        session.out.flush()
     document = _daemon_document(session)
-    if document is None:
-        return
     if session.as_json:
-        import json
-
-        print(json.dumps({"taskmasterctl": __version__, "taskmasterd": document}), file=session.out)
+        session.documents = [{"taskmasterctl": __version__, "taskmasterd": document}]
+        return
+    if document is None:
         return
     config = f", config {document['config']}" if document.get("config") else ""
     print(f"taskmasterd {document['version']} (pid {document['pid']}{config})", file=session.out)

@@ -43,24 +43,50 @@ def run_command(words: list[str], client: Client | None = None, as_json: bool = 
     with `client`, or a client made from the line's options; its exit status (2 for a usage
     error, after argparse's message)."""
     position = command_position(words)
+    as_json = as_json or "--json" in words
     if position is None:
-        print("taskmasterctl: no command given ('help' lists them)", file=sys.stderr)
-        return EXIT_INVALID
+        return _usage_error("no command given ('help' lists them)", as_json)
     name = words[position]
     command = COMMANDS.get(name)
     if command is None:
-        print(f"taskmasterctl: {unknown_command(name)}", file=sys.stderr)
-        return EXIT_INVALID
+        return _usage_error(unknown_command(name), as_json)
     try:
-        parsed = parse(name, words[:position] + words[position + 1:])
+        if as_json:  # argparse's message goes into the one document too
+            import contextlib
+            import io
+
+            caught = io.StringIO()
+            with contextlib.redirect_stderr(caught):
+                parsed = parse(name, words[:position] + words[position + 1:])
+        else:
+            parsed = parse(name, words[:position] + words[position + 1:])
     except SystemExit as exc:  # argparse has printed the usage or the help
-        return exc.code if isinstance(exc.code, int) else EXIT_INVALID
+        code = exc.code if isinstance(exc.code, int) else EXIT_INVALID
+        if as_json and code:
+            message = caught.getvalue()
+            sys.stderr.write(message)
+            _print_json({"errors": [message.strip().splitlines()[-1] if message.strip() else "usage error"]})
+        return code
     session = Session(client or client_for(parsed), as_json or parsed.json)
     try:
         command.run(session, parsed)
     except ConnectionFailed as exc:
         session.complain(str(exc), EXIT_UNREACHABLE)
+    session.finish()
     return session.exit
+
+
+def _usage_error(message: str, as_json: bool) -> int:
+    print(f"taskmasterctl: {message}", file=sys.stderr)
+    if as_json:
+        _print_json({"errors": [message]})
+    return EXIT_INVALID
+
+
+def _print_json(document: dict) -> None:
+    from .render import dumps
+
+    print(dumps(document))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ _taskmasterctl() {
     case "$command" in
         "") COMPREPLY=($(compgen -W "@COMMANDS@" -- "$current")) ;;
         @JOB_COMMANDS@) COMPREPLY=($(compgen -W "all $(_taskmasterctl_jobs)" -- "$current")) ;;
+        @ONE_JOB_COMMANDS@) COMPREPLY=($(compgen -W "$(_taskmasterctl_jobs)" -- "$current")) ;;
         help) COMPREPLY=($(compgen -W "@COMMANDS@" -- "$current")) ;;
         completion) COMPREPLY=($(compgen -W "bash zsh" -- "$current")) ;;
         push) COMPREPLY=($(compgen -f -- "$current")) ;;
@@ -62,6 +63,9 @@ _taskmasterctl() {
         @JOB_COMMANDS@)
             jobs=(all ${(f)"$(taskmasterctl $options --timeout @TIMEOUT@ list 2>/dev/null | cut -d' ' -f1)"})
             compadd -a jobs ;;
+        @ONE_JOB_COMMANDS@)
+            jobs=(${(f)"$(taskmasterctl $options --timeout @TIMEOUT@ list 2>/dev/null | cut -d' ' -f1)"})
+            compadd -a jobs ;;
         help) _describe 'command' commands ;;
         completion) compadd bash zsh ;;
         push) _files ;;
@@ -78,11 +82,13 @@ fi
 def script(shell: str, value_options: list[str]) -> str:
     """The completion script for `shell` ("bash" or "zsh"); `value_options` are the global
     options that take a value (their value is skipped, and passed on to `list`)."""
-    job_commands = [name for name, command in COMMANDS.items() if command.takes_jobs]
+    job_commands = [name for name, command in COMMANDS.items() if command.takes_all]
+    one_job_commands = [name for name, command in COMMANDS.items() if command.takes_jobs and not command.takes_all]
     described = " ".join(f"'{name}:{command.summary.replace(chr(39), '')}'" for name, command in COMMANDS.items())
     text = BASH if shell == "bash" else ZSH
     for key, value in (("@VALUE_OPTIONS@", "|".join(value_options)), ("@COMMANDS@", " ".join(COMMANDS)),
-                       ("@JOB_COMMANDS@", "|".join(job_commands)), ("@DESCRIBED@", described),
+                       ("@JOB_COMMANDS@", "|".join(job_commands)), ("@ONE_JOB_COMMANDS@", "|".join(one_job_commands)),
+                       ("@DESCRIBED@", described),
                        ("@TIMEOUT@", str(LIST_TIMEOUT))):
         text = text.replace(key, value)
     return text

@@ -20,9 +20,13 @@ def follow_logs(session: Session, job: str | None, options: dict) -> None:
 
     def show(reply: Reply) -> None:
         if session.as_json:
-            from .render import reply_json
+            from .render import reply_document, reply_json
 
-            print(reply_json(reply), file=session.out)
+            if options["follow"]:  # a stream: one document per line
+                session.streamed = True
+                print(reply_json(reply), file=session.out)
+            else:
+                session.emit(reply_document(reply))
         elif binary is not None:
             binary.write(reply.data or b"")
             binary.flush()
@@ -38,7 +42,11 @@ def follow_events(session: Session, options: dict) -> None:
     def show(reply: Reply) -> None:
         if reply.value.get("lost"):
             session.complain(f"{reply.value['lost']} events were lost here: this client read too slowly", 0)
-        for event in reply.value.get("events", []):
+        if session.as_json and not options["follow"]:
+            session.emit(reply.value)
+            return
+        session.streamed = session.as_json
+        for event in reply.value.get("events", []):  # following: one document per line
             print(json.dumps(event, separators=(",", ":")) if session.as_json else event_line(event), file=session.out)
 
     _follow(session, "events", "events", None, options, "events", show)
@@ -52,7 +60,7 @@ def _follow(session: Session, command: str, verb: str, job: str | None, options:
     try:
         for reply in replies:
             if reply.response != response:
-                return session.report(command, job, reply)
+                return session.report(command, job, reply, quiet_json=options["follow"])
             show(reply)
             session.out.flush()
             if not options["follow"]:

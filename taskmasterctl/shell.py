@@ -99,7 +99,8 @@ class Shell:
             return [path + ("/" if os.path.isdir(path) else "") for path in sorted(glob.glob(glob.escape(text) + "*"))]
         if not command.takes_jobs:
             return []
-        return [name for name in ["all", *self._job_names()] if name.startswith(text)]
+        offered = ["all", *self._job_names()] if command.takes_all else self._job_names()
+        return [name for name in offered if name.startswith(text)]
 
     def _job_names(self) -> list[str]:
         try:

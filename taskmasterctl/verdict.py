@@ -8,12 +8,12 @@ DOWN = frozenset({"STOPPED", "EXITED"})
 
 def not_as_wanted(jobs: list[dict]) -> list[str]:
     """`job[index]: STATE` for each instance (or `job: INVALID`) not in its wanted state: FATAL,
-    BACKOFF, WAITING for a dependency, running but unhealthy, an invalid file that never loaded,
-    or down (STOPPED, EXITED) while the daemon means it to run (`wanted`, which a finished run
-    with an expected exit code is not)."""
+    BACKOFF, WAITING for a dependency, running but unhealthy, an invalid file (that never loaded,
+    or that a loaded job's file has become), or down (STOPPED, EXITED) while the daemon means it
+    to run (`wanted`, which a finished run with an expected exit code is not)."""
     astray = []
     for job in jobs:
-        if job.get("state") == "INVALID" and not job.get("instances"):
+        if job.get("error"):
             astray.append(f"{job['name']}: INVALID")
         for inst in job.get("instances") or ():
             state = inst.get("state")

@@ -30,13 +30,14 @@ class DaemonConfig:
     log_mode: str = "0640"  # mode of the log files the daemon creates (octal)
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
     config_file: str | None = None  # the --config file read, for status's `daemon` object (not a setting)
-    check: str | None = None  # --check: validate this jobs directory ("" = the configured one) and exit
+    check: str | None = None  # --check: validate this jobs directory or file ("" = the configured directory) and exit
     write_timeout: float = 30.0  # a client that reads none of its replies for this long is dropped
     control_users: list[str | int] = field(default_factory=list)  # who may connect, beyond root and
     control_groups: list[str] = field(default_factory=list)  # the daemon's own uid (see access.py)
     allow_remote: list[str] = field(default_factory=list)  # networks of peers on other hosts
     notify_dir: str | None = None  # the instances' NOTIFY_SOCKETs; None: a short directory of its own
     colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
+    container: bool = False  # a container's first process: jobs' output on stdout/stderr, exit codes (docs/container.md)
 
     def absolutize(self) -> None:
         """Daemon mode changes directory to /: resolve every path against the caller's cwd first."""
@@ -71,7 +72,7 @@ def default_directories(cwd: str, euid: int, environ: dict[str, str] | os._Envir
 
 
 _TYPES = {"port": (int, type(None)), "max_connections": int, "idle_timeout": (int, float),
-          "write_timeout": (int, float), "daemon": bool, "colonies": dict,
+          "write_timeout": (int, float), "daemon": bool, "container": bool, "colonies": dict,
           "control_users": list, "control_groups": list, "allow_remote": list, "max_numprocs": int}
 _NUMBERS = (int, (int, float), (int, type(None)))
 
@@ -149,13 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stay in the foreground (the default; right under systemd)")
     mode.add_argument("--daemon", dest="daemon", action="store_true", default=None,
                       help="detach and run in the background")
+    parser.add_argument("--container", action="store_true", default=None,
+                        help="run as a container's first process: reap every zombie, write the jobs' output "
+                             "to stdout/stderr with a prefix, exit when an essential job ends "
+                             "(implied when taskmasterd is PID 1; see docs/container.md)")
     parser.add_argument("--pidfile", help="write and lock this pid file (refuse to start if locked)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         help="daemon log level (default: INFO)")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on http://HOST:PORT/metrics "
                         "(off by default; a bare PORT means 127.0.0.1:PORT)")
-    parser.add_argument("--check", nargs="?", const="", metavar="DIR",
-                        help="validate every job file of DIR (default: the jobs directory) and exit: 1 if any is invalid")
+    parser.add_argument("--check", nargs="?", const="", metavar="DIR|FILE",
+                        help="validate every job file of DIR (default: the jobs directory), or one FILE, and exit: "
+                        "1 if any is invalid")
     parser.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
     return parser
 
@@ -173,7 +179,7 @@ def resolve(argv: list[str] | None = None) -> DaemonConfig:
     args = build_parser().parse_args(argv)
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     for name in ("jobs_dir", "log_dir", "state_dir", "host", "daemon", "pidfile", "log_level", "socket",
-                 "control_groups", "metrics"):
+                 "control_groups", "metrics", "container"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
@@ -184,6 +190,10 @@ def resolve(argv: list[str] | None = None) -> DaemonConfig:
         settings = {**{name: defaults[name] for name in DIRECTORIES}, **settings}
     config = DaemonConfig(**settings, config_file=os.path.abspath(args.config) if args.config else None,
                           check=args.check)
+    if os.getpid() == 1:
+        config.container = True  # init of a PID namespace: a container, whatever was said
+    if config.container and config.daemon:
+        raise ConfigError("--container runs in the foreground: it cannot be combined with --daemon")
     check_listeners(config)
     config.absolutize()
     return config

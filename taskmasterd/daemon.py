@@ -57,8 +57,14 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     from .control.server import ControlServer
 
     loop = asyncio.get_running_loop()
+    console = None
+    if config.container:
+        from .container.console import Console
+
+        console = Console()
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
-                            log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir)
+                            log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir,
+                            console=console)
     tasks = TaskOwner(log)  # the daemon's own: the load of the jobs, and the stop of every job
     stopping = asyncio.Event()
     woken = asyncio.Event()  # a stop was asked for, or the load ended
@@ -66,6 +72,17 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     def stop() -> None:
         stopping.set()
         woken.set()
+
+    exit_code = 0
+    if config.container:
+        from .container.exitwatch import ExitWatch
+
+        def exit_with(code: int, why: str) -> None:
+            nonlocal exit_code
+            exit_code = code
+            stop()
+
+        ExitWatch(supervisor, exit_with)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
@@ -118,7 +135,9 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     await server.close()
     await stop_jobs()
     await tasks.close()
-    return 0
+    if supervisor.console is not None:
+        supervisor.console.close()
+    return exit_code
 
 
 async def _stop_jobs(supervisor: Supervisor, opening: asyncio.Task[None] | None,

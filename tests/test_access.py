@@ -78,6 +78,8 @@ def test_refusals_are_logged_once_per_peer_per_interval() -> None:
 @pytest.mark.parametrize("opening", [
     b"GET / HTTP/1.1\r\n", b"POST /x HTTP/1.1", b"PUT ", b"HEAD /", b"OPTIONS * HTTP/1.1", b"CONNECT a:1",
     b"DELETE /", b"PATCH /", b"TRACE /", b"PROPFIND /", b"M-SEARCH * HTTP/1.1", b"\r\nPOST / HTTP/1.1",
+    # methods are case-sensitive in HTTP, but servers and browsers' fetch() send other cases too
+    b"post / HTTP/1.1", b"get / HTTP/1.1", b"Patch /x", b"delete http://a/", b"propfind *", b"\npost  /",
 ])
 def test_http_request_lines_are_recognised(opening: bytes) -> None:
     assert starts_like_http(opening) is True
@@ -85,13 +87,14 @@ def test_http_request_lines_are_recognised(opening: bytes) -> None:
 
 @pytest.mark.parametrize("opening", [
     b'{"command":"list"};;', b' \n{"cmd":"status"}', b"not json at all;;", b"[1]", b"42;;", b";;", b"\x00garbage",
-    b"GET/", b"get / HTTP/1.1", b" " * 40, b"A" * 40,
+    b"GET/", b"get json x", b"not json at all;;", b"true ;;", b" " * 40, b"A" * 40,
 ])
 def test_protocol_openings_are_not(opening: bytes) -> None:
     assert starts_like_http(opening) is False
 
 
-@pytest.mark.parametrize("opening", [b"", b"P", b"POS", b"POST", b"\r\n", b"\r\nGE", b"   "])
+@pytest.mark.parametrize("opening", [b"", b"P", b"POS", b"POST", b"\r\n", b"\r\nGE", b"   ", b"post", b"post ",
+                                     b"delete http:"])
 def test_a_prefix_that_could_still_be_http_waits_for_more(opening: bytes) -> None:
     assert starts_like_http(opening) is None
 

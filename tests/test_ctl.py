@@ -35,7 +35,7 @@ def test_status_table_of_every_job_and_of_some(daemon: Daemon) -> None:
     result = ctl(daemon, "status")
     assert result.returncode == 0, err(result)
     lines = out(result).splitlines()
-    assert lines[0].split() == ["JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO"]
+    assert lines[0].split() == ["JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "CPU%", "MEM", "INFO"]
     assert "\x1b[" not in out(result)  # not a terminal: no colour
     web = [line.split() for line in lines if line.startswith("web ")]
     assert [row[1] for row in web] == ["0", "1"] and all(row[2] == "RUNNING" for row in web)
@@ -271,7 +271,7 @@ def test_shell_completes_job_names_and_recalls_history(terminal: Terminal, daemo
     terminal.expect(b"taskmaster> ")
     terminal.type(b"\x1b[A\x1b[A\n")  # up, up: the status line again
     terminal.expect(b"status nginx")
-    terminal.expect(b"INSTANCE")
+    terminal.expect(b"nginx[0]: RUNNING")  # one job: its block
     terminal.expect(b"taskmaster> ")
     terminal.type(b"help\n")
     terminal.expect(b"restart")
@@ -324,7 +324,7 @@ def test_the_command_is_the_first_word_that_is_not_an_option_or_its_value() -> N
     assert command_position([]) is None
 
 
-WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--port", "7778", "--host", "h", "--timeout", "2.5",
+WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--force", "--port", "7778", "--host", "h", "--timeout", "2.5",
          "-n", "--", "--port=1", "x"]
 
 
@@ -332,9 +332,10 @@ WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--port", "7778", "--
 @given(st.sampled_from(["status", "stop", "restart", "pid", "delete"]), st.lists(st.sampled_from(WORDS), max_size=6))
 def test_the_quick_parse_of_job_commands_is_what_argparse_makes_of_them(command: str, words: list[str]) -> None:
     arguments = COMMANDS[command].configure
-    quick = quick_parse(words, arguments.required, arguments.nowait)
+    quick = quick_parse(words, arguments.required, arguments.nowait, arguments.force)
     if quick is None:
         return  # argparse decides
+    vars(quick).update(arguments.defaults)
     assert vars(quick) == vars(parser_for(command).parse_intermixed_args(words))
 
 

@@ -71,7 +71,7 @@ def test_the_shell(daemon: Daemon, transport: str) -> None:
     out = result.stdout.decode()
     address = f"127.0.0.1:{daemon.port}" if transport == "tcp" else str(daemon.root / "tm.sock")
     assert f"taskmasterd at {address}" in out
-    assert out.count("RUNNING") == 3  # two instances in the status table, the job in the list
+    assert out.count("RUNNING") == 4  # the job and its two instances in its block, the job in the list
     assert 'stop nope: job "nope" does not exist' in result.stderr.decode()
 
 

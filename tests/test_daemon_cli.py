@@ -132,3 +132,21 @@ def test_metrics_are_off_by_default_and_a_taken_port_refuses_the_start(tmp_path:
                               "--metrics", f"127.0.0.1:{daemon.port}")
         assert refused.returncode == 1 and "cannot serve metrics" in refused.stderr
 
+
+
+def test_metrics_tell_each_checked_instances_health(tmp_path: Path) -> None:
+    port = free_port()
+    check = {"interval": 1, "retries": 1, "start_interval": 0.2, "start_period": 0}
+    jobs = {"fine": {**SLEEPER, "healthcheck": {"cmd": ["true"], **check}},
+            "sick": {**SLEEPER, "healthcheck": {"cmd": ["false"], **check}, "on_unhealthy": "none"},
+            "plain": SLEEPER}
+    with Daemon(tmp_path, jobs=jobs, args=["--metrics", f"127.0.0.1:{port}"]) as daemon:
+        wait_for(lambda: daemon.instances("sick")[0].get("health") == "unhealthy"
+                 and daemon.instances("fine")[0].get("health") == "healthy", what="both verdicts")
+        body = subprocess.run(["curl", "-sS", "--fail", f"http://127.0.0.1:{port}/metrics"],
+                              capture_output=True, text=True, timeout=30).stdout
+        samples = dict(re.findall(r"^(taskmaster_[^ ]+) (\S+)$", body, re.M))
+        assert samples['taskmaster_instance_healthy{instance="0",job="fine"}'] == "1.0"
+        assert samples['taskmaster_instance_healthy{instance="0",job="sick"}'] == "0.0"
+        assert not any(key.startswith("taskmaster_instance_healthy") and 'job="plain"' in key for key in samples)
+        assert "# HELP taskmaster_instance_healthy" in body

@@ -89,6 +89,35 @@ def test_a_follower_loses_nothing_across_rename_rotation_truncation_and_a_late_f
     asyncio.run(scenario())
 
 
+def test_a_log_replaced_by_empty_files_again_and_again_holds_few_descriptors(tmp_path: Path) -> None:
+    """The job's user owns its log directory: it can put a fresh empty file at the path 2000 times.
+    A follower kept every replaced file open until the newest had data (1600+ descriptors)."""
+    path = tmp_path / "job.0.out"
+
+    async def scenario() -> None:
+        path.write_bytes(b"first\n")
+        first = await tail(str(path), "job:0", 1, follow=True)
+        follower = first.stream
+        try:
+            before = len(os.listdir("/proc/self/fd"))
+            for n in range(2000):
+                fresh = tmp_path / "fresh"
+                fresh.write_bytes(b"")
+                os.replace(fresh, path)
+                if n % 10 == 0:
+                    await asyncio.sleep(0)
+                    follower._read_some()  # what each wake-up does
+            follower._read_some()
+            assert len(os.listdir("/proc/self/fd")) - before < 10
+            with open(path, "ab") as out:
+                out.write(b"still followed\n")
+            assert await _read_until(follower, b"still followed\n") == b"still followed\n"
+        finally:
+            await follower.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_following_a_file_that_does_not_exist_yet(tmp_path: Path) -> None:
     path = tmp_path / "later.out"
 

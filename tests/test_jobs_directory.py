@@ -135,6 +135,24 @@ def test_a_reload_while_the_jobs_directory_is_gone_stops_nothing(tmp_path):
         assert states(daemon) == {"keep": "RUNNING"} and pid_of(daemon, "keep") == keep
 
 
+def test_a_deleted_jobs_directory_shows_in_status_at_once_and_a_new_one_is_read(tmp_path):
+    """Deleting the directory told status nothing (exit 0, no note) until someone reloaded."""
+    with Daemon(tmp_path, {"keep": SLEEP}) as daemon:
+        keep = pid_of(daemon, "keep")
+        for entry in (tmp_path / "jobs").iterdir():
+            entry.unlink()
+        (tmp_path / "jobs").rmdir()
+        problem = wait_for(lambda: daemon.status()["daemon"]["jobs_dir_problem"], 10, what="the deletion noticed")
+        assert "is not there" in problem
+        shown = ctl(daemon, "status")
+        assert shown.returncode == 3 and b"is not there" in shown.stdout + shown.stderr
+        assert states(daemon) == {"keep": "RUNNING"} and pid_of(daemon, "keep") == keep
+        (tmp_path / "jobs").mkdir()
+        write_job(tmp_path / "jobs", "keep", SLEEP)
+        wait_for(lambda: daemon.status()["daemon"]["jobs_dir_problem"] is None, 10, what="the directory back")
+        assert pid_of(daemon, "keep") == keep
+
+
 def test_a_parent_opened_to_everyone_stops_the_reading_until_it_is_closed_again(tmp_path):
     """Whoever may write the parent may swap the jobs directory: the same refusal, lifted as soon
     as the parent is closed again (its mode change is watched too)."""

@@ -83,7 +83,8 @@ def test_tiny_rotation_with_many_backups_never_stalls_the_control_port(tmp_path)
             time.sleep(0.02)
         assert daemon.request("stop", "rot")["response"] == "success"
         backups = wait_for(lambda: settled_listing(tmp_path / "logs", "rot.0.out.*"), 20, what="rotation done")
-        assert len(backups) > 10 and all(f.stat().st_size <= 1024 for f in backups)
+        # whole lines: a file may pass logmaxbytes to finish the line that began in it
+        assert len(backups) > 10 and all(f.stat().st_size <= 2048 and f.read_bytes().endswith(b"\n") for f in backups)
         assert worst < 0.5, f"status took {worst * 1000:.0f} ms while a job rotated its log"
 
 

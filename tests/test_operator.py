@@ -152,8 +152,13 @@ def test_an_invalid_file_reads_the_same_in_list_status_and_start(daemon: Daemon)
     assert "broken   INVALID" in out(ctl(daemon, "list"))
     status = ctl(daemon, "status", "broken")
     assert status.returncode == 3
-    rows = out(status).splitlines()[1:]
-    assert len(rows) == 2 and rows[0].split()[:3] == ["broken", "-", "INVALID"]  # a row per problem
+    block = out(status).splitlines()
+    assert block[0] == "× broken - INVALID"
+    errors = [line for line in block if line.strip().startswith("Error: ")]  # a line per problem
+    assert len(errors) == 2 and '"numprocs"' in errors[0] and '"autostart"' in errors[1]
+    table = ctl(daemon, "status", "broken", "nginx")
+    rows = out(table).splitlines()[1:]
+    assert len(rows) == 3 and rows[0].split()[:3] == ["broken", "-", "INVALID"]  # a row per problem
     assert '"numprocs"' in rows[0] and '"autostart"' in rows[1] and rows[1].startswith(" ")
     started = ctl(daemon, "start", "broken")
     assert started.returncode == 1 and 'job "broken" is not loaded: its file is invalid' in err(started)

@@ -66,3 +66,22 @@ def test_status_of_several_targets_merges_instances() -> None:
                                      {"name": "db", "instances": [{"index": 0}]}]}
     assert merge_status([status("db", 0)], ["nope: gone"], [Target("db")]).response == "fail"
     assert only_instance(status("web", 0, 1), 1).value["jobs"][0]["instances"] == [{"index": 1}]
+
+
+def test_a_huge_instance_number_is_a_problem_named_not_a_crash() -> None:
+    problem = parse("web:" + "9" * 5000)
+    assert isinstance(problem, str) and "instance" in problem
+
+
+@pytest.mark.parametrize("selector", ["[" * 12000, "[a" * 6000, "*[" * 6000, " ".join(["w*[x"] * 3000)])
+def test_a_hostile_selector_costs_little_whatever_its_size(selector: str) -> None:
+    """fnmatch's translation is quadratic in the '[' that never close: 12 000 of them blocked
+    every client for seconds. Patterns are bounded in length and number, and each is compiled once."""
+    import time
+
+    known = {f"job{n}": 1 for n in range(1000)}
+    started = time.process_time()
+    items = parse(selector)
+    if not isinstance(items, str):
+        resolve(items, known)
+    assert time.process_time() - started < 0.1

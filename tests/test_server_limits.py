@@ -160,6 +160,8 @@ def test_past_the_memory_cap_the_connection_holding_the_most_is_dropped(tmp_path
     [b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n" + message("list")],
     [b"PO", b"ST / HTTP/1.1\r\n\r\n" + message("list")],
     [b"\r\nGET / HTTP/1.1\r\n\r\n"],
+    # a lower-case method, and the smuggling it allowed: a header ends a frame, the body is the next
+    [b"post /x HTTP/1.1\r\nX: ;;\r\n\r\n" + message("list")],
 ])
 def test_an_http_request_is_closed_at_once_and_unanswered(tmp_path: Path, pieces: list[bytes]) -> None:
     async def scenario() -> None:

@@ -33,7 +33,9 @@ async def logs(sup: Supervisor, job_name: str | None, index: int | None, data: b
     path = job.spec.log_path(options.stream, index, sup.log_dir)
     if path is None:
         return fail(f'{label}: its {options.stream} is discarded ("{options.stream}": null in its file)')
+    capture = sup.log_files.get(path)  # while an instance writes it: when each part was written
+    marks = list(capture.marks) if capture is not None else []
     try:
-        return await tail(path, label, options.last, options.follow)
+        return await tail(path, label, options.last, options.follow, options.since, marks, options.times)
     except OSError as exc:
         return fail(f"{label}: cannot read {path}: {exc.strerror or exc}")

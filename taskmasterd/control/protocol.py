@@ -15,7 +15,7 @@ TYPE_CHECKING = False  # typing costs the one-shot taskmasterctl 5 ms to import
 if TYPE_CHECKING:
     from typing import Any
 
-    from .verbs import Request
+    from .request import Request
 
 TERMINATOR = b";;"
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes before the terminator; more is refused and the link closed
@@ -238,7 +238,8 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
     `null` counts as absent."""
     import orjson
 
-    from .verbs import VERBS, Request
+    from .request import Request
+    from .verbs import VERBS
 
     try:
         message = orjson.loads(body)
@@ -287,7 +288,7 @@ def encode_reply(reply: Reply) -> bytes:
         return constant
     import orjson
 
-    wire: dict[str, str] = {"response": reply.response}
+    wire: dict[str, Any] = {"response": reply.response}
     if reply.response in ("status", "events"):
         wire["data"] = _b64(orjson.dumps(reply.value))
     elif reply.response == "list":
@@ -295,6 +296,8 @@ def encode_reply(reply: Reply) -> bytes:
     elif reply.response == "file":
         wire["job"] = _b64((reply.job or "").encode("utf-8"))
         wire["data"] = _b64(reply.data or b"")
+        if reply.value is not None:  # extension: when each part of `data` was written
+            wire["times"] = reply.value["times"]
     else:  # success, redundant, fail, invalid
         if reply.error is not None:
             wire["error"] = _b64(reply.error.encode("utf-8"))
@@ -364,7 +367,9 @@ def decode_reply(body: bytes) -> Reply:
             return Reply(response, value=_loads(_reply_b64("data", message["data"])))
         if response == "file":
             job = _reply_b64("job", message["job"]).decode("utf-8", "replace")
-            return Reply(response, job=job, data=_reply_b64("data", message["data"]))
+            times = message.get("times")  # extension: [[offset in data, Unix time], ...]
+            return Reply(response, job=job, data=_reply_b64("data", message["data"]),
+                         value=None if times is None else {"times": times})
         if not isinstance(response, str):
             raise ReplyError("the reply's response is not a string")
         data = message.get("data")  # extension on success/redundant/fail: a JSON document

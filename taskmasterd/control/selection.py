@@ -5,11 +5,18 @@ A selector is one or more items separated by single spaces; an item is a job nam
 (instance N of the job), or a glob over job names (`*`, `?`, `[...]`). None of ` :*?[` can
 occur in a job name, so a seed client, which only ever sends a plain name, never sends one.
 
+A selector comes from a peer, so what it may cost is bounded: fnmatch's translation of a pattern
+is quadratic in its unclosed `[`, and every pattern is matched against every job. A pattern is at
+most MAX_PATTERN characters (it matches names of at most 64), a selector holds at most
+MAX_PATTERNS different ones, each compiled once, and an instance number has at most
+MAX_INDEX_DIGITS digits.
+
 Pure: strings and replies in, targets and one reply out.
 """
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import AbstractSet, Mapping, Sequence
 
@@ -18,6 +25,9 @@ from ..reply import REDUNDANT, SUCCESS, Reply
 
 _SELECTOR_CHARS = frozenset(" :*?[")
 _GLOB_CHARS = frozenset("*?[")
+MAX_PATTERN = 256
+MAX_PATTERNS = 32
+MAX_INDEX_DIGITS = 9
 
 
 def is_selector(field: str) -> bool:
@@ -53,20 +63,26 @@ def parse(field: str, many: bool = True, globs: bool = True) -> list[Item] | str
     if not many and len(words) > 1:
         return f"{field!r} names more than one job; give one job or one instance (name:N)"
     items = []
+    patterns: set[str] = set()
     for word in words:
         if not word:
             return f"{field!r} is not a selector: separate names with single spaces"
         name, colon, index = word.partition(":")
         if colon:
-            if not (index.isascii() and index.isdigit()):
-                return f"{word!r}: an instance is written name:N, N a number from 0"
+            if not (index.isascii() and index.isdigit()) or len(index) > MAX_INDEX_DIGITS:
+                return f"{_shown(word)}: an instance is written name:N, N a number from 0"
             problem = job_name_error(name)
             if problem:
                 return problem
             items.append(Item(word, name, int(index)))
         elif not _GLOB_CHARS.isdisjoint(word):
             if not globs:
-                return f"{word!r}: give a job name, not a pattern"
+                return f"{_shown(word)}: give a job name, not a pattern"
+            if len(word) > MAX_PATTERN:
+                return f"{_shown(word)}: a pattern is at most {MAX_PATTERN} characters"
+            patterns.add(word)
+            if len(patterns) > MAX_PATTERNS:
+                return f"a selector holds at most {MAX_PATTERNS} different patterns"
             items.append(Item(word, None))
         else:
             problem = job_name_error(word)
@@ -74,6 +90,11 @@ def parse(field: str, many: bool = True, globs: bool = True) -> list[Item] | str
                 return problem
             items.append(Item(word, word))
     return items
+
+
+def _shown(word: str) -> str:
+    """A word of the selector as an error quotes it: never the whole of a huge one."""
+    return repr(word) if len(word) <= 80 else repr(word[:60]) + f"... ({len(word)} characters)"
 
 
 def resolve(items: Sequence[Item], known: Mapping[str, int],
@@ -84,9 +105,10 @@ def resolve(items: Sequence[Item], known: Mapping[str, int],
     (`stop all` leaves alone the files that never loaded; naming one still reaches it)."""
     targets: list[Target] = []
     problems: list[str] = []
-    for item in items:
+    for item in dict.fromkeys(items):  # an item written twice selects what it did the first time
         if item.name is None:
-            matched = sorted(name for name in known if name not in unmatched and fnmatch.fnmatchcase(name, item.text))
+            pattern = re.compile(fnmatch.translate(item.text))  # re caches it for the repeats
+            matched = sorted(name for name in known if name not in unmatched and pattern.match(name))
             if not matched:
                 problems.append(f"{item.text}: no job matches this pattern")
             targets += [Target(name) for name in matched]
@@ -106,7 +128,8 @@ def aggregate(targets: Sequence[Target], replies: Sequence[Reply], problems: Seq
     """One reply for a selector: `fail` with one "<target>: <error>" line per failure (items that
     selected nothing included) when anything failed; else `redundant` when every target was
     redundant, `success` otherwise. Its `value` lists each target's own response."""
-    results = [{"target": target.label, "response": reply.response, **({"error": reply.error} if reply.error else {})}
+    results = [{"target": target.label, "response": reply.response, **({"error": reply.error} if reply.error else {}),
+                **({"note": reply.value["note"]} if isinstance(reply.value, dict) and "note" in reply.value else {})}
                for target, reply in zip(targets, replies, strict=True)]
     failures = [f"{target.label}: {reply.error or reply.response}"
                 for target, reply in zip(targets, replies, strict=True) if reply.response not in ("success", "redundant")]

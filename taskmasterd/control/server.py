@@ -5,8 +5,9 @@ A connection is an asyncio protocol that the transport feeds, and one task that 
 requests strictly in order, so a connection waiting on a slow verb (a 10 s stop) holds up only
 itself. In the life of a connection:
 
-- At accept, before a byte is read, the kernel names the peer (`peercred`) and the access policy
-  decides (`access`); a refused peer gets one `fail` and is closed. Only admitted connections
+- At accept, in the callback that accepts it (`acceptor`) and before a byte is read, the kernel
+  names the peer (`peercred`); the access policy then decides (`access`), and a refused peer gets
+  one `fail` and is closed. Only admitted connections
   count against `max_connections`, so peers that are refused cannot crowd out those that are not;
   past it a new admitted connection gets one `invalid` saying so.
 - A connection that opens like an HTTP request is closed at once, unanswered (`http_guard`).
@@ -30,6 +31,7 @@ import socket
 from typing import TYPE_CHECKING, AsyncIterator, Iterable
 
 from .access import AccessPolicy, RefusalThrottle
+from .acceptor import Acceptor
 from .accounts import AccountCache
 from .http_guard import DECISIVE, starts_like_http
 from .peercred import Peer, PeerIdentifier
@@ -76,7 +78,7 @@ class ControlServer:
         self.accounts = AccountCache()
         self.refusals = RefusalThrottle()
         self.scratch = memoryview(bytearray(READ_SIZE))  # every recv() lands here, then is copied out
-        self._servers: list[asyncio.Server] = []
+        self._acceptors: list[Acceptor] = []
         self._connections: set[_Connection] = set()
         self._tasks = TaskOwner(log)  # one per connection
         self._held = 0  # bytes all connections hold, as last counted (it can only overestimate)
@@ -93,38 +95,47 @@ class ControlServer:
         self.max_connections = _connections_allowed(self.max_connections)
         self.too_many = invalid(f"too many connections (the limit is {self.max_connections})")
         self.identifier = PeerIdentifier()
-        loop = asyncio.get_running_loop()
         for sock in sockets:
-            # asyncio calls listen() again with its own backlog (100 by default): a burst of
-            # connections past it would lose SYNs and wait a second for the retransmission.
-            self._servers.append(await loop.create_server(lambda: _Connection(self), sock=sock,
-                                                          backlog=socket.SOMAXCONN))
+            acceptor = Acceptor(sock, self._accepted)
+            acceptor.start()
+            self._acceptors.append(acceptor)
 
     async def close(self) -> None:
         """Stop listening and drop every connection (a verb in progress is cancelled)."""
         self._closing = True
-        for server in self._servers:
-            server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         await self._tasks.close()
         await self.accounts.close()
         for connection in list(self._connections):  # its task was cancelled before it began
             connection.drop()
-        for server in self._servers:
-            await server.wait_closed()
         if self.identifier is not None:
             self.identifier.close()
 
     # --- connections ---------------------------------------------------------------------------
 
-    def accept(self, connection: _Connection) -> None:
-        transport = connection.transport
+    def _accepted(self, sock: socket.socket) -> None:
+        """A connection just accepted: its peer is named now, before the loop runs anything else."""
         if self._closing:
-            transport.abort()
+            sock.close()
             return
         assert self.identifier is not None
-        connection.peer = self.identifier.identify(transport.get_extra_info("socket"))
+        peer = self.identifier.identify(sock)
+        self._tasks.spawn(self._serve(sock, peer), "control connection")
+
+    async def _serve(self, sock: socket.socket, peer: Peer) -> None:
+        try:
+            _, connection = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _Connection(self, peer), sock)
+        except OSError:  # reset before its transport was made
+            sock.close()
+            return
+        if self._closing:
+            connection.drop()
+            return
         self._connections.add(connection)
-        self._tasks.spawn(connection.run(), "control connection")
+        await connection.run()
+
 
     def forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)
@@ -178,10 +189,10 @@ class ControlServer:
 
 
 class _Connection(asyncio.BufferedProtocol):
-    def __init__(self, server: ControlServer) -> None:
+    def __init__(self, server: ControlServer, peer: Peer) -> None:
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once by connection_made
-        self.peer = Peer(None)
+        self.peer = peer
         self.decoder = FrameDecoder()
         self.opening: bytearray | None = bytearray()  # the first bytes, until they cannot be HTTP
         self.discarding = False  # input is read and dropped (following a stream, lingering)
@@ -199,7 +210,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport = transport
         transport.pause_reading()  # not a byte is read before the peer is admitted
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self.server.accept(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         pending = self.decoder.pending

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..observe import counters
 from . import selection
+from .caveats import noting_kills, refuse_stale_version
+from .request import Request
 from ..jobfiles.names import job_name_error
 from ..jobfiles.signames import signal_number
 from ..reply import REDUNDANT, SUCCESS, Reply, fail
@@ -45,15 +47,6 @@ class Selects(enum.Enum):
     MANY = "many"  # a selector: names, name:N and globs
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    job: str | None = None
-    data: bytes | None = None
-    nowait: bool = False  # reply once the action is initiated, not when it has completed
-    instance: int | None = None  # set by dispatch for a `name:N` target
-    deps: bool = False  # `start`: start the jobs it depends on too
-
-
 Handler = Callable[["Supervisor", Request], "Awaitable[Reply] | Reply"]
 
 
@@ -68,9 +61,38 @@ class Verb:
     stops: bool = False  # on several jobs: dependants first (Supervisor.stop_in_order)
 
 
-def _status(sup: Supervisor, request: Request) -> Reply:
+def _status(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
+    reply = _plain_status(sup, request)
+    if request.data is None:
+        return reply
+    from .statusview import detailed_status  # accounting, a job's detail (extension)
+
+    return detailed_status(sup, request.data, reply)
+
+
+def _plain_status(sup: Supervisor, request: Request) -> Reply:
     reply = sup.status(request.job)
+    if request.job is None and reply.response == "status":
+        unloadable = sup.directory.unloadable()  # files named like jobs that cannot be (`my job.tm.json`)
+        if unloadable:
+            reply.value["ignored"] = [{"file": name, "error": why} for name, why in unloadable]
     return reply if request.instance is None else selection.only_instance(reply, request.instance)
+
+
+async def _start(sup: Supervisor, request: Request) -> Reply:
+    return await sup.start(request.job, nowait=request.nowait, index=request.instance, deps=request.deps)
+
+
+async def _stop(sup: Supervisor, request: Request) -> Reply:
+    return await sup.stop(request.job, nowait=request.nowait, index=request.instance)
+
+
+async def _repair(sup: Supervisor, request: Request) -> Reply:
+    return await sup.repair(request.job, nowait=request.nowait, index=request.instance)
+
+
+async def _restart_job(sup: Supervisor, request: Request) -> Reply:
+    return await sup.restart(request.job, nowait=request.nowait, index=request.instance)
 
 
 def _signal(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
@@ -100,6 +122,16 @@ async def _reloaded(reply: Awaitable[Reply], request: Request) -> Reply:
     return answer if request.data is not None else answer.with_(value=None)
 
 
+async def _enable(sup: Supervisor, request: Request, enabled: bool) -> Reply:
+    if sup.jobs.get(request.job or "") is None and request.job not in sup.invalid:
+        return fail(f'job "{request.job}" does not exist')
+    try:
+        changed = await sup.enablement.set(request.job or "", enabled)
+    except OSError as exc:
+        return fail(f"cannot write {sup.enablement.path}: {exc.strerror or exc}")
+    return SUCCESS if changed else REDUNDANT
+
+
 def _shutdown(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
     if sup.daemon is None:
         return fail("this supervisor is not a daemon of its own: it cannot shut down on request")
@@ -109,14 +141,12 @@ def _shutdown(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
 _R, _O, _N = JobArg.REQUIRED, JobArg.OPTIONAL, JobArg.NONE
 _ONE, _MANY = Selects.ONE, Selects.MANY
 VERBS: dict[str, Verb] = {verb.name: verb for verb in (
-    Verb("start", _R, False, lambda s, r: s.start(r.job, nowait=r.nowait, index=r.instance, deps=r.deps),
+    Verb("start", _R, False, refuse_stale_version(_start),
          "start every instance that is not running (with deps: the jobs it depends on first)", _MANY),
-    Verb("stop", _R, False, lambda s, r: s.stop(r.job, nowait=r.nowait, index=r.instance),
-         "stop every instance gracefully", _MANY, stops=True),
+    Verb("stop", _R, False, noting_kills(_stop), "stop every instance gracefully", _MANY, stops=True),
     Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait, index=r.instance),
          "SIGKILL every instance's process group now", _MANY, stops=True),
-    Verb("repair", _R, False, lambda s, r: s.repair(r.job, nowait=r.nowait, index=r.instance),
-         "clear FATAL/BACKOFF and start what should run", _MANY),
+    Verb("repair", _R, False, refuse_stale_version(_repair), "clear FATAL/BACKOFF and start what should run", _MANY),
     Verb("status", _O, False, _status, "report one job, or every job", _MANY),
     Verb("pull", _R, False, lambda s, r: s.pull(r.job), "the job file as it is on disk"),
     Verb("push", _R, True, lambda s, r: s.push(r.job, r.data or b"", nowait=r.nowait), "validate, write and apply a job file"),
@@ -129,13 +159,20 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
     Verb("restart", _N, False, lambda s, r: _reloaded(s.reload_all(), r),
          "re-read every job file, as SIGHUP does (restarts no process by itself)"),
     # Extensions (docs/protocol.md): a seed client never sends these.
-    Verb("restart-job", _R, False, lambda s, r: s.restart(r.job, nowait=r.nowait, index=r.instance),
+    Verb("restart-job", _R, False, refuse_stale_version(_restart_job),
          "stop, then start every instance, as one command", _MANY),
     Verb("signal", _R, True, _signal, "send a signal to every running instance's process group", _MANY),
     Verb("logs", _O, False, _logs, "the last lines of an instance's output (or of the daemon's log), then follow", _ONE),
     Verb("events", _N, False, _events, "the last state changes, then follow"),
     Verb("shutdown", _N, False, _shutdown, "stop every job as SIGTERM does, reply, exit"),
+    Verb("enable", _R, False, lambda s, r: _enable(s, r, True), "let the job autostart and be started by patterns", _MANY),
+    Verb("disable", _R, False, lambda s, r: _enable(s, r, False),
+         "keep the job from autostart and from `start all` (a start by name still starts it)", _MANY),
 )}
+
+
+_EVERY_FILE = frozenset({"status", "enable", "disable"})  # verbs whose patterns reach files that never loaded
+_STARTS = frozenset({"start", "repair", "restart-job"})
 
 
 async def dispatch(sup: Supervisor, verb: str, request: Request) -> Reply:
@@ -176,8 +213,12 @@ async def _run_selected(sup: Supervisor, spec: Verb, request: Request) -> Reply:
     known = {name: job.spec.numprocs for name, job in sup.jobs.items()}
     never_loaded = {name for name in sup.invalid if name not in known}
     known.update((name, 0) for name in never_loaded)
-    # A pattern reaches a file that never loaded only in `status`, which shows it INVALID.
-    targets, problems = selection.resolve(items, known, frozenset() if spec.name == "status" else never_loaded)
+    # A pattern reaches a file that never loaded only in `status`, which shows it INVALID; a
+    # pattern starts no disabled job (`start all`), naming it does.
+    skipped = frozenset() if spec.name in _EVERY_FILE else never_loaded
+    if spec.name in _STARTS:
+        skipped = skipped | sup.enablement.names
+    targets, problems = selection.resolve(items, known, skipped)
     if not many:
         if problems:
             return fail(problems[0])

@@ -1,13 +1,17 @@
 """What every field converter of a job file shares: the error it raises, how it shows the value
-it refused, and the rules of a command's words. jobfile.py and readiness_spec.py both build on it.
+it refused, and the converters several field modules use (a command's words, a boolean, a timer,
+one of a few words). jobfile.py, readiness_spec.py, schedule_spec.py and container_spec.py build
+on it, and none of them on another's private helpers.
 """
 from __future__ import annotations
 
 import json
+import math
 import shlex
-from typing import Any
+from typing import Any, Callable
 
 MAX_CMD = 128 * 1024  # bytes of a command line, all words together
+MAX_TIMER = 86400.0  # the timers of the readiness and schedule fields: at most one day
 
 
 class FieldError(Exception):
@@ -49,3 +53,40 @@ def command_words(value: Any) -> tuple[str, ...]:
     if not argv or not argv[0]:
         raise FieldError("must name a program")
     return tuple(argv)
+
+
+def boolean(value: Any) -> bool:
+    """true or false, and nothing else (not 0 or "yes")."""
+    if not isinstance(value, bool):
+        raise FieldError(f"must be true or false, got {got(value)}")
+    return value
+
+
+_NO_VALUE = object()
+
+
+def refuse(reason: str, value: Any = _NO_VALUE) -> FieldError:
+    """The error the parse loop turns into a line naming the file and the field: `reason`, and
+    the value refused when given."""
+    return FieldError(reason if value is _NO_VALUE else f"{reason}, got {got(value)}")
+
+
+def timer_seconds(value: Any, zero_ok: bool = False) -> float:
+    """A timer of the readiness or schedule fields, in seconds: finite, > 0 (≥ 0 when `zero_ok`),
+    at most one day."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value)) or value < 0 or (value == 0 and not zero_ok)):
+        raise refuse(f"must be a number {'≥' if zero_ok else '>'} 0 (seconds)", value)
+    if value > MAX_TIMER:
+        raise refuse(f"must be at most {MAX_TIMER:g} seconds (one day)", value)
+    return float(value)
+
+
+def one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
+    """A converter taking exactly one of `options`."""
+    def convert(value: Any) -> str:
+        if value not in options:
+            raise refuse("must be one of " + ", ".join(f'"{o}"' for o in options), value)
+        return value
+
+    return convert

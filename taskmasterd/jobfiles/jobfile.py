@@ -15,10 +15,13 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .fields import FieldError, NonFinite, command_words, got
+from .container_spec import CONTAINER_FIELDS, container_problems
+from .fields import FieldError, NonFinite, boolean, command_words, got
 from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readiness_problems
+from .schedule_spec import SCHEDULE_FIELDS, Schedule, ScheduleSpec, schedule_problems, scheduled_defaults
 
 RESTART_POLICIES = ("always", "never", "unexpected")
+STDERR_TO_STDOUT = "stdout"  # the value of "stderr" that sends it down stdout's pipe
 # Bounds: whatever a file says, the daemon stays responsive and its memory bounded.
 MAX_FILE = 1 << 20  # bytes of a job file
 MAX_SECONDS = 86400.0  # any timer
@@ -78,13 +81,33 @@ class JobSpec:
     healthcheck: HealthCheckSpec | None = None
     on_unhealthy: str = "restart"  # or "none"
     watchdog: float | None = None  # seconds without WATCHDOG=1 before a restart
+    schedule: Schedule | None = None  # None: a job that runs continuously (schedule_spec.py)
+    timezone: str | None = None
+    overlap: str = "skip"
+    jitter: float = 0.0
+    timeout: float | None = None
+    catch_up: bool = False
+    essential: bool = False  # container mode: its end ends the daemon (container_spec.py)
+
+    def schedule_settings(self) -> ScheduleSpec | None:
+        """Its scheduling settings, or None when it is not scheduled."""
+        if self.schedule is None:
+            return None
+        return ScheduleSpec(self.schedule, self.timezone, self.overlap, self.jitter, self.timeout, self.catch_up)
 
     def spawn_settings(self) -> tuple[Any, ...]:
         """What a running instance was started with: a change here needs a restart."""
         return (self.argv, self.env, self.workingdir, self.umask, self.user, self.stdout, self.stderr)
 
+    @property
+    def stderr_to_stdout(self) -> bool:
+        """`"stderr": "stdout"`: one pipe for both streams, so one file in the order written."""
+        return self.stderr == STDERR_TO_STDOUT
+
     def log_path(self, stream: str, index: int, log_dir: str) -> str | None:
         """Where instance `index` writes `stream` ("stdout"/"stderr"); None = discarded."""
+        if self.stderr_to_stdout:
+            stream = "stdout"
         configured = self.stdout if stream == "stdout" else self.stderr
         if configured is None:
             return None
@@ -124,12 +147,6 @@ def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS:
         raise FieldError(f"must be a number of seconds from 0 to {MAX_SECONDS:g}, got {got(value)}")
     return float(value)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise FieldError(f"must be true or false, got {got(value)}")
-    return value
 
 
 def _restart_policy(value: Any) -> str:
@@ -248,7 +265,7 @@ _NUMPROCS = "numprocs"  # bounded by Limits, checked in parse_job
 FIELDS: dict[str, _Converter] = {
     "cmd": command_words,
     "numprocs": lambda v: _int(v, 1),
-    "autostart": _bool,
+    "autostart": boolean,
     "autorestart": _restart_policy,
     "exitcodes": _exitcodes,
     "starttime": _seconds,
@@ -265,11 +282,13 @@ FIELDS: dict[str, _Converter] = {
     "user": _user,
     "colonies": _colonies,
     **READINESS_FIELDS,  # depends_on, ready, ready_timeout, healthcheck, on_unhealthy, watchdog
+    **SCHEDULE_FIELDS,  # schedule, timezone, overlap, jitter, timeout, catch_up
+    **CONTAINER_FIELDS,  # essential
 }
 # Names used by files written for the original Taskmaster daemon: alias -> (field, converter).
 ALIASES: dict[str, tuple[str, _Converter]] = {
     "procNr": ("numprocs", FIELDS["numprocs"]),
-    "autoStart": ("autostart", _bool),
+    "autoStart": ("autostart", boolean),
     "restart": ("autorestart", _legacy_restart),
     "startTime": ("starttime", _seconds),
     "normalExitCode": ("exitcodes", _exitcodes),
@@ -365,9 +384,10 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
             problems.append(f'{source}: field "{key}": {bad}')
     if "cmd" not in document:
         problems.append(f'{source}: field "cmd": is required')
+    problems += schedule_problems(document, source) + container_problems(document, source)
     if problems:
         raise JobFileError(problems)
-    spec = JobSpec(name=name, **values)
+    spec = JobSpec(name=name, **{**values, **scheduled_defaults(document)})
     problems = readiness_problems(spec, source)
     if problems:
         raise JobFileError(problems)

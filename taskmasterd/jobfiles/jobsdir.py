@@ -43,6 +43,15 @@ class JobsDirectory:
                 names.add(name)
         return names
 
+    def unloadable(self) -> list[tuple[str, str]]:
+        """(file name, why) for each file that is named like a job file but cannot be one: its
+        name is not a job name (`my job.tm.json`). One listing of the directory."""
+        try:
+            entries = os.listdir(self.path)
+        except OSError:
+            return []
+        return sorted((entry, problem) for entry in entries if (problem := unloadable_name(entry)) is not None)
+
     def problem(self) -> str | None:
         """Why the directory's files may not be read (or written) now, or None. Checked at every
         reload, not only at startup: a deploy may swap in a directory everyone may write, and a
@@ -116,6 +125,14 @@ class JobsDirectory:
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path_of(name))
+
+
+def unloadable_name(filename: str) -> str | None:
+    """Why a file with the job-file suffix cannot define a job (its name), or None."""
+    if not filename.endswith(SUFFIX) or filename.startswith("."):
+        return None
+    problem = job_name_error(filename[: -len(SUFFIX)])
+    return None if problem is None else f"ignored: {problem}"
 
 
 def write_atomically(path: str, data: bytes, mode: int) -> None:

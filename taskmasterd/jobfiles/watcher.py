@@ -8,9 +8,11 @@ later (an editor that renames the old file away before writing the new one resta
 
 The directory itself: its parent is watched too, so a directory moved, deleted or swapped (a
 deploy's `mv new jobs`, or `ln -sfn` of a symlinked jobs dir) re-arms the watch and rescans once
-the path names a directory again; while it names nothing, the jobs keep running as they are. A
-change of the directory's own mode or owner rescans too: the supervisor reads only a directory
-that is safe (JobsDirectory.problem), and one made safe again is read at once.
+the path names a directory again; while it names nothing, the jobs keep running as they are. Its
+going is reported as a rescan too, so that the supervisor (which then reads nothing, and says why
+in `status`) knows at once. A change of the directory's own mode or owner rescans too: the
+supervisor reads only a directory that is safe (JobsDirectory.problem), and one made safe again
+is read at once.
 """
 from __future__ import annotations
 
@@ -137,11 +139,11 @@ class DirectoryWatcher:
         """The path may name another directory now (or none): watch what it names and rescan."""
         if os.path.isdir(self.path) and self._watch_directory():
             log.info("jobs directory %s changed under the daemon; watching it again and rescanning", self.path)
-            self._rescan = True
         elif self._dir_wd >= 0:
             self._libc.inotify_rm_watch(self._fd, self._dir_wd)
             self._dir_wd = -1
             log.warning("jobs directory %s is gone; the jobs keep running until it comes back", self.path)
+        self._rescan = True  # gone or back: the supervisor looks (and reads nothing while it is gone)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -158,8 +160,7 @@ class DirectoryWatcher:
         names, self._pending = self._pending, set()
         if self._rescan:
             self._rescan = False
-            if os.path.isdir(self.path):
-                self._on_change(None)
+            self._on_change(None)
             return
         present = []
         for name in sorted(names):

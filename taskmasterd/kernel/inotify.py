@@ -2,7 +2,9 @@
 
 The kernel allows a user only a few inotify instances (128 by default), so the daemon opens one
 and multiplexes it: a watch is a directory, a mask and a callback told the name of the entry each
-event is about (None when the kernel's queue overflowed and events were lost: look again).
+event is about (None when the kernel's queue overflowed and events were lost: look again). A
+watch `about` one file is told only of that file and its rotations (`about.N`) — looked up by
+name, so 200 followers of files of one directory cost one lookup per event, not 200 calls.
 """
 from __future__ import annotations
 
@@ -31,21 +33,23 @@ _libc: ctypes.CDLL | None = None
 _by_loop: dict[asyncio.AbstractEventLoop, _Inotify] = {}
 
 
-def watch(directory: str, mask: int, callback: Callback) -> Watch:
-    """Call `callback(name)` for each event of `mask` on an entry of `directory`; OSError if the
-    directory cannot be watched."""
+def watch(directory: str, mask: int, callback: Callback, about: str | None = None) -> Watch:
+    """Call `callback(name)` for each event of `mask` on an entry of `directory` (with `about`:
+    only on the entry of that name and on `about.<anything>`); OSError if the directory cannot
+    be watched."""
     loop = asyncio.get_running_loop()
     shared = _by_loop.get(loop)
     if shared is None:
         shared = _by_loop[loop] = _Inotify(loop)
-    return shared.add(directory, mask, callback)
+    return shared.add(directory, mask, callback, about)
 
 
 class Watch:
-    def __init__(self, owner: _Inotify, wd: int, callback: Callback) -> None:
+    def __init__(self, owner: _Inotify, wd: int, callback: Callback, about: str | None) -> None:
         self._owner = owner
         self.wd = wd
         self.callback = callback
+        self.about = about
 
     def close(self) -> None:
         self._owner.remove(self)
@@ -71,28 +75,56 @@ class _Inotify:
             raise _os_error("inotify_init1")
         self._fd = fd
         self._watches: dict[int, list[Watch]] = {}  # the kernel gives one wd per directory
+        self._named: dict[int, dict[str, list[Watch]]] = {}  # wd -> `about` -> the watches about it
+        self._unnamed: dict[int, list[Watch]] = {}  # wd -> the watches told of every entry
         loop.add_reader(fd, self._read)
 
-    def add(self, directory: str, mask: int, callback: Callback) -> Watch:
+    def add(self, directory: str, mask: int, callback: Callback, about: str | None = None) -> Watch:
         wd = _c_library().inotify_add_watch(self._fd, os.fsencode(directory), mask | IN_ONLYDIR | IN_MASK_ADD)
         if wd < 0:
             error = _os_error(f"cannot watch {directory}")
             if not self._watches:
                 self._close()
             raise error
-        watch = Watch(self, wd, callback)
+        watch = Watch(self, wd, callback, about)
         self._watches.setdefault(wd, []).append(watch)
+        if about is not None:
+            self._named.setdefault(wd, {}).setdefault(about, []).append(watch)
+        else:
+            self._unnamed.setdefault(wd, []).append(watch)
         return watch
 
     def remove(self, watch: Watch) -> None:
         watches = self._watches.get(watch.wd)
         if watches is not None and watch in watches:
             watches.remove(watch)
+            if watch.about is not None:
+                named = self._named[watch.wd][watch.about]
+                named.remove(watch)
+                if not named:
+                    del self._named[watch.wd][watch.about]
+            else:
+                self._unnamed[watch.wd].remove(watch)
             if not watches:
                 del self._watches[watch.wd]
+                self._named.pop(watch.wd, None)
+                self._unnamed.pop(watch.wd, None)
                 _c_library().inotify_rm_watch(self._fd, watch.wd)
         if not self._watches:
             self._close()
+
+    def _targets(self, wd: int, name: str | None) -> list[Watch]:
+        """The watches of directory `wd` an event on entry `name` is for."""
+        watches = self._watches.get(wd, ())
+        named = self._named.get(wd)
+        if name is None or not named:
+            return list(watches)
+        targets = list(self._unnamed.get(wd, ()))
+        targets += named.get(name, ())
+        base = name.rpartition(".")[0]
+        if base and base != name:
+            targets += named.get(base, ())
+        return targets
 
     def _close(self) -> None:
         if self._fd < 0:
@@ -117,8 +149,11 @@ class _Inotify:
                 targets = [w for watches in self._watches.values() for w in watches]
                 told: str | None = None
             else:
-                targets, told = list(self._watches.get(wd, ())), os.fsdecode(name) if name else None
+                told = os.fsdecode(name) if name else None
+                targets = self._targets(wd, told)
             if mask & IN_IGNORED:  # the directory itself is gone: its watchers look once more
                 self._watches.pop(wd, None)
+                self._named.pop(wd, None)
+                self._unnamed.pop(wd, None)
             for target in targets:
                 target.callback(told)

@@ -16,29 +16,27 @@ listens at a tcp health check's loopback address (probes).
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import socket
 import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from .netlink import HEADER, NLMSG_ERROR, NetlinkSocket, error_code
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST = 1
-NLMSG_ERROR = 2
 TCP_LISTEN = 10
 # States of a socket that is one end of a connection, which a process may still hold: established,
 # or closing from either side (a client that shut down its writing half waits for our reply).
 TCP_CONNECTED = frozenset({1, 4, 5, 8, 9, 11})  # ESTABLISHED FIN_WAIT1 FIN_WAIT2 CLOSE_WAIT LAST_ACK CLOSING
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
 _REQUEST = struct.Struct("=BBBBI")  # inet_diag_req_v2 up to its socket id: family, protocol, ext, pad, states
 _SOCKET_ID = struct.Struct("!HH16s16s")  # inet_diag_sockid: ports (big-endian), then source and destination
 _TAIL = struct.Struct("=III")  # interface, then the cookie (no cookie: skip the check)
-_STATE_OFFSET = _HEADER.size + 1  # inet_diag_msg: family, state, timer, retrans, id, expires, ...
-_ID_OFFSET = _HEADER.size + 4
+_STATE_OFFSET = HEADER.size + 1  # inet_diag_msg: family, state, timer, retrans, id, expires, ...
+_ID_OFFSET = HEADER.size + 4
 _QUEUES = struct.Struct("=IIII")  # ... rqueue, wqueue, uid, inode
-_QUEUES_OFFSET = _HEADER.size + 4 + 48 + 4
+_QUEUES_OFFSET = HEADER.size + 4 + 48 + 4
 _ALL_STATES = 0xFFFFFFFF
 _NO_COOKIE = 0xFFFFFFFF
 
@@ -64,9 +62,7 @@ class SockDiag:
     tcp_diag module, a sandbox without AF_NETLINK) or cannot find a socket it should."""
 
     def __init__(self) -> None:
-        self._sequence = itertools.count(1)
-        self._netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                                      NETLINK_SOCK_DIAG)
+        self._netlink = NetlinkSocket(NETLINK_SOCK_DIAG)
         try:
             self._proves_it_works()
         except OSError:
@@ -79,26 +75,15 @@ class SockDiag:
     def lookup(self, family: int, local: tuple[str, int], remote: tuple[str, int]) -> TcpSocket | None:
         """The TCP socket bound to `local` and connected to `remote` (0.0.0.0:0 or [::]:0 for a
         listener), or None when there is none."""
-        sequence = next(self._sequence) & 0xFFFFFFFF
         socket_id = _SOCKET_ID.pack(local[1], remote[1], socket.inet_pton(family, local[0]).ljust(16, b"\0"),
                                     socket.inet_pton(family, remote[0]).ljust(16, b"\0"))
         body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, _ALL_STATES) + socket_id + _TAIL.pack(0, _NO_COOKIE, _NO_COOKIE)
-        self._netlink.send(_HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, sequence, 0) + body)
-        while True:  # skip what answers an earlier request that failed halfway
-            try:
-                reply = self._netlink.recv(4096)
-            except BlockingIOError:
-                raise OSError(errno.ETIMEDOUT, "no reply queued after the request") from None
-            if len(reply) < _HEADER.size + 4:
-                raise OSError(errno.EPROTO, "short netlink reply")
-            _, kind, _, answered, _ = _HEADER.unpack_from(reply)
-            if answered == sequence:
-                break
+        kind, reply = self._netlink.ask(SOCK_DIAG_BY_FAMILY, body)
         if kind == NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", reply, _HEADER.size)
-            if -code == errno.ENOENT:
+            code = error_code(reply)
+            if code == errno.ENOENT:
                 return None
-            raise OSError(-code, f"sock_diag: {errno.errorcode.get(-code, -code)}")
+            raise OSError(code, f"sock_diag: {errno.errorcode.get(code, code)}")
         if kind != SOCK_DIAG_BY_FAMILY or len(reply) < _QUEUES_OFFSET + _QUEUES.size:
             raise OSError(errno.EPROTO, f"unexpected netlink reply type {kind}")
         local_port, remote_port, local_raw, remote_raw = _SOCKET_ID.unpack_from(reply, _ID_OFFSET)

@@ -208,17 +208,20 @@ class Instance:
         child_fds: list[int] = []
         logs: list[LogFile] = []
         try:
-            for stream in ("stdout", "stderr"):
+            # "stderr": "stdout": one pipe for both, so the file has them in the order written
+            for stream in ("stdout",) if spec.stderr_to_stdout else ("stdout", "stderr"):
                 # A drain outlives its child and closes itself at EOF, so no byte is lost on exit.
+                # Container mode: the daemon's own stdout/stderr when the job names no file.
+                console = services.console.stream_for(spec, stream, self.index) if services.console else None
                 fd, file = open_capture(spec.log_path(stream, self.index, services.log_dir), spec.logmaxbytes,
-                                        spec.logbackups, services.log_files, loop)
+                                        spec.logbackups, services.log_files, loop, console)
                 child_fds.append(fd)
                 if file is not None:
                     logs.append(file)
             account = self.job.account()
             env = {**self.job.environment(self.index),
                    **self.health.environment(spec, account.uid if account is not None else None)}
-            child = services.processes.spawn(launch_for(spec, env, account), child_fds[0], child_fds[1])
+            child = services.processes.spawn(launch_for(spec, env, account), child_fds[0], child_fds[-1])
         except UnsafePath as exc:
             self._post(Event(K.SPAWN_FAILED, f"unsafe log file: {exc.strerror}", final=True))
             return

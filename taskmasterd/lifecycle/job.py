@@ -189,6 +189,7 @@ class Job:
         restarted = bool(starting)
         if new.numprocs != old.numprocs:
             wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.autostart
+            wanted = wanted and new.schedule is None  # a scheduled job's instances start with its runs
             for inst in self._resize(new.numprocs):
                 if wanted:
                     starting.append((inst, inst.command(Kind.START, "numprocs increased")))

@@ -5,14 +5,26 @@ back through the supervisor, so each can be made and tested with what it is give
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from ..health.notify_socket import NotifyDirectory
 from ..observe.events import EventBus
-from ..processes.logcapture import LogFiles
+from ..processes.logcapture import ConsoleSink, LogFiles
 from ..processes.table import ProcessTable
 from ..tasks import TaskOwner
 from .dependencies import ConditionsOf
+
+if TYPE_CHECKING:
+    from ..jobfiles.jobfile import JobSpec
+
+
+class ConsoleStreams(Protocol):
+    """Container mode's console (container/console.py): where an instance's stream goes when its
+    job names no log file."""
+
+    def stream_for(self, spec: JobSpec, stream: str, index: int) -> ConsoleSink | None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -27,3 +39,4 @@ class Services:
     standing_changed: Callable[[str], None]  # job `name` changed state, health or wish: look again
     hold: Callable[[str], None]  # job `name` has instances WAITING: release them when dependencies allow
     checks: TaskOwner  # the tasks of http and command health checks, awaited at shutdown
+    console: ConsoleStreams | None = None  # container mode: the daemon's own stdout and stderr

@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol, TypeVar
 
 from .dependencies import stop_layers
+from .enablement import Enablement
 from .instance import Answer, Instance
 from .job import Job
-from .services import Services
+from .scheduler import Scheduler
+from .services import ConsoleStreams, Services
 from .states import Kind, State
 from ..jobfiles.cycles import cycle_problem, dependency_graph
 from ..jobfiles.jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
@@ -102,7 +104,9 @@ class Supervisor:
 
     def __init__(self, jobs_dir: Path | str, log_dir: Path | str, state_dir: Path | str,
                  environ: Mapping[str, str] | None = None, *, limits: Limits = Limits(),
-                 log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False, notify_dir: str | None = None):
+                 log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False, notify_dir: str | None = None,
+                 console: ConsoleStreams | None = None):
+        """`console`: container mode's, where jobs that name no log file write (None: their files)."""
         self.jobs_dir = os.path.abspath(jobs_dir)
         self.log_dir = os.path.abspath(log_dir)
         self.state_dir = os.path.abspath(state_dir)
@@ -119,9 +123,10 @@ class Supervisor:
                                       adopt_orphans, self.run_id)
         self.events = EventBus()  # every state and health change, for the `events` verb
         self._checks = TaskOwner(log)  # http and command health checks under way
+        self.console = console
         self.services = Services(self.processes, self.events, self.log_files, self.log_dir, self.base_environment,
                                  self.notify_directory, self.conditions_of, self.standing_changed, self._hold,
-                                 self._checks)
+                                 self._checks, console)
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()
@@ -137,6 +142,12 @@ class Supervisor:
         self._changed: set[str] = set()  # jobs whose standing changed in this loop iteration
         self._settling: asyncio.Handle | None = None
         self._refusal: str | None = None  # why the jobs directory is not read now (logged once)
+        # Scheduled jobs: started at their due times, and by `start` once (lifecycle/scheduler.py).
+        self.scheduler = Scheduler(self)
+        self.listeners.append(self.scheduler)
+        self.status_extras.append(self.scheduler.status_extra)
+        self.enablement = Enablement(self.state_dir)  # `disable`d jobs do not autostart
+        self.status_extras.append(lambda name: {"enabled": False} if self.enablement.disabled(name) else {})
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -152,6 +163,7 @@ class Supervisor:
             journal = self.processes.journal
             assert journal is not None
             await stop_leftovers(journal.path)
+            self.enablement.load()
             journal.open()
             self.processes.open(asyncio.get_running_loop())
             if watch:
@@ -176,6 +188,7 @@ class Supervisor:
         self.closing = True
         self._read.set()
         self.processes.closing = True  # no spawn from now on; escapes are stopped once, at the end
+        await self.scheduler.close()
         if self._watcher is not None:
             self._watcher.close()
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
@@ -287,7 +300,8 @@ class Supervisor:
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
-                starting = job.command(Kind.START, "autostart") if spec.autostart else []
+                autostart = spec.autostart and not self.enablement.disabled(name)
+                starting = job.command(Kind.START, "autostart") if autostart else []
                 change = "added"
             else:
                 had_error, job.error = job.error, None
@@ -374,12 +388,20 @@ class Supervisor:
             return job, job.command(kind, why, targets)
 
     async def start(self, name: str, nowait: bool = False, index: int | None = None, deps: bool = False) -> Reply:
-        """Start the job's instances; with `deps`, the jobs it depends on (and theirs) first."""
+        """Start the job's instances — a scheduled job's: one run now, beside its schedule; with
+        `deps`, the jobs it depends on (and theirs) first."""
         if deps:
             problem = await self._start_dependencies(name)
             if problem is not None:
                 return fail(problem)
+        if self.scheduler.schedules(name) and not self.closing:
+            return await self.scheduler.run_now(name, nowait, index)
         return await self._start_with(Kind.START, "start command", name, nowait, index, waiting_too=deps)
+
+    async def start_instances(self, name: str, nowait: bool = False, index: int | None = None,
+                              reason: str = "start command") -> Reply:
+        """Start the instances, whatever the job's schedule (a scheduled job's runs come here)."""
+        return await self._start_with(Kind.START, reason, name, nowait, index)
 
     async def restart(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
         """`restart-job`: stop each instance and start it again, one command each (what comes
@@ -388,6 +410,8 @@ class Supervisor:
         return SUCCESS if reply.response == "redundant" else reply
 
     async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        if self.scheduler.schedules(name) and not self.closing:  # a run now, if the last one failed
+            return await self.scheduler.repair(name, nowait, index)
         return await self._start_with(Kind.REPAIR, "repair", name, nowait, index)
 
     async def _start_with(self, kind: Kind, why: str, name: str, nowait: bool, index: int | None,

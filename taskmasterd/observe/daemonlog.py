@@ -74,8 +74,9 @@ class LogWriter:
     MAX_PENDING = 10_000  # records (a few MB); beyond, the log only costs memory and tells nothing
     STOP_GRACE = 2.0  # seconds `stop` gives a stuck stream before the process exits without it
 
-    def __init__(self, handler: logging.StreamHandler) -> None:
+    def __init__(self, handler: logging.StreamHandler, what: str = "the daemon's log") -> None:
         self.handler = handler
+        self.what = what  # named in the notes of lines dropped or lost
         self._pending: deque[logging.LogRecord] = deque()
         self._wake = threading.Event()
         self._stopping = False
@@ -144,9 +145,9 @@ class LogWriter:
             dropped, lost, why = self._dropped, self._lost, self._why_lost
         notes = []
         if dropped:
-            notes.append(f"{dropped} lines of the daemon's log were dropped: they came faster than it could be written")
+            notes.append(f"{dropped} lines of {self.what} were dropped: they came faster than it could be written")
         if lost:
-            notes.append(f"{lost} lines of the daemon's log were lost: {why}")
+            notes.append(f"{lost} lines of {self.what} were lost: {why}")
         head = b"\n" if self._mid_line else b""  # a write that failed halfway left half a line
         head += "".join(f"[taskmasterd: {note}]\n" for note in notes).encode()
         # The handler's lock is not held across the write: logging.shutdown takes it at exit, and

@@ -1,14 +1,18 @@
 """The event bus: every state change of every instance, as it happens, for `events` followers.
 
 `kind` says what changed: "state" for the instance state machine, "health" for its health verdict
-(starting, healthy, unhealthy); both are published by the instance, with the id of the spawn they
-are about. The bus keeps the last HISTORY events for a late `events` and gives each follower a
-bounded queue (fanout.py).
+(starting, healthy, unhealthy) — both published by the instance, with the id of the spawn they are
+about — and "run" for a scheduled job's runs (started, queued, skipped, and each result; by
+lifecycle/scheduler.py). The bus keeps the last HISTORY events for a late `events` and gives each
+follower a bounded queue (fanout.py). Observers inside the daemon (the scheduler, container mode's
+exit watch) are called at once, in order, with each event: they must not change any state there
+and then, only note and defer.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from .fanout import Fanout
 from .following import FollowOptions, parse_options, recent_then_stream
@@ -20,7 +24,7 @@ QUEUE = 1000  # events a follower may be behind before it loses the oldest (~200
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # "state" or "health"
+    kind: str  # "state", "health" or "run"
     job: str
     instance: int | None
     old: str
@@ -38,10 +42,17 @@ class EventBus:
     def __init__(self) -> None:
         self.history: deque[Event] = deque(maxlen=HISTORY)
         self._fanout: Fanout[Event] = Fanout(QUEUE)
+        self._observers: list[Callable[[Event], None]] = []
+
+    def observe(self, observer: Callable[[Event], None]) -> None:
+        """`observer(event)` for every event from now on, as it is published: nothing lost."""
+        self._observers.append(observer)
 
     def publish(self, event: Event) -> None:
         self.history.append(event)
         self._fanout.publish(event)
+        for observer in self._observers:
+            observer(event)
 
     def follow(self, options: FollowOptions) -> Reply:
         """The last `options.last` events, and with `follow` a stream of every later one."""

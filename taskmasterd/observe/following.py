@@ -20,18 +20,31 @@ class FollowOptions:
     last: int = DEFAULT_LAST  # how many of the most recent lines (or events) come first
     follow: bool = False  # then keep sending what comes, until the client closes
     stream: str = "stdout"  # logs: which output of the instance
+    since: float | None = None  # logs: only what was written from this Unix time on (to the second)
+    times: bool = False  # logs: say when each part was written (`times` in each reply)
 
 
-def parse_options(data: bytes | None) -> FollowOptions | str:
-    """`{"last":N,"follow":B,"stream":S}`, each optional, unknown keys ignored; or the problem."""
+def options_object(data: bytes | None) -> dict | str:
+    """The JSON object of options a request carries in its `data` ({} without any), or why it
+    is not one. Shared by every verb that takes options."""
     if not data:
-        return FollowOptions()
+        return {}
     try:
         document = json.loads(data)
     except ValueError:
         return 'the options in "data" are not JSON'
     if not isinstance(document, dict):
         return 'the options in "data" must be a JSON object'
+    return document
+
+
+def parse_options(data: bytes | None) -> FollowOptions | str:
+    """`{"last":N,"follow":B,"stream":S}`, each optional, unknown keys ignored; or the problem."""
+    if not data:
+        return FollowOptions()
+    document = options_object(data)
+    if isinstance(document, str):
+        return document
     last = document.get("last", DEFAULT_LAST)
     follow = document.get("follow", False)
     stream = document.get("stream", "stdout")
@@ -41,7 +54,13 @@ def parse_options(data: bytes | None) -> FollowOptions | str:
         return 'option "follow" must be true or false'
     if stream not in STREAMS:
         return 'option "stream" must be "stdout" or "stderr"'
-    return FollowOptions(last, follow, stream)
+    since = document.get("since")
+    times = document.get("times", False)
+    if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float)) or not 0 <= since < 1e11):
+        return 'option "since" must be a Unix time'
+    if not isinstance(times, bool):
+        return 'option "times" must be true or false'
+    return FollowOptions(last, follow, stream, since, times)
 
 
 class SubscriptionStream(Generic[T]):

@@ -9,32 +9,40 @@ Rotation loses nothing. The daemon rotates `file` → `file.1` and writes on in 
 end, and goes on at the start of the new one; the old one is read once more and closed only after
 the new one has data, so late writes to it (logrotate before the daemon reopens) are kept too. A
 file truncated in place (`copytruncate`, or rotation with no backups) is read again from its start.
+
+A follower holds at most MAX_RETIRED rotated-away files: whoever owns the log directory (the job's
+user) could otherwise make it hold one descriptor per file it puts at the path. Past that the
+oldest is closed, and only writes that still reach a file rotated away that many times are lost.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import time
+from typing import Sequence
 
 from ..kernel import inotify
+from ..processes.logcapture import MARK_EVERY
 from ..reply import Reply
 from ..kernel.safepath import UnsafePath, open_read
 
 CHUNK = 64 * 1024  # bytes read per wake-up and per `file` reply
 BLOCK = 64 * 1024  # bytes read backwards at a time when looking for the last lines
 MAX_TAIL = 8 * 1024 * 1024  # at most this much of a file's end is read for its last lines
+MAX_RETIRED = 2  # rotated-away files a follower keeps reading for late writes
 MASK = (inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM
         | inotify.IN_DELETE | inotify.IN_CLOSE_WRITE)
 
 
-async def last_lines(fd: int, end: int, count: int) -> bytes:
-    """The last `count` lines of the file open on `fd` before offset `end` (a last line without
-    its newline counts), at most MAX_TAIL bytes; the loop runs between blocks."""
-    if count <= 0 or end <= 0:
+async def last_lines(fd: int, end: int, count: int, start: int = 0) -> bytes:
+    """The last `count` lines of the file open on `fd` between offsets `start` and `end` (a last
+    line without its newline counts), at most MAX_TAIL bytes; the loop runs between blocks."""
+    if count <= 0 or end <= start:
         return b""
     blocks: list[bytes] = []
     pos, newlines = end, 0
-    while pos > 0 and newlines <= count and end - pos < MAX_TAIL:
-        size = min(BLOCK, pos)
+    while pos > start and newlines <= count and end - pos < MAX_TAIL:
+        size = min(BLOCK, pos - start)
         pos -= size
         block = os.pread(fd, size, pos)
         blocks.append(block)
@@ -57,9 +65,10 @@ class FileFollower:
     """The bytes written to `path` from a given offset on, as `file` replies labelled `label`.
     Iterate it (each `__anext__` waits for new bytes); `aclose()` releases the file and the watch."""
 
-    def __init__(self, path: str, label: str) -> None:
+    def __init__(self, path: str, label: str, stamp: bool = False) -> None:
         self.path = path
         self.label = label
+        self.stamp = stamp  # each reply says when it was read (`times`): moments after it was written
         directory, self._base = os.path.split(path)
         self._wake = asyncio.Event()
         self._fd = -1
@@ -67,7 +76,7 @@ class FileFollower:
         self._offset = 0
         self._retired: list[int] = []  # rotated-away files, kept until the new one has data
         # Watch before the first read, so that no write after it goes unnoticed.
-        self._watch = inotify.watch(directory or ".", MASK, self._event)
+        self._watch = inotify.watch(directory or ".", MASK, self._event, about=self._base)
 
     def _event(self, name: str | None) -> None:
         if name is None or name == self._base or name.startswith(self._base + "."):
@@ -90,6 +99,8 @@ class FileFollower:
         info = os.fstat(fd)
         if self._fd >= 0:
             self._retired.append(self._fd)
+            if len(self._retired) > MAX_RETIRED:
+                os.close(self._retired.pop(0))
         self._fd, self._identity, self._offset = fd, (info.st_dev, info.st_ino), 0
         return True
 
@@ -101,7 +112,8 @@ class FileFollower:
             self._wake.clear()
             data = self._read_some()
             if data:
-                return Reply("file", job=self.label, data=data)
+                times = {"times": [[0, round(time.time(), 3)]]} if self.stamp else None
+                return Reply("file", job=self.label, data=data, value=times)
             await self._wake.wait()
 
     def _read_some(self) -> bytes:
@@ -143,23 +155,60 @@ class FileFollower:
         self._fd, self._retired = -1, []
 
 
-async def tail(path: str, label: str, last: int, follow: bool) -> Reply:
-    """The `file` reply of the last `last` lines of `path`; with `follow`, its stream of what
-    is written from there on. OSError when the file's directory cannot be watched."""
-    if not follow:
+async def tail(path: str, label: str, last: int, follow: bool, since: float | None = None,
+               marks: Sequence[tuple[float, int]] = (), stamp: bool = False) -> Reply:
+    """The `file` reply of the last `last` lines of `path` (written from `since` on, as far as the
+    file's time `marks` tell); with `follow`, its stream of what is written from there on.
+    `stamp`: each reply carries `times`, when its parts were written. OSError when the file's
+    directory cannot be watched."""
+    follower = None
+    if follow:
+        follower = FileFollower(path, label, stamp)
+        fd, end = follower.open()
+    else:
         try:
             fd = open_read(path)
         except FileNotFoundError:
             return Reply("file", job=label, data=b"")
-        try:
-            return Reply("file", job=label, data=await last_lines(fd, os.fstat(fd).st_size, last))
-        finally:
-            os.close(fd)
-    follower = FileFollower(path, label)
+        end = os.fstat(fd).st_size
     try:
-        fd, end = follower.open()
-        text = await last_lines(fd, end, last) if fd >= 0 else b""
+        start = 0 if since is None or fd < 0 else since_offset(os.fstat(fd).st_mtime, end, marks, since)
+        text = await last_lines(fd, end, last, start) if fd >= 0 else b""
+        value = {"times": times_of(marks, end - len(text), end)} if stamp else None
     except BaseException:
-        await follower.aclose()
+        if follower is not None:
+            await follower.aclose()
         raise
-    return Reply("file", job=label, data=text, stream=follower)
+    finally:
+        if follower is None:
+            os.close(fd)
+    return Reply("file", job=label, data=text, value=value, stream=follower)
+
+
+def since_offset(mtime: float, end: int, marks: Sequence[tuple[float, int]], since: float) -> int:
+    """Where the part of a file written from `since` on begins. A mark is made at most every
+    MARK_EVERY, at the first write after that, so what lies between two marks was written within
+    MARK_EVERY of the first: it starts at the first mark less than that before `since`. Nothing
+    when the file was last written before `since`; the whole file when `since` is before its
+    first mark (what came before the marks was written at a time nobody noted)."""
+    if mtime < since:
+        return end
+    for position, (when, offset) in enumerate(marks):
+        if when + MARK_EVERY > since:
+            return 0 if position == 0 and when > since else min(offset, end)
+    return end if marks else 0
+
+
+def times_of(marks: Sequence[tuple[float, int]], start: int, end: int) -> list[list[float]]:
+    """[offset from `start`, Unix time] for the marks of the span: each part of it from its
+    offset on was written at that time (to the second). The span's beginning takes the time of
+    the mark before it; with none, its first part has no time."""
+    times: list[list[float]] = []
+    for when, offset in marks:
+        if offset >= end:
+            break
+        if offset <= start:
+            times[:] = [[0, round(when, 3)]]
+        else:
+            times.append([offset - start, round(when, 3)])
+    return times

@@ -11,8 +11,12 @@ Families (labels in braces):
 - taskmaster_instance_state{job,instance,state}: 1 for the instance's state, 0 for the others
 - taskmaster_instance_restarts_total{job,instance}, taskmaster_instance_uptime_seconds{job,instance}
 - taskmaster_instance_last_exit_code{job,instance}, ..._last_exit_signal: after an exit, until the next spawn
+- taskmaster_instance_healthy{job,instance}: 1 healthy, 0 unhealthy, for the instances whose health
+  check has given a verdict in the current run (none without a check, or before its first verdict)
 - taskmaster_log_written_bytes_total / taskmaster_log_dropped_bytes_total{job,instance,stream}: per open log file
 - taskmaster_job_file_invalid{job}: 1 when the job's file on disk is invalid
+- taskmaster_job_runs_total{job,result}, taskmaster_job_last_success_timestamp_seconds{job}: a
+  scheduled job's runs by result (lifecycle/runs.py), and when its last successful run ended
 - taskmaster_control_connections, taskmaster_control_requests_total{verb,response}
 - taskmaster_colonies_processes_total{result}, taskmaster_build_info{version}, taskmaster_start_time_seconds
 """
@@ -125,6 +129,9 @@ class SnapshotCollector:
                                         labels=_INSTANCE)
         invalid = GaugeMetricFamily("taskmaster_job_file_invalid", "1 when the job's file on disk is invalid",
                                     labels=["job"])
+        healthy = GaugeMetricFamily("taskmaster_instance_healthy",
+                                    "1 when the instance's health check passes, 0 when it fails (checked instances only)",
+                                    labels=_INSTANCE)
         for job in snapshot.jobs:
             invalid.add_metric([job["name"]], 1 if job.get("error") else 0)
             for inst in job["instances"]:
@@ -137,7 +144,10 @@ class SnapshotCollector:
                     exit_code.add_metric(labels, inst["exitcode"])
                 if inst["signal"] is not None:
                     exit_signal.add_metric(labels, inst["signal"])
-        yield from (state, restarts, uptime, exit_code, exit_signal, invalid)
+                verdict = inst.get("health")
+                if verdict in ("healthy", "unhealthy"):
+                    healthy.add_metric(labels, 1 if verdict == "healthy" else 0)
+        yield from (state, restarts, uptime, exit_code, exit_signal, invalid, healthy, *_run_families(snapshot.jobs))
         labels = [*_INSTANCE, "stream"]
         written = CounterMetricFamily("taskmaster_log_written_bytes", "bytes captured into the open log file",
                                       labels=labels)
@@ -160,6 +170,21 @@ class SnapshotCollector:
         started.add_metric([], snapshot.started)
         yield from (written, dropped, connections, requests, colonies, started,
                     InfoMetricFamily("taskmaster_build", "the daemon's version", value={"version": __version__}))
+
+
+def _run_families(jobs: list[dict]) -> tuple[Metric, Metric]:
+    """The runs of scheduled jobs, so that a run that failed, or never came, can alert."""
+    runs = CounterMetricFamily("taskmaster_job_runs", "runs of a scheduled job, by result", labels=["job", "result"])
+    last_success = GaugeMetricFamily("taskmaster_job_last_success_timestamp_seconds",
+                                     "Unix time the scheduled job's last successful run ended", labels=["job"])
+    for job in jobs:
+        schedule = job.get("schedule")
+        if schedule:
+            for result, count in schedule["runs_total"].items():
+                runs.add_metric([job["name"], result], count)
+            if schedule["last_success"] is not None:
+                last_success.add_metric([job["name"]], schedule["last_success"])
+    return runs, last_success
 
 
 def exposition(snapshot: Snapshot) -> bytes:

@@ -12,12 +12,14 @@ deleted from under the daemon is noticed (nlink 0) and created again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
 import os
 import subprocess
 import time
+from typing import Callable, Protocol
 
 from ..kernel.safepath import checked_size, open_append, open_parent, same_file
 
@@ -31,6 +33,9 @@ PUMP_SLICE = 0.002  # seconds of draining per wake-up before the rest of the loo
 HEALTH_CHECK_INTERVAL = 1.0  # seconds between checks that the file is still linked and not truncated
 DEFAULT_LOG_MODE = 0o640
 _BUFFER = memoryview(bytearray(CHUNK))  # one scratch buffer: the loop runs one drain at a time
+NEWLINE = ord("\n")
+MARK_EVERY = 1.0  # seconds between two time marks of a file (`logs --since`, `--timestamps`)
+MAX_MARKS = 4096  # marks kept per file: the oldest go first
 
 
 class LogFile:
@@ -52,11 +57,17 @@ class LogFile:
         self.failing: str | None = None  # why writes fail right now
         self._checked = 0.0
         self._rotation_off = False
+        self.line_begun = 0  # bytes written since the file's last newline: 0, a rotation splits no line
+        # (Unix time, offset of a line start) at most every MARK_EVERY while written: when each
+        # part of the current file was written, for `logs --since` and `--timestamps`.
+        self.marks: collections.deque[tuple[float, int]] = collections.deque(maxlen=MAX_MARKS)
         self.size = checked_size(path)
 
     def _open(self) -> int:
         fd = open_append(self.path, self.mode)
         self.size = os.fstat(fd).st_size
+        self.line_begun = 0  # (the descriptor is write-only: what an old file ends with is not read)
+        self.marks.clear()
         self._checked = time.monotonic()
         return fd
 
@@ -78,7 +89,9 @@ class LogFile:
         return max(self.maxbytes - self.size, 0)
 
     def write(self, data: memoryview) -> None:
-        """Append `data`; what the file refuses is counted as dropped, never raised."""
+        """Append `data`, rotating at a line boundary when the file is full; what the file refuses
+        is counted as dropped, never raised."""
+        now = time.time()
         while data:
             if self.fd < 0:
                 try:
@@ -86,12 +99,14 @@ class LogFile:
                 except OSError as exc:
                     self._drop(len(data), exc)
                     return
-            room = self.room()
-            if room == 0:
+            take = len(data) if len(data) <= self.room() else self._fitting(data)
+            if take == 0:
                 self.rotate()
                 continue
+            if self.line_begun == 0 and (not self.marks or now - self.marks[-1][0] >= MARK_EVERY):
+                self.marks.append((now, self.size))
             try:
-                written = os.write(self.fd, data[:room])
+                written = os.write(self.fd, data[:take])
             except OSError as exc:
                 self._drop(len(data), exc)
                 return
@@ -101,7 +116,36 @@ class LogFile:
                 self.failing = None
             self.size += written
             self.written += written
+            self._count_line(data[:written])
             data = data[written:]
+
+    def _count_line(self, piece: memoryview) -> None:
+        if piece[-1] == NEWLINE:  # the common case: a whole number of lines
+            self.line_begun = 0
+            return
+        tail = bytes(piece[-max(self.maxbytes, 1):])  # past maxbytes the exact length no longer matters
+        end = tail.rfind(b"\n")
+        self.line_begun = len(tail) - end - 1 if end >= 0 else self.line_begun + len(piece)
+
+    def _fitting(self, data: memoryview) -> int:
+        """How much of `data`, which passes the size limit, goes into this file before it rotates:
+        up to the last line end that fits; or, to finish a line that began in this file, up to
+        its end if the whole line is at most `maxbytes`. 0: rotate first (the next line starts
+        in a new file). A line longer than `maxbytes` is the one thing cut: at the limit."""
+        room = self.room()
+        last = bytes(data[:room]).rfind(b"\n")
+        if last >= 0:
+            return last + 1
+        begun = self.line_begun  # bytes of the current line already in this file
+        if begun == 0 and self.size > 0:
+            return 0
+        if 0 < begun < self.maxbytes:
+            end = bytes(data[:self.maxbytes - begun]).find(b"\n")
+            if end >= 0:
+                return end + 1
+            if begun + len(data) <= self.maxbytes:
+                return len(data)
+        return room  # a line longer than maxbytes: cut at the limit (0: rotate, go on in the next file)
 
     def _drop(self, count: int, exc: OSError) -> None:
         self.dropped += count
@@ -129,6 +173,8 @@ class LogFile:
                 self._drop(0, exc)
         elif info.st_size < self.size:
             self.size = info.st_size
+            self.line_begun = min(self.line_begun, info.st_size)
+            self.marks.clear()  # truncated in place: the offsets mean nothing now
 
     def rotate(self) -> None:
         """`path` → `path.1` → … → `path.N`, then a fresh file. Only the file this daemon has open
@@ -140,7 +186,8 @@ class LogFile:
                 self._shift_backups()
             elif self.fd >= 0:
                 os.ftruncate(self.fd, 0)
-                self.size = 0
+                self.size = self.line_begun = 0
+                self.marks.clear()
                 return
             self.reopen()
         except OSError as exc:
@@ -214,13 +261,29 @@ class LogFiles:
                 log.error("cannot reopen log %s: %s", file.path, exc.strerror or exc)
 
 
-class Drain:
-    """Moves everything written into one pipe to a LogFile until the pipe's last writer closes it."""
+class Sink(Protocol):
+    """Where a Drain puts what it reads: a LogFile, or in container mode the daemon's own stream
+    (container/console.py)."""
 
-    def __init__(self, read_fd: int, file: LogFile, files: LogFiles, loop: asyncio.AbstractEventLoop) -> None:
+    path: str
+
+    def room(self) -> int: ...
+
+    def write(self, data: memoryview) -> None: ...
+
+    def check(self) -> None: ...
+
+    def rotate(self) -> None: ...
+
+
+class Drain:
+    """Moves everything written into one pipe to a sink until the pipe's last writer closes it,
+    then calls `release`."""
+
+    def __init__(self, read_fd: int, file: Sink, release: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
         self._fd = read_fd
         self._file = file
-        self._files = files
+        self._release = release
         self._loop = loop
         self._grown = False
         loop.add_reader(read_fd, self._pump)
@@ -230,12 +293,11 @@ class Drain:
         file.check()
         deadline = time.monotonic() + PUMP_SLICE
         while True:
-            room = file.room()
-            if room == 0:
-                file.rotate()
-                continue
+            # A read fills the file at most up to one rotation (or finishes its line, or fills
+            # the next file): a tiny logmaxbytes costs rotations, each one a wake-up's share.
+            size = min(file.room() or file.maxbytes, CHUNK)
             try:
-                count = os.readv(self._fd, [_BUFFER[:min(room, CHUNK)]])
+                count = os.readv(self._fd, [_BUFFER[:size]])
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -261,22 +323,36 @@ class Drain:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = -1
-        self._files.release(self._file)
+        self._release()
+
+
+class ConsoleSink(Sink, Protocol):
+    def close(self) -> None: ...
 
 
 def open_capture(path: str | None, maxbytes: int, backups: int, files: LogFiles,
-                 loop: asyncio.AbstractEventLoop) -> tuple[int, LogFile | None]:
-    """The fd a child should write to, and the LogFile its Drain fills (None: output discarded).
-    The caller closes the returned fd once the child has been spawned. Raises UnsafePath or
-    OSError when the log file cannot be created safely."""
+                 loop: asyncio.AbstractEventLoop, console: ConsoleSink | None = None) -> tuple[int, LogFile | None]:
+    """The fd a child should write to, and the LogFile its Drain fills (None: output discarded,
+    or sent to `console`, the daemon's own stream in container mode). The caller closes the
+    returned fd once the child has been spawned. Raises UnsafePath or OSError when the log file
+    cannot be created safely."""
+    if console is not None:
+        read_fd, write_fd = _pipe()
+        Drain(read_fd, console, console.close, loop)
+        return write_fd, None
     if path is None:
         return subprocess.DEVNULL, None
     file = files.acquire(path, maxbytes, backups)
     try:
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        read_fd, write_fd = _pipe()
     except OSError:
         files.release(file)
         raise
-    os.set_blocking(write_fd, True)  # the child's end stays an ordinary blocking pipe
-    Drain(read_fd, file, files, loop)
+    Drain(read_fd, file, lambda: files.release(file), loop)
     return write_fd, file
+
+
+def _pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    os.set_blocking(write_fd, True)  # the child's end stays an ordinary blocking pipe
+    return read_fd, write_fd

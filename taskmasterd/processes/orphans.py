@@ -53,16 +53,24 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields and len(fields) > 19 else None
 
 
-def _pidfs() -> bool:
-    """Whether pidfds have an inode of their own per process (pidfs, Linux 6.9+)."""
+def _pidfs(other: int) -> bool:
+    """Whether pidfds have an inode of their own per process (pidfs, Linux 6.9+): compared on
+    this process and its parent, or `other` (a process being identified) when this one has no
+    parent to open (PID 1 of a namespace: getppid() is 0). Unknown until told: False."""
     global _HAS_PIDFS
     if _HAS_PIDFS is None:
-        mine, parent = os.pidfd_open(os.getpid()), os.pidfd_open(os.getppid())
+        peer = os.getppid() or other
+        if peer == os.getpid():
+            return False
         try:
-            _HAS_PIDFS = os.fstat(mine).st_ino != os.fstat(parent).st_ino
+            mine, theirs = os.pidfd_open(os.getpid()), os.pidfd_open(peer)
+        except OSError:
+            return False  # gone, or out of descriptors: the start time identifies as well
+        try:
+            _HAS_PIDFS = os.fstat(mine).st_ino != os.fstat(theirs).st_ino
         finally:
             os.close(mine)
-            os.close(parent)
+            os.close(theirs)
     return _HAS_PIDFS
 
 
@@ -72,7 +80,7 @@ _HAS_PIDFS: bool | None = None
 def identity(pid: int) -> str | None:
     """What tells process `pid` from any later one with its pid (see the module's docstring);
     None when it is gone."""
-    if _pidfs():
+    if _pidfs(pid):
         try:
             fd = os.pidfd_open(pid)
         except OSError:

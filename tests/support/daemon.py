@@ -48,6 +48,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self.pass_fds: tuple[int, ...] = ()  # descriptors the daemon inherits, as from a careless parent
         self.stderr_fd: int | None = None  # where its log goes instead of daemon.stderr (a pipe, say)
+        self.stdout_path: Path | None = None  # where its stdout goes (container mode writes jobs' output there)
         self.notify_path = str(root / "notify.sock")
         self.notify_sock: socket.socket | None = None
         self.messages: list[str] = []
@@ -63,9 +64,10 @@ class Daemon:
         self.notify_sock.bind(self.notify_path)
         env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, **self.env}
         self.stderr_path = self.root / "daemon.stderr"
-        with open(self.stderr_path, "ab") as stderr:  # the child keeps its own copy
+        with open(self.stderr_path, "ab") as stderr, \
+                open(self.stdout_path or os.devnull, "ab") as stdout:  # the child keeps its own copies
             self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=stderr if self.stderr_fd is None
+                                         stdout=stdout, stderr=stderr if self.stderr_fd is None
                                          else self.stderr_fd, pass_fds=self.pass_fds)
         if wait:
             self.wait_notify("READY=1")

@@ -4,6 +4,7 @@ Made with iproute2 (`ip netns add`), deleted when the test ends; nothing is rout
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from typing import Iterator
 import pytest
 
 
+@functools.cache
 def available() -> str | None:
     """None when this machine lets a test make namespaces, else why not."""
     if os.geteuid() != 0:

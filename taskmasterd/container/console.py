@@ -1,0 +1,98 @@
+"""The jobs' output on the daemon's own stdout and stderr, each line prefixed: `web[0] | …`.
+
+In container mode an instance whose job names no log file (`stdout`/`stderr` left to their
+default) writes into a pipe drained by logcapture.Drain as usual, but into a `ConsoleStream`
+instead of a file: its bytes are cut into lines, each prefixed with the instance's label (in a
+colour of its job's own when the stream is a terminal) and handed to a `LogWriter` thread, so a
+slow `docker logs` reader never blocks the loop (what it cannot take is dropped, counted, and
+said in the stream). A job that names a file, or discards its output (null), keeps doing so.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import zlib
+from typing import TYPE_CHECKING
+
+from ..observe.daemonlog import LogWriter
+from ..processes.logcapture import CHUNK
+
+if TYPE_CHECKING:
+    from ..jobfiles.jobfile import JobSpec
+
+MAX_LINE = 16 * 1024  # characters of one line; a longer one is cut into several
+_COLOURS = (32, 33, 34, 35, 36, 92, 93, 94, 95, 96)  # ANSI foreground colours, told apart on dark and light
+
+
+class ConsoleStream:
+    """One instance's stream: a sink for logcapture.Drain (room, write, check, rotate)."""
+
+    def __init__(self, writer: LogWriter, prefix: str) -> None:
+        self.path = prefix  # what logcapture names in a message about this sink
+        self.dropped = 0
+        self._writer = writer
+        self._prefix = prefix
+        self._partial = b""
+
+    def room(self) -> int:
+        return CHUNK
+
+    def write(self, data: memoryview) -> None:
+        lines = (self._partial + bytes(data)).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_LINE:
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            self._put(line)
+
+    def _put(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        for start in range(0, max(len(text), 1), MAX_LINE):
+            self._writer.put(logging.makeLogRecord({"msg": self._prefix + text[start:start + MAX_LINE]}))
+
+    def check(self) -> None:
+        """Nothing to check: the daemon's stream is not a file of ours."""
+
+    def rotate(self) -> None:
+        """Never called: room() is never 0."""
+
+    def close(self) -> None:
+        """The pipe's last writer closed it: a last line without its newline still goes out."""
+        if self._partial:
+            self._put(self._partial)
+            self._partial = b""
+
+
+class Console:
+    """The daemon's stdout and stderr as the destination of jobs' output."""
+
+    def __init__(self, colour: bool | None = None) -> None:
+        self._writers = {"stdout": _writer(sys.stdout), "stderr": _writer(sys.stderr)}
+        self._colour = {stream: (os.isatty(fd) if colour is None else colour)
+                        for stream, fd in (("stdout", 1), ("stderr", 2))}
+        for writer in self._writers.values():
+            writer.start()
+
+    def stream_for(self, spec: JobSpec, stream: str, index: int) -> ConsoleStream | None:
+        """Where instance `index`'s `stream` goes when its job names no file; None when it does
+        (or discards it)."""
+        if (spec.stdout if stream == "stdout" else spec.stderr) != "":
+            return None
+        label = f"{spec.name}[{index}]"
+        if self._colour[stream]:
+            colour = _COLOURS[zlib.crc32(spec.name.encode()) % len(_COLOURS)]
+            return ConsoleStream(self._writers[stream], f"\x1b[{colour}m{label} |\x1b[0m ")
+        return ConsoleStream(self._writers[stream], f"{label} | ")
+
+    def close(self) -> None:
+        """Write out what is queued (at shutdown, after every job has stopped)."""
+        for writer in self._writers.values():
+            writer.stop()
+
+
+def _writer(stream: object) -> LogWriter:
+    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return LogWriter(handler, what="the jobs' output")
