@@ -81,3 +81,13 @@ def test_taskmasterctl_start_says_what_a_start_waits_for_and_with_deps_starts_it
         started = ctl(daemon, "start", "--with-deps", "api", timeout=20)
         assert started.returncode == 0, err(started)
         assert [state_of(daemon, name) for name in ("web", "api")] == ["RUNNING", "RUNNING"]
+
+
+def test_start_with_deps_of_a_job_whose_dependency_is_not_loaded_says_so_and_starts_nothing(tmp_path):
+    jobs = {"web": {**SLEEP, "autostart": False},
+            "api": {**SLEEP, "autostart": False, "depends_on": ["web", "cache"]}}
+    with Daemon(tmp_path, jobs) as daemon:
+        reply = daemon.request("start", "api", deps=True, timeout=20)
+        assert reply["response"] == "fail", reply
+        assert reply["error"].decode() == 'cannot start api\'s dependency cache: job "cache" does not exist'
+        assert [state_of(daemon, name) for name in ("web", "api")] == ["STOPPED", "STOPPED"]

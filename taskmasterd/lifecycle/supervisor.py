@@ -458,7 +458,8 @@ class Supervisor:
 
     async def _start_dependencies(self, name: str) -> str | None:
         """`start` with `deps`: a start command to every job `name` depends on, directly or not
-        (as systemd's Requires= pulls units in); why not, when one is not loaded."""
+        (as systemd's Requires= pulls units in); why not (and nothing started), when one of them
+        is not loaded."""
         if name not in self.jobs:
             return None  # the start itself says why
         order: list[str] = []
@@ -472,8 +473,12 @@ class Supervisor:
                     order.append(dependency.job)
                     pending.append(dependency.job)
         for dependency in order:
+            found = self._job(dependency)
+            if isinstance(found, Reply):
+                return f"cannot start {name}'s dependency {dependency}: {found.error}"
+        for dependency in order:
             outcome = await self._command(dependency, None, Kind.START, f"start command (a dependency of {name})")
-            if isinstance(outcome, Reply):
+            if isinstance(outcome, Reply):  # removed meanwhile
                 return f"cannot start {name}'s dependency {dependency}: {outcome.error}"
             for _, answer in outcome[1]:
                 await answer
