@@ -277,6 +277,8 @@ def version(session: Session, args: Namespace) -> None:
         return
     config = f", config {document['config']}" if document.get("config") else ""
     print(f"taskmasterd {document['version']} (pid {document['pid']}{config})", file=session.out)
+    if document.get("containment"):  # a daemon older than this client does not say
+        print(f"containment: {document['containment']}", file=session.out)
 
 
 def shutdown(session: Session, args: Namespace) -> None:

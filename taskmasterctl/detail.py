@@ -105,7 +105,7 @@ def _instance_lines(name: str, inst: dict) -> list[str]:
         lines.append(_field("Status", safe(inst["notify_status"])))
     if inst.get("cpu_percent") is not None:
         lines.append(_field("CPU", f"{inst['cpu_percent']:.1f} % ({inst.get('cpu_seconds', 0):.2f} s)   "
-                                   f"Memory: {memory(inst.get('memory'))}"))
+                                   f"Memory: {memory(inst.get('memory_bytes'))}"))
     processes = inst.get("processes") or []
     for position, line in enumerate(_tree(processes)):
         lines.append(_field("Processes", line) if position == 0 else INDENT + line)

@@ -17,7 +17,8 @@ INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exit
                    "health", "check", "last_check", "last_result", "output", "failures",
                    "notify_status", "notify_stopping",
                    # accounting and detail (status options): columns, or the block of `status JOB`
-                   "cpu_percent", "cpu_seconds", "memory", "processes", "logs"}
+                   "cpu_percent", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "tasks", "oom_kills", "processes",
+                   "logs"}
 STATE_COLOURS = {"RUNNING": "32", "STARTING": "36", "WAITING": "36", "STOPPING": "36", "BACKOFF": "33",
                  "FATAL": "1;31", "INVALID": "1;31", "EXITED": "2", "STOPPED": "2"}
 
@@ -129,7 +130,7 @@ def _rows(job: dict) -> list[tuple[str, ...]]:
         info = _instance_info(inst)
         rows.append((job["name"], str(inst.get("index", position)), inst.get("state", "-"),
                      "-" if inst.get("pid") is None else str(inst["pid"]), uptime(inst.get("uptime")),
-                     str(inst.get("restarts", "-")), last_exit(inst), cpu(inst), memory(inst.get("memory")),
+                     str(inst.get("restarts", "-")), last_exit(inst), cpu(inst), memory(inst.get("memory_bytes")),
                      _one_line("; ".join(info + (extras if position == 0 else [])))))
     if not instances:
         first = problems.pop(0) if problems else ""

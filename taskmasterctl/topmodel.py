@@ -43,7 +43,7 @@ def rows_of(jobs: list[dict], pattern: str = "") -> list[Row]:
         counted = [inst for inst in instances if inst.get("cpu_percent") is not None]
         whole = counted and len(counted) == sum(1 for inst in instances if inst.get("pid"))
         cpu = sum(inst["cpu_percent"] for inst in counted) if whole else None
-        used = sum(inst.get("memory") or 0 for inst in counted) if whole else None
+        used = sum(inst.get("memory_bytes") or 0 for inst in counted) if whole else None
         running = sum(1 for inst in instances if inst.get("state") == "RUNNING")
         restarts = sum(inst.get("restarts") or 0 for inst in instances)
         unhealthy = sum(1 for inst in instances if inst.get("health") == "unhealthy")
@@ -60,7 +60,7 @@ def _instance_row(job: str, inst: dict, label: str, info: str) -> Row:
     description = info or safe(inst.get("notify_status") or inst.get("description") or "")
     return Row(job, inst.get("index"), label, safe(inst.get("state", "-")), uptime(inst.get("uptime")),
                str(inst.get("restarts", "-")), safe(inst.get("health") or ""), inst.get("cpu_percent"),
-               inst.get("memory"), description)
+               inst.get("memory_bytes"), description)
 
 
 class History:

@@ -8,12 +8,14 @@ import sys
 
 from .colonies.settings import ColoniesSettings
 from .config import ConfigError, resolve
-from .pidfile import LockedPidfile, PidfileLocked
+from .pidfile import LockedPidfile, PidfileLocked, StateDirectoryLock
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve(argv)
+        if config.version is not None:
+            return _print_version(config)
         if config.check is not None:  # offline: nothing else of the settings matters
             from .jobfiles.check import run_check
             from .jobfiles.jobfile import Limits
@@ -35,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # Refuse a second daemon (same pid file, port or socket) here, where the operator sees the message.
     pidfile = LockedPidfile(config.pidfile) if config.pidfile else None
+    state_lock = StateDirectoryLock(os.path.abspath(config.state_dir))
     try:
         _refuse_unsafe_directories(config.state_dir, config.jobs_dir)
+        state_lock.acquire()
         policy, control_gids = resolve_policy(config.control_users, config.control_groups, config.allow_remote)
         if pidfile is not None:
             pidfile.acquire()
@@ -55,12 +59,14 @@ def main(argv: list[str] | None = None) -> int:
             umask=0o022,
             pidfile=pidfile,
             files_preserve=[sock.fileno() for sock in listeners.sockets] + ([pidfile.fd] if pidfile else [])
+            + [state_lock.fd]
             + ([metrics.fileno()] if metrics else []),
             signal_map={},  # asyncio installs the handlers once the loop runs
         )
         context.open()
     elif pidfile is not None:
         pidfile.__enter__()
+    state_lock.__enter__()  # the pid a second daemon names: the final one
 
     log_writer = setup_logging(config)
     raise_fd_limit()
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         listeners.close()
         if pidfile is not None:
             pidfile.__exit__(None, None, None)
+        state_lock.__exit__(None, None, None)
 
 
 def _refuse_unsafe_directories(state_dir: str, jobs_dir: str) -> None:
@@ -87,6 +94,22 @@ def _refuse_unsafe_directories(state_dir: str, jobs_dir: str) -> None:
     unsafe = JobsDirectory(os.path.abspath(jobs_dir)).problem()
     if unsafe is not None:
         raise ValueError(unsafe)
+
+
+def _print_version(config) -> int:
+    """`taskmasterd --version [--json]`: with --json, also the containment a daemon on these
+    settings would have, and why (found without creating or moving anything)."""
+    from . import __version__
+
+    if config.version == "text":
+        print(f"taskmasterd {__version__}")
+        return 0
+    import json
+
+    from .processes.containment import probe
+
+    print(json.dumps({"version": __version__, "containment": probe(os.path.abspath(config.state_dir), config.containment)}))
+    return 0
 
 
 def _bind_metrics(address: str) -> socket.socket:

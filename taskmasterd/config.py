@@ -11,6 +11,7 @@ from typing import Any
 from . import __version__
 
 DEFAULT_PORT = 7777
+CONTAINMENTS = ("auto", "cgroup2", "process-group")  # processes/containment.py
 
 
 @dataclass
@@ -36,6 +37,8 @@ class DaemonConfig:
     control_groups: list[str] = field(default_factory=list)  # the daemon's own uid (see access.py)
     allow_remote: list[str] = field(default_factory=list)  # networks of peers on other hosts
     notify_dir: str | None = None  # the instances' NOTIFY_SOCKETs; None: a short directory of its own
+    containment: str = "auto"  # "cgroup2", "process-group" or whichever is possible (processes/containment.py)
+    version: str | None = None  # --version: "text" or "json" (print it and exit; not a setting)
     colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
     container: bool = False  # a container's first process: jobs' output on stdout/stderr, exit codes (docs/container.md)
 
@@ -51,7 +54,7 @@ class ConfigError(ValueError):
     pass
 
 
-_COMMAND_LINE_ONLY = {"config_file", "check"}
+_COMMAND_LINE_ONLY = {"config_file", "check", "version"}
 DIRECTORIES = ("jobs_dir", "log_dir", "state_dir")
 
 
@@ -109,6 +112,8 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: must be a JSON object")
     if isinstance(document.get("max_numprocs"), int) and not 1 <= document["max_numprocs"] <= 1 << 20:
         raise ConfigError(f"{path}: setting 'max_numprocs' must be from 1 to {1 << 20}")
+    if "containment" in document and document["containment"] not in CONTAINMENTS:
+        raise ConfigError(f"{path}: setting 'containment' must be \"auto\", \"cgroup2\" or \"process-group\"")
     if "log_mode" in document and not (isinstance(document["log_mode"], str)
                                        and re.fullmatch(r"0?[0-7]{3}", document["log_mode"])):
         raise ConfigError(f"{path}: setting 'log_mode' must be an octal mode like \"0640\"")
@@ -162,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", nargs="?", const="", metavar="DIR|FILE",
                         help="validate every job file of DIR (default: the jobs directory), or one FILE, and exit: "
                         "1 if any is invalid")
-    parser.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
+    parser.add_argument("--containment", choices=CONTAINMENTS,
+                        help="a cgroup per instance (cgroup2), process groups, or cgroup2 wherever a writable "
+                             "cgroup v2 hierarchy allows it (auto, the default)")
+    parser.add_argument("--version", action="store_true", help="print the version (and the containment in force "
+                        "with --json) and exit")
+    parser.add_argument("--json", action="store_true", help="with --version: as a JSON object")
     return parser
 
 
@@ -179,7 +189,7 @@ def resolve(argv: list[str] | None = None) -> DaemonConfig:
     args = build_parser().parse_args(argv)
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     for name in ("jobs_dir", "log_dir", "state_dir", "host", "daemon", "pidfile", "log_level", "socket",
-                 "control_groups", "metrics", "container"):
+                 "control_groups", "metrics", "containment", "container"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
@@ -189,7 +199,7 @@ def resolve(argv: list[str] | None = None) -> DaemonConfig:
         defaults = default_directories(os.getcwd(), os.geteuid(), os.environ)
         settings = {**{name: defaults[name] for name in DIRECTORIES}, **settings}
     config = DaemonConfig(**settings, config_file=os.path.abspath(args.config) if args.config else None,
-                          check=args.check)
+                          check=args.check, version=("json" if args.json else "text") if args.version else None)
     if os.getpid() == 1:
         config.container = True  # init of a PID namespace: a container, whatever was said
     if config.container and config.daemon:

@@ -56,7 +56,16 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
     from .jobfiles.jobfile import Limits
     from .control.server import ControlServer
 
+    from .processes.containment import ContainmentError, choose
+
     loop = asyncio.get_running_loop()
+    try:
+        containment = choose(os.path.abspath(config.state_dir), config.containment)
+    except ContainmentError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    log.info("containment: %s%s", containment.describe(),
+             f" (cells under {containment.subtree})" if containment.subtree else "")
     console = None
     if config.container:
         from .container.console import Console
@@ -64,7 +73,7 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
         console = Console()
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
                             log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir,
-                            console=console)
+                            console=console, containment=containment)
     tasks = TaskOwner(log)  # the daemon's own: the load of the jobs, and the stop of every job
     stopping = asyncio.Event()
     woken = asyncio.Event()  # a stop was asked for, or the load ended
@@ -103,7 +112,7 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
         jobs_stopped.result()
 
     dirs = {"jobs_dir": config.jobs_dir, "log_dir": config.log_dir, "state_dir": config.state_dir}
-    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stop)
+    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stop, containment.status())
     # The port answers from the start: while the jobs load, status shows what is loaded so far.
     server = ControlServer(supervisor, policy, max_connections=config.max_connections,
                            idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)

@@ -13,14 +13,17 @@ from .reply import SUCCESS, Reply
 
 class DaemonHandle:
     def __init__(self, config_file: str | None, dirs: dict[str, str],
-                 stop_jobs: Callable[[], Awaitable[None]], exit: Callable[[], None]) -> None:
+                 stop_jobs: Callable[[], Awaitable[None]], exit: Callable[[], None],
+                 containment: dict | None = None) -> None:
         self._document = {"version": __version__, "pid": os.getpid(), "started": round(time.time(), 3),
-                          "config": config_file, **dirs}
+                          "config": config_file, **dirs, **(containment or {})}
         self._stop_jobs = stop_jobs
         self._exit = exit
 
     def document(self) -> dict:
-        """{version, pid, started (Unix time), config (the --config file or null), jobs_dir, log_dir, state_dir}"""
+        """{version, pid, started (Unix time), config (the --config file or null), jobs_dir, log_dir, state_dir,
+        containment ("cgroup2" or "process-group (no writable cgroup2: <reason>)"), cgroup (the
+        subtree of the cells, or null), controllers ({memory, cpu, pids}: where, or why not)}"""
         return self._document
 
     async def shutdown(self) -> Reply:

@@ -32,8 +32,11 @@ class LockedPidfile:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise PidfileLocked(f"another taskmasterd (pid {holder}) holds the pid file {self.path}") from None
+            raise PidfileLocked(self.locked_message(holder)) from None
         self.fd = fd
+
+    def locked_message(self, holder: str) -> str:
+        return f"another taskmasterd (pid {holder}) holds the pid file {self.path}"
 
     def __enter__(self) -> "LockedPidfile":
         if self.fd < 0:
@@ -45,5 +48,26 @@ class LockedPidfile:
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:
             unlink_if_same(self.path, self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class StateDirectoryLock(LockedPidfile):
+    """One daemon per state directory: the same lock on `<state>/taskmasterd.lock`, taken before
+    anything in the directory is read or anything it names is signalled (a second daemon would
+    take the live one's children for a dead predecessor's leftovers)."""
+
+    def __init__(self, state_dir: str):
+        super().__init__(os.path.join(state_dir, "taskmasterd.lock"))
+        self.state_dir = state_dir
+
+    def locked_message(self, holder: str) -> str:
+        return f"state directory {self.state_dir} is in use by pid {holder}"
+
+    def __exit__(self, *exc: object) -> None:
+        """The file stays (empty): unlinked, a daemon that opened it just before could lock the
+        removed file while a third one locks a new one."""
+        if self.fd >= 0:
+            os.ftruncate(self.fd, 0)
             os.close(self.fd)
             self.fd = -1

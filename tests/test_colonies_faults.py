@@ -103,8 +103,15 @@ def test_sigkill_mid_run_then_restart_closes_the_process_failed(tmp_path: Path) 
             child = wait_for(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text().strip(),
                              what="the run's child")
             assert thread.call(process(server.port, processid))["state"] == RUNNING
-            # Mid-run: the daemon has journaled its child.
-            wait_for(lambda: child in (tmp_path / "state" / "children.json").read_text(), what="the child recorded")
+            # Mid-run: the daemon has its child in a cgroup of the run's own (or, without cgroups,
+            # journaled): contained like an instance, so the next daemon finds it.
+            def recorded() -> bool:
+                journal = tmp_path / "state" / "children.json"
+                with open(f"/proc/{child}/cgroup") as cgroups:
+                    cell = cgroups.read()
+                return ("/taskmasterd-" in cell and "/sleeper.colonies." in cell) \
+                    or (journal.exists() and child in journal.read_text())
+            wait_for(recorded, what="the child recorded")
         finally:
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait()

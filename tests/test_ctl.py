@@ -141,8 +141,9 @@ def test_version_of_the_client_and_of_the_daemon(daemon: Daemon) -> None:
     assert out(ctl(None, "--version")) == f"taskmasterctl {__version__}\n"
     both = ctl(daemon, "version")
     assert both.returncode == 0
-    assert out(both).splitlines() == [f"taskmasterctl {__version__}",
-                                      f"taskmasterd {__version__} (pid {daemon.proc.pid})"]
+    assert out(both).splitlines()[:2] == [f"taskmasterctl {__version__}",
+                                          f"taskmasterd {__version__} (pid {daemon.proc.pid})"]
+    assert out(both).splitlines()[2:] == [f"containment: {daemon.status()['daemon']['containment']}"]
     document = daemon.status()["daemon"]
     assert document["pid"] == daemon.proc.pid and document["version"] == __version__
     assert abs(document["started"] - time.time()) < 3600 and document["jobs_dir"] == str(daemon.jobs_dir)

@@ -3,6 +3,7 @@ leftovers of a killed daemon, and the output of a very fast writer."""
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -236,6 +237,35 @@ def test_user_field_runs_the_child_as_that_user(tmp_path):
         assert line.split()[:2] == ["65534", "nobody"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_a_job_of_another_user_starts_from_a_login_environment_not_the_daemons(tmp_path):
+    """The root daemon's secrets and plumbing (AWS_SECRET_ACCESS_KEY, SSH_AUTH_SOCK, root's PATH)
+    never reach a job of another user, unless its file asks to inherit; a job of the daemon's own
+    user inherits the daemon's environment as before."""
+    show = ["sh", "-c", "env | sort"]
+    common = {"cmd": show, "starttime": 0, "autorestart": "never", "workingdir": "/"}
+    jobs = {"other": {**common, "user": "nobody", "env": {"MINE": "1"}},
+            "asks": {**common, "user": "nobody", "inherit_env": True},
+            "same": common}
+    os.chmod(tmp_path, 0o755)
+    secrets = {"AWS_SECRET_ACCESS_KEY": "sekrit", "SSH_AUTH_SOCK": "/tmp/agent.sock", "PATH": "/root/bin:" + os.environ["PATH"]}
+    with Daemon(tmp_path, jobs, env=secrets):
+        def env_of(job):
+            out = tmp_path / "logs" / f"{job}.0.out"
+            text = wait_for(lambda: out.exists() and out.read_text(), what=f"{job}'s environment")
+            return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+        other = env_of("other")
+        assert "AWS_SECRET_ACCESS_KEY" not in other and "SSH_AUTH_SOCK" not in other
+        assert other["PATH"] == "/usr/local/bin:/usr/bin:/bin" and other["MINE"] == "1"
+        assert (other["HOME"], other["USER"], other["LOGNAME"]) == ("/nonexistent", "nobody", "nobody")
+        assert other["SHELL"] == pwd.getpwnam("nobody").pw_shell and other["LANG"]
+        assert {k for k in other if not k.startswith("TASKMASTER_")} <= \
+            {"HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG", "MINE", "PWD"}
+        assert env_of("asks")["AWS_SECRET_ACCESS_KEY"] == "sekrit" and env_of("asks")["USER"] == "nobody"
+        assert env_of("same")["AWS_SECRET_ACCESS_KEY"] == "sekrit"
+
+
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
@@ -243,7 +273,8 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 @pytest.mark.parametrize("unit, manager", [("taskmasterd.service", []), ("taskmasterd-user.service", ["--user"])])
 def test_systemd_unit_verifies_clean(tmp_path, unit, manager):
     text = (ROOT / "systemd" / unit).read_text()
-    expected = ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "RuntimeDirectory=taskmaster"]
+    expected = ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "RuntimeDirectory=taskmaster",
+                "\nDelegate=yes\n"]  # a cgroup per instance under the daemon's own
     if manager:  # the user's own daemon: its socket only, in the user's runtime directory
         expected += ["--socket %t/taskmaster/taskmasterd.sock", "--port none", "NoNewPrivileges=yes"]
     else:

@@ -118,6 +118,11 @@ def test_metrics_scraped_with_curl(tmp_path: Path) -> None:
         assert samples["taskmaster_control_connections"] == "0.0"
         assert samples['taskmaster_colonies_processes_total{result="failed"}'] == "0.0"
         assert samples[f'taskmaster_build_info{{version="{__version__}"}}'] == "1.0"
+        containment = daemon.status()["daemon"]["containment"]
+        assert samples[f'taskmaster_containment_info{{containment="{containment}"}}'] == "1.0"
+        assert float(samples['taskmaster_instance_memory_bytes{instance="0",job="pair"}']) > 0
+        assert samples['taskmaster_instance_tasks{instance="0",job="pair"}'] == "1.0"
+        assert float(samples['taskmaster_instance_cpu_seconds_total{instance="0",job="pair"}']) >= 0
         missing = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                                   f"http://127.0.0.1:{port}/other"], capture_output=True, text=True, timeout=30)
         assert missing.stdout == "404"

@@ -214,3 +214,62 @@ def test_recovery_never_crashes_on_a_journal_of_the_wrong_shape(tmp_path, conten
     path.write_bytes(content)
     assert read_journal(str(path)).run is None
     assert run(stop_leftovers(str(path))) == 0
+
+
+def test_a_large_journal_is_read_in_well_under_a_second(tmp_path):
+    """95 000 lines took 6.7 s (70 µs a line) and held the first answer that long."""
+    import orjson
+
+    path = tmp_path / "children.json"
+    lines = [orjson.dumps(["run", "abcdef0123456789"])]
+    lines += [orjson.dumps(["+", 100000 + i, f"pidfs:{i + 5}", 15, 10.0]) for i in range(95000)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    began = time.perf_counter()
+    journal = read_journal(str(path))
+    assert time.perf_counter() - began < 1.0
+    assert len(journal.live) == 95000 and journal.run == "abcdef0123456789"
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 64 KiB tmpfs for a state directory (root only)."""
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_file_system_never_leaves_a_torn_journal_that_loses_later_records(tiny_filesystem):
+    """With the disk full, a spawn's line is written in part (or not at all); once there is room
+    again, every later record used to be appended to the torn line and lost for good."""
+    path = str(tiny_filesystem / "children.json")
+    journal = orphans.ChildJournal(path, "abcdef0123456789")
+    journal.open()
+    journal.started([(1000 + i, f"pidfs:{i + 1}", 15, 1.0) for i in range(3)])
+    filler = tiny_filesystem / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # fill it up, to the last byte
+    try:
+        for size in (4096, 1):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    journal.started([(2000 + i, f"pidfs:{i + 100}", 15, 1.0) for i in range(300)])  # fails, in part
+    journal.ended(1000)
+    filler.unlink()
+    journal.started([(3000, "pidfs:999", 15, 1.0)])
+    journal.ended(2001)
+    live = read_journal(path).live
+    assert set(live) == {1001, 1002, 3000} | {2000 + i for i in range(300) if i != 1}
+    assert all(line.endswith(b"\n") for line in open(path, "rb").read().splitlines(keepends=True))
+    journal.close()

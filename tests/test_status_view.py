@@ -66,7 +66,7 @@ def test_status_of_many_jobs_is_one_table_with_cpu_and_memory(daemon: Daemon) ->
     document = json.loads(out(ctl(daemon, "status", "busy", "web", "--json")))
     for job in document["data"]["jobs"]:
         for inst in job["instances"]:
-            assert inst["memory"] > 0 and inst["cpu_seconds"] >= 0, inst
+            assert inst["memory_bytes"] > 0 and inst["cpu_seconds"] >= 0 and inst["tasks"] >= 1, inst
 
 
 def test_status_of_one_job_answers_quickly(daemon: Daemon) -> None:

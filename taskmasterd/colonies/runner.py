@@ -52,7 +52,7 @@ class _Command:
     @classmethod
     def start(cls, job: Job, spec: JobSpec, env: dict[str, str], account: Account | None, words: tuple[str, ...],
               stdout: int, stderr: int) -> _Command:
-        launch = launch_for(spec, env, account, words)
+        launch = launch_for(spec, env, account, words, unit=f"{spec.name}.colonies")
         return cls(job.services.processes.spawn(launch, stdout, stderr))
 
     async def stop(self, spec: JobSpec) -> int:

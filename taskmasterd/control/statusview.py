@@ -23,6 +23,7 @@ from ..reply import Reply, fail
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor
+    from ..processes.table import Child
 
 MAX_LINES = 1000  # log lines per stream in a detail
 
@@ -74,9 +75,10 @@ async def detailed_status(sup: Supervisor, data: bytes, reply: Reply) -> Reply:
     if isinstance(options, str):
         return fail(options)
     jobs = reply.value["jobs"]
-    leaders = {(job["name"], inst["index"]): inst["pid"] for job in jobs for inst in job["instances"]
-               if inst.get("pid") and options.counts(job["name"], inst["index"])}
-    usages = accounting(leaders, tree=options.detail) if leaders else {}
+    spawns = {(job["name"], inst["index"]): child for job in jobs for inst in job["instances"]
+              if inst.get("pid") and options.counts(job["name"], inst["index"])
+              and (child := running_child(sup, job["name"], inst["index"])) is not None}
+    usages = accounting(spawns, tree=options.detail) if spawns else {}
     for job in jobs:
         for inst in job["instances"]:
             usage = usages.get((job["name"], inst["index"]))
@@ -89,6 +91,14 @@ async def detailed_status(sup: Supervisor, data: bytes, reply: Reply) -> Reply:
         if options.logs:
             await _add_logs(sup, job, options.lines if options.detail else None)
     return reply
+
+
+def running_child(sup: Supervisor, name: str, index: int) -> Child | None:
+    """The spawn instance `index` of job `name` runs now, if any."""
+    job = sup.jobs.get(name)
+    if job is None or index >= len(job.instances) or job.instances[index].index != index:
+        return None
+    return job.instances[index].child
 
 
 def _add_detail(sup: Supervisor, entry: dict) -> None:

@@ -263,7 +263,7 @@ def job_check_spawner(processes: ProcessTable, spec: JobSpec, env: Mapping[str, 
     check_env = {**env, "TASKMASTER_CHECK": "1"}
 
     def spawn_check(argv: tuple[str, ...], output_fd: int) -> Child:
-        launch = launch_for(replace(spec, argv=argv), check_env, account)
+        launch = launch_for(replace(spec, argv=argv), check_env, account, unit=f"{spec.name}.check")
         return processes.spawn(launch, output_fd, output_fd)
 
     return spawn_check

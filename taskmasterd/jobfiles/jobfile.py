@@ -18,6 +18,7 @@ from typing import Any, Callable
 from .container_spec import CONTAINER_FIELDS, container_problems
 from .fields import FieldError, NonFinite, boolean, command_words, got
 from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readiness_problems
+from .resources import NO_RESOURCES, RESOURCE_FIELDS, Resources, parse_resources
 from .schedule_spec import SCHEDULE_FIELDS, Schedule, ScheduleSpec, schedule_problems, scheduled_defaults
 
 RESTART_POLICIES = ("always", "never", "unexpected")
@@ -88,6 +89,8 @@ class JobSpec:
     timeout: float | None = None
     catch_up: bool = False
     essential: bool = False  # container mode: its end ends the daemon (container_spec.py)
+    resources: Resources = NO_RESOURCES  # memory_max, cpu_quota, tasks_max, nice, ... (resources.py)
+    inherit_env: bool = False  # a job of another user gets the daemon's environment (spawner.py)
 
     def schedule_settings(self) -> ScheduleSpec | None:
         """Its scheduling settings, or None when it is not scheduled."""
@@ -96,8 +99,10 @@ class JobSpec:
         return ScheduleSpec(self.schedule, self.timezone, self.overlap, self.jitter, self.timeout, self.catch_up)
 
     def spawn_settings(self) -> tuple[Any, ...]:
-        """What a running instance was started with: a change here needs a restart."""
-        return (self.argv, self.env, self.workingdir, self.umask, self.user, self.stdout, self.stderr)
+        """What a running instance was started with: a change here needs a restart (a cgroup
+        limit does not: it is changed live)."""
+        return (self.argv, self.env, self.workingdir, self.umask, self.user, self.stdout, self.stderr,
+                self.inherit_env, self.resources.start_settings())
 
     @property
     def stderr_to_stdout(self) -> bool:
@@ -281,6 +286,7 @@ FIELDS: dict[str, _Converter] = {
     "umask": _umask,
     "user": _user,
     "colonies": _colonies,
+    "inherit_env": boolean,
     **READINESS_FIELDS,  # depends_on, ready, ready_timeout, healthcheck, on_unhealthy, watchdog
     **SCHEDULE_FIELDS,  # schedule, timezone, overlap, jitter, timeout, catch_up
     **CONTAINER_FIELDS,  # essential
@@ -355,9 +361,11 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
     if not isinstance(document, dict):
         raise JobFileError([f"{source}: must be a JSON object, got {type(document).__name__}"])
 
-    problems: list[str] = []
-    values: dict[str, Any] = {}
+    resources, problems = parse_resources(document, source)
+    values: dict[str, Any] = {"resources": resources} if resources.any() else {}
     for key, value in document.items():
+        if key in RESOURCE_FIELDS:
+            continue
         if key in FIELDS:
             target, convert = key, FIELDS[key]
         elif key in ALIASES:
@@ -368,7 +376,7 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
         else:
             import difflib  # only a misspelt file pays for it
 
-            hint = difflib.get_close_matches(key, [*FIELDS, *ALIASES], n=1, cutoff=0.6)
+            hint = difflib.get_close_matches(key, [*FIELDS, *ALIASES, *RESOURCE_FIELDS], n=1, cutoff=0.6)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
             problems.append(f"{source}: unknown field {_short_repr(key)}{suggestion}")
             continue

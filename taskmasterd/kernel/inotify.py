@@ -33,15 +33,28 @@ _libc: ctypes.CDLL | None = None
 _by_loop: dict[asyncio.AbstractEventLoop, _Inotify] = {}
 
 
-def watch(directory: str, mask: int, callback: Callback, about: str | None = None) -> Watch:
+def watch(directory: str, mask: int, callback: Callback, about: str | None = None,
+          keep_open: bool = False) -> Watch:
     """Call `callback(name)` for each event of `mask` on an entry of `directory` (with `about`:
     only on the entry of that name and on `about.<anything>`); OSError if the directory cannot
-    be watched."""
+    be watched. `keep_open`: the instance stays open when its last watch goes, until
+    `release()` — for watches made and dropped many times a second (closing an inotify instance
+    waits for an RCU grace period: ~4 ms)."""
     loop = asyncio.get_running_loop()
     shared = _by_loop.get(loop)
     if shared is None:
         shared = _by_loop[loop] = _Inotify(loop)
+    shared.kept_open = shared.kept_open or keep_open
     return shared.add(directory, mask, callback, about)
+
+
+def release() -> None:
+    """The running loop's instance may close again once it has no watch (see `keep_open`)."""
+    shared = _by_loop.get(asyncio.get_running_loop())
+    if shared is not None:
+        shared.kept_open = False
+        if not shared._watches:
+            shared._close()
 
 
 class Watch:
@@ -74,6 +87,7 @@ class _Inotify:
         if fd < 0:
             raise _os_error("inotify_init1")
         self._fd = fd
+        self.kept_open = False
         self._watches: dict[int, list[Watch]] = {}  # the kernel gives one wd per directory
         self._named: dict[int, dict[str, list[Watch]]] = {}  # wd -> `about` -> the watches about it
         self._unnamed: dict[int, list[Watch]] = {}  # wd -> the watches told of every entry
@@ -110,7 +124,7 @@ class _Inotify:
                 self._named.pop(watch.wd, None)
                 self._unnamed.pop(watch.wd, None)
                 _c_library().inotify_rm_watch(self._fd, watch.wd)
-        if not self._watches:
+        if not self._watches and not self.kept_open:
             self._close()
 
     def _targets(self, wd: int, name: str | None) -> list[Watch]:

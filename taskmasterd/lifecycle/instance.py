@@ -35,6 +35,7 @@ from ..health.probes import SpawnCheck, job_check_spawner
 from ..health.state import Health
 from ..kernel.safepath import UnsafePath
 from ..observe.events import Event as Published
+from ..processes.containment import ContainmentError
 from ..processes.launch import Account
 from ..processes.logcapture import LogFile, open_capture
 from ..processes.spawner import launch_for, spawn_error_text
@@ -221,11 +222,12 @@ class Instance:
             account = self.job.account()
             env = {**self.job.environment(self.index),
                    **self.health.environment(spec, account.uid if account is not None else None)}
-            child = services.processes.spawn(launch_for(spec, env, account), child_fds[0], child_fds[-1])
+            launch = launch_for(spec, env, account, unit=f"{spec.name}.{self.index}")
+            child = services.processes.spawn(launch, child_fds[0], child_fds[-1])
         except UnsafePath as exc:
             self._post(Event(K.SPAWN_FAILED, f"unsafe log file: {exc.strerror}", final=True))
             return
-        except SpawnRefused as exc:
+        except (SpawnRefused, ContainmentError) as exc:  # the same next time: no retry
             self._post(Event(K.SPAWN_FAILED, str(exc), final=True))
             return
         except Exception as exc:  # whatever the reason, the instance says it and never hangs in STARTING
@@ -237,7 +239,7 @@ class Instance:
                     os.close(fd)
         self.child, self.logs, self.started_at = child, tuple(logs), time.monotonic()
         child.exited.add_done_callback(self._exited)
-        self._post(Event(K.SPAWNED, pid=child.pid, spawn=child.spawn_id))
+        self._post(Event(K.SPAWNED, child.holder, pid=child.pid, spawn=child.spawn_id))
 
     def _exited(self, exited: asyncio.Future[int]) -> None:
         child = self.child
@@ -245,7 +247,8 @@ class Instance:
             return
         self.child = None
         lived = time.monotonic() - (self.started_at or 0.0)
-        self._post(Event(K.EXIT, code=exited.result(), lived=lived, spawn=child.spawn_id))
+        # why: "out of memory: killed by the kernel, …" when the kernel says so, else the code says it
+        self._post(Event(K.EXIT, child.exit_reason or "", code=exited.result(), lived=lived, spawn=child.spawn_id))
 
     def _run_event(self, kind: Kind, why: str) -> None:
         child = self.child

@@ -182,7 +182,9 @@ class Job:
         for inst in self.instances[: min(old.numprocs, new.numprocs)]:
             # numprocs crossing 1 can move an instance's log file: that needs a restart too
             moved = self._log_paths(old, inst.index) != self._log_paths(new, inst.index)
-            if (spawn_changed or moved) and inst.state in _LIVE:
+            # cgroup limits change live; one whose controller the run's cgroup lacks needs a restart
+            limits_refused = inst.child is not None and not inst.child.apply_limits(new.resources)
+            if (spawn_changed or moved or limits_refused) and inst.state in _LIVE:
                 starting.append((inst, inst.command(Kind.RESTART, "restart for new settings")))
             else:
                 inst.health.update(old, new)  # readiness and health are never spawn settings

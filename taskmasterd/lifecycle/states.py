@@ -111,9 +111,10 @@ class Kind(enum.Enum):
     RESTART = "restart"
     REPAIR = "repair"
     # the process
-    SPAWNED = "spawned"  # the queued spawn ran: `pid`, `spawn`
+    SPAWNED = "spawned"  # the queued spawn ran: `pid`, `spawn`, `why` what a stop signals ("its cgroup")
     SPAWN_FAILED = "spawn-failed"  # it could not: `why`, `final` (no retry makes sense)
-    EXIT = "exit"  # the process is gone: `code` (negative: killed by that signal), `lived` seconds
+    EXIT = "exit"  # the process is gone: `code` (negative: killed by that signal), `lived` seconds,
+    # `why` what ended it when the kernel said more than the code does (the OOM killer)
     TIMER = "timer"  # the retry timer armed by `Arm` fired: `why` is the Arm's
     # what the run's watcher saw
     READY = "ready"  # stayed up for starttime, or READY=1: `why` says which
@@ -209,6 +210,7 @@ class Machine(NamedTuple):
     signal: int | None = None
     pid: int | None = None  # of the current run
     spawn: int | None = None  # ... and its spawn id
+    holder: str = "the process group"  # ... and what its stop signals, for people
     description: str = "not started"
 
     def last_exit_expected(self, policy: Policy) -> bool:
@@ -227,8 +229,8 @@ class Policy:
     stopsignal: int = int(signal.SIGTERM)
 
     @property
-    def stop_text(self) -> str:
-        return f"{signal.Signals(self.stopsignal).name} to the process group"
+    def stop_signal_name(self) -> str:
+        return signal.Signals(self.stopsignal).name
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +304,10 @@ class _Build:
     def do(self, *effects: Action) -> None:
         self.effects.extend(effects)
 
+    def stop_text(self) -> str:
+        """What a stop signal goes to: "SIGTERM to its cgroup", "SIGTERM to the process group"."""
+        return f"{self.policy.stop_signal_name} to {self.m.holder}"
+
 
 Cell = Callable[[_Build, Event], bool]  # acts on the step; True: a command acted
 
@@ -362,7 +368,7 @@ def _stop_run(b: _Build, ev: Event) -> bool:
         b.enter(S.STOPPING, ev.why)
         b.do(Effect.QUIET, Effect.KILL)
     else:
-        b.enter(S.STOPPING, f"{ev.why}: {b.policy.stop_text}")
+        b.enter(S.STOPPING, f"{ev.why}: {b.stop_text()}")
         b.do(Effect.QUIET, Effect.TERMINATE)
     return True
 
@@ -393,7 +399,7 @@ def _restart_run(b: _Build, ev: Event) -> bool:
     if not b.m.has_process:  # a queued spawn: it takes the new settings when it runs
         return _already_up(b, ev)
     b.set(wanted=True, failures=0, quick=0, then=Then.START, then_why=ev.why, restarting=True)
-    b.enter(S.STOPPING, f"{ev.why}: {b.policy.stop_text}")
+    b.enter(S.STOPPING, f"{ev.why}: {b.stop_text()}")
     b.do(Effect.QUIET, Effect.TERMINATE)
     return True
 
@@ -422,7 +428,8 @@ def _impossible(b: _Build, ev: Event) -> bool:
 def _spawned(b: _Build, ev: Event) -> bool:
     if b.m.has_process:
         raise UnexpectedEvent("a second spawn for one start")
-    b.set(has_process=True, pid=ev.pid, spawn=ev.spawn, description=f"pid {ev.pid}")
+    b.set(has_process=True, pid=ev.pid, spawn=ev.spawn, holder=ev.why or "the process group",
+          description=f"pid {ev.pid}")
     b.do(Effect.WATCH)
     return False
 
@@ -464,24 +471,28 @@ def _restart_after(b: _Build, ev: Event, why: str, cause: str) -> None:
         b.enter(S.BACKOFF, description)
         return
     if b.m.state is S.STOPPING:
-        what = describe_exit(ev.code)
+        what = _what_ended(ev)
         b.set(description=f"stopped ({what})")
         b.enter(S.STOPPED, what)
     _spawn_or_wait(b, why)
+
+
+def _what_ended(ev: Event) -> str:
+    return ev.why or describe_exit(ev.code)
 
 
 def _exit_starting(b: _Build, ev: Event) -> bool:
     if not b.m.has_process:
         raise UnexpectedEvent("an exit before the spawn")
     _exited(b, ev)
-    _failed_start(b, f"exited too soon ({describe_exit(ev.code)})")
+    _failed_start(b, f"exited too soon ({_what_ended(ev)})")
     return False
 
 
 def _exit_running(b: _Build, ev: Event) -> bool:
     _exited(b, ev)
     expected = exit_is_expected(ev.code, b.policy.exitcodes)
-    what = describe_exit(ev.code)
+    what = _what_ended(ev)
     description = f"{what} ({'expected' if expected else 'unexpected'})"
     b.set(description=description)
     b.enter(S.EXITED, description)
@@ -492,7 +503,7 @@ def _exit_running(b: _Build, ev: Event) -> bool:
 
 def _exit_stopping(b: _Build, ev: Event) -> bool:
     _exited(b, ev)
-    what = describe_exit(ev.code)
+    what = _what_ended(ev)
     then, why, replay = b.m.then, b.m.then_why, b.m.restarting
     b.set(then=Then.STAY, then_why="", restarting=False)
     if then is Then.FAIL:
@@ -536,7 +547,7 @@ def _healthy(b: _Build, ev: Event) -> bool:
 
 def _restart_run_by_daemon(b: _Build, why: str) -> None:
     b.set(then=Then.RESTART, then_why=why)
-    b.enter(S.STOPPING, f"restart: {why}: {b.policy.stop_text}")
+    b.enter(S.STOPPING, f"restart: {why}: {b.stop_text()}")
     b.do(Effect.QUIET, Effect.TERMINATE)
 
 
@@ -557,7 +568,7 @@ def _not_ready(b: _Build, ev: Event) -> bool:
     if not b.m.has_process:
         return False
     b.set(then=Then.FAIL, then_why=ev.why)
-    b.enter(S.STOPPING, f"{ev.why}: {b.policy.stop_text}")
+    b.enter(S.STOPPING, f"{ev.why}: {b.stop_text()}")
     b.do(Effect.QUIET, Effect.TERMINATE)
     return False
 

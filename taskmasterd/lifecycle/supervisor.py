@@ -45,11 +45,12 @@ from ..jobfiles.jobfile import JobFileError, JobSpec, Limits, host_errors, parse
 from ..jobfiles.jobsdir import JobsDirectory
 from ..health.notify_socket import NotifyDirectory, default_notify_path
 from ..observe.events import EventBus
+from ..processes.containment import Containment
 from ..processes.launch import Account
 from ..processes.logcapture import DEFAULT_LOG_MODE, LogFiles
 from ..processes.orphans import ChildJournal, stop_leftovers
 from ..processes.spawner import inherited_environment, lookup_account
-from ..processes.table import ProcessTable
+from ..processes.table import Child, ProcessTable
 from ..reply import REDUNDANT, SUCCESS, Reply, fail
 from ..tasks import TaskOwner, Turns, all_settled
 
@@ -105,8 +106,9 @@ class Supervisor:
     def __init__(self, jobs_dir: Path | str, log_dir: Path | str, state_dir: Path | str,
                  environ: Mapping[str, str] | None = None, *, limits: Limits = Limits(),
                  log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False, notify_dir: str | None = None,
-                 console: ConsoleStreams | None = None):
-        """`console`: container mode's, where jobs that name no log file write (None: their files)."""
+                 console: ConsoleStreams | None = None, containment: Containment | None = None):
+        """`console`: container mode's, where jobs that name no log file write (None: their files);
+        `containment`: how spawns are held (cgroup2 cells, or process groups: processes/containment.py)."""
         self.jobs_dir = os.path.abspath(jobs_dir)
         self.log_dir = os.path.abspath(log_dir)
         self.state_dir = os.path.abspath(state_dir)
@@ -120,7 +122,7 @@ class Supervisor:
         self.invalid: dict[str, str] = {}  # files that never loaded: name -> error
         self.log_files = LogFiles(log_mode)
         self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json"), self.run_id),
-                                      adopt_orphans, self.run_id)
+                                      adopt_orphans, self.run_id, containment)
         self.events = EventBus()  # every state and health change, for the `events` verb
         self._checks = TaskOwner(log)  # http and command health checks under way
         self.console = console
@@ -162,7 +164,8 @@ class Supervisor:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
             journal = self.processes.journal
             assert journal is not None
-            await stop_leftovers(journal.path)
+            await self.processes.containment.recover()  # a killed predecessor's cells
+            await stop_leftovers(journal.path)  # and the groups it journaled (process-group mode)
             self.enablement.load()
             journal.open()
             self.processes.open(asyncio.get_running_loop())
@@ -565,6 +568,15 @@ class Supervisor:
                     if file is not None:
                         counts.append((job.name, inst.index, stream, file.written, file.dropped))
         return counts
+
+    def running_children(self) -> dict[tuple[str, int], Child]:
+        """(job, instance) -> the spawn each instance runs now (for the metrics' accounting)."""
+        return {(job.name, inst.index): inst.child for job in self.jobs.values() for inst in job.instances
+                if inst.child is not None}
+
+    def containment(self) -> str:
+        """How the daemon holds what it starts: "cgroup2", or "process-group (…)"."""
+        return self.processes.containment.describe()
 
     def list(self) -> Reply:
         entries = [{"name": name, "state": job.state()} for name, job in self.jobs.items()]

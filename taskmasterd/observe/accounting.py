@@ -1,28 +1,39 @@
-"""What an instance's processes use: CPU time and memory, and their tree.
+"""What an instance's processes use: CPU time, memory, tasks, OOM kills, and their tree.
 
-`accounting` is the one function `status` and `top` ask. It reads the kernel's figures when a
-request asks for them, once per request, for the instances that request names, never on a
-timer and never per wake-up: a daemon nobody asks costs nothing. Today it reads each process of
-the instance — its leader and every descendant, found through /proc/PID/task/TID/children,
-which lists only our own children rather than scanning every process of the machine — from
-/proc/PID/stat: CPU time, threads and resident pages in one read (psutil reads the same file,
-and statm besides, at four times the cost in Python: a screenful of instances a second would
-cost the daemon more than its budget); psutil gives the command lines of a process tree. An
-instance in a cgroup of its own can later be answered from the cgroup's cpu.stat and
-memory.current behind the same function.
+`accounting` is the one function `status` (its `accounting` option), `top` and the metrics ask.
+It reads the kernel's figures when a request asks for them, for the instances that request
+names, never on a timer and never per wake-up: a daemon nobody asks costs nothing. A spawn's
+figures are kept for `FRESH` seconds, so a client that asks in a loop costs the daemon one
+reading a second per instance (`top` asks once a second anyway).
 
-CPU % is the CPU time used since the previous reading of that leader (by any request, at most
+Where the instance has a cgroup of its own (processes/containment.py), the kernel keeps the
+figures for the whole cell, whatever it forked, escapes included: `cpu.stat` (the CPU of every
+process that ever ran in it), the memory controller's usage, peak and OOM kills (v2, or v1 on a
+hybrid host) and `pids.current`; its members are read from `cgroup.procs`. Where the cell has no
+memory controller (a job without `memory_max` on a hybrid host), memory is the sum of its
+members' resident sets, and the peak and OOM kills are not known (null). Without cgroups
+(process-group mode) the instance is its leader and every descendant, found through
+/proc/PID/task/TID/children (only our own children, rather than every process of the machine),
+each read from /proc/PID/stat: CPU time, threads and resident pages in one read (psutil reads the
+same file, and statm besides, at four times the cost); psutil gives the command lines of a tree.
+
+CPU % is the CPU time used since the previous reading of that spawn (by any request, at most
 `WINDOW` seconds ago), else over its whole life.
 """
 from __future__ import annotations
 
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
-from typing import Hashable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Hashable, Mapping, TypeVar
+
+if TYPE_CHECKING:
+    from ..processes.table import Child
 
 K = TypeVar("K", bound=Hashable)
 WINDOW = 60.0  # seconds a previous reading stays the base of a CPU %
+FRESH = 1.0  # seconds a spawn's figures (without its tree) are reused
 MAX_TREE = 256  # processes followed below one leader (a fork bomb is not walked to its end)
 MAX_COMMAND = 512  # characters of a process's command line shown
 
@@ -36,37 +47,89 @@ class ProcessInfo:
 
 @dataclass(slots=True)
 class Usage:
-    cpu_seconds: float  # user + system time of every process of the tree
+    cpu_seconds: float  # user + system time of every process of the instance
     cpu_percent: float
-    memory: int  # resident bytes, summed over the tree
+    memory: int  # bytes: the memory controller's usage, else resident bytes summed
+    tasks: int  # processes and threads
+    memory_peak: int | None = None  # known with a memory controller only
+    oom_kills: int | None = None
     processes: list[ProcessInfo] = field(default_factory=list)  # with `tree`: leader first
+    _document: dict | None = None
 
     def document(self) -> dict:
-        return {"cpu_percent": round(self.cpu_percent, 1), "cpu_seconds": round(self.cpu_seconds, 3),
-                "memory": self.memory}
+        """The status fields (made once: a reused reading is asked for by every request)."""
+        if self._document is None:
+            self._document = {"cpu_percent": round(self.cpu_percent, 1), "cpu_seconds": round(self.cpu_seconds, 3),
+                              "memory_bytes": self.memory, "memory_peak_bytes": self.memory_peak,
+                              "tasks": self.tasks, "oom_kills": self.oom_kills}
+        return self._document
 
 
-# leader pid -> (its start time, CPU seconds, monotonic time of the reading)
-_previous: dict[int, tuple[float, float, float]] = {}
+# spawn (its leader's pid, or its cell) -> (its start, CPU seconds, monotonic time of the reading)
+_previous: dict[object, tuple[float, float, float]] = {}
+_fresh: weakref.WeakKeyDictionary[Child, tuple[float, Usage]] = weakref.WeakKeyDictionary()
 
 
-def accounting(leaders: Mapping[K, int], tree: bool = False) -> dict[K, Usage]:
-    """The usage of each instance whose leader's pid is given (keyed as given); instances whose
-    leader is gone are left out. `tree`: also each process's pid, parent and command."""
+def accounting(spawns: Mapping[K, Child], tree: bool = False) -> dict[K, Usage]:
+    """The usage of each spawn given (keyed as given); spawns that are gone are left out.
+    `tree`: also each process's pid, parent and command (always read afresh)."""
     now = time.monotonic()
     usages: dict[K, Usage] = {}
-    for key, pid in leaders.items():
-        usage = _usage(pid, tree, now)
+    for key, child in spawns.items():
+        kept = None if tree else _fresh.get(child)
+        if kept is not None and now - kept[0] < FRESH:
+            usages[key] = kept[1]
+            continue
+        usage = _cell_usage(child, tree, now) if child.cell is not None else _tree_usage(child, tree, now)
         if usage is not None:
             usages[key] = usage
-    for pid, (_, _, when) in list(_previous.items()):
+            _fresh[child] = (now, usage)
+    for spawn, (_, _, when) in list(_previous.items()):
         if now - when > WINDOW:
-            del _previous[pid]
+            del _previous[spawn]
     return usages
 
 
-def _usage(leader: int, tree: bool, now: float) -> Usage | None:
-    total = Usage(0.0, 0.0, 0)
+def _cell_usage(child: Child, tree: bool, now: float) -> Usage | None:
+    cell = child.cell
+    assert cell is not None
+    figures = cell.figures()
+    if figures["cpu_seconds"] is None:  # the cell is gone: the spawn ended meanwhile
+        return None
+    members = cell.member_pids()
+    memory, tasks = figures["memory_bytes"], figures["tasks"]
+    stats = {pid: stat for pid in members if (stat := _stat(pid)) is not None} \
+        if memory is None or tasks is None or tree else {}
+    usage = Usage(float(figures["cpu_seconds"]), 0.0,
+                  memory if memory is not None else sum(stat[3] for stat in stats.values()),
+                  tasks if tasks is not None else sum(stat[1] for stat in stats.values()),
+                  figures["memory_peak_bytes"], figures["oom_kills"])
+    if tree:
+        usage.processes = _cell_tree(child.pid, stats)
+    _cpu_percent(usage, cell.path, 0.0, now, child.started_at)
+    return usage
+
+
+def _cell_tree(leader: int, stats: dict[int, tuple[float, int, float, int, int]]) -> list[ProcessInfo]:
+    """The members of a cell, each after its parent, the leader's tree first, then each process
+    whose parent is outside the cell (an escape, reparented to the daemon) with its own tree."""
+    children: dict[int, list[int]] = {}
+    for pid, stat in stats.items():
+        children.setdefault(stat[4], []).append(pid)
+    roots = [leader] if leader in stats else []
+    roots += sorted(pid for pid, stat in stats.items() if stat[4] not in stats and pid != leader)
+    shown: list[ProcessInfo] = []
+    stack = list(reversed(roots))
+    while stack and len(shown) < MAX_TREE:
+        pid = stack.pop()
+        shown.append(ProcessInfo(pid, stats[pid][4], _command(pid)))
+        stack.extend(sorted(children.get(pid, ()), reverse=True))
+    return shown
+
+
+def _tree_usage(child: Child, tree: bool, now: float) -> Usage | None:
+    leader = child.pid
+    total = Usage(0.0, 0.0, 0, 0)
     started = None
     found = [(leader, 0)]
     position = 0
@@ -79,6 +142,7 @@ def _usage(leader: int, tree: bool, now: float) -> Usage | None:
         cpu, threads, begun, resident, parent = stat
         total.cpu_seconds += cpu
         total.memory += resident
+        total.tasks += threads
         if pid == leader:
             started = begun
         if tree:
@@ -87,14 +151,26 @@ def _usage(leader: int, tree: bool, now: float) -> Usage | None:
             found[position:position] = [(child, pid) for child in _children(pid, threads)][: MAX_TREE - len(found)]
     if started is None:
         return None
-    previous = _previous.get(leader)
-    if previous is not None and previous[0] == started and now - previous[2] >= 0.1:
-        total.cpu_percent = max(total.cpu_seconds - previous[1], 0.0) / (now - previous[2]) * 100
-    else:
-        total.cpu_percent = total.cpu_seconds / max(_since_boot() - started, 0.1) * 100
-    if previous is None or previous[0] != started or now - previous[2] >= 0.1:
-        _previous[leader] = (started, total.cpu_seconds, now)
+    limits = child.limits_cell  # process-group mode with a v1 memory cgroup for its memory_max
+    if limits is not None:
+        figures = limits.figures()
+        total.memory_peak, total.oom_kills = figures["memory_peak_bytes"], figures["oom_kills"]
+    _cpu_percent(total, leader, started, now, None)
     return total
+
+
+def _cpu_percent(usage: Usage, spawn: object, started: float, now: float, began: float | None) -> None:
+    """Since the previous reading of that spawn (at least 0.1 s ago), else over its life: since
+    `started` (seconds since boot) or, for a cell, `began` (monotonic)."""
+    previous = _previous.get(spawn)
+    if previous is not None and previous[0] == started and now - previous[2] >= 0.1:
+        usage.cpu_percent = max(usage.cpu_seconds - previous[1], 0.0) / (now - previous[2]) * 100
+    elif began is not None:
+        usage.cpu_percent = usage.cpu_seconds / max(now - began, 0.1) * 100
+    else:
+        usage.cpu_percent = usage.cpu_seconds / max(_since_boot() - started, 0.1) * 100
+    if previous is None or previous[0] != started or now - previous[2] >= 0.1:
+        _previous[spawn] = (started, usage.cpu_seconds, now)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -19,6 +19,10 @@ Families (labels in braces):
   scheduled job's runs by result (lifecycle/runs.py), and when its last successful run ended
 - taskmaster_control_connections, taskmaster_control_requests_total{verb,response}
 - taskmaster_colonies_processes_total{result}, taskmaster_build_info{version}, taskmaster_start_time_seconds
+- taskmaster_instance_cpu_seconds_total, ..._memory_bytes, ..._memory_peak_bytes, ..._tasks,
+  ..._oom_kills_total{job,instance}: the figures of the instance's current run (its cgroup's, or summed
+  over its processes: observe/accounting.py, read once per scrape), where known
+- taskmaster_containment_info{containment}: "cgroup2" or "process-group (no writable cgroup2: <reason>)"
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from .. import __version__
 from . import counters
+from .accounting import accounting
+from ..processes.table import Child
 from ..reply import Reply
 from ..tasks import TaskOwner
 
@@ -89,6 +95,7 @@ class Snapshot:
     colonies: dict[str, int]
     started: float
     states: tuple[str, ...]
+    containment: str = ""
 
 
 class Observed(Protocol):
@@ -103,10 +110,24 @@ class Observed(Protocol):
     def log_counts(self) -> list[tuple[str, int, str, int, int]]:
         """(job, instance, stream, bytes written, bytes dropped) of every open log file."""
 
+    def running_children(self) -> dict[tuple[str, int], Child]:
+        """(job, instance) -> the spawn it runs now."""
+
+    def containment(self) -> str:
+        """How the daemon holds what it starts: "cgroup2", or "process-group (…)"."""
+
 
 def take_snapshot(observed: Observed, connections: int, started: float) -> Snapshot:
-    return Snapshot(observed.status().value["jobs"], observed.log_counts(), connections, dict(counters.requests),
-                    dict(counters.colonies_processes), started, tuple(observed.state_names))
+    jobs = observed.status().value["jobs"]
+    spawns = observed.running_children()
+    usages = accounting(spawns) if spawns else {}  # once per scrape
+    for job in jobs:
+        for inst in job["instances"]:
+            usage = usages.get((job["name"], inst["index"]))
+            if usage is not None:
+                inst.update(usage.document())
+    return Snapshot(jobs, observed.log_counts(), connections, dict(counters.requests),
+                    dict(counters.colonies_processes), started, tuple(observed.state_names), observed.containment())
 
 
 class SnapshotCollector:
@@ -132,6 +153,8 @@ class SnapshotCollector:
         healthy = GaugeMetricFamily("taskmaster_instance_healthy",
                                     "1 when the instance's health check passes, 0 when it fails (checked instances only)",
                                     labels=_INSTANCE)
+        figures = {name: kind(f"taskmaster_instance_{metric}", text, labels=_INSTANCE)
+                   for name, (kind, metric, text) in _FIGURES.items()}
         for job in snapshot.jobs:
             invalid.add_metric([job["name"]], 1 if job.get("error") else 0)
             for inst in job["instances"]:
@@ -147,7 +170,11 @@ class SnapshotCollector:
                 verdict = inst.get("health")
                 if verdict in ("healthy", "unhealthy"):
                     healthy.add_metric(labels, 1 if verdict == "healthy" else 0)
-        yield from (state, restarts, uptime, exit_code, exit_signal, invalid, healthy, *_run_families(snapshot.jobs))
+                for name, family in figures.items():
+                    if inst.get(name) is not None:
+                        family.add_metric(labels, inst[name])
+        yield from (state, restarts, uptime, exit_code, exit_signal, invalid, healthy, *figures.values(),
+                    *_run_families(snapshot.jobs))
         labels = [*_INSTANCE, "stream"]
         written = CounterMetricFamily("taskmaster_log_written_bytes", "bytes captured into the open log file",
                                       labels=labels)
@@ -169,7 +196,18 @@ class SnapshotCollector:
         started = GaugeMetricFamily("taskmaster_start_time_seconds", "Unix time the daemon started")
         started.add_metric([], snapshot.started)
         yield from (written, dropped, connections, requests, colonies, started,
-                    InfoMetricFamily("taskmaster_build", "the daemon's version", value={"version": __version__}))
+                    InfoMetricFamily("taskmaster_build", "the daemon's version", value={"version": __version__}),
+                    InfoMetricFamily("taskmaster_containment", "how the daemon holds what it starts",
+                                     value={"containment": snapshot.containment}))
+
+
+_FIGURES = {  # status field -> (family kind, metric name, help)
+    "cpu_seconds": (CounterMetricFamily, "cpu_seconds", "CPU seconds used by the current run, all its processes"),
+    "memory_bytes": (GaugeMetricFamily, "memory_bytes", "memory of the current run, all its processes"),
+    "memory_peak_bytes": (GaugeMetricFamily, "memory_peak_bytes", "the most memory the current run held"),
+    "tasks": (GaugeMetricFamily, "tasks", "processes and threads of the current run"),
+    "oom_kills": (CounterMetricFamily, "oom_kills", "processes of the current run the OOM killer ended"),
+}
 
 
 def _run_families(jobs: list[dict]) -> tuple[Metric, Metric]:

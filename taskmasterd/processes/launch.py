@@ -9,6 +9,8 @@ import signal
 from dataclasses import dataclass
 from typing import Mapping
 
+from ..jobfiles.resources import NO_RESOURCES, Resources
+
 # Set by the process table in every spawn's environment, after everything else (a job's own `env`
 # cannot forge them): the daemon run that started it (orphans.py), and the spawn itself, unique in
 # that run. Together they mark a spawn's descendants after they escaped its process group.
@@ -37,3 +39,5 @@ class Launch:
     account: Account | None = None  # whose ids it runs with (None: the daemon's)
     stopsignal: int = int(signal.SIGTERM)
     stoptime: float = 10.0
+    unit: str = "spawn"  # what its cgroup is named after ("web.0")
+    resources: Resources = NO_RESOURCES

@@ -28,6 +28,7 @@ from typing import Iterable
 
 import orjson
 
+from ..kernel import pidfd
 from .launch import RUN_VARIABLE
 
 log = logging.getLogger("taskmasterd.orphans")
@@ -35,6 +36,9 @@ MAX_JOURNAL = 16 * 1024 * 1024  # bytes of a predecessor's journal we are willin
 ESCAPE_STOPTIME = 1.0  # seconds an escape gets between SIGTERM and SIGKILL (its job's is not known)
 COMPACT_AFTER = 4096  # journal lines beyond twice the live groups before it is rewritten
 LEFTOVER_GRACE_CAP = 10.0  # a leftover's recorded stoptime, but never longer than this
+# Built once: signal.valid_signals() makes 64 enum members per call, which was 95% of the time
+# of reading a journal (70 µs a line: a 95 000-line journal held the first answer 6.7 s).
+_VALID_SIGNALS = frozenset(int(sig) for sig in signal.valid_signals())
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -128,13 +132,24 @@ class ChildJournal:
             self._rewrite()
 
     def _append(self, lines: bytes, count: int) -> None:
+        """Whole lines in one O_APPEND write (no torn interleaving). A write that failed or went in
+        part (a full disk) leaves the file behind the records kept here: from then on the journal
+        is rewritten whole (atomically) at each record until that succeeds, never appended to
+        after a torn line, which would make every later record unreadable."""
         if self._fd < 0:
             return
+        if self._failed:
+            self._rewrite()
+            return
         try:
-            os.write(self._fd, lines)  # O_APPEND, whole lines in one write: no torn interleaving
-            self._lines += count
+            written = os.write(self._fd, lines)
         except OSError as exc:
             self._complain(exc)
+            return
+        if written < len(lines):
+            self._complain(OSError(errno.ENOSPC, f"wrote {written} of {len(lines)} bytes"))
+            return
+        self._lines += count
 
     def _rewrite(self, closing: bool = False) -> None:
         tmp = f"{self.path}.tmp"
@@ -142,7 +157,9 @@ class ChildJournal:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, b"".join([*header, *self._live.values()]))
+                whole = b"".join([*header, *self._live.values()])
+                if os.write(fd, whole) < len(whole):  # never put a cut journal in place
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
@@ -152,12 +169,14 @@ class ChildJournal:
             return
         if self._fd >= 0:
             os.close(self._fd)
+        if self._failed:
+            log.warning("recording children in %s again: every live one is in it", self.path)
         self._fd, self._lines, self._failed = fd, len(self._live), False
 
     def _complain(self, exc: OSError) -> None:
         if not self._failed:
-            log.warning("cannot record children in %s: %s (a daemon killed now would leave them running)",
-                        self.path, exc.strerror or exc)
+            log.warning("cannot record children in %s: %s (a daemon killed now would leave them running; "
+                        "the journal is rewritten whole once it can be)", self.path, exc.strerror or exc)
             self._failed = True
 
     def close(self) -> None:
@@ -171,11 +190,21 @@ class ChildJournal:
 
 @dataclass(frozen=True)
 class Leftover:
-    pgid: int  # the group signalled; with `whole_group` False, the one process
+    pgid: int  # the group signalled (through its leader's pidfd); with `whole_group` False, the one process
     stopsignal: int
     stoptime: float
     members: tuple[int, ...]
     whole_group: bool = True
+    # What the process signalled must still be when the signal goes (seen with its pidfd open):
+    # ("identity", recorded) — the journaled leader itself; ("mark", run) — a process started
+    # with that run's id in its environment.
+    proof: tuple[str, str] = ("mark", "")
+
+    def holds(self, pid: int) -> bool:
+        kind, value = self.proof
+        if kind == "identity":
+            return _identity_like(pid, value) == value
+        return bool(value) and (RUN_VARIABLE, value) in environment_of(pid)
 
 
 @dataclass(frozen=True)
@@ -228,7 +257,7 @@ def _entry(line: bytes) -> tuple | None:
             and value[1].isalnum() and 0 < len(value[1]) <= 64:
         return ("run", value[1])
     if value[0] == "+" and len(value) == 5 and _positive_int(value[1]) and _identity_text(value[2]) \
-            and isinstance(value[3], int) and value[3] in signal.valid_signals() \
+            and isinstance(value[3], int) and value[3] in _VALID_SIGNALS \
             and isinstance(value[4], (int, float)) and 0 <= value[4] < float("inf"):
         return ("+", value[1], value[2], value[3], float(value[4]))
     return None
@@ -269,10 +298,15 @@ def find_leftovers(journal: dict[int, tuple[str, int, float]], run: str | None =
     found = []
     for pgid, members in groups.items():
         recorded, stopsignal, stoptime = journal[pgid]
+        stoptime = min(stoptime, LEFTOVER_GRACE_CAP)
         leader = _identity_like(pgid, recorded)
-        if leader is not None and leader != recorded:
-            continue
-        found.append(Leftover(pgid, stopsignal, min(stoptime, LEFTOVER_GRACE_CAP), tuple(members)))
+        if leader == recorded:  # the leader itself: its group is ours
+            found.append(Leftover(pgid, stopsignal, stoptime, tuple(members), proof=("identity", recorded)))
+        elif leader is None and run is not None:
+            # The leader died while no daemon ran, so its pid may be a new process's group now
+            # (a daemonizer: setsid, fork, exit). Only members started by that run are ours.
+            found.extend(Leftover(pid, stopsignal, stoptime, (pid,), whole_group=False, proof=("mark", run))
+                         for pid in members if (RUN_VARIABLE, run) in environment_of(pid))
     if run is not None:
         found.extend(_escapes_of_run(run, outside))
     return found
@@ -285,9 +319,10 @@ def _escapes_of_run(run: str, groups: dict[int, list[int]]) -> list[Leftover]:
     for pgid, members in groups.items():
         marked = [pid for pid in members if pid != own and mark in environment_of(pid)]
         if pgid in marked:  # it leads its group (setsid): the group goes with it
-            found.append(Leftover(pgid, signal.SIGTERM, ESCAPE_STOPTIME, tuple(members)))
+            found.append(Leftover(pgid, signal.SIGTERM, ESCAPE_STOPTIME, tuple(members), proof=("mark", run)))
         else:
-            found.extend(Leftover(pid, signal.SIGTERM, ESCAPE_STOPTIME, (pid,), whole_group=False) for pid in marked)
+            found.extend(Leftover(pid, signal.SIGTERM, ESCAPE_STOPTIME, (pid,), whole_group=False, proof=("mark", run))
+                         for pid in marked)
     return found
 
 
@@ -333,13 +368,9 @@ async def stop_leftovers(path: str) -> int:
 
 
 def _signal(leftover: Leftover, sig: int) -> None:
-    try:
-        if leftover.whole_group:
-            os.killpg(leftover.pgid, sig)
-        else:
-            os.kill(leftover.pgid, sig)
-    except ProcessLookupError:
-        pass
+    """Through the pidfd of the process (or group leader) named, once it is seen to be still the
+    one found: a pid that changed hands meanwhile is never signalled."""
+    pidfd.signal_if(leftover.pgid, sig, leftover.holds, group=leftover.whole_group)
 
 
 async def wait_gone(pids: list[int], timeout: float) -> None:

@@ -38,25 +38,49 @@ def lookup_account(user: str) -> Account:
         uid=entry.pw_uid,
         gid=entry.pw_gid,
         groups=tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),
-        env=(("HOME", entry.pw_dir), ("USER", entry.pw_name), ("LOGNAME", entry.pw_name)),
+        env=(("HOME", entry.pw_dir), ("USER", entry.pw_name), ("LOGNAME", entry.pw_name),
+             ("SHELL", entry.pw_shell or "/bin/sh")),
     )
 
 
+# What a login gives (login(1), su -l): the PATH of /etc/login.defs' ENV_PATH and ENV_SUPATH.
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_LANG = "C.UTF-8"
+
+
+def login_environment(account: Account, daemon_env: Mapping[str, str]) -> dict[str, str]:
+    """A job of another user starts from what a login would give that user: HOME, USER, LOGNAME,
+    SHELL, a default PATH, and the daemon's LANG (or C.UTF-8) — nothing else of the daemon's."""
+    return {**dict(account.env), "PATH": ROOT_PATH if account.uid == 0 else USER_PATH,
+            "LANG": daemon_env.get("LANG") or DEFAULT_LANG}
+
+
 def child_environment(spec: JobSpec, base: Mapping[str, str], account: Account | None,
-                      extra: Mapping[str, str] = {}) -> dict[str, str]:
-    env = dict(base)
-    if account is not None:
-        env.update(account.env)
+                      extra: Mapping[str, str] = {}, daemon_uid: int | None = None) -> dict[str, str]:
+    """The rule: a job that runs as the daemon's own user inherits the daemon's environment
+    (`base`: less its Colonies keys and service-manager plumbing); a job of another `user` starts
+    from `login_environment` unless its file says `"inherit_env": true`. Then its `env`, then
+    `extra` (the daemon's TASKMASTER_* variables)."""
+    uid = os.geteuid() if daemon_uid is None else daemon_uid
+    if account is not None and account.uid != uid and not spec.inherit_env:
+        env = login_environment(account, base)
+    else:
+        env = dict(base)
+        if account is not None:
+            env.update(account.env)
     env.update(spec.env)
     env.update(extra)
     return env
 
 
 def launch_for(spec: JobSpec, env: Mapping[str, str], account: Account | None,
-               extra_args: tuple[str, ...] = ()) -> Launch:
-    """`account`: the spec's user resolved (Job.account), or None when it has none."""
+               extra_args: tuple[str, ...] = (), unit: str | None = None) -> Launch:
+    """`account`: the spec's user resolved (Job.account), or None when it has none; `unit`: what
+    the spawn's cgroup is named after (default: the job's name)."""
     return Launch(argv=(*spec.argv, *extra_args), env=env, cwd=spec.workingdir, umask=spec.umask,
-                  account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime)
+                  account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime,
+                  unit=unit or spec.name, resources=spec.resources)
 
 
 def spawn_error_text(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ import subprocess
 import threading
 from typing import TYPE_CHECKING
 
-from .start import Started, start_process
+from .start import Placement, Started, start_process
 
 if TYPE_CHECKING:
     from .launch import Launch
@@ -38,7 +38,7 @@ CLONE_FILES = 0x400
 class SpawnThread:
     def __init__(self, wakeup_fd: int) -> None:
         """`wakeup_fd`: the loop's signal wake-up fd (signal.set_wakeup_fd), or -1."""
-        self._requests: queue.SimpleQueue[tuple[Launch, str | None] | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[Launch, str | None, Placement | None] | None] = queue.SimpleQueue()
         self._replies: queue.SimpleQueue[Started | BaseException] = queue.SimpleQueue()
         # Made before the thread unshares, so each table holds both ends; each side closes the
         # end it does not use.
@@ -54,14 +54,16 @@ class SpawnThread:
             self._ours.close()
             raise self._failure
 
-    def start(self, launch: Launch, program: str | None, stdout: int, stderr: int) -> Started:
+    def start(self, launch: Launch, program: str | None, stdout: int, stderr: int,
+              placement: Placement | None = None) -> Started:
         """process_start.start_process in the thread, with stdin on /dev/null and these two
-        descriptors (the loop's, or subprocess.DEVNULL). Raises what it raises."""
+        descriptors (the loop's, or subprocess.DEVNULL), placed by the thread that forks. Raises
+        what it raises."""
         streams = (stdout, stderr)
         passed = [fd for fd in streams if fd >= 0]
         which = bytes(index for index, fd in enumerate(streams) if fd >= 0)
         socket.send_fds(self._ours, [which or b"-"], passed)
-        self._requests.put((launch, program))
+        self._requests.put((launch, program, placement))
         reply = self._replies.get()
         if isinstance(reply, BaseException):
             raise reply
@@ -99,7 +101,8 @@ class SpawnThread:
             low = keep + 1
         return socket.socket(fileno=ours)
 
-    def _spawn(self, requests: socket.socket, launch: Launch, program: str | None) -> Started | BaseException:
+    def _spawn(self, requests: socket.socket, launch: Launch, program: str | None,
+               placement: Placement | None) -> Started | BaseException:
         try:
             which, fds, _, _ = socket.recv_fds(requests, 2, 2)
         except BaseException as exc:
@@ -109,7 +112,7 @@ class SpawnThread:
             os.set_inheritable(fd, False)  # as received they are not: the child must get only the copy
             streams[index] = fd
         try:
-            return start_process(launch, program, subprocess.DEVNULL, *streams)
+            return start_process(launch, program, subprocess.DEVNULL, *streams, placement=placement)
         except BaseException as exc:
             return exc
         finally:

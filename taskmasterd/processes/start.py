@@ -12,10 +12,11 @@ gets its three streams and nothing else, as with Popen's close_fds.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, ContextManager, Protocol
 
 
 if TYPE_CHECKING:
@@ -55,10 +56,20 @@ class SpawnedProcess:
         return self.returncode
 
 
-def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int) -> Started:
+Placement = Callable[[], ContextManager[None]]  # puts the forking thread where the child must be born
+
+
+def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int,
+                  placement: Placement | None = None) -> Started:
     """Start `launch` in a new session with these standard streams (fds, or subprocess.DEVNULL).
-    `program`: the file argv[0] names, when it was found on PATH. Raises what Popen raises when the
-    program cannot run."""
+    `program`: the file argv[0] names, when it was found on PATH; `placement`: entered around the
+    fork (a cgroup cell: the child inherits the forking thread's cgroups). Raises what Popen
+    raises when the program cannot run."""
+    with placement() if placement is not None else contextlib.nullcontext():
+        return _start(launch, program, stdin, stdout, stderr)
+
+
+def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int) -> Started:
     path = program if program is not None else launch.argv[0] if "/" in launch.argv[0] else None
     if path is not None and launch.cwd is None and launch.umask is None and launch.account is None:
         actions = [_stream_action(fd, target) for target, fd in enumerate((stdin, stdout, stderr))]

@@ -1,22 +1,24 @@
 """The one owner of every process the daemon starts: job instances, Colonies runs, health checks.
 
 `ProcessTable.spawn` is the only way a process is started. Each becomes a `Child` that the table
-holds until it is reaped, and it is journaled for crash recovery before anything else can happen
-to it: at the end of the spawn slice it was made in, before the loop runs any other callback (a
-reap, a verb, a signal). Until it is reaped its pid cannot be reused, so its identity read then is
-its own; read once the exec has settled it costs a third less, and the slice's lines go in one
-write. Every stop goes through `Child.terminate` (stop signal to the group, SIGKILL after the
-grace), and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
+holds until the spawn is entirely gone. With cgroups (containment.py) the spawn is born in a cell
+of its own, which is its record for crash recovery and holds whatever it forks. Without, it is
+journaled before anything else can happen to it: at the end of the spawn slice it was made in,
+before the loop runs any other callback (a reap, a verb, a signal). Until it is reaped its pid
+cannot be reused, so its identity read then is its own; read once the exec has settled it costs
+a third less, and the slice's lines go in one write. Every stop goes through `Child.terminate`
+(stop signal to the cell or group through pidfds, SIGKILL — `cgroup.kill` — after the grace),
+and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
 shutdown. Spawns are queued and run a few milliseconds' worth at a time, so starting 1000
 instances never freezes the loop.
 
 Every spawn has an id of its own (`Child.spawn_id`, unique in the daemon run), set with the run's
 id in its environment after everything else (SPAWN_VARIABLE, RUN_VARIABLE), so a job's `env`
 cannot forge either. With `adopt_orphans` (the daemon, not in-process tests) the process is a child
-subreaper: a grandchild that double-forks or calls setsid is reparented to it, reaped when it
-exits, and stopped with the spawn it came from — recognised by those two variables, which it
-inherited. The clean-up of a spawn that ended therefore never reaches the next spawn of the same
-instance.
+subreaper: a grandchild that double-forks or calls setsid is reparented to it and reaped when it
+exits; without cgroups it is stopped with the spawn it came from — recognised by those two
+variables, which it inherited. The clean-up of a spawn that ended therefore never reaches the
+next spawn of the same instance (with cgroups, the next spawn has another cell).
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Mapping
 
+from ..jobfiles.resources import RLIMITS, Resources, memory_text
+from ..kernel import pidfd
+from ..kernel.cgroup import Layout
+from .containment import Cell, Containment, ContainmentError
 from .orphans import ESCAPE_STOPTIME, ChildJournal, environment_of, identity, wait_gone
 from .start import Started, start_process
 from .launch import RUN_VARIABLE, SPAWN_VARIABLE, Launch
@@ -57,78 +63,127 @@ class SpawnRefused(Exception):
 
 
 class Child:
-    """A spawned process group leader. `exited` resolves with subprocess's returncode (negative:
-    killed by that signal) as soon as SIGCHLD reports the exit; by then whatever the leader left in
-    its group has been SIGKILLed. No descriptor is held per child: each one would be copied into
-    every later fork, making a spawn cost grow with the number of children (10 000 pidfds make it
-    four times slower)."""
+    """A spawn: its leader (`pid`) and, with cgroups, its cell. `exited` resolves with
+    subprocess's returncode (negative: killed by that signal) once the spawn is entirely gone: the
+    leader reaped and whatever it left SIGKILLed — with cgroups, once its cell is empty. No
+    descriptor is held per child while it runs: each one would be copied into every later fork,
+    making a spawn cost grow with the number of children (10 000 pidfds make it four times
+    slower); a signal opens the leader's pidfd for the moment it takes."""
 
     def __init__(self, table: ProcessTable, started: Started, launch: Launch, spawn_id: int,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, cell: Cell | None = None) -> None:
         self.pid = started.pid
         self.launch = launch
         self.spawn_id = spawn_id
+        self.cell = cell if cell is not None and cell.path is not None else None  # containing cell
+        self.limits_cell = cell  # v1 limits without containment, in process-group mode
+        self.exit_reason: str | None = None  # set when the kernel's OOM killer ended it
         self._table = table
         self._process = started
         self._loop = loop
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._returncode: int | None = None
+        self.started_at = time.monotonic()
         self.exited: asyncio.Future[int] = loop.create_future()
 
     def _reap(self) -> None:
         """Called once the leader is a zombie (seen with WNOWAIT): its pid cannot be reused yet, so
-        its group is SIGKILLed first — the signal can never reach a recycled process group."""
-        if self.exited.done():
+        what it leaves is SIGKILLed first — its cell, or its group, which then cannot be a recycled
+        one."""
+        if self._returncode is not None:
             return
-        if not self._table.draining_orphans:  # else drain() stops what is left, all at once
+        if self.cell is not None:
+            self.cell.kill()
+        elif not self._table.draining_orphans:  # else drain() stops what is left, all at once
             self.signal_group(signal.SIGKILL)
         returncode = self._process.poll()  # reaps it (a Popen then never waits on it again)
         if returncode is None:
             return
+        self._returncode = returncode
+        self._table._leader_reaped(self)
+        if self.cell is not None:
+            self.cell.when_empty(self._finish)
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.exited.done():
+            return
         self._cancel_kill_timer()
+        oom_cell = self.cell or self.limits_cell
+        if oom_cell is not None and oom_cell.resources.memory_max is not None and oom_cell.oom_kills():
+            self.exit_reason = (f"out of memory: killed by the kernel, memory_max "
+                                f"{memory_text(oom_cell.resources.memory_max)}")
+        if oom_cell is not None:
+            oom_cell.remove()
         self._table._ended(self)
-        self.exited.set_result(returncode)
+        assert self._returncode is not None
+        self.exited.set_result(self._returncode)
+
+    @property
+    def holder(self) -> str:
+        """What a stop signals, for people: "its cgroup" or "the process group"."""
+        return "its cgroup" if self.cell is not None else "the process group"
 
     def signal_group(self, sig: int) -> bool:
-        """Signal the whole process group; False when nothing of it is left."""
-        try:
-            os.killpg(self.pid, sig)
-            return True
-        except ProcessLookupError:
+        """Signal the whole spawn (its cell, else its process group) through pidfds; False when
+        nothing of it is left."""
+        if self.cell is not None:
+            return self.cell.signal(sig)
+        if self._returncode is not None:  # reaped: the number may be another process's now
             return False
+        try:
+            return pidfd.signal_child(self.pid, sig, group=True)
         except PermissionError:  # a group member changed user; still try the leader
-            try:
-                os.kill(self.pid, sig)
-                return True
-            except ProcessLookupError:
-                return False
+            return pidfd.signal_child(self.pid, sig)
 
     def terminate(self, sig: int | None = None, grace: float | None = None) -> asyncio.Future[int]:
-        """The one stop path: `sig` (default: the launch's stop signal) to the group and to its
-        escapes, SIGKILL after `grace` (default: its stoptime). Returns `exited`."""
+        """The one stop path: `sig` (default: the launch's stop signal) to the spawn (its cell,
+        or its group and its escapes), SIGKILL after `grace` (default: its stoptime). Returns
+        `exited`."""
         if self.exited.done():
             return self.exited
         sig = self.launch.stopsignal if sig is None else sig
         grace = self.launch.stoptime if grace is None else grace
         self.signal_group(sig)
-        self._table._signal_escapes(self, sig)
+        if self.cell is None:
+            self._table._signal_escapes(self, sig)
         if self._kill_timer is None:
             self._kill_timer = self._loop.call_later(grace, self.kill)
         return self.exited
 
     def kill(self) -> asyncio.Future[int]:
-        """SIGKILL to the group and its escapes now."""
+        """SIGKILL to the whole spawn now: `cgroup.kill`, or its group and its escapes."""
         self._cancel_kill_timer()
         if not self.exited.done():
-            self.signal_group(signal.SIGKILL)
-            self._table._signal_escapes(self, signal.SIGKILL)
+            if self.cell is not None:
+                self.cell.kill()
+            else:
+                self.signal_group(signal.SIGKILL)
+                self._table._signal_escapes(self, signal.SIGKILL)
         return self.exited
 
     async def stop(self, sig: int, grace: float) -> int:
         return await self.terminate(sig, grace)
 
     def kill_leftovers(self) -> None:
-        """SIGKILL what is left of the group (the leader's exit already did it; harmless again)."""
-        self.signal_group(signal.SIGKILL)
+        """SIGKILL what is left of the spawn (the leader's exit already did it; harmless again)."""
+        if self.cell is not None:
+            self.cell.kill()
+        else:
+            self.signal_group(signal.SIGKILL)
+
+    def apply_limits(self, resources: Resources) -> bool:
+        """A reload's new cgroup limits, live; False when they need a restart (a controller the
+        spawn's cell was made without)."""
+        cell = self.cell or self.limits_cell
+        if cell is None:
+            return not resources.controllers()
+        try:
+            return cell.apply(resources)
+        except OSError as exc:
+            log.warning("cannot change the limits of pid %d live: %s", self.pid, exc.strerror)
+            return False
 
     def _cancel_kill_timer(self) -> None:
         if self._kill_timer is not None:
@@ -169,12 +224,14 @@ def raise_fd_limit() -> None:
 
 class ProcessTable:
     def __init__(self, journal: ChildJournal | None = None, adopt_orphans: bool = False,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, containment: Containment | None = None) -> None:
+        self.containment = containment or Containment(Layout(None), "", "an in-process process table")
         self.journal = journal
         self.adopt_orphans = adopt_orphans
         self.run_id = run_id or secrets.token_hex(8)
         self._last_spawn_id = 0
         self.children: dict[int, Child] = {}
+        self._emptying: set[Child] = set()  # leader reaped, its cell not yet empty
         self.closing = False
         self._abandoned: dict[int, Started] = {}  # failed after the fork: killed, to reap
         self._queue: deque[SpawnTicket] = deque()
@@ -223,7 +280,7 @@ class ProcessTable:
         self.closing = True
         for ticket in self._queue:
             ticket.cancel()
-        exits = [child.terminate() for child in list(self.children.values())]
+        exits = [child.terminate() for child in [*self.children.values(), *self._emptying]]
         if exits:
             await asyncio.wait(exits)
         if self.adopt_orphans:
@@ -238,6 +295,8 @@ class ProcessTable:
         if self._spawn_thread is not None:
             self._spawn_thread.close()
             self._spawn_thread = None
+        if self.closing:
+            self.containment.close()
 
     # --- spawning -------------------------------------------------------------------------------
 
@@ -276,8 +335,9 @@ class ProcessTable:
             await self._queue_empty.wait()
 
     def spawn(self, launch: Launch, stdout: int, stderr: int) -> Child:
-        """Start `launch` in a new session. `stdout`/`stderr` are fds or subprocess.DEVNULL.
-        Raises SpawnRefused when closing, and what Popen raises when it cannot start."""
+        """Start `launch` in a new session (and a cell of its own, with cgroups). `stdout`/`stderr`
+        are fds or subprocess.DEVNULL. Raises SpawnRefused when closing, ContainmentError when its
+        limits cannot be had, and what Popen raises when it cannot start."""
         if self.closing:
             raise SpawnRefused("taskmasterd is shutting down")
         self.open(asyncio.get_running_loop())
@@ -286,21 +346,36 @@ class ProcessTable:
         spawn_id = self._last_spawn_id
         launch = dataclasses.replace(launch, env={**launch.env, RUN_VARIABLE: self.run_id,
                                                   SPAWN_VARIABLE: str(spawn_id)})
+        cell = self.containment.cell(launch.unit, self.run_id, spawn_id, launch.resources,
+                                     launch.stopsignal, launch.stoptime)
+        placement = cell.placed if cell is not None else None
         thread = self._spawn_thread_for(stdout, stderr)
         try:
             if thread is not None:
-                started = thread.start(launch, program, stdout, stderr)
+                started = thread.start(launch, program, stdout, stderr, placement)
             else:
-                started = start_process(launch, program, subprocess.DEVNULL, stdout, stderr)
-        except OSError:
-            self._programs.pop((launch.argv[0], launch.env.get("PATH")), None)  # moved or gone: look again
+                started = start_process(launch, program, subprocess.DEVNULL, stdout, stderr, placement)
+        except BaseException as exc:
+            if cell is not None:
+                cell.remove()
+            if isinstance(exc, OSError):
+                self._programs.pop((launch.argv[0], launch.env.get("PATH")), None)  # moved or gone: look again
             raise
-        self._give_original_nofile(started.pid)  # first: the program runs already
         try:
-            return self._register(started, launch, spawn_id)
+            self._give_start_settings(started.pid, launch)  # first: the program runs already
+            if cell is not None and launch.resources.controllers():
+                self._give_limits(cell, launch.resources)  # now that the daemon is out of the cell
+            return self._register(started, launch, spawn_id, cell)
         except BaseException:
-            self._abandon(started)
+            self._abandon(started, cell)
             raise
+
+    @staticmethod
+    def _give_limits(cell: Cell, resources: Resources) -> None:
+        try:
+            cell.apply(resources)
+        except OSError as exc:  # v1 refuses a memory limit below what it already uses
+            raise ContainmentError(f"cannot set its limits: {exc.strerror or exc}") from None
 
     def _spawn_thread_for(self, *streams: int) -> SpawnThread | None:
         """The spawn thread when this spawn should go through it: when the daemon holds enough
@@ -322,8 +397,10 @@ class ProcessTable:
                          exc.strerror)
         return self._spawn_thread
 
-    def _register(self, started: Started, launch: Launch, spawn_id: int) -> Child:
-        child = self.children[started.pid] = Child(self, started, launch, spawn_id, asyncio.get_running_loop())
+    def _register(self, started: Started, launch: Launch, spawn_id: int, cell: Cell | None) -> Child:
+        child = self.children[started.pid] = Child(self, started, launch, spawn_id, asyncio.get_running_loop(), cell)
+        if child.cell is not None:
+            return child  # the cell is its record: nothing to journal
         if self._unjournaled is not None:
             self._unjournaled[child.pid] = child
         else:
@@ -353,29 +430,55 @@ class ProcessTable:
             self._programs[key] = shutil.which(name, path=key[1] if key[1] is not None else os.defpath)
         return self._programs[key]
 
-    def _give_original_nofile(self, pid: int) -> None:
-        """The child runs with the descriptor limit the daemon was started with, not the one the
-        daemon raised for itself (select()-based programs and fd-closing loops need it). Set from
-        outside right after the exec (neither posix_spawn nor Popen has an rlimit setting, and a
-        preexec_fn would cost vfork): a program that looks at its limit in its first instants may
-        see the raised one."""
+    def _give_start_settings(self, pid: int, launch: Launch) -> None:
+        """The job's rlimits, nice and oom_score_adjust, and otherwise the descriptor limit the
+        daemon was started with, not the one it raised for itself (select()-based programs and
+        fd-closing loops need it). Set from outside right after the exec (neither posix_spawn nor
+        Popen has such settings, and a preexec_fn would cost vfork): a program that looks at them
+        in its first instants may see the daemon's. One the kernel refuses fails the start."""
+        resources = launch.resources
+        limits = {RLIMITS[name]: (soft, hard) for name, soft, hard in resources.rlimits}
+        if self._nofile_raised:
+            limits.setdefault(resource.RLIMIT_NOFILE, self.nofile_limit)
         try:
-            if self._nofile_raised:
-                resource.prlimit(pid, resource.RLIMIT_NOFILE, self.nofile_limit)
-        except (OSError, ValueError):
-            pass  # already gone, or a setuid program we may not touch
+            for which, value in limits.items():
+                resource.prlimit(pid, which, value)
+            if resources.nice is not None:
+                os.setpriority(os.PRIO_PROCESS, pid, resources.nice)
+            if resources.oom_score_adjust is not None:
+                with open(f"/proc/{pid}/oom_score_adj", "w") as adj:
+                    adj.write(str(resources.oom_score_adjust))
+        except (OSError, ValueError) as exc:
+            if not resources.any() and not isinstance(exc, ValueError):
+                return  # already gone, or a setuid program we may not touch: only nofile was asked
+            raise ContainmentError(f"cannot give it its rlimits, nice or oom_score_adjust: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
 
-    def _abandon(self, started: Started) -> None:
-        """A process we could not take in (a failure after the fork): SIGKILL its group and reap it
-        from SIGCHLD, so it is neither left running nor left a zombie."""
+    def _abandon(self, started: Started, cell: Cell | None = None) -> None:
+        """A process we could not take in (a failure after the fork): SIGKILL its cell or group
+        and reap it from SIGCHLD, so it is neither left running nor left a zombie. An abandoned
+        cell is removed with the subtree (shutdown, or the next daemon)."""
         self.children.pop(started.pid, None)
-        with _suppress_gone():
-            os.killpg(started.pid, signal.SIGKILL)
+        if cell is not None and cell.path is not None:
+            cell.kill()
+        else:
+            with _suppress_gone():
+                pidfd.signal_child(started.pid, signal.SIGKILL, group=True)
         self._abandoned[started.pid] = started
         self._reap_others()
 
+    def _leader_reaped(self, child: Child) -> None:
+        """Its pid is free again: the table no longer knows the spawn by it."""
+        if self.children.get(child.pid) is child:
+            del self.children[child.pid]
+        self._emptying.add(child)
+
     def _ended(self, child: Child) -> None:
-        self.children.pop(child.pid, None)
+        self._emptying.discard(child)
+        if self.children.get(child.pid) is child:
+            del self.children[child.pid]
+        if child.cell is not None:
+            return  # nothing journaled, and no escape outside the cell
         if self._unjournaled is not None:  # reaped in its own slice (an abandoned spawn's reap)
             self._unjournaled.pop(child.pid, None)
         if self.journal is not None:
@@ -542,10 +645,7 @@ def _orphans(children: Mapping[int, Child], abandoned: Mapping[int, object]) -> 
 
 
 def _signal_orphan(pid: int, sig: int) -> None:
-    """An escape usually leads its own group (setsid): signal the group, else the process."""
+    """An escape (our child now, not reaped: its pid is its own) usually leads its own group
+    (setsid): signal the group it leads, else the process; through its pidfd."""
     with _suppress_gone():
-        pgid = os.getpgid(pid)
-        if pgid != os.getpgid(0):
-            os.killpg(pgid, sig)
-        else:
-            os.kill(pid, sig)
+        pidfd.signal_child(pid, sig, group=os.getpgid(pid) == pid)
