@@ -10,7 +10,7 @@ import os
 import sys
 
 from taskmasterd import __version__
-from taskmasterd.control.reply import Reply
+from taskmasterd.reply import Reply
 
 from .session import EXIT_FAIL, EXIT_INVALID, EXIT_NOT_AS_WANTED, Session
 
@@ -38,7 +38,9 @@ def act(verb: str) -> Runner:
     def run(session: Session, args: Namespace) -> None:
         job = selector(args.job)
         options = b'{"report":true,"force":true}' if getattr(args, "force", False) else REPORT
-        session.report(verb_name(verb), job, session.client.request(verb, job, options, nowait=args.nowait))
+        deps = getattr(args, "with_deps", False)  # start only; a quick parse leaves it out
+        session.report(verb_name(verb), job, session.client.request(verb, job, options, nowait=args.nowait,
+                                                                    deps=deps))
     return run
 
 

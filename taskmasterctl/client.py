@@ -14,7 +14,7 @@ import _socket
 import select
 
 from taskmasterd.control.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
-from taskmasterd.control.reply import Reply
+from taskmasterd.reply import Reply
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ class Client:
 
     # --- one method per verb --------------------------------------------------------------------
 
-    def start(self, job: str, nowait: bool = False) -> Reply:
-        return self.request("start", job, nowait=nowait)
+    def start(self, job: str, nowait: bool = False, deps: bool = False) -> Reply:
+        return self.request("start", job, nowait=nowait, deps=deps)
 
     def stop(self, job: str, nowait: bool = False) -> Reply:
         return self.request("stop", job, nowait=nowait)
@@ -83,10 +83,10 @@ class Client:
     # --- transport -------------------------------------------------------------------------------
 
     def request(self, verb: str, job: str | None = None, data: bytes | None = None,
-                nowait: bool = False) -> Reply:
+                nowait: bool = False, deps: bool = False) -> Reply:
         sock = self._connection()
         try:
-            sock.sendall(encode_request(verb, job, data, nowait))
+            sock.sendall(encode_request(verb, job, data, nowait, deps))
             while not self._bodies:
                 chunk = sock.recv(1 << 18)
                 if not chunk:

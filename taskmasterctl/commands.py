@@ -32,13 +32,14 @@ class Command:
 
 class JobArguments:
     """`JOB...` (or `[JOB...]`), and `--nowait` where the wire verb waits: the arguments a quick
-    parse can read without argparse (options.quick_parse)."""
+    parse can read without argparse (options.quick_parse); `start` also takes `--with-deps`
+    (argparse reads that one)."""
 
-    __slots__ = ("required", "nowait", "force")
+    __slots__ = ("required", "nowait", "force", "with_deps")
     defaults: dict[str, object] = {}  # options of a subclass, as argparse sets them when absent
 
-    def __init__(self, required: bool, nowait: bool = False, force: bool = False) -> None:
-        self.required, self.nowait, self.force = required, nowait, force
+    def __init__(self, required: bool, nowait: bool = False, force: bool = False, with_deps: bool = False) -> None:
+        self.required, self.nowait, self.force, self.with_deps = required, nowait, force, with_deps
 
     def __call__(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("job", nargs="+" if self.required else "*", metavar="JOB",
@@ -49,6 +50,9 @@ class JobArguments:
         if self.force:
             parser.add_argument("--force", action="store_true",
                                 help="also a job whose file on disk is invalid: run its last valid version")
+        if self.with_deps:
+            parser.add_argument("--with-deps", action="store_true",
+                                help="start the jobs it depends on first, as systemctl start pulls in Requires=")
 
 
 
@@ -175,8 +179,8 @@ def _text(session: actions.Session, key: str, text: str) -> None:
 COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command("status", "one job in detail, or a table of every job (or of those named); exit 3 if one is not "
             "as wanted", StatusArguments(False), actions.status),
-    Command("start", "start every instance that is not running", JobArguments(True, nowait=True, force=True),
-            actions.act("start")),
+    Command("start", "start every instance that is not running (--with-deps: its dependencies first)",
+            JobArguments(True, nowait=True, force=True, with_deps=True), actions.act("start")),
     Command("stop", "stop every instance gracefully (stop signal, SIGKILL after stoptime)",
             JobArguments(True, nowait=True), actions.act("stop")),
     Command("restart", "stop, then start (to re-read every job file: reload)",

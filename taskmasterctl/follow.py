@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from taskmasterd.control.reply import Reply
+from taskmasterd.reply import Reply
 
 from .session import EXIT_UNREACHABLE, Session
 

@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from argparse import Namespace
 
-    from taskmasterd.control.reply import Reply
+    from taskmasterd.reply import Reply
 
 COLOURS = ("36", "33", "32", "35", "34", "91", "96", "93", "92", "95")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

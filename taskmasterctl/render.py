@@ -1,7 +1,7 @@
 """Human (and --json) renderings of the daemon's replies. Pure: strings in, strings out."""
 from __future__ import annotations
 
-from taskmasterd.control.reply import Reply
+from taskmasterd.reply import Reply
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

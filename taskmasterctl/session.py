@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from taskmasterd.control.reply import Reply
+from taskmasterd.reply import Reply
 
 from .client import Client
 

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Callable
 from .control.access import AccessPolicy
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
-from .control.daemonhandle import DaemonHandle
+from .daemonhandle import DaemonHandle
 from .observe.daemonlog import DaemonLogHandler, LogWriter, RingHandler
 from .control.listeners import Listeners
 from .kernel.sdnotify import notify
 from .lifecycle.supervisor import Supervisor
+from .tasks import TaskOwner
 
 if TYPE_CHECKING:
     from .colonies.bridge import ColoniesBridge
@@ -65,9 +66,14 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
         return 1
     log.info("containment: %s%s", containment.describe(),
              f" (cells under {containment.subtree})" if containment.subtree else "")
+    console = None
+    if config.container:
+        from .container.console import Console
+
+        console = Console()
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
                             log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir,
-                            containment=containment)
+                            console=console, containment=containment)
     if colonies is not None:
         # Imported before the control port answers: importing the bridge (its crypto, its client)
         # takes the loop tens of milliseconds, which a request must not wait for.
@@ -77,22 +83,27 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
             from .colonies.jobsource import install  # the blueprints' jobs load with the others, before any call
 
             install(supervisor, colonies.colony_name)
+    tasks = TaskOwner(log)  # the daemon's own: the load of the jobs, and the stop of every job
     stopping = asyncio.Event()
+    woken = asyncio.Event()  # a stop was asked for, or the load ended
+
+    def stop() -> None:
+        stopping.set()
+        woken.set()
+
     exit_code = 0
     if config.container:
-        from .container.console import Console
         from .container.exitwatch import ExitWatch
-
-        supervisor.console = Console()
 
         def exit_with(code: int, why: str) -> None:
             nonlocal exit_code
             exit_code = code
-            stopping.set()
+            stop()
 
         ExitWatch(supervisor, exit_with)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.background(_reload(supervisor), "SIGHUP reload"))
     loop.add_signal_handler(signal.SIGUSR2, supervisor.reopen_logs)
     bridge: ColoniesBridge | None = None
@@ -101,14 +112,16 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
 
     async def stop_jobs() -> None:
         """Once, whether SIGTERM or the `shutdown` verb asked first: a load still in progress
-        (it stops at the next file), the bridge, then every job."""
+        (it stops at the next file), the bridge, then every job. A caller that goes away (the
+        verb's connection closed) leaves the stop going: `wait` never cancels what it waits for."""
         nonlocal jobs_stopped
         if jobs_stopped is None:
-            jobs_stopped = loop.create_task(_stop_jobs(supervisor, opening, lambda: bridge))
-        await asyncio.shield(jobs_stopped)
+            jobs_stopped = tasks.spawn(_stop_jobs(supervisor, opening, lambda: bridge), None)
+        await asyncio.wait([jobs_stopped])
+        jobs_stopped.result()
 
     dirs = {"jobs_dir": config.jobs_dir, "log_dir": config.log_dir, "state_dir": config.state_dir}
-    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stopping.set, containment.status())
+    supervisor.daemon = DaemonHandle(config.config_file, dirs, stop_jobs, stop, containment.status())
     # The port answers from the start: while the jobs load, status shows what is loaded so far.
     server = ControlServer(supervisor, policy, max_connections=config.max_connections,
                            idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)
@@ -119,9 +132,9 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
 
         metrics_server = MetricsServer(supervisor, lambda: server.connections)
         await metrics_server.start(metrics)
-    opening = loop.create_task(supervisor.open())
-    stop_requested = loop.create_task(stopping.wait())
-    await asyncio.wait([opening, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+    opening = tasks.spawn(supervisor.open(), None)  # its failure ends the daemon, below
+    opening.add_done_callback(lambda _: woken.set())
+    await woken.wait()
     if opening.done() and not stopping.is_set():
         opening.result()
         if colonies is not None:
@@ -131,13 +144,13 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
                  len(supervisor.jobs), config.jobs_dir, listeners.describe())
         notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=supervising {len(supervisor.jobs)} job(s)")
         await stopping.wait()
-    stop_requested.cancel()
     log.info("shutting down")
     notify("STOPPING=1")
     if metrics_server is not None:
         await metrics_server.close()
     await server.close()
     await stop_jobs()
+    await tasks.close()
     if supervisor.console is not None:
         supervisor.console.close()
     return exit_code
@@ -147,7 +160,7 @@ async def _stop_jobs(supervisor: Supervisor, opening: asyncio.Task[None] | None,
                      bridge: Callable[[], ColoniesBridge | None]) -> None:
     supervisor.closing = True
     if opening is not None:
-        await asyncio.gather(opening, return_exceptions=True)
+        await asyncio.wait([opening])  # its failure, if any, is the daemon's to raise
     if bridge() is not None:
         await bridge().close()  # type: ignore[union-attr]
     await supervisor.shutdown()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from taskmasterd.control.access import AccessPolicy, Account, RefusalThrottle, parse_networks
+from taskmasterd.control.access import AccessPolicy, PeerAccount, RefusalThrottle, parse_networks
 from taskmasterd.control.accounts import account, group_id, resolve_policy, user_ids
 from taskmasterd.control.http_guard import starts_like_http
 from taskmasterd.control.peercred import Peer
@@ -26,19 +26,19 @@ def test_root_the_daemons_uid_and_listed_users_need_no_account(uid: int) -> None
 def test_a_member_of_a_control_group_by_primary_or_supplementary_group_is_admitted() -> None:
     peer = Peer(3000)
     assert POLICY.needs_account(peer)
-    assert POLICY.decide(peer, Account(3000, "carol", frozenset({60}))) is None
-    assert POLICY.decide(peer, Account(3000, "carol", frozenset({7, 50}))) is None
+    assert POLICY.decide(peer, PeerAccount(3000, "carol", frozenset({60}))) is None
+    assert POLICY.decide(peer, PeerAccount(3000, "carol", frozenset({7, 50}))) is None
 
 
 def test_anyone_else_is_refused_with_uid_and_name() -> None:
-    assert POLICY.decide(Peer(65534), Account(65534, "nobody", frozenset({65534}))) == \
+    assert POLICY.decide(Peer(65534), PeerAccount(65534, "nobody", frozenset({65534}))) == \
         "permission denied: uid 65534 (nobody) may not control this daemon"
-    assert POLICY.decide(Peer(4242), Account(4242, None)) == \
+    assert POLICY.decide(Peer(4242), PeerAccount(4242, None)) == \
         "permission denied: uid 4242 (unknown user) may not control this daemon"
 
 
 def test_a_local_peer_is_judged_by_uid_whatever_address_it_used() -> None:
-    assert POLICY.decide(Peer(65534, "192.0.2.9"), Account(65534, "nobody")) is not None
+    assert POLICY.decide(Peer(65534, "192.0.2.9"), PeerAccount(65534, "nobody")) is not None
     assert POLICY.decide(Peer(0, "203.0.113.1")) is None
 
 
@@ -113,4 +113,4 @@ def test_configured_names_resolve_through_nss() -> None:
 def test_an_account_has_its_primary_group() -> None:
     me = account(0)
     assert me.name == "root" and 0 in me.groups
-    assert account(4_000_000_000) == Account(4_000_000_000, None)
+    assert account(4_000_000_000) == PeerAccount(4_000_000_000, None)

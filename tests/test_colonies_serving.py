@@ -25,7 +25,7 @@ def listening(port: int):
 
 def test_the_executor_polls_only_while_the_job_is_healthy(tmp_path: Path) -> None:
     port = free_port()
-    check = {"tcp": f"127.0.0.1:{port}", "interval": 0.2, "start_interval": 0.1, "retries": 1}
+    check = {"tcp": f"127.0.0.1:{port}", "interval": 0.2, "start_interval": 0.1, "retries": 1, "start_period": 0}
     jobs = {"svc": job("sleep 300", autostart=True, starttime=0, healthcheck=check, on_unhealthy="none")}
 
     async def scenario() -> None:

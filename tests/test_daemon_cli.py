@@ -141,7 +141,7 @@ def test_metrics_are_off_by_default_and_a_taken_port_refuses_the_start(tmp_path:
 
 def test_metrics_tell_each_checked_instances_health(tmp_path: Path) -> None:
     port = free_port()
-    check = {"interval": 1, "retries": 1, "start_interval": 0.2}
+    check = {"interval": 1, "retries": 1, "start_interval": 0.2, "start_period": 0}
     jobs = {"fine": {**SLEEPER, "healthcheck": {"cmd": ["true"], **check}},
             "sick": {**SLEEPER, "healthcheck": {"cmd": ["false"], **check}, "on_unhealthy": "none"},
             "plain": SLEEPER}

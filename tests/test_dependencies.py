@@ -1,15 +1,6 @@
 """Dependencies between jobs, as pure logic: conditions, what a job waits on, cycles, stop order."""
-from taskmasterd.lifecycle.dependencies import (
-    Standing,
-    conditions_met,
-    cycle_problem,
-    dependency_graph,
-    describe_cycle,
-    find_cycle,
-    stop_layers,
-    unmet,
-    waiting_text,
-)
+from taskmasterd.jobfiles.cycles import cycle_problem, dependency_graph, describe_cycle, find_cycle
+from taskmasterd.lifecycle.dependencies import Standing, conditions_met, stop_layers, unmet, waiting_text
 from taskmasterd.jobfiles.jobfile import parse_job
 from taskmasterd.jobfiles.readiness_spec import Dependency
 

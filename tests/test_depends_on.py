@@ -101,18 +101,23 @@ def test_a_start_is_answered_when_it_started_or_was_stopped_and_missing_jobs_are
         async with supervised(tmp_path, jobs, watch=False) as sup:
             b, c = sup.jobs["b"].instances[0], sup.jobs["c"].instances[0]
             assert c.description == "waiting for later (not loaded), a (running)"
+            # a is not coming by itself: answered at once, and b waits on
+            answer = await asyncio.wait_for(sup.start("b"), 5)
+            assert answer.response == "fail" and answer.error == "waiting for a (STOPPED): start it too, or use --nowait"
+            assert b.state is S.WAITING
+            again = await sup.start("b")  # still not redundant while what it waits for is not coming
+            assert again.response == "fail" and again.error == answer.error
+            assert (await sup.start("b", nowait=True)).response == "redundant"  # it does wait
+            assert (await sup.stop("b")).response == "success"
+            assert b.state is S.STOPPED
+            # a is on its way: the start of b is answered once b runs, or was stopped
+            assert (await sup.start("a", nowait=True)).response == "success"
             first = asyncio.create_task(sup.start("b"))
             await reach(b, S.WAITING)
-            await asyncio.sleep(0.2)
-            assert not first.done()
-            assert (await sup.start("b")).response == "redundant"  # already on its way
             assert (await sup.stop("b")).response == "success"
             answer = await asyncio.wait_for(first, 5)
             assert answer.response == "fail" and "stopped before it was running" in answer.error
-            assert b.state is S.STOPPED
             second = asyncio.create_task(sup.start("b"))
-            await reach(b, S.WAITING)
-            assert (await sup.start("a")).response == "success"
             assert (await asyncio.wait_for(second, 5)).response == "success" and b.state is S.RUNNING
             assert c.state is S.WAITING and c.description == "waiting for later (not loaded)"
             assert (await sup.push("later", b'{"cmd": "sleep 300", "starttime": 0}')).response == "success"

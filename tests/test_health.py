@@ -18,7 +18,7 @@ from taskmasterd.jobfiles.readiness_spec import HealthCheckSpec, TcpCheck
 from tests.support.supervised import run
 
 H = Health
-FAST = '"interval": 0.05, "start_interval": 0.05, "retries": 2'
+FAST = '"interval": 0.05, "start_interval": 0.05, "retries": 2, "start_period": 0'  # every failure counts
 
 
 def healthcheck(fields: str, job: str = ""):
@@ -354,7 +354,7 @@ def test_a_hanging_command_check_is_killed_at_its_timeout_with_its_group(tmp_pat
         pids = tmp_path / "pids"
         # The check leaves a grandchild in its group and hangs.
         fields = (f'"cmd": ["sh", "-c", "sleep 600 & echo $$ $! > {pids}; wait"], "timeout": 0.5, '
-                  '"start_interval": 0.05, "interval": 3600, "retries": 1')
+                  '"start_interval": 0.05, "interval": 3600, "retries": 1, "start_period": 0')
         changes = Changes()
         checker = make_checker(fields, changes)
         began = time.monotonic()

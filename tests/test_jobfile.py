@@ -5,6 +5,7 @@ import signal
 import pytest
 
 from taskmasterd.jobfiles.jobfile import JobFileError, host_errors, parse_job
+from taskmasterd.kernel.nss import uid_of
 from taskmasterd.jobfiles.names import job_name_error, job_name_from_filename
 
 SRC = "jobs/web.tm.json"
@@ -115,15 +116,15 @@ def test_not_an_object_and_not_utf8():
 
 def test_host_errors_missing_workingdir_and_unknown_user(tmp_path):
     spec = parse(f'{{"cmd":"x","workingdir":"{tmp_path}/nope","user":"no-such-user-xyz"}}')
-    found = host_errors(spec, SRC)
+    found = host_errors(spec, SRC, uid_of(spec.user))
     assert any('field "workingdir"' in p and "does not exist" in p for p in found)
     assert any('field "user"' in p and "no such user" in p for p in found)
 
 
 def test_user_without_root_is_a_clear_error():
     spec = parse('{"cmd":"x","user":"root"}')
-    assert host_errors(spec, SRC, daemon_uid=0) == []
-    (message,) = host_errors(spec, SRC, daemon_uid=12345)
+    assert host_errors(spec, SRC, 0, daemon_uid=0) == []
+    (message,) = host_errors(spec, SRC, 0, daemon_uid=12345)
     assert "needs a daemon started as root" in message
 
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskmasterd.jobfiles.jobfile import FIELDS, JobFileError, JobSpec, Limits, host_errors, parse_job
+from taskmasterd.kernel.nss import uid_of
 
 from .support.supervised import run, supervised
 
@@ -18,7 +19,7 @@ def outcome(raw: bytes, limits: Limits = Limits()):
         spec = parse_job("x", raw, SOURCE, limits)
     except JobFileError as exc:
         return exc
-    host_errors(spec, SOURCE)  # must not raise either
+    host_errors(spec, SOURCE, uid_of(spec.user) if spec.user is not None else None)  # must not raise either
     return spec
 
 
@@ -68,7 +69,7 @@ def test_hostile_values_are_refused_with_the_field_named(raw, expected):
     result = outcome(raw)
     if expected is None:
         assert isinstance(result, JobSpec)
-        assert host_errors(result, SOURCE) == [f'{SOURCE}: field "user": no such user \'²\'']
+        assert host_errors(result, SOURCE, uid_of(result.user)) == [f'{SOURCE}: field "user": no such user \'²\'']
     else:
         assert isinstance(result, JobFileError) and expected in str(result), str(result)
 

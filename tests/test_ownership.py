@@ -108,7 +108,7 @@ def test_a_spawn_that_raises_anything_fails_the_start_and_shutdown_still_stops_t
         async with supervised(tmp_path, {"later": {"cmd": "sleep 300", "starttime": 0, "env": mark}}) as sup:
             # A spec no job file can produce (validation refuses NUL): the spawn path itself must
             # survive Popen's ValueError and report it.
-            job = sup.jobs["nul"] = Job(sup, JobSpec(name="nul", argv=("sle\0ep", "1"), startretries=0))
+            job = sup.jobs["nul"] = Job(JobSpec(name="nul", argv=("sle\0ep", "1"), startretries=0), sup.services)
             reply = await sup.start("nul")
             assert reply.response == "fail" and "null byte" in reply.error
             assert job.instances[0].state is S.FATAL

@@ -241,6 +241,7 @@ def test_cmd_is_a_synonym_and_may_agree() -> None:
     (b'{"command":"push","job":"d2Vi","data":"***"}', "base64"),
     (b'{"command":"status","job":"/w=="}', "UTF-8"),
     (b'{"command":"stop","job":"d2Vi","nowait":"yes"}', "nowait"),
+    (b'{"command":"start","job":"d2Vi","deps":1}', "deps"),
 ])
 def test_invalid_requests(body: bytes, reason: str) -> None:
     answer = parse_request(body)
@@ -294,3 +295,6 @@ def test_the_contract_examples_byte_for_byte() -> None:
 def test_request_encoding_round_trips() -> None:
     wire = encode_request("push", "web", b"\x00{}", nowait=True)
     assert parse_request(wire[:-2]) == ("push", Request(job="web", data=b"\x00{}", nowait=True))
+    wire = encode_request("start", "api", deps=True)
+    assert wire == b'{"command":"start","job":"YXBp","deps":true};;'  # docs/protocol.md, bytes and all
+    assert parse_request(wire[:-2]) == ("start", Request(job="api", deps=True))

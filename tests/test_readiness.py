@@ -105,7 +105,8 @@ def test_a_watchdog_miss_restarts_the_instance_and_says_so(tmp_path, caplog):
 
     with caplog.at_level(logging.INFO, "taskmasterd.instance"):
         run(scenario())
-    assert "n[0]: RUNNING -> STOPPING (restart: no WATCHDOG=1 for 0.5s: SIGTERM to the process group)" in caplog.messages
+    assert "n[0]: RUNNING -> STOPPING (restart: no WATCHDOG=1 for 0.5s: SIGTERM to the process group); spawn 1" \
+        in caplog.messages
     assert "n[0]: STOPPED -> STARTING (restart: no WATCHDOG=1 for 0.5s)" in caplog.messages
 
 
@@ -179,7 +180,7 @@ def test_an_http_check_turning_503_restarts_the_job_after_its_retries(tmp_path, 
 
     with caplog.at_level(logging.INFO, "taskmasterd.instance"):
         run(scenario())
-    assert "web[0]: healthy -> unhealthy (http 503)" in caplog.messages
+    assert "web[0]: healthy -> unhealthy (http 503); spawn 1" in caplog.messages
     assert any(m.startswith("web[0]: RUNNING -> STOPPING (restart: unhealthy (http 503)") for m in caplog.messages)
 
 
@@ -207,7 +208,7 @@ def test_a_hanging_check_command_is_killed_at_its_timeout(tmp_path):
     async def scenario():
         pidfile = tmp_path / "check.pid"
         check = {"cmd": ["sh", "-c", f"echo $$ >> {pidfile}; exec sleep 300"], "timeout": 0.3, "interval": 0.2,
-                 "start_interval": 0.1, "retries": 2}
+                 "start_interval": 0.1, "retries": 2, "start_period": 0}
         async with supervised(tmp_path, {"w": {**SLEEP, "healthcheck": check, "on_unhealthy": "none"}}) as sup:
             inst = sup.jobs["w"].instances[0]
             await eventually(lambda: inst.health.checker and inst.health.checker.state == "unhealthy", what="unhealthy")

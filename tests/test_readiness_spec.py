@@ -43,10 +43,12 @@ def test_none_of_the_fields_is_a_spawn_setting():
     assert plain.spawn_settings() == full.spawn_settings()
 
 
-def test_healthcheck_gets_dockers_defaults_and_reads_every_setting():
+def test_healthcheck_gets_its_defaults_and_reads_every_setting():
     check = parse('"healthcheck": {"tcp": "127.0.0.1:8080"}').healthcheck
     assert check.probe == TcpCheck("127.0.0.1", 8080)
-    assert (check.interval, check.timeout, check.retries, check.start_period) == (30, 30, 3, 0)
+    # Docker's, but for a start period that lets a service boot and a timeout that keeps a hung
+    # service's restart within a minute (tests/test_health_boot.py)
+    assert (check.interval, check.timeout, check.retries, check.start_period) == (30, 5, 3, 30)
     assert check.start_interval == 1
     check = parse('"healthcheck": {"cmd": "pg_isready -q", "interval": 0.5, "timeout": 2, "retries": 5,'
                   '"start_period": 10, "start_interval": 0.25}').healthcheck

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskmasterd.control.reply import Reply
+from taskmasterd.reply import Reply
 from taskmasterd.control.selection import Item, Target, aggregate, is_selector, merge_status, only_instance, parse, resolve
 
 KNOWN = {"web": 2, "worker": 3, "db": 1, "broken": 0}

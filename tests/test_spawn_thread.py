@@ -5,7 +5,8 @@ import signal
 import subprocess
 import time
 
-from taskmasterd.processes.table import THREAD_SPAWN_DESCRIPTORS, Launch
+from taskmasterd.processes.launch import Launch
+from taskmasterd.processes.table import THREAD_SPAWN_DESCRIPTORS
 from taskmasterd.processes.spawnthread import SpawnThread
 from taskmasterd.lifecycle.states import State
 

@@ -248,7 +248,7 @@ def test_a_jobs_user_is_looked_up_once_per_version_of_the_job(tmp_path, monkeypa
         import pytest
 
         pytest.skip("needs root (user: nobody)")
-    import taskmasterd.lifecycle.job as job_module
+    import taskmasterd.lifecycle.supervisor as job_module
 
     lookups = []
     real = job_module.lookup_account

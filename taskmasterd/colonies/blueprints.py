@@ -30,10 +30,10 @@ import os
 import pwd
 from typing import TYPE_CHECKING, Any
 
-from ..control.reply import Reply
+from ..reply import Reply
 from .assignment import Assignment
 from .blueprint_schema import CLEANUP, KIND, RECONCILE, RECONCILER_TYPE, definition, handler_of
-from ..processes.spawner import account_entry
+from ..kernel.nss import passwd_entry
 from .blueprint_spec import PREFIX, Blueprint, read_blueprint, user_refusal
 from .blueprint_status import Report, StatusWriter
 from .client import ColoniesError, func_spec, transient
@@ -337,7 +337,7 @@ class BlueprintReconciler:
     def _user_refusal(self, blueprint: Blueprint) -> str | None:
         """Blocking (NSS): for a worker thread."""
         try:
-            account = account_entry(str(blueprint.user)) if blueprint.user is not None else pwd.getpwuid(os.geteuid())
+            account = passwd_entry(str(blueprint.user)) if blueprint.user is not None else pwd.getpwuid(os.geteuid())
         except (KeyError, ValueError, OverflowError):
             account = None  # no such user: the job file's own check says so
         return user_refusal(blueprint.user, self._shared.settings.blueprint_users, account)

@@ -21,6 +21,7 @@ from .registration import executor_identity
 from .retry import Outage, Timing
 from .settings import ColoniesSettings
 from .shared import Shared
+from ..tasks import all_settled
 
 from ..lifecycle.supervisor import JobListener
 
@@ -45,6 +46,7 @@ class ColoniesBridge(JobListener):
             outage=Outage(f"{settings.host}:{settings.port}"),
             timing=timing,
             capabilities=asyncio.ensure_future(_probe(supervisor)),
+            supervisor=supervisor,
         )
         self.executors: dict[str, JobExecutor] = {}
         self._leaving: dict[str, asyncio.Task[None]] = {}  # job -> its old executor still closing
@@ -83,9 +85,13 @@ class ColoniesBridge(JobListener):
         self.supervisor.listeners.remove(self)
         self.supervisor.status_extras.remove(self.status_of)
         executors, self.executors = list(self.executors.values()), {}
-        await asyncio.gather(*(ex.close(SHUTDOWN_REASON, unregister=False) for ex in executors),
-                             *self._leaving.values())
+        for outcome in await all_settled(ex.close(SHUTDOWN_REASON, unregister=False) for ex in executors):
+            if isinstance(outcome, Exception):
+                log.error("closing a ColonyOS executor failed", exc_info=outcome)
+        if self._leaving:
+            await asyncio.wait(list(self._leaving.values()))
         self._shared.capabilities.cancel()
+        await asyncio.wait([self._shared.capabilities])
         await self._shared.client.close()
 
     # --- JobListener ----------------------------------------------------------------------------

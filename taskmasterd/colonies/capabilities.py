@@ -56,7 +56,7 @@ def _cpu_model() -> str:
 
 
 async def _gpus(processes: ProcessTable) -> dict[str, Any]:
-    from ..processes.table import Launch
+    from ..processes.launch import Launch
 
     program = shutil.which("nvidia-smi")
     if program is None:

@@ -124,7 +124,8 @@ class JobExecutor(RegisteredExecutor):
                                          timeout=self.job.spec.stoptime + timing.close_patience + PIPE_GRACE)
             for run in late:
                 run.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                await asyncio.wait(late)
         key = self._registration.key
         if unregister and self._shared.settings.colony_prvkey and key is not None:
             await self._registration.unregister(key)
@@ -162,7 +163,8 @@ class JobExecutor(RegisteredExecutor):
             pending = [t for t in (*self._polls, self._keepalive, self._reconciling) if t is not None]
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                await asyncio.wait(pending)
             self._polls, self._keepalive, self._reconciling = set(), None, None
         log.warning("%s: executor %s: refused by the server (%s); registering again",
                     self.job.name, key.executorname, self._refused)
@@ -346,7 +348,7 @@ class JobExecutor(RegisteredExecutor):
             elif task.funcname == "run":
                 await CommandRun(task, self.job, self._stop, self._shared.timing).run()
             else:
-                successful, values = await control(self.job.supervisor, self.job.name, task.funcname)
+                successful, values = await control(self._shared.supervisor, self.job.name, task.funcname)
                 await task.close(successful, values)
         except Exception as exc:  # one broken process must not take the executor down
             log.exception("%s: process %s failed inside taskmasterd", self.job.name, task.id)

@@ -102,7 +102,8 @@ class Registration:
                 f"executor {self.name!r} is not registered and approved as type {self.wanted.executortype!r} "
                 f"in colony {self._colony!r} with the key in {self._shared.keystore.path(self._job)}")
         if current is None or not self._as_wanted(current):
-            capabilities = await asyncio.shield(self._shared.capabilities)
+            await asyncio.wait([self._shared.capabilities])  # shared: one caller's stop must not cancel it
+            capabilities = self._shared.capabilities.result()
             try:
                 await client.add_executor(self._colony, self.name, self.wanted.executortype, key.executorid,
                                           colony_key, capabilities, self.wanted.location)

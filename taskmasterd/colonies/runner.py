@@ -53,7 +53,7 @@ class _Command:
     def start(cls, job: Job, spec: JobSpec, env: dict[str, str], account: Account | None, words: tuple[str, ...],
               stdout: int, stderr: int) -> _Command:
         launch = launch_for(spec, env, account, words, unit=f"{spec.name}.colonies")
-        return cls(job.supervisor.processes.spawn(launch, stdout, stderr))
+        return cls(job.services.processes.spawn(launch, stdout, stderr))
 
     async def stop(self, spec: JobSpec) -> int:
         return await self._child.stop(spec.stopsignal, spec.stoptime)
@@ -104,6 +104,7 @@ class CommandRun:
         self._output = asyncio.Event()  # output waits to be sent
         self._backlog = asyncio.Event()  # ... and so much that the pipes are paused: send now
         self._flushing = asyncio.Lock()
+        self._sending: asyncio.Task[bool] | None = None  # the ship task's send, which its stop does not cut
         self._unsent: bytes | None = None  # a message that failed: sent again exactly as it was
         self._in_doubt = False  # ... and its reply was lost: the server may have it already
         self._unlogged = 0  # bytes not logged while adrift with the logs backlogged
@@ -114,7 +115,7 @@ class CommandRun:
             words = command_words(self.task.spec.get("args"), self.task.spec.get("kwargs"))
             extra = {str(k): str(v) for k, v in (self.task.spec.get("env") or {}).items()}
             account = self.job.account()  # of the spec this run took
-            env = child_environment(spec, self.job.supervisor.base_environment, account,
+            env = child_environment(spec, self.job.services.base_environment, account,
                                     {**extra, "TASKMASTER_JOB": spec.name, "COLONIES_PROCESS_ID": self.task.id})
         except (BadArguments, ValueError, KeyError, AttributeError) as exc:
             await self.task.close(False, [f"cannot run {spec.name}: {exc}"])
@@ -129,7 +130,11 @@ class CommandRun:
             command.release()
             await self._drain(ship)
             ship.cancel()
-            await asyncio.gather(ship, return_exceptions=True)
+            await asyncio.wait([ship])
+            if self._sending is not None:
+                await asyncio.wait([self._sending])
+                if not self._sending.cancelled():
+                    self._sending.exception()  # read: a send that failed is the final flush's to redo
             for pipe in self._pipes:
                 if pipe.transport is not None:
                     pipe.transport.close()
@@ -200,7 +205,7 @@ class CommandRun:
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            await asyncio.wait([watch])
         if command.exited in done:
             return _End("exit", command.exited.result())
         if self._stop in done:
@@ -245,8 +250,11 @@ class CommandRun:
                         await self._backlog.wait()
             await self.task.ours.wait()  # adrift: the server takes no log before it is ours again
             self._output.clear()
-            # Shielded: stopping this task mid-send must not make the final flush send it again.
-            if not await asyncio.shield(self._flush(final=False)):
+            # Its own task, which stopping this one does not cancel (a send cut mid-way would make
+            # the final flush send it again); the run waits for it at its end.
+            self._sending = asyncio.get_running_loop().create_task(self._flush(final=False))
+            await asyncio.wait([self._sending])
+            if not self._sending.result():
                 self._output.set()  # the server is away: the output waits for the next try
                 await asyncio.sleep(self._timing.log_interval)
 
@@ -275,13 +283,14 @@ class CommandRun:
         """After the exit, read the pipes to their end while the logs make room. Pipes held open by
         something that escaped the group get PIPE_GRACE of silence; the whole drain DRAIN_LIMIT."""
         loop = asyncio.get_running_loop()
-        closed = asyncio.gather(*(pipe.closed for pipe in self._pipes))
+        open_pipes = {pipe.closed for pipe in self._pipes if not pipe.closed.done()}
         deadline = loop.time() + DRAIN_LIMIT
-        while not closed.done() and not ship.done() and loop.time() < deadline:
+        while open_pipes and not ship.done() and loop.time() < deadline:
             read = self._read
-            await asyncio.wait({closed, ship}, timeout=min(PIPE_GRACE, deadline - loop.time()),
-                               return_when=asyncio.FIRST_COMPLETED)
-            if self._read == read and not self._paused:
+            done, _ = await asyncio.wait({*open_pipes, ship}, timeout=min(PIPE_GRACE, deadline - loop.time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            open_pipes -= done
+            if not done and self._read == read and not self._paused:
                 break
 
     async def _finish(self, spec: JobSpec, end: _End) -> None:

@@ -1,14 +1,18 @@
-"""What every job's executor shares: one client, one key directory, one outage, one clock."""
+"""What every job's executor shares: one client, one key directory, one outage, one clock, and
+the supervisor its control functions go to."""
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import ColoniesClient
 from .keystore import KeyStore
 from .retry import Outage, Timing
 from .settings import ColoniesSettings
+
+if TYPE_CHECKING:
+    from ..lifecycle.supervisor import Supervisor
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,7 @@ class Shared:
     outage: Outage
     timing: Timing
     capabilities: asyncio.Future[dict[str, Any]]
+    supervisor: Supervisor
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:

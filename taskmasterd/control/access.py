@@ -1,6 +1,6 @@
 """Who may control the daemon: the access policy, as pure code.
 
-The kernel says who the peer is (`peercred.Peer`), NSS what groups it is in (`accounts.Account`);
+The kernel says who the peer is (`peercred.Peer`), NSS what groups it is in (`accounts.PeerAccount`);
 this module only decides. Admitted: root, the daemon's own uid, the uids of `control_users`, and
 members of `control_groups`. A host elsewhere is never given a uid and is admitted only from an
 `allow_remote` network (unauthenticated). A local peer is judged by its uid whatever address it
@@ -20,7 +20,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
-class Account:
+class PeerAccount:
+    """Who a connecting peer is in NSS: its passwd name and groups (not to be confused with the
+    account a child runs as, processes.launch.Account)."""
+
     uid: int
     name: str | None  # None: no passwd entry for the uid
     groups: frozenset[int] = frozenset()  # primary and supplementary gids
@@ -51,7 +54,7 @@ class AccessPolicy:
         """Whether `decide` needs the peer's account: for its groups, or its name in a refusal."""
         return peer.uid is not None and not self.admits_by_uid(peer.uid)
 
-    def decide(self, peer: Peer, account: Account | None = None) -> str | None:
+    def decide(self, peer: Peer, account: PeerAccount | None = None) -> str | None:
         """None when the peer may control the daemon, else the refusal to send it."""
         if peer.elsewhere:
             assert peer.address is not None and peer.uid is None

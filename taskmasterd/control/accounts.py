@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import logging
 import os
 import pwd
 import time
 from typing import Callable, Iterable
 
-from .access import AccessPolicy, Account, parse_networks
+from .access import AccessPolicy, PeerAccount, parse_networks
+from ..tasks import TaskOwner
 
+log = logging.getLogger("taskmasterd.accounts")
 ACCOUNT_TTL = 60.0
 
 
@@ -43,44 +46,50 @@ def group_id(name: str) -> int:
         raise ValueError(f"control_groups: no such group {name!r} (create it with: groupadd {name})") from None
 
 
-def account(uid: int) -> Account:
+def account(uid: int) -> PeerAccount:
     """The passwd name and every group (primary and supplementary) of uid; blocking."""
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
-        return Account(uid, None)
+        return PeerAccount(uid, None)
     try:
         groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
     except OSError:
         groups = [entry.pw_gid]
-    return Account(uid, entry.pw_name, frozenset(groups))
+    return PeerAccount(uid, entry.pw_name, frozenset(groups))
 
 
 class AccountCache:
     def __init__(self, ttl: float = ACCOUNT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        self._known: dict[int, tuple[float, Account]] = {}
-        self._asked: dict[int, asyncio.Future[Account]] = {}  # lookups under way, shared by their askers
+        self._known: dict[int, tuple[float, PeerAccount]] = {}
+        self._asked: dict[int, asyncio.Task[PeerAccount]] = {}  # lookups under way, shared by their askers
+        self._lookups = TaskOwner(log)
 
-    def cached(self, uid: int) -> Account | None:
+    def cached(self, uid: int) -> PeerAccount | None:
         known = self._known.get(uid)
         if known is None or self._clock() - known[0] >= self.ttl:
             return None
         return known[1]
 
-    async def get(self, uid: int) -> Account:
+    async def get(self, uid: int) -> PeerAccount:
         found = self.cached(uid)
         if found is not None:
             return found
         asked = self._asked.get(uid)
         if asked is None:
-            asked = asyncio.ensure_future(asyncio.to_thread(account, uid))
+            asked = self._lookups.spawn(asyncio.to_thread(account, uid), None)  # its askers read its failure
             self._asked[uid] = asked
             asked.add_done_callback(lambda done: self._learn(uid, done))
-        return await asyncio.shield(asked)
+        await asyncio.wait([asked])  # an asker that goes away leaves the lookup to the others
+        return asked.result()
 
-    def _learn(self, uid: int, done: asyncio.Future[Account]) -> None:
+    async def close(self) -> None:
+        """The lookups still under way end (their threads finish in the background)."""
+        await self._lookups.close()
+
+    def _learn(self, uid: int, done: asyncio.Future[PeerAccount]) -> None:
         del self._asked[uid]
         if not done.cancelled() and done.exception() is None:
             now = self._clock()

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..lifecycle.states import State
 from ..observe.following import options_object
-from .reply import Reply, fail
+from ..reply import Reply, fail
+from .request import Request
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor
-    from .verbs import Request
 
 Handler = Callable[["Supervisor", "Request"], Awaitable[Reply]]
 

@@ -7,20 +7,21 @@ from typing import TYPE_CHECKING
 from ..observe import daemonlog
 from ..observe.following import parse_options
 from ..observe.logfollow import tail
-from .reply import Reply, fail
+from ..reply import Reply, fail
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor
-    from .verbs import Request
 
 
-async def logs(sup: Supervisor, request: Request) -> Reply:
-    options = parse_options(request.data)
+async def logs(sup: Supervisor, job_name: str | None, index: int | None, data: bytes | None) -> Reply:
+    """`job_name` (and `index`, for `name:N`): whose output; None: the daemon's own log. `data`:
+    the request's options."""
+    options = parse_options(data)
     if isinstance(options, str):
         return fail(options)
-    if request.job is None:
+    if job_name is None:
         return daemonlog.follow(options)
-    found = sup.instances_of(request.job, request.instance)
+    found = sup.instances_of(job_name, index)
     if isinstance(found, Reply):
         return found
     job, instances = found

@@ -9,13 +9,13 @@ from __future__ import annotations
 import binascii
 
 from . import leanjson
-from .reply import Reply
+from ..reply import Reply
 
 TYPE_CHECKING = False  # typing costs the one-shot taskmasterctl 5 ms to import
 if TYPE_CHECKING:
     from typing import Any
 
-    from .verbs import Request
+    from .request import Request
 
 TERMINATOR = b";;"
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes before the terminator; more is refused and the link closed
@@ -238,7 +238,8 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
     `null` counts as absent."""
     import orjson
 
-    from .verbs import VERBS, Request
+    from .request import Request
+    from .verbs import VERBS
 
     try:
         message = orjson.loads(body)
@@ -255,9 +256,11 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
         return InvalidRequest('the request has no "command"')
     if not isinstance(verb, str) or verb not in VERBS:
         return InvalidRequest(f"unknown command {_short(verb)}")
-    nowait = message.get("nowait")
+    nowait, deps = message.get("nowait"), message.get("deps")
     if nowait is not None and not isinstance(nowait, bool):
         return InvalidRequest('field "nowait" must be true or false')
+    if deps is not None and not isinstance(deps, bool):
+        return InvalidRequest('field "deps" must be true or false')
     job, data = message.get("job"), message.get("data")
     try:
         if job is not None:
@@ -269,7 +272,7 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
             data = _unb64("data", data)
     except ValueError as exc:
         return InvalidRequest(str(exc))
-    return verb, Request(job=job, data=data, nowait=bool(nowait))
+    return verb, Request(job=job, data=data, nowait=bool(nowait), deps=bool(deps))
 
 
 _CONSTANT_REPLIES = {
@@ -310,8 +313,9 @@ def invalid(reason: str) -> Reply:
 # --- the client's side (no json package: the one-shot taskmasterctl must start fast) -----------
 
 def encode_request(verb: str, job: str | None = None, data: bytes | None = None,
-                   nowait: bool = False) -> bytes:
-    """Compact JSON, as json.dumps(..., separators=(",", ":")) writes it."""
+                   nowait: bool = False, deps: bool = False) -> bytes:
+    """Compact JSON, as json.dumps(..., separators=(",", ":")) writes it. `deps` (an extension:
+    `start` starts the job's dependencies too) is only written when true."""
     fields = ['{"command":', leanjson.quote(verb)]
     if job is not None:
         fields += [',"job":"', _b64(job.encode("utf-8")), '"']
@@ -319,6 +323,8 @@ def encode_request(verb: str, job: str | None = None, data: bytes | None = None,
         fields += [',"data":"', _b64(data), '"']
     if nowait:
         fields.append(',"nowait":true')
+    if deps:
+        fields.append(',"deps":true')
     return "".join(fields).encode("ascii") + b"}" + TERMINATOR
 
 

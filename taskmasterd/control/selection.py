@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import AbstractSet, Mapping, Sequence
 
 from ..jobfiles.names import job_name_error
-from .reply import REDUNDANT, SUCCESS, Reply
+from ..reply import REDUNDANT, SUCCESS, Reply
 
 _SELECTOR_CHARS = frozenset(" :*?[")
 _GLOB_CHARS = frozenset("*?[")

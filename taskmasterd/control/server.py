@@ -37,6 +37,7 @@ from .http_guard import DECISIVE, starts_like_http
 from .peercred import Peer, PeerIdentifier
 from .protocol import FrameDecoder, InvalidRequest, encode_reply, invalid, parse_request
 from .verbs import Reply, dispatch, fail
+from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor
@@ -49,7 +50,7 @@ WRITE_HIGH_WATER = 16 * 1024  # unread replies past which no further request is 
 MEMORY_CAP = 64 * 1024 * 1024  # input and unread output of all connections together
 LINGER = 2.0  # seconds a closing connection's late input is swallowed, so the last reply survives
 REFUSED_LINGERING = 64  # refused peers given that grace at once; later ones are closed straight away
-FD_RESERVE = 1024  # descriptors kept for the jobs (pipes, log files, pidfds) beyond the connections
+FD_RESERVE = 1024  # descriptors kept for the jobs (pipes, log files, notify sockets) beyond the connections
 
 
 def _connections_allowed(max_connections: int) -> int:
@@ -79,7 +80,7 @@ class ControlServer:
         self.scratch = memoryview(bytearray(READ_SIZE))  # every recv() lands here, then is copied out
         self._acceptors: list[Acceptor] = []
         self._connections: set[_Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner(log)  # one per connection
         self._held = 0  # bytes all connections hold, as last counted (it can only overestimate)
         self.admitted = 0  # connections past the access check, which max_connections bounds
         self.refused_lingering = 0
@@ -104,9 +105,8 @@ class ControlServer:
         self._closing = True
         for acceptor in self._acceptors:
             acceptor.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
+        await self.accounts.close()
         for connection in list(self._connections):  # its task was cancelled before it began
             connection.drop()
         if self.identifier is not None:
@@ -121,9 +121,7 @@ class ControlServer:
             return
         assert self.identifier is not None
         peer = self.identifier.identify(sock)
-        task = asyncio.get_running_loop().create_task(self._serve(sock, peer))
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        self._tasks.spawn(self._serve(sock, peer), "control connection")
 
     async def _serve(self, sock: socket.socket, peer: Peer) -> None:
         try:
@@ -138,10 +136,6 @@ class ControlServer:
         self._connections.add(connection)
         await connection.run()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("control connection failed", exc_info=task.exception())
 
     def forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)
@@ -362,15 +356,13 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             await self._send(head)
             self._discard_input()
-            pump = asyncio.ensure_future(self._pump(stream))
             try:
-                await asyncio.wait((pump, self._gone), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                pump.cancel()
-                await asyncio.wait((pump,))
-            failure = None if pump.cancelled() else pump.exception()
-            if failure is not None and not isinstance(failure, (ConnectionError, TimeoutError)):
-                raise failure
+                async with asyncio.TaskGroup() as group:  # the pump never outlives this connection
+                    pump = group.create_task(self._pump(stream))
+                    await asyncio.wait((pump, self._gone), return_when=asyncio.FIRST_COMPLETED)
+                    pump.cancel()
+            except* (ConnectionError, TimeoutError):
+                pass  # the client went away, or stopped reading
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:

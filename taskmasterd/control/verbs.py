@@ -11,7 +11,6 @@ of jobs at a time, dependants before what they depend on), and answers one reply
 """
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from dataclasses import dataclass, replace
@@ -20,9 +19,11 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from ..observe import counters
 from . import selection
 from .caveats import noting_kills, refuse_stale_version
+from .request import Request
 from ..jobfiles.names import job_name_error
 from ..jobfiles.signames import signal_number
-from .reply import REDUNDANT, SUCCESS, Reply, fail
+from ..reply import REDUNDANT, SUCCESS, Reply, fail
+from ..tasks import all_settled
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor
@@ -46,14 +47,6 @@ class Selects(enum.Enum):
     MANY = "many"  # a selector: names, name:N and globs
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    job: str | None = None
-    data: bytes | None = None
-    nowait: bool = False  # reply once the action is initiated, not when it has completed
-    instance: int | None = None  # set by dispatch for a `name:N` target
-
-
 Handler = Callable[["Supervisor", Request], "Awaitable[Reply] | Reply"]
 
 
@@ -72,7 +65,7 @@ def _status(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
     reply = _plain_status(sup, request)
     if request.data is None:
         return reply
-    from ..observe.statusview import detailed_status  # accounting, a job's detail (extension)
+    from .statusview import detailed_status  # accounting, a job's detail (extension)
 
     return detailed_status(sup, request.data, reply)
 
@@ -87,7 +80,7 @@ def _plain_status(sup: Supervisor, request: Request) -> Reply:
 
 
 async def _start(sup: Supervisor, request: Request) -> Reply:
-    return await sup.start(request.job, nowait=request.nowait, index=request.instance)
+    return await sup.start(request.job, nowait=request.nowait, index=request.instance, deps=request.deps)
 
 
 async def _stop(sup: Supervisor, request: Request) -> Reply:
@@ -99,11 +92,7 @@ async def _repair(sup: Supervisor, request: Request) -> Reply:
 
 
 async def _restart_job(sup: Supervisor, request: Request) -> Reply:
-    stopped = await sup.stop(request.job, nowait=request.nowait, index=request.instance)
-    if stopped.response == "fail":
-        return stopped
-    started = await sup.start(request.job, nowait=request.nowait, index=request.instance)
-    return SUCCESS if started.response == "redundant" else started
+    return await sup.restart(request.job, nowait=request.nowait, index=request.instance)
 
 
 def _signal(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
@@ -117,7 +106,7 @@ def _signal(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
 def _logs(sup: Supervisor, request: Request) -> Awaitable[Reply]:
     from .logverb import logs
 
-    return logs(sup, request)
+    return logs(sup, request.job, request.instance, request.data)
 
 
 def _events(sup: Supervisor, request: Request) -> Reply:
@@ -162,7 +151,8 @@ def _shutdown(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
 _R, _O, _N = JobArg.REQUIRED, JobArg.OPTIONAL, JobArg.NONE
 _ONE, _MANY = Selects.ONE, Selects.MANY
 VERBS: dict[str, Verb] = {verb.name: verb for verb in (
-    Verb("start", _R, False, refuse_stale_version(_start), "start every instance that is not running", _MANY),
+    Verb("start", _R, False, refuse_stale_version(_start),
+         "start every instance that is not running (with deps: the jobs it depends on first)", _MANY),
     Verb("stop", _R, False, noting_kills(_stop), "stop every instance gracefully", _MANY, stops=True),
     Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait, index=r.instance),
          "SIGKILL every instance's process group now", _MANY, stops=True),
@@ -174,9 +164,13 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
     Verb("list", _N, False, lambda s, r: s.list(), "names of every job"),
     Verb("reload", _R, False, lambda s, r: _reloaded(s.reload(r.job, nowait=r.nowait), r),
          "re-read one job file and apply the difference"),
-    Verb("restart", _N, False, lambda s, r: _reloaded(s.reload_all(), r), "reload every job file, as SIGHUP does"),
+    # The seed protocol's name: it re-reads every job file (as SIGHUP does) and restarts nothing
+    # but what a changed file asks for; `restart-job` restarts processes.
+    Verb("restart", _N, False, lambda s, r: _reloaded(s.reload_all(), r),
+         "re-read every job file, as SIGHUP does (restarts no process by itself)"),
     # Extensions (docs/protocol.md): a seed client never sends these.
-    Verb("restart-job", _R, False, refuse_stale_version(_restart_job), "stop, then start every instance", _MANY),
+    Verb("restart-job", _R, False, refuse_stale_version(_restart_job),
+         "stop, then start every instance, as one command", _MANY),
     Verb("signal", _R, True, _signal, "send a signal to every running instance's process group", _MANY),
     Verb("logs", _O, False, _logs, "the last lines of an instance's output (or of the daemon's log), then follow", _ONE),
     Verb("events", _N, False, _events, "the last state changes, then follow"),
@@ -206,6 +200,7 @@ async def _run(sup: Supervisor, spec: Verb, request: Request) -> Reply:
     if spec.needs_data and request.data is None:
         return fail(f"{spec.name} needs data")
     if request.job is not None and spec.job is not JobArg.NONE:
+        await sup.jobs_read()  # never "does not exist" for a file not read yet
         if spec.selects is not Selects.NAME and selection.is_selector(request.job):
             return await _run_selected(sup, spec, request)
         problem = job_name_error(request.job)
@@ -239,7 +234,7 @@ async def _run_selected(sup: Supervisor, spec: Verb, request: Request) -> Reply:
             return fail(problems[0])
         return await _call(spec, sup, replace(request, job=targets[0].name, instance=targets[0].index))
     outcomes = await (_each_in_stop_order if spec.stops else _each)(sup, spec, request, targets)
-    replies = [_internal_error(spec.name, outcome) if isinstance(outcome, BaseException) else outcome
+    replies = [_internal_error(spec.name, outcome) if isinstance(outcome, Exception) else outcome
                for outcome in outcomes]
     if spec.name == "status":
         return selection.merge_status(replies, problems, targets)
@@ -247,20 +242,19 @@ async def _run_selected(sup: Supervisor, spec: Verb, request: Request) -> Reply:
 
 
 async def _each(sup: Supervisor, spec: Verb, request: Request,
-                targets: list[selection.Target]) -> list[Reply | BaseException]:
+                targets: list[selection.Target]) -> list[Reply | Exception]:
     """The handler on every target at once."""
-    return await asyncio.gather(*(_call(spec, sup, replace(request, job=t.name, instance=t.index)) for t in targets),
-                                return_exceptions=True)
+    return await all_settled(_call(spec, sup, replace(request, job=t.name, instance=t.index)) for t in targets)
 
 
 async def _each_in_stop_order(sup: Supervisor, spec: Verb, request: Request,
-                              targets: list[selection.Target]) -> list[Reply | BaseException]:
+                              targets: list[selection.Target]) -> list[Reply | Exception]:
     """The handler on every target, the targets of a job together, the jobs in stop order."""
     of_job: dict[str, list[selection.Target]] = {}
     for target in targets:
         of_job.setdefault(target.name, []).append(target)
 
-    async def stop_job(name: str) -> list[Reply | BaseException]:
+    async def stop_job(name: str) -> list[Reply | Exception]:
         return await _each(sup, spec, request, of_job[name])
 
     done = await sup.stop_in_order(list(of_job), stop_job)
@@ -268,8 +262,6 @@ async def _each_in_stop_order(sup: Supervisor, spec: Verb, request: Request,
     return [answers[target] for target in targets]
 
 
-def _internal_error(verb: str, exc: BaseException) -> Reply:
-    if isinstance(exc, asyncio.CancelledError):
-        raise exc
+def _internal_error(verb: str, exc: Exception) -> Reply:
     log.error("%s failed", verb, exc_info=exc)
     return fail(f"internal error in {verb}: {exc}")

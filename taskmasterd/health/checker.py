@@ -12,6 +12,7 @@ moments run a few dozen per wake-up rather than one (measured: 3.7 % CPU spread,
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from typing import Any, Callable
@@ -19,7 +20,9 @@ from typing import Any, Callable
 from .state import Health, HealthTracker
 from .probes import Probe, ProbeResult, Running, SpawnCheck, make_probe
 from ..jobfiles.readiness_spec import HealthCheckSpec
+from ..tasks import TaskOwner
 
+log = logging.getLogger("taskmasterd.health")
 # (old, new, reason): "healthy", "unhealthy", "http 503"
 HealthChange = Callable[[Health, Health, str], None]
 MAX_SLACK = 0.5  # seconds a check may start late, to run together with others
@@ -38,12 +41,15 @@ def due_time(now: float, delay: float) -> float:
 
 class HealthChecker:
     def __init__(self, check: HealthCheckSpec, on_change: HealthChange, spawn_check: SpawnCheck | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None):
+                 tasks: TaskOwner | None = None, loop: asyncio.AbstractEventLoop | None = None):
+        """`tasks`: the owner of the http and command checks' tasks (the daemon's, which shutdown
+        awaits; None: one of the checker's own)."""
         self._loop = loop or asyncio.get_running_loop()
         self._on_change = on_change
         self._spawn_check = spawn_check
+        self._tasks = tasks if tasks is not None else TaskOwner(log)
         self.check = check
-        self._probe: Probe = make_probe(check.probe, spawn_check)
+        self._probe: Probe = make_probe(check.probe, spawn_check, self._tasks)
         self._tracker: HealthTracker | None = None  # None: not started
         self._timer: asyncio.TimerHandle | None = None  # the next check
         self._running: Running | None = None  # the check under way
@@ -78,7 +84,7 @@ class HealthChecker:
     def update(self, check: HealthCheckSpec, spawn_check: SpawnCheck | None = None) -> None:
         """New settings (a reload): they apply from the next check; the verdict so far stays."""
         self._spawn_check = spawn_check or self._spawn_check
-        self._probe = make_probe(check.probe, self._spawn_check)
+        self._probe = make_probe(check.probe, self._spawn_check, self._tasks)
         self.check = check
 
     def _begin(self) -> None:

@@ -1,55 +1,76 @@
 """One instance's readiness, health checks and watchdog, for each run of its process.
 
-`Instance` owns the state machine; this module watches one run and tells the instance what it
-saw: the run is ready (up for starttime, READY=1, a first passing check), it missed its ready
-deadline, its health changed, its watchdog went unfed. A run holds at most one timer (starttime
-or the ready deadline), one notify socket, one health checker and one watchdog; a plain job's
-run costs the starttime timer, as before.
+The instance's state machine decides; this module watches one run and tells its observer (the
+instance) what it saw: the run is ready (up for starttime, READY=1), it missed its ready deadline,
+its health changed, its watchdog went unfed. It knows nothing of states: a report about a run the
+machine no longer cares for is the machine's to ignore. A run holds at most one timer (starttime
+or the ready deadline), one notify socket, one health checker and one watchdog; a plain job's run
+costs the starttime timer.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .checker import HealthChecker
 from .state import Health
 from .notify_message import Notification
-from .notify_socket import NotifySocket
-from .probes import SpawnCheck, job_check_spawner
+from .notify_socket import NotifyDirectory, NotifySocket
+from .probes import SpawnCheck
 from ..jobfiles.readiness_spec import effective_healthcheck, ready_deadline
-from ..lifecycle.states import State
 from .watchdog import Watchdog, watchdog_environment
+from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
-    from ..lifecycle.instance import Instance
     from ..jobfiles.jobfile import JobSpec
 
-_LIVE = frozenset({State.STARTING, State.RUNNING})  # a run whose health still matters
+
+class RunObserver(Protocol):
+    """Who hears what a run showed (an instance)."""
+
+    def run_ready(self, how: str) -> None:
+        """Up for starttime ("up for 1s", "up"), or "sent READY=1"."""
+
+    def run_not_ready(self, why: str) -> None:
+        """Its ready deadline passed."""
+
+    def run_health(self, old: Health, new: Health, detail: str) -> None:
+        """Its health verdict changed."""
+
+    def run_watchdog(self, why: str) -> None:
+        """No WATCHDOG=1 in time, or WATCHDOG=trigger."""
 
 
 class InstanceHealth:
-    __slots__ = ("_instance", "_timer", "_socket", "_watchdog", "checker", "notified", "stopping_notified")
+    __slots__ = ("_observer", "_notify_directory", "_check_spawner", "_tasks", "_timer", "_socket", "_watchdog", "_watching",
+                 "_ready", "_watchdog_timeout", "checker", "notified", "stopping_notified")
 
-    def __init__(self, instance: Instance):
-        self._instance = instance
+    def __init__(self, observer: RunObserver, notify_directory: Callable[[], NotifyDirectory],
+                 check_spawner: Callable[[JobSpec], SpawnCheck], tasks: TaskOwner):
+        self._observer = observer
+        self._notify_directory = notify_directory
+        self._check_spawner = check_spawner  # how a `cmd` check of this instance runs
+        self._tasks = tasks  # the owner of its checks' tasks
         self._timer: asyncio.TimerHandle | None = None  # starttime, or the ready deadline
         self._socket: NotifySocket | None = None
         self._watchdog: Watchdog | None = None  # armed at READY=1
+        self._watching = False  # between began() and quiet(): the run's verdicts still matter
+        self._ready = False  # the run was reported ready
+        self._watchdog_timeout: float | None = None  # the job's `watchdog`, armed at READY=1
         self.checker: HealthChecker | None = None
         self.notified: str | None = None  # the run's last STATUS= text
         self.stopping_notified = False  # the run sent STOPPING=1: it is shutting down by itself
 
     # --- one run --------------------------------------------------------------------------------
 
-    def environment(self, spec: JobSpec) -> dict[str, str]:
-        """What a new run is told; with `ready: "notify"` this opens its socket. Raises (OSError,
-        ValueError) when no socket can be made, which is a failed start."""
+    def environment(self, spec: JobSpec, uid: int | None) -> dict[str, str]:
+        """What a new run is told; with `ready: "notify"` this opens its socket, owned by `uid`
+        (the job's user; None: the daemon's). Raises (OSError, ValueError) when no socket can be
+        made, which is a failed start."""
         self.ended()
         if spec.ready != "notify":
             return {}
-        account = self._instance.job.account()
-        uid = account.uid if account is not None else None
-        self._socket = self._instance.job.supervisor.notify_directory().open_socket(self._notified, uid)
+        self._socket = self._notify_directory().open_socket(self._notified, uid)
         env = self._socket.environment()
         if spec.watchdog is not None:
             env.update(watchdog_environment(spec.watchdog))
@@ -57,11 +78,12 @@ class InstanceHealth:
 
     def began(self, spec: JobSpec) -> None:
         """The process runs: its checks begin, and the clock of its readiness."""
+        self._watching, self._ready, self._watchdog_timeout = True, False, spec.watchdog
         self._start_checks(spec)
         loop = asyncio.get_running_loop()
         if spec.ready == "starttime":
             if spec.starttime <= 0:
-                self._instance.became_ready("up")
+                self._report_ready("up")
             else:
                 self._timer = loop.call_later(spec.starttime, self._stayed_up, spec.starttime)
             return
@@ -72,6 +94,7 @@ class InstanceHealth:
 
     def quiet(self) -> None:
         """The run is being stopped: no more verdicts (checks, readiness clock, watchdog)."""
+        self._watching = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -92,7 +115,7 @@ class InstanceHealth:
     def update(self, old: JobSpec, new: JobSpec) -> None:
         """A reload changed the job file: the run under way takes the new check and watchdog
         settings at once (a new `ready` applies from the next run: this one is past or in its start)."""
-        if self._instance.state not in _LIVE:
+        if not self._watching:
             return
         check = effective_healthcheck(new)
         if check != effective_healthcheck(old):
@@ -103,12 +126,13 @@ class InstanceHealth:
                 self.checker = None
             else:
                 self.checker.update(check, self._check_spawner(new))
+        self._watchdog_timeout = new.watchdog
         if new.watchdog != old.watchdog:
             if new.watchdog is None:
                 self._disarm_watchdog()
             elif self._watchdog is not None:
                 self._watchdog.set_timeout(new.watchdog)
-            elif self._instance.state is State.RUNNING:
+            elif self._ready:
                 self._arm_watchdog(new.watchdog)
 
     # --- what the run shows ---------------------------------------------------------------------
@@ -136,25 +160,25 @@ class InstanceHealth:
 
     # --- inside ---------------------------------------------------------------------------------
 
-    def _check_spawner(self, spec: JobSpec) -> SpawnCheck:
-        job = self._instance.job
-        return job_check_spawner(job.supervisor.processes, spec, job.environment(self._instance.index), job.account())
-
     def _start_checks(self, spec: JobSpec) -> None:
         check = effective_healthcheck(spec)
         if check is not None:
-            self.checker = HealthChecker(check, self._instance.health_changed, self._check_spawner(spec))
+            self.checker = HealthChecker(check, self._observer.run_health, self._check_spawner(spec), self._tasks)
             self.checker.start()
+
+    def _report_ready(self, how: str) -> None:
+        self._ready = True
+        self._observer.run_ready(how)
 
     def _stayed_up(self, starttime: float) -> None:
         self._timer = None
-        self._instance.became_ready(f"up for {starttime:g}s")
+        self._report_ready(f"up for {starttime:g}s")
 
     def _deadline_missed(self, deadline: float, awaited: str) -> None:
         self._timer = None
         last = self.checker.last if self.checker is not None else None
         detail = f"{awaited}; last check: {last.detail}" if last is not None else awaited
-        self._instance.not_ready(f"not ready within {deadline:g}s ({detail})")
+        self._observer.run_not_ready(f"not ready within {deadline:g}s ({detail})")
 
     def _notified(self, message: Notification) -> None:
         if message.status is not None:
@@ -171,11 +195,13 @@ class InstanceHealth:
             if message.watchdog_trigger:
                 watchdog.trigger()
                 return
-        if message.ready and self._instance.state is State.STARTING:
-            timeout = self._instance.job.spec.watchdog
-            if timeout is not None and not self.stopping_notified:  # armed once the start-up is complete
-                self._arm_watchdog(message.watchdog_usec / 1e6 if message.watchdog_usec else timeout)
-            self._instance.became_ready("sent READY=1")
+        if message.ready and self._watching and not self._ready:
+            if self._watchdog_timeout is not None and not self.stopping_notified:  # armed once the start-up is complete
+                self._arm_watchdog(message.watchdog_usec / 1e6 if message.watchdog_usec else self._watchdog_timeout)
+            if self._timer is not None:  # the ready deadline
+                self._timer.cancel()
+                self._timer = None
+            self._report_ready("sent READY=1")
 
     def _arm_watchdog(self, timeout: float) -> None:
         if self._socket is None:  # a run started without a socket cannot ping
@@ -190,4 +216,4 @@ class InstanceHealth:
 
     def _watchdog_missed(self, reason: str) -> None:
         self._watchdog = None
-        self._instance.restart(reason)
+        self._observer.run_watchdog(reason)

@@ -28,7 +28,8 @@ from ..kernel.sockdiag import TCP_LISTEN, SockDiagOrElse, TcpSocket
 from ..jobfiles.readiness_spec import CmdCheck, HttpCheck, TcpCheck, netloc
 from ..processes.table import Child, ProcessTable
 from ..processes.spawner import Account, launch_for, spawn_error_text
-from ..lifecycle.states import describe_exit
+from ..processes.exits import describe_exit
+from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
     from ..jobfiles.jobfile import JobSpec
@@ -60,7 +61,8 @@ Probe = Callable[[Done], Running]
 SpawnCheck = Callable[[tuple[str, ...], int], Child]
 
 
-def make_probe(check: CmdCheck | TcpCheck | HttpCheck, spawn_check: SpawnCheck | None = None) -> Probe:
+def make_probe(check: CmdCheck | TcpCheck | HttpCheck, spawn_check: SpawnCheck | None, tasks: TaskOwner) -> Probe:
+    """The probe of `check`; the http and command ones run as tasks of `tasks`."""
     if isinstance(check, TcpCheck):
         target = Target.of(check.host, check.port)
         if _is_loopback(target) and _listeners.available():
@@ -70,22 +72,23 @@ def make_probe(check: CmdCheck | TcpCheck | HttpCheck, spawn_check: SpawnCheck |
         target = Target.of(check.host, check.port)
         request = (f"GET {check.target} HTTP/1.1\r\nHost: {netloc(check.host, check.port)}\r\n"
                    "User-Agent: taskmasterd-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n").encode()
-        return _in_task(lambda: _http(target, request))
+        return _in_task(lambda: _http(target, request), tasks)
     if spawn_check is None:
         raise ValueError("a cmd health check needs a spawn function")
-    return _in_task(lambda: _cmd(check, spawn_check))
+    return _in_task(lambda: _cmd(check, spawn_check), tasks)
 
 
-def _in_task(coroutine: Callable[[], Coroutine[Any, Any, ProbeResult]]) -> Probe:
-    return lambda done: _TaskRun(coroutine(), done)
+def _in_task(coroutine: Callable[[], Coroutine[Any, Any, ProbeResult]], tasks: TaskOwner) -> Probe:
+    return lambda done: _TaskRun(coroutine(), done, tasks)
 
 
 class _TaskRun:
-    """A check run as a task. Once cancelled it never calls back, even if its clean-up fails."""
+    """A check run as a task of `tasks` (which shutdown awaits: a cancelled command check still
+    kills its group). Once cancelled it never calls back, even if its clean-up fails."""
 
-    def __init__(self, coroutine: Coroutine[Any, Any, ProbeResult], done: Done):
+    def __init__(self, coroutine: Coroutine[Any, Any, ProbeResult], done: Done, tasks: TaskOwner):
         self._done: Done | None = done
-        self._task = asyncio.get_running_loop().create_task(coroutine)
+        self._task = tasks.spawn(coroutine, None)  # its failure is a failed check: _finished
         self._task.add_done_callback(self._finished)
 
     def cancel(self) -> None:
@@ -241,7 +244,8 @@ async def _cmd(check: CmdCheck, spawn_check: SpawnCheck) -> ProbeResult:
     finally:
         os.close(write_fd)
     try:
-        returncode = await asyncio.shield(child.exited)
+        await asyncio.wait([child.exited])  # never cancels the exit the process table resolves
+        returncode = child.exited.result()
     except asyncio.CancelledError:  # its timeout, or the checker stopped: nothing of it survives
         await child.stop(signal.SIGKILL, KILL_GRACE)
         raise

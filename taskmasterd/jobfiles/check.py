@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from ..lifecycle.dependencies import cycle_problem
+from ..kernel.nss import uid_of
+from .cycles import cycle_problem
 from .jobfile import JobFileError, Limits, host_errors, parse_job
 from .jobsdir import JobsDirectory, unloadable_name
 from .names import SUFFIX, job_name_from_filename
@@ -50,7 +51,7 @@ def _file_problems(directory: JobsDirectory, name: str, limits: Limits, graph: d
     except JobFileError as exc:
         yield from exc.problems
         return
-    problems = host_errors(spec, path)
+    problems = host_errors(spec, path, uid_of(spec.user) if spec.user is not None else None)
     if not problems:  # loaded, unless it closes a cycle with the files loaded before it
         graph[name] = [dependency.job for dependency in spec.depends_on]
         cycle = cycle_problem(graph, name, path)

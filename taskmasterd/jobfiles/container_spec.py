@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schedule_spec import _bool
+from .fields import boolean
 
-CONTAINER_FIELDS = {"essential": _bool}
+CONTAINER_FIELDS = {"essential": boolean}
 
 
 def container_problems(document: dict[str, Any], source: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 Pure logic: `parse_job` reads bytes and returns a spec or raises `JobFileError` with every problem
 found, each naming the file and the field. `host_errors` is the separate, system-facing check
-(does the working directory exist, does the user exist, may we switch to it).
+(does the working directory exist, does the user exist, may we switch to it), given the user's
+uid by its caller.
 """
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .container_spec import CONTAINER_FIELDS, container_problems
+from .fields import FieldError, NonFinite, boolean, command_words, got
 from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readiness_problems
 from .resources import NO_RESOURCES, RESOURCE_FIELDS, Resources, parse_resources
-from .schedule_spec import SCHEDULE_FIELDS, Schedule, schedule_problems, scheduled_defaults
+from .schedule_spec import SCHEDULE_FIELDS, Schedule, ScheduleSpec, schedule_problems, scheduled_defaults
 
 RESTART_POLICIES = ("always", "never", "unexpected")
 STDERR_TO_STDOUT = "stdout"  # the value of "stderr" that sends it down stdout's pipe
 # Bounds: whatever a file says, the daemon stays responsive and its memory bounded.
 MAX_FILE = 1 << 20  # bytes of a job file
-MAX_CMD = 128 * 1024  # bytes of a command line, all words together
 MAX_SECONDS = 86400.0  # any timer
 MAX_LOGBACKUPS = 1000
 MIN_LOGMAXBYTES = 1024  # or 0: never rotate
@@ -91,6 +92,12 @@ class JobSpec:
     resources: Resources = NO_RESOURCES  # memory_max, cpu_quota, tasks_max, nice, ... (resources.py)
     inherit_env: bool = False  # a job of another user gets the daemon's environment (spawner.py)
 
+    def schedule_settings(self) -> ScheduleSpec | None:
+        """Its scheduling settings, or None when it is not scheduled."""
+        if self.schedule is None:
+            return None
+        return ScheduleSpec(self.schedule, self.timezone, self.overlap, self.jitter, self.timeout, self.catch_up)
+
     def spawn_settings(self) -> tuple[Any, ...]:
         """What a running instance was started with: a change here needs a restart (a cgroup
         limit does not: it is changed live)."""
@@ -125,20 +132,7 @@ class JobFileError(ValueError):
         self.problems = problems
 
 
-# --- field converters: each returns the normalized value or raises _Bad(reason) ------------------
-
-
-class _Bad(Exception):
-    pass
-
-
-def _got(value: Any, limit: int = 80) -> str:
-    """The offending value as JSON, short, and always encodable (a message goes into replies)."""
-    if isinstance(value, _NonFinite):
-        return value.name
-    text = json.dumps(value, ensure_ascii=False, default=lambda v: v.name if isinstance(v, _NonFinite) else str(v))
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+# --- field converters: each returns the normalized value or raises FieldError(reason) ---------------
 
 
 def _short_repr(text: str, limit: int = 80) -> str:
@@ -150,57 +144,32 @@ def _int(value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
             maximum is not None and value > maximum):
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
-        raise _Bad(f"must be an integer {bounds}, got {_got(value)}")
+        raise FieldError(f"must be an integer {bounds}, got {got(value)}")
     return value
 
 
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS:
-        raise _Bad(f"must be a number of seconds from 0 to {MAX_SECONDS:g}, got {_got(value)}")
+        raise FieldError(f"must be a number of seconds from 0 to {MAX_SECONDS:g}, got {got(value)}")
     return float(value)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"must be true or false, got {_got(value)}")
-    return value
-
-
-def _cmd(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        if len(value.encode()) > MAX_CMD:
-            raise _Bad(f"is longer than {MAX_CMD} bytes")
-        try:
-            argv = shlex.split(value)
-        except ValueError as exc:
-            raise _Bad(f"cannot be split into words: {exc}") from None
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        if sum(len(v.encode()) + 1 for v in value) > MAX_CMD:
-            raise _Bad(f"is longer than {MAX_CMD} bytes")
-        argv = value
-    else:
-        raise _Bad(f"must be a string or a list of strings, got {_got(value)}")
-    if not argv or not argv[0]:
-        raise _Bad("must name a program")
-    return tuple(argv)
 
 
 def _restart_policy(value: Any) -> str:
     if value not in RESTART_POLICIES:
-        raise _Bad(f"must be one of \"always\", \"never\", \"unexpected\", got {_got(value)}")
+        raise FieldError(f"must be one of \"always\", \"never\", \"unexpected\", got {got(value)}")
     return value
 
 
 def _legacy_restart(value: Any) -> str:
     if isinstance(value, bool) or value not in (0, 1, 2):
-        raise _Bad(f"must be 0 (never), 1 (unexpected) or 2 (always), got {_got(value)}")
+        raise FieldError(f"must be 0 (never), 1 (unexpected) or 2 (always), got {got(value)}")
     return ("never", "unexpected", "always")[value]
 
 
 def _exitcodes(value: Any) -> frozenset[int]:
     codes = value if isinstance(value, list) else [value]
     if not codes or len(codes) > 256 or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in codes):
-        raise _Bad(f"must be an exit code 0…255 or a list of them, got {_got(value)}")
+        raise FieldError(f"must be an exit code 0…255 or a list of them, got {got(value)}")
     return frozenset(codes)
 
 
@@ -214,14 +183,14 @@ def _signal(value: Any) -> int:
         number = getattr(signal.Signals, name, None) if not name.startswith("SIG_") else None
         if number is not None:
             return int(number)
-    raise _Bad(f"must be a signal name like \"TERM\" or a signal number, got {_got(value)}")
+    raise FieldError(f"must be a signal name like \"TERM\" or a signal number, got {got(value)}")
 
 
 def _log_target(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_PATH:
-        raise _Bad(f"must be a path (at most {MAX_PATH} characters) or null, got {_got(value)}")
+        raise FieldError(f"must be a path (at most {MAX_PATH} characters) or null, got {got(value)}")
     return value
 
 
@@ -230,29 +199,29 @@ def _env(value: Any) -> tuple[tuple[str, str], ...]:
         try:
             value = {item["name"]: item["value"] for item in value}
         except (TypeError, KeyError):
-            raise _Bad("as a list, every entry must be {\"name\": …, \"value\": …}") from None
+            raise FieldError("as a list, every entry must be {\"name\": …, \"value\": …}") from None
     if not isinstance(value, dict):
-        raise _Bad(f"must be an object of names to strings, got {_got(value)}")
+        raise FieldError(f"must be an object of names to strings, got {got(value)}")
     pairs = []
     for key, val in value.items():
         if not isinstance(key, str) or not key or "=" in key:
-            raise _Bad(f"has an invalid variable name {_got(key)}")
+            raise FieldError(f"has an invalid variable name {got(key)}")
         if isinstance(val, bool) or not isinstance(val, (str, int, float)):
-            raise _Bad(f"variable {key!r} must be a string or a number, got {_got(val)}")
+            raise FieldError(f"variable {key!r} must be a string or a number, got {got(val)}")
         pairs.append((key, str(val)))
     return tuple(sorted(pairs))
 
 
 def _path(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_PATH:
-        raise _Bad(f"must be a directory path (at most {MAX_PATH} characters), got {_got(value)}")
+        raise FieldError(f"must be a directory path (at most {MAX_PATH} characters), got {got(value)}")
     return value
 
 
 def _umask(value: Any) -> int:
     if isinstance(value, str) and re.fullmatch(r"0?[0-7]{1,3}", value):
         return int(value, 8)
-    raise _Bad(f"must be an octal string like \"022\", got {_got(value)}")
+    raise FieldError(f"must be an octal string like \"022\", got {got(value)}")
 
 
 def _user(value: Any) -> str:
@@ -261,24 +230,24 @@ def _user(value: Any) -> str:
     if isinstance(value, str) and value and len(value) <= MAX_NAME_FIELD and not value.startswith("-"):
         if not (value.isascii() and value.isdigit()) or int(value) <= MAX_UID:
             return value
-    raise _Bad(f"must be a user name or a uid from 0 to {MAX_UID}, got {_got(value)}")
+    raise FieldError(f"must be a user name or a uid from 0 to {MAX_UID}, got {got(value)}")
 
 
 def _colonies(value: Any) -> ColoniesSpec | None:
     if value is False:
         return None
     if not isinstance(value, dict):
-        raise _Bad(f"must be an object or false, got {_got(value)}")
+        raise FieldError(f"must be an object or false, got {got(value)}")
     unknown = set(value) - {"executortype", "executorname", "functions", "maxconcurrent", "location"}
     if unknown:
-        raise _Bad(f"unknown key {_got(sorted(unknown)[0])}")
+        raise FieldError(f"unknown key {got(sorted(unknown)[0])}")
     for key in ("executortype", "executorname", "location"):
         if key in value and (not isinstance(value[key], str) or not 0 < len(value[key]) <= MAX_NAME_FIELD):
-            raise _Bad(f"{key} must be a non-empty string of at most {MAX_NAME_FIELD} characters, "
-                       f"got {_got(value[key])}")
+            raise FieldError(f"{key} must be a non-empty string of at most {MAX_NAME_FIELD} characters, "
+                       f"got {got(value[key])}")
     functions = value.get("functions", list(DEFAULT_COLONIES_FUNCTIONS))
     if not isinstance(functions, list) or any(f not in COLONIES_FUNCTIONS for f in functions):
-        raise _Bad(f"functions must be a list drawn from {', '.join(COLONIES_FUNCTIONS)}, got {_got(functions)}")
+        raise FieldError(f"functions must be a list drawn from {', '.join(COLONIES_FUNCTIONS)}, got {got(functions)}")
     return ColoniesSpec(
         executortype=value.get("executortype"),
         executorname=value.get("executorname"),
@@ -291,17 +260,17 @@ def _colonies(value: Any) -> ColoniesSpec | None:
 def _logmaxbytes(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not (
             value == 0 or MIN_LOGMAXBYTES <= value <= MAX_LOGMAXBYTES):
-        raise _Bad(f"must be 0 (never rotate) or an integer from {MIN_LOGMAXBYTES} to {MAX_LOGMAXBYTES}, "
-                   f"got {_got(value)}")
+        raise FieldError(f"must be 0 (never rotate) or an integer from {MIN_LOGMAXBYTES} to {MAX_LOGMAXBYTES}, "
+                   f"got {got(value)}")
     return value
 
 
 _Converter = Callable[[Any], Any]
 _NUMPROCS = "numprocs"  # bounded by Limits, checked in parse_job
 FIELDS: dict[str, _Converter] = {
-    "cmd": _cmd,
+    "cmd": command_words,
     "numprocs": lambda v: _int(v, 1),
-    "autostart": _bool,
+    "autostart": boolean,
     "autorestart": _restart_policy,
     "exitcodes": _exitcodes,
     "starttime": _seconds,
@@ -317,7 +286,7 @@ FIELDS: dict[str, _Converter] = {
     "umask": _umask,
     "user": _user,
     "colonies": _colonies,
-    "inherit_env": _bool,
+    "inherit_env": boolean,
     **READINESS_FIELDS,  # depends_on, ready, ready_timeout, healthcheck, on_unhealthy, watchdog
     **SCHEDULE_FIELDS,  # schedule, timezone, overlap, jitter, timeout, catch_up
     **CONTAINER_FIELDS,  # essential
@@ -325,7 +294,7 @@ FIELDS: dict[str, _Converter] = {
 # Names used by files written for the original Taskmaster daemon: alias -> (field, converter).
 ALIASES: dict[str, tuple[str, _Converter]] = {
     "procNr": ("numprocs", FIELDS["numprocs"]),
-    "autoStart": ("autostart", _bool),
+    "autoStart": ("autostart", boolean),
     "restart": ("autorestart", _legacy_restart),
     "startTime": ("starttime", _seconds),
     "normalExitCode": ("exitcodes", _exitcodes),
@@ -338,19 +307,12 @@ ALIASES: dict[str, tuple[str, _Converter]] = {
 _SPEC_FIELD = {"cmd": "argv"}
 
 
-class _NonFinite:
-    """What NaN/Infinity parse to: no converter accepts it, so the message names its field."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     document = dict(pairs)
     if len(document) != len(pairs):
         seen: set[str] = set()
         twice = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise _Bad(f"key {_got(twice)} is given twice")
+        raise FieldError(f"key {got(twice)} is given twice")
     return document
 
 
@@ -359,12 +321,12 @@ def _load(raw: bytes, source: str) -> Any:
     if len(raw) > MAX_FILE:
         raise JobFileError([f"{source}: larger than {MAX_FILE} bytes"])
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_NonFinite, object_pairs_hook=_refuse_duplicates)
+        return json.loads(raw.decode("utf-8"), parse_constant=NonFinite, object_pairs_hook=_refuse_duplicates)
     except UnicodeDecodeError as exc:
         raise JobFileError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
     except json.JSONDecodeError as exc:
         raise JobFileError([f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
-    except _Bad as bad:
+    except FieldError as bad:
         raise JobFileError([f"{source}: invalid JSON: {bad}"]) from None
     except (ValueError, RecursionError) as exc:  # an integer of 5000 digits, nesting 100k deep
         raise JobFileError([f"{source}: invalid JSON: {exc}"]) from None
@@ -421,12 +383,12 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
         text_problem = _text_problem(value)
         try:
             if text_problem:
-                raise _Bad(text_problem)
+                raise FieldError(text_problem)
             converted = convert(value)
             if target == _NUMPROCS and converted > limits.max_numprocs:
-                raise _Bad(f"must be at most {limits.max_numprocs} (the daemon's max_numprocs), got {converted}")
+                raise FieldError(f"must be at most {limits.max_numprocs} (the daemon's max_numprocs), got {converted}")
             values[_SPEC_FIELD.get(target, target)] = converted
-        except _Bad as bad:
+        except FieldError as bad:
             problems.append(f'{source}: field "{key}": {bad}')
     if "cmd" not in document:
         problems.append(f'{source}: field "cmd": is required')
@@ -440,21 +402,18 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
     return spec
 
 
-def host_errors(spec: JobSpec, source: str, daemon_uid: int | None = None) -> list[str]:
+def host_errors(spec: JobSpec, source: str, user_uid: int | None = None, daemon_uid: int | None = None) -> list[str]:
     """Problems only this machine can tell: a missing working directory, an unknown user, a user
-    switch the daemon has no right to make."""
+    switch the daemon has no right to make. `user_uid`: the uid the spec's `user` stands for, as
+    the caller looked it up (NSS may be far away: not here), None when there is no such user."""
     problems = []
     if spec.workingdir is not None and not os.path.isdir(spec.workingdir):
         problems.append(f'{source}: field "workingdir": directory {spec.workingdir!r} does not exist')
     if spec.user is not None:
-        from ..processes.spawner import account_entry
-
-        try:
-            account = account_entry(spec.user)
-        except KeyError:
+        if user_uid is None:
             problems.append(f'{source}: field "user": no such user {spec.user!r}')
         else:
             uid = os.geteuid() if daemon_uid is None else daemon_uid
-            if uid != 0 and account.pw_uid != uid:
+            if uid != 0 and user_uid != uid:
                 problems.append(f'{source}: field "user": running as {spec.user!r} needs a daemon started as root')
     return problems

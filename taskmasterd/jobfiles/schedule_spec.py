@@ -19,12 +19,9 @@ import re
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from .readiness_spec import _bad, _one_of, _seconds
-
-if TYPE_CHECKING:
-    from .jobfile import JobSpec
+from .fields import boolean, one_of, refuse, timer_seconds
 
 OVERLAP_POLICIES = ("skip", "queue", "replace")
 MACROS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
@@ -75,7 +72,7 @@ def cron_error(expression: str) -> str | None:
 
 def parse_schedule(value: Any) -> Schedule:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_EXPRESSION:
-        raise _bad(f'must be a cron expression, "@hourly"-like macro or "@every 5m" (at most '
+        raise refuse(f'must be a cron expression, "@hourly"-like macro or "@every 5m" (at most '
                    f"{MAX_EXPRESSION} characters)", value)
     text = value.strip()
     lowered = text.lower()
@@ -84,48 +81,42 @@ def parse_schedule(value: Any) -> Schedule:
     if lowered.startswith("@every"):
         match = _EVERY.match(lowered)
         if match is None:
-            raise _bad('"@every" needs a duration like "90s", "5m", "2h" or "1d"', value)
+            raise refuse('"@every" needs a duration like "90s", "5m", "2h" or "1d"', value)
         interval = float(match.group(1)) * _UNIT[match.group(2)]
         if not MIN_EVERY <= interval <= MAX_EVERY:
-            raise _bad(f'"@every" must be from {MIN_EVERY:g}s to {MAX_EVERY / 86400:g} days', value)
+            raise refuse(f'"@every" must be from {MIN_EVERY:g}s to {MAX_EVERY / 86400:g} days', value)
         return Schedule(text, "every", interval=interval)
     if lowered.startswith("@"):
         if lowered not in MACROS:
-            raise _bad("unknown macro (use @hourly, @daily, @weekly, @monthly, @yearly, @reboot or @every)", value)
+            raise refuse("unknown macro (use @hourly, @daily, @weekly, @monthly, @yearly, @reboot or @every)", value)
         return Schedule(text, "cron", expression=MACROS[lowered])
     fields = text.split()
     if len(fields) not in (5, 6):
-        raise _bad(f"must have 5 fields (minute hour day month weekday) or 6 (seconds first), "
+        raise refuse(f"must have 5 fields (minute hour day month weekday) or 6 (seconds first), "
                    f"has {len(fields)}", value)
     error = cron_error(text)
     if error is not None:
-        raise _bad(error, value)
+        raise refuse(error, value)
     return Schedule(text, "cron", expression=" ".join(fields))
 
 
 def parse_timezone(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 128:
-        raise _bad('must be an IANA time zone name like "Europe/Paris"', value)
+        raise refuse('must be an IANA time zone name like "Europe/Paris"', value)
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise _bad("is not a time zone this host knows (an IANA name like \"Europe/Paris\")", value) from None
+        raise refuse("is not a time zone this host knows (an IANA name like \"Europe/Paris\")", value) from None
     return value
-
-
-def _bool(value: Any) -> bool:
-    from .jobfile import _bool as convert  # see readiness_spec._bad: jobfile imports this module
-
-    return convert(value)
 
 
 SCHEDULE_FIELDS: dict[str, Callable[[Any], Any]] = {
     "schedule": parse_schedule,
     "timezone": parse_timezone,
-    "overlap": _one_of(OVERLAP_POLICIES),
-    "jitter": lambda v: _seconds(v, zero_ok=True),
-    "timeout": _seconds,
-    "catch_up": _bool,
+    "overlap": one_of(OVERLAP_POLICIES),
+    "jitter": lambda v: timer_seconds(v, zero_ok=True),
+    "timeout": timer_seconds,
+    "catch_up": boolean,
 }
 
 
@@ -150,13 +141,6 @@ def scheduled_defaults(document: dict[str, Any]) -> dict[str, Any]:
     if "starttime" not in document and "startTime" not in document:
         defaults["starttime"] = 0.0
     return defaults
-
-
-def schedule_of(spec: JobSpec) -> ScheduleSpec | None:
-    """The scheduling settings of `spec`, or None when it is not scheduled."""
-    if spec.schedule is None:
-        return None
-    return ScheduleSpec(spec.schedule, spec.timezone, spec.overlap, spec.jitter, spec.timeout, spec.catch_up)
 
 
 def host_timezone(environ: dict[str, str] | os._Environ[str] = os.environ) -> tzinfo:

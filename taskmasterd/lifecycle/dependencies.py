@@ -1,5 +1,5 @@
-"""Dependencies between jobs, as pure logic: what a job meets, what it still waits on, cycles, and
-the order in which a set of jobs stops.
+"""Dependencies between jobs, as pure logic: what a job meets, what it still waits on, and the
+order in which a set of jobs stops (a cycle is a job file's problem: jobfiles/cycles.py).
 
 A job meets `running` when every instance is RUNNING; `healthy` when every instance is RUNNING
 and passes its health check (a job without a health check: RUNNING is enough); `completed` when
@@ -8,12 +8,10 @@ every instance has exited with an expected code (a one-shot setup job).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
+from ..jobfiles.cycles import Graph
 from ..jobfiles.readiness_spec import Dependency
-
-if TYPE_CHECKING:
-    from ..jobfiles.jobfile import JobSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,51 +51,6 @@ def waiting_text(depends_on: Iterable[Dependency], conditions_of: ConditionsOf) 
     waits = [f"{d.job} ({'not loaded' if conditions_of(d.job) is None else d.condition})"
              for d in unmet(depends_on, conditions_of)]
     return "waiting for " + ", ".join(waits) if waits else None
-
-
-Graph = Mapping[str, Iterable[str]]  # job -> the names it depends on (loaded or not)
-
-
-def dependency_graph(specs: Iterable[JobSpec]) -> dict[str, list[str]]:
-    return {spec.name: [d.job for d in spec.depends_on] for spec in specs}
-
-
-def cycle_problem(graph: Graph, name: str, source: str) -> str | None:
-    """The validation error of job `name` (its file `source`) when its dependencies close a cycle."""
-    cycle = find_cycle(graph, start=name)
-    return f'{source}: field "depends_on": a cycle: {describe_cycle(cycle)}' if cycle else None
-
-
-def find_cycle(graph: Graph, start: str | None = None) -> tuple[str, ...] | None:
-    """A cycle among the loaded jobs as a closed path (`("a", "b", "a")`), or None. With `start`,
-    only what `start` reaches is searched: when a new version of one job's file is the only
-    change to an acyclic graph, every new cycle goes through that job and is found from it.
-    Iterative, so a long chain of jobs cannot exhaust the stack."""
-    done: set[str] = set()
-    for root in [start] if start is not None else sorted(graph):
-        if root in done or root not in graph:
-            continue
-        path: list[str] = [root]
-        on_path = {root}
-        pending = [iter(sorted(graph[root]))]
-        while pending:
-            nxt = next(pending[-1], None)
-            if nxt is None:
-                pending.pop()
-                finished = path.pop()
-                on_path.discard(finished)
-                done.add(finished)
-            elif nxt in on_path:
-                return (*path[path.index(nxt):], nxt)
-            elif nxt in graph and nxt not in done:
-                path.append(nxt)
-                on_path.add(nxt)
-                pending.append(iter(sorted(graph[nxt])))
-    return None
-
-
-def describe_cycle(cycle: Sequence[str]) -> str:
-    return " -> ".join(cycle)
 
 
 def stop_layers(names: Iterable[str], graph: Graph) -> list[list[str]]:

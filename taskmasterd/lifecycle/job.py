@@ -1,4 +1,10 @@
-"""A loaded job: its current spec, its instances, and how a new version of its file is applied.
+"""A loaded job: its current spec, its instances, its queue of events, and how a new version of
+its file is applied.
+
+Every event of every instance of the job — a command, a spawn made, an exit, a timer, what a run's
+watcher saw — goes through the job's one queue and is handled to the end (the table's step and
+all its effects) before the next: an effect that causes another event (a restart's spawn, a
+deferred command replayed) queues it behind. Nothing is ever handled half-way or out of order.
 
 `instances` holds one Instance per index below numprocs, followed by the retired ones that are
 still stopping after numprocs shrank: an index is never served by two processes, and a shrink
@@ -6,26 +12,39 @@ followed by a grow brings the same Instance back rather than a twin.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections import deque
+from typing import Callable
 
 from .dependencies import conditions_met, waiting_text
-from .instance import Instance, wait_each
+from .instance import Answer, Instance, wait_each
+from .services import Services
+from .states import Event, Kind, Policy, State, summarize
 from ..jobfiles.jobfile import JobSpec
-from ..processes.spawner import Account, child_environment, lookup_account
-from .states import State, summarize
+from ..processes.launch import Account
+from ..processes.spawner import child_environment
 
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
+log = logging.getLogger("taskmasterd.job")
+_LIVE = (State.STARTING, State.RUNNING, State.BACKOFF)  # what new spawn settings restart
+
+
+def policy_of(spec: JobSpec) -> Policy:
+    return Policy(autorestart=spec.autorestart, exitcodes=spec.exitcodes, startretries=spec.startretries,
+                  ready=spec.ready, on_unhealthy=spec.on_unhealthy, stopsignal=spec.stopsignal)
 
 
 class Job:
-    def __init__(self, supervisor: Supervisor, spec: JobSpec):
-        self.supervisor = supervisor
+    def __init__(self, spec: JobSpec, services: Services, account: Account | None = None):
+        """`account`: the spec's `user` resolved (off the loop, by whoever loaded the file)."""
+        self.services = services
         self.spec = spec
+        self.policy = policy_of(spec)
         self.error: str | None = None  # why the file on disk is not the version running
         self.instances: list[Instance] = []
+        self._account = account
         self._env: dict[str, str] | None = None
-        self._account: Account | None = None
+        self._queue: deque[tuple[Instance, Event, Answer | None]] = deque()
+        self._handling = False
         self.announced_serving: str | None = ""  # not_serving() as listeners last heard it ("": never)
         self._resize(spec.numprocs)
 
@@ -39,35 +58,57 @@ class Job:
         return self.instances[: self.spec.numprocs]
 
     def account(self) -> Account | None:
-        """The spec's `user`, looked up once per version of the job (a name service may be slow,
-        and a spawn is a hot path), as its environment is; KeyError while there is no such user."""
-        if self.spec.user is None:
-            return None
-        if self._account is None:
-            self._account = lookup_account(self.spec.user)
+        """Whom the spec's `user` runs as (looked up when the file was loaded); None without one."""
         return self._account
 
     def environment(self, index: int) -> dict[str, str]:
         if self._env is None:
-            self._env = child_environment(self.spec, self.supervisor.base_environment, self.account(),
+            self._env = child_environment(self.spec, self.services.base_environment, self._account,
                                           {"TASKMASTER_JOB": self.name})
         return {**self._env, "TASKMASTER_INSTANCE": str(index)}
 
-    # --- commands over every instance -----------------------------------------------------------
+    # --- the queue ------------------------------------------------------------------------------
 
-    def start_all(self, reason: str = "start command") -> bool:
-        return any([inst.start(reason) for inst in self.active])
+    def post(self, inst: Instance, event: Event, answer: Answer | None = None) -> None:
+        """Queue an event for one of the job's instances; handled now unless an event is being
+        handled (then right after it)."""
+        self._queue.append((inst, event, answer))
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            while self._queue:
+                inst, event, answer = self._queue.popleft()
+                try:
+                    inst.handle(event, answer)
+                except Exception:  # a bug: say so, and let the job's other events through
+                    log.exception("%s: handling %s failed", inst.label, event.kind.value)
+                    if answer is not None and not answer.done():
+                        answer.set_result(False)
+                if inst.retired and not inst.busy():
+                    self._drop_retired()
+        finally:
+            self._handling = False
 
-    def stop_all(self, kill: bool = False) -> bool:
-        return any([inst.stop(kill) for inst in self.instances])
+    def command(self, kind: Kind, why: str, instances: list[Instance] | None = None) -> list[tuple[Instance, Answer]]:
+        """`kind` to each of `instances` (default: those numprocs asks for); each with its answer."""
+        return [(inst, inst.command(kind, why)) for inst in (self.active if instances is None else instances)]
 
-    async def wait_started(self, instances: list[Instance] | None = None) -> str | None:
-        """Wait for every instance to settle after a start; the first failure's reason, or None."""
-        instances = self.active if instances is None else instances
-        await wait_each(instances, Instance.start_settled)
+    def stop_all(self, kind: Kind = Kind.STOP) -> list[tuple[Instance, Answer]]:
+        return self.command(kind, "kill command" if kind is Kind.KILL else "stop command", list(self.instances))
+
+    async def wait_started(self, instances: list[Instance], stalled: Callable[[], str | None]) -> str | None:
+        """Wait for every instance to settle after a start; the first failure's reason, or None.
+        A start waiting for dependencies that are not coming is a failure too (`stalled`)."""
+        def settled(inst: Instance) -> bool:
+            return inst.start_settled() or (inst.state is State.WAITING and stalled() is not None)
+
+        await wait_each(instances, settled)
         for inst in instances:
             if inst.discarded:
                 return f"{inst.label}: its job was removed"
+            if inst.state is State.WAITING:
+                return stalled()
             if inst.state in (State.BACKOFF, State.FATAL):
                 return f"{inst.label}: {inst.description}"
             if inst.state is State.STOPPED:
@@ -88,29 +129,27 @@ class Job:
 
     # --- dependencies and serving ---------------------------------------------------------------
 
-    def standing_changed(self) -> None:
-        """An instance changed state or health: what dependants and listeners see may differ."""
-        self.supervisor.standing_changed(self.name)
-
     def conditions_met(self) -> frozenset[str]:
         """Which of running / healthy / completed this job meets, for the jobs depending on it."""
         return conditions_met([inst.standing() for inst in self.active])
 
-    def unmet_dependencies(self) -> str | None:
+    def waiting(self) -> str | None:
         """What a start of this job still waits for ("waiting for db (healthy)"), or None."""
         if not self.spec.depends_on:
             return None
-        return waiting_text(self.spec.depends_on, self.supervisor.conditions_of)
+        return waiting_text(self.spec.depends_on, self.services.conditions_of)
+
+    def coming(self) -> bool:
+        """Up or on its way, by itself: a dependant waiting for it will not wait forever."""
+        return any(inst.coming() for inst in self.active)
 
     def recheck_waiting(self) -> bool:
-        """Let the WAITING instances go if every dependency is met now; whether any still waits."""
+        """Its dependencies changed: the WAITING instances go if they are met now (else show what
+        they still wait for); whether any still waits."""
         waiting = [inst for inst in self.active if inst.state is State.WAITING]
-        if not waiting:
-            return False
-        text = self.unmet_dependencies()
         for inst in waiting:
-            inst.dependencies_changed(text)
-        return text is not None
+            self.post(inst, Event(Kind.DEPS))
+        return any(inst.state is State.WAITING for inst in waiting)
 
     def not_serving(self) -> str | None:
         """Why the job cannot take work now (its ColonyOS executor waits), or None when it can:
@@ -127,41 +166,39 @@ class Job:
 
     # --- applying a new version of the file -----------------------------------------------------
 
-    def apply(self, new: JobSpec) -> tuple[list[Instance], list[Instance], bool]:
+    def apply(self, new: JobSpec, account: Account | None) -> tuple[list[tuple[Instance, Answer]], list[Instance], bool]:
         """Switch to `new`: settings that do not affect spawning take effect at once; instances
-        whose spawn settings changed are told to stop and start again; numprocs only adds or
-        retires instances. Returns the instances starting (restarted or added), the ones retiring,
-        and whether any running process had to restart."""
-        old, self.spec = self.spec, new
-        self._env = self._account = None
+        whose spawn settings changed restart (one command each); numprocs only adds or retires
+        instances. Returns the instances starting (restarted or added) with their answers, the
+        ones retiring, and whether any running process had to restart."""
+        old, self.spec, self.policy = self.spec, new, policy_of(new)
+        self._env, self._account = None, account
         for inst in self.instances:
             for path in self._log_paths(new, inst.index):
                 if path is not None:
-                    self.supervisor.log_files.update_limits(path, new.logmaxbytes, new.logbackups)
+                    self.services.log_files.update_limits(path, new.logmaxbytes, new.logbackups)
         spawn_changed = old.spawn_settings() != new.spawn_settings()
-        restarting: list[Instance] = []
+        starting: list[tuple[Instance, Answer]] = []
         for inst in self.instances[: min(old.numprocs, new.numprocs)]:
             # numprocs crossing 1 can move an instance's log file: that needs a restart too
             moved = self._log_paths(old, inst.index) != self._log_paths(new, inst.index)
             # cgroup limits change live; one whose controller the run's cgroup lacks needs a restart
             limits_refused = inst.child is not None and not inst.child.apply_limits(new.resources)
-            if (spawn_changed or moved or limits_refused) and inst.state in (State.STARTING, State.RUNNING, State.BACKOFF):
-                inst.stop()
-                inst.start("restart for new settings")
-                restarting.append(inst)
+            if (spawn_changed or moved or limits_refused) and inst.state in _LIVE:
+                starting.append((inst, inst.command(Kind.RESTART, "restart for new settings")))
             else:
                 inst.health.update(old, new)  # readiness and health are never spawn settings
-        starting = list(restarting)
+        restarted = bool(starting)
         if new.numprocs != old.numprocs:
             wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.autostart
             wanted = wanted and new.schedule is None  # a scheduled job's instances start with its runs
             for inst in self._resize(new.numprocs):
-                if wanted and inst.start("numprocs increased"):
-                    starting.append(inst)
-        return starting, self.instances[new.numprocs:], bool(restarting)
+                if wanted:
+                    starting.append((inst, inst.command(Kind.START, "numprocs increased")))
+        return starting, self.instances[new.numprocs:], restarted
 
     def _log_paths(self, spec: JobSpec, index: int) -> tuple[str | None, str | None]:
-        log_dir = self.supervisor.log_dir
+        log_dir = self.services.log_dir
         return spec.log_path("stdout", index, log_dir), spec.log_path("stderr", index, log_dir)
 
     def _resize(self, count: int) -> list[Instance]:
@@ -171,19 +208,21 @@ class Job:
         joined = []
         for inst in self.instances[:count]:
             if inst.retired:
-                inst.unretire()
+                inst.retired = False
                 joined.append(inst)
         for index in range(len(self.instances), count):
-            inst = Instance(self, index)
+            inst = Instance(self, self.services, index)
             self.instances.append(inst)
             joined.append(inst)
         for inst in self.instances[count:]:
             if not inst.retired:
-                inst.retire()
+                inst.retired = True
+                self.post(inst, Event(Kind.STOP, "numprocs decreased"))
+        self._drop_retired()
         return joined
 
-    def retired(self, inst: Instance) -> None:
-        """A retired instance stopped: drop the tail of stopped retired instances."""
+    def _drop_retired(self) -> None:
+        """Drop the tail of retired instances that have stopped."""
         while self.instances and self.instances[-1].retired and not self.instances[-1].busy():
             self.instances.pop().discard()
 
@@ -191,7 +230,7 @@ class Job:
 
     def state(self) -> str:
         if len(self.instances) == 1:  # the common case, on the hot path of `status`
-            return self.instances[0].state
+            return self.instances[0].state.value
         return summarize([inst.state for inst in self.active])
 
     def status(self, now: float) -> dict:
@@ -201,3 +240,4 @@ class Job:
             "instances": [inst.status(now) for inst in self.instances],
             "error": self.error,
         }
+

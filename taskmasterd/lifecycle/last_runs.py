@@ -85,4 +85,4 @@ class LastRuns:
     async def flush(self) -> None:
         """Until every recorded time is on disk (shutdown)."""
         while self._writing is not None:
-            await asyncio.shield(self._writing)
+            await asyncio.wait([self._writing])  # never cancels the write, whoever waits

@@ -23,10 +23,10 @@ import logging
 import random
 import time
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Coroutine, Mapping, Protocol
 
-from ..control.reply import REDUNDANT, Reply, fail
-from ..jobfiles.schedule_spec import ScheduleSpec, host_timezone, next_due, schedule_of, zone_of
+from ..reply import REDUNDANT, Reply, fail
+from ..jobfiles.schedule_spec import ScheduleSpec, host_timezone, next_due, zone_of
 from ..kernel.timerfd import WallClockAlarm
 from ..observe.events import Event
 from .last_runs import LastRuns
@@ -34,8 +34,26 @@ from .runs import Run, RunBook, run_result
 
 if TYPE_CHECKING:
     from .job import Job
-    from .supervisor import Supervisor
     from ..jobfiles.jobfile import JobSpec
+    from ..observe.events import EventBus
+
+
+class Host(Protocol):
+    """What the scheduler uses of the supervisor: its public verbs and its event bus."""
+
+    state_dir: str
+    events: EventBus
+    jobs: Mapping[str, Job]
+    closing: bool
+
+    def background(self, coro: Coroutine[Any, Any, Any], what: str) -> Any: ...
+
+    async def start_instances(self, name: str, nowait: bool = False, index: int | None = None,
+                              reason: str = "start command") -> Reply: ...
+
+    async def stop(self, name: str, nowait: bool = False, kill: bool = False, index: int | None = None) -> Reply: ...
+
+    def status(self, name: str | None = None, index: int | None = None) -> Reply: ...
 
 log = logging.getLogger("taskmasterd.schedule")
 MISSED_AFTER = 10.0  # seconds late past which a due time counts as missed, not merely late
@@ -62,7 +80,7 @@ class Scheduler:
     """A JobListener of the supervisor (jobs loaded, changed, removed) and an observer of its
     event bus (instances changing state)."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Host) -> None:
         self.supervisor = supervisor
         self.last_runs = LastRuns(supervisor.state_dir)
         self.host_zone = host_timezone()  # read once: /etc/localtime is a file
@@ -78,7 +96,7 @@ class Scheduler:
     # --- jobs coming, changing and going (JobListener) ------------------------------------------
 
     def job_loaded(self, job: Job) -> None:
-        settings = schedule_of(job.spec)
+        settings = job.spec.schedule_settings()
         if settings is None:
             return
         table = self.jobs[job.name] = _Timetable(job.name, settings, zone_of(settings, self.host_zone))
@@ -100,7 +118,7 @@ class Scheduler:
             self._plan(table, table.following(now))
 
     def job_changed(self, job: Job, old: JobSpec) -> None:
-        settings = schedule_of(job.spec)
+        settings = job.spec.schedule_settings()
         table = self.jobs.get(job.name)
         if settings is None:
             if table is not None:

@@ -1,18 +1,26 @@
 """The supervisor: the jobs it knows, their files on disk, and the async API behind every verb.
 
-Every method that answers a verb returns a `verbs.Reply`; the control server, the signal
-handlers, the jobs-directory watcher and the Colonies bridge all come through here.
+Every method that answers a verb returns a `Reply`; the control server, the signal handlers, the
+jobs-directory watcher and the Colonies bridge all come through here.
 
-Verbs on one job are serialized by that job's lock: a verb holds it while it acts (a state change
-is synchronous), and waits for the outcome (RUNNING, stopped) after releasing it, so a `kill`
-can overtake a slow `stop`. Only what ends a job's existence — `delete`, a reload that finds the
-file gone — holds the lock until the job's processes are gone, so nothing can start an instance
-of a job that is being forgotten. Other jobs are never held up.
+A verb is a command to each instance it names, through the job's queue (`Job.post`): the table
+of states.py decides, one event at a time, so two verbs never interleave half-way (a `stop` sent
+during a `restart-job` is applied after it). Verbs on one job are also serialized by that job's
+lock while they post their commands; the answer (RUNNING, stopped) is awaited after releasing it,
+so a `kill` can overtake a slow `stop`. Only what ends a job's existence — `delete`, a reload
+that finds the file gone — holds the lock until the job's processes are gone, so nothing can
+start an instance of a job that is being forgotten. Other jobs are never held up.
+
+A request that names jobs is answered once the jobs directory has been read once (`jobs_read`):
+the control port answers from the start, and never says a job does not exist because its file
+was not read yet.
 
 Dependencies: a start of a job whose `depends_on` is not met leaves its instances WAITING (held
 here); whenever a job's standing changes (an instance's state or health, a job loaded, changed or
 removed), once per loop iteration, the held jobs that depend on it are looked at again and those
-now met start. Several jobs stop in dependency layers: dependants first.
+now met start. A `start` waiting for a dependency that is not coming (stopped, failed, not
+loaded) is answered at once and says so; `start` with `deps` starts the dependencies too.
+Several jobs stop in dependency layers: dependants first.
 """
 from __future__ import annotations
 
@@ -25,28 +33,36 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol, TypeVar
 
-from .dependencies import cycle_problem, dependency_graph, stop_layers
+from .dependencies import stop_layers
 from .enablement import Enablement
-from .instance import Instance
+from .instance import Answer, Instance
 from .job import Job
 from .scheduler import Scheduler
+from .services import ConsoleStreams, Services
+from .states import Kind, State
+from ..jobfiles.cycles import cycle_problem, dependency_graph
 from ..jobfiles.jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
 from ..jobfiles.jobsdir import JobsDirectory
-from ..processes.logcapture import DEFAULT_LOG_MODE, LogFiles
 from ..health.notify_socket import NotifyDirectory, default_notify_path
-from ..processes.orphans import ChildJournal, stop_leftovers
-from ..processes.containment import Containment
-from ..processes.table import ProcessTable
 from ..observe.events import EventBus
-from ..control.reply import REDUNDANT, SUCCESS, Reply, fail
-from ..processes.spawner import inherited_environment
+from ..processes.containment import Containment
+from ..processes.launch import Account
+from ..processes.logcapture import DEFAULT_LOG_MODE, LogFiles
+from ..processes.orphans import ChildJournal, stop_leftovers
+from ..processes.spawner import inherited_environment, lookup_account
+from ..processes.table import Child, ProcessTable
+from ..reply import REDUNDANT, SUCCESS, Reply, fail
+from ..tasks import TaskOwner, Turns, all_settled
 
 if TYPE_CHECKING:
-    from ..container.console import Console
-    from ..control.daemonhandle import DaemonHandle
+    from ..daemonhandle import DaemonHandle
 
 log = logging.getLogger("taskmasterd")
 SHUTTING_DOWN = "taskmasterd is shutting down"
+STREAMS = ("stdout", "stderr")
+# Files applied at once by a load or a reload of every file (the others wait for one to end): a
+# task made per file would cost thousands of tasks in one loop iteration.
+FILES_AT_ONCE = 64
 T = TypeVar("T")
 
 
@@ -85,10 +101,14 @@ class _NameLocks:
 
 
 class Supervisor:
+    state_names = tuple(state.value for state in State)  # for the metrics
+
     def __init__(self, jobs_dir: Path | str, log_dir: Path | str, state_dir: Path | str,
                  environ: Mapping[str, str] | None = None, *, limits: Limits = Limits(),
                  log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False, notify_dir: str | None = None,
-                 containment: Containment | None = None):
+                 console: ConsoleStreams | None = None, containment: Containment | None = None):
+        """`console`: container mode's, where jobs that name no log file write (None: their files);
+        `containment`: how spawns are held (cgroup2 cells, or process groups: processes/containment.py)."""
         self.jobs_dir = os.path.abspath(jobs_dir)
         self.log_dir = os.path.abspath(log_dir)
         self.state_dir = os.path.abspath(state_dir)
@@ -103,18 +123,24 @@ class Supervisor:
         self.log_files = LogFiles(log_mode)
         self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json"), self.run_id),
                                       adopt_orphans, self.run_id, containment)
+        self.events = EventBus()  # every state and health change, for the `events` verb
+        self._checks = TaskOwner(log)  # http and command health checks under way
+        self.console = console
+        self.services = Services(self.processes, self.events, self.log_files, self.log_dir, self.base_environment,
+                                 self.notify_directory, self.conditions_of, self.standing_changed, self._hold,
+                                 self._checks, console)
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = TaskOwner(log)  # reloads the watcher and SIGHUP asked for
+        self._turns = Turns()  # job files read and parsed a batch per loop iteration
+        self._read = asyncio.Event()  # the jobs directory has been read once
         self._watcher = None
         self.closing = False
-        self.events = EventBus()  # every state change, for the `events` verb (Instance._enter publishes)
         self.daemon: DaemonHandle | None = None  # set by daemon.py: `shutdown`, and status's `daemon` object
         self.notify_dir = notify_dir  # None: a short directory of this daemon's own (default_notify_path)
-        self.console: Console | None = None  # container mode: jobs' output on the daemon's stdout/stderr
         self._notify: NotifyDirectory | None = None
-        self._held: set[Job] = set()  # jobs with instances WAITING for their dependencies
+        self._held: set[str] = set()  # jobs with instances WAITING for their dependencies
         self._changed: set[str] = set()  # jobs whose standing changed in this loop iteration
         self._settling: asyncio.Handle | None = None
         self._refusal: str | None = None  # why the jobs directory is not read now (logged once)
@@ -130,43 +156,48 @@ class Supervisor:
     async def open(self, watch: bool = True) -> None:
         """Stop what a killed predecessor left, watch the directory, load every job file and start
         the autostart jobs; returns once every autostart spawn has been made. The loop serves
-        other work (the control port answers, status shows what is loaded so far) meanwhile."""
-        os.makedirs(self.jobs_dir, exist_ok=True)
-        os.makedirs(self.log_dir, exist_ok=True)
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        journal = self.processes.journal
-        assert journal is not None
-        await self.processes.containment.recover()  # a killed predecessor's cells
-        await stop_leftovers(journal.path)  # and the groups it journaled (process-group mode)
-        self.enablement.load()
-        journal.open()
-        self.processes.open(asyncio.get_running_loop())
-        if watch:
-            from ..jobfiles.watcher import DirectoryWatcher
+        other work (the control port answers, status shows what is loaded so far) meanwhile; a
+        request that names jobs waits until every file has been read (`jobs_read`)."""
+        try:
+            os.makedirs(self.jobs_dir, exist_ok=True)
+            os.makedirs(self.log_dir, exist_ok=True)
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            journal = self.processes.journal
+            assert journal is not None
+            await self.processes.containment.recover()  # a killed predecessor's cells
+            await stop_leftovers(journal.path)  # and the groups it journaled (process-group mode)
+            self.enablement.load()
+            journal.open()
+            self.processes.open(asyncio.get_running_loop())
+            if watch:
+                from ..jobfiles.watcher import DirectoryWatcher
 
-            self._watcher = DirectoryWatcher(self.jobs_dir, self.directory.job_name, self._files_changed)
-            self._watcher.start()
-        for name in sorted(self.directory.names()):
-            if self.closing:
-                return
-            await self._apply_file(name, nowait=True)
-            await asyncio.sleep(0)  # one file per loop iteration: the port keeps answering
+                self._watcher = DirectoryWatcher(self.jobs_dir, self.directory.job_name, self._files_changed)
+                self._watcher.start()
+            await all_settled((self._apply_file(name, nowait=True) for name in sorted(self.directory.names())),
+                              at_once=FILES_AT_ONCE)
+        finally:
+            self._read.set()
         await self.processes.queue_flushed()
+
+    async def jobs_read(self) -> None:
+        """Until the jobs directory has been read once (at once after that)."""
+        await self._read.wait()
 
     async def shutdown(self) -> None:
         """Stop every job, each with its own stoptime, dependants before what they depend on (the
         others in parallel), then anything else the daemon started (Colonies runs, escaped
         grandchildren); nothing it started is left."""
         self.closing = True
+        self._read.set()
         self.processes.closing = True  # no spawn from now on; escapes are stopped once, at the end
         await self.scheduler.close()
         if self._watcher is not None:
             self._watcher.close()
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
         await self.processes.drain()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._checks.close()  # cancelled as their instances stopped; a command check's group is gone
+        await self._background.close()
         self.processes.close()
         if self._notify is not None:
             self._notify.remove()
@@ -175,35 +206,38 @@ class Supervisor:
     async def _stop_for_shutdown(self, name: str) -> None:
         job = self.jobs.get(name)
         if job is not None:
-            job.stop_all()
-            await job.wait_stopped()
+            await self._stopped(job, job.stop_all(), nowait=False)
 
-    def background(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
-        """A task the supervisor keeps (and cancels at shutdown); its failure is logged."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-
-        def done(task: asyncio.Task[Any]) -> None:
-            self._tasks.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("%s failed", what, exc_info=task.exception())
-
-        task.add_done_callback(done)
-        return task
+    def background(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any] | None:
+        """A task the supervisor owns (cancelled at shutdown, its failure logged); None once it
+        is shutting down (the coroutine is dropped unstarted)."""
+        if self._background.closed:
+            coro.close()
+            return None
+        return self._background.spawn(coro, what)
 
     # --- files ----------------------------------------------------------------------------------
 
     def path_of(self, name: str) -> str:
         return self.directory.path_of(name)
 
-    def _validate(self, name: str, raw: bytes) -> JobSpec:
+    async def _validate(self, name: str, raw: bytes) -> tuple[JobSpec, Account | None]:
+        """The spec of these bytes, and whom its `user` runs as (looked up on a worker thread:
+        NSS may be LDAP or SSSD, far away; once per version of the job). JobFileError if invalid."""
         path = self.path_of(name)
         spec = parse_job(name, raw, path, self.limits)
-        problems = host_errors(spec, path)
+        account = None
+        if spec.user is not None:
+            loaded = self.jobs.get(name)
+            if loaded is not None and loaded.spec == spec:
+                account = loaded.account()
+            else:
+                account = await asyncio.to_thread(_look_up, spec.user)
+        problems = host_errors(spec, path, account.uid if account is not None else None)
         if problems:
             raise JobFileError(problems)
         self._refuse_cycle(spec)
-        return spec
+        return spec, account
 
     def _refuse_cycle(self, spec: JobSpec) -> None:
         """A file whose `depends_on` would close a cycle among the loaded jobs is invalid."""
@@ -225,14 +259,17 @@ class Supervisor:
         for name in names:
             self.background(self._apply_file(name, nowait=True), f"reload of {name}")
 
-    async def _apply_file(self, name: str, nowait: bool, pushed: tuple[bytes, JobSpec] | None = None,
-                          ) -> tuple[Reply, str]:
+    async def _apply_file(self, name: str, nowait: bool,
+                          pushed: tuple[bytes, JobSpec, Account | None] | None = None) -> tuple[Reply, str]:
         """Bring job `name` in line with its file (the `reload` verb), or with `pushed` (bytes
         already validated into a spec), which is written first. Returns the reply and what
-        changed: added, removed, restarted, applied (in place), unchanged, invalid or missing."""
+        changed: added, removed, restarted, applied (in place), unchanged, invalid or missing.
+        Reading and parsing wait their turn (`Turns`): a reload of every file holds the loop a
+        few milliseconds at a time."""
         async with self._locks.hold(name):
             if self.closing:
                 return fail(SHUTTING_DOWN), "unchanged"
+            await self._turns.turn()
             refusal = self._directory_refusal()
             if refusal is not None:
                 return fail(refusal), "unchanged"
@@ -244,35 +281,37 @@ class Supervisor:
                     await asyncio.to_thread(self.directory.write, name, pushed[0])
                     if self.closing:  # began meanwhile: the file is written, the next start loads it
                         return fail(SHUTTING_DOWN), "unchanged"
-                    spec: JobSpec | None = pushed[1]
+                    spec, account = pushed[1], pushed[2]
                 else:
                     raw = self.directory.read(name)
-                    spec = None if raw is None else self._validate(name, raw)
+                    spec, account = (None, None) if raw is None else await self._validate(name, raw)
             except JobFileError as exc:
                 return self._invalid_file(name, job, str(exc)), "invalid"
             except OSError as exc:
                 return fail(f"cannot write {self.path_of(name)}: {exc.strerror}"), "invalid"
+            if self.closing:
+                return fail(SHUTTING_DOWN), "unchanged"
             self.invalid.pop(name, None)
             if spec is None:
                 if job is None:
                     return fail(f"job {name!r} has no file {self.path_of(name)} and is not loaded"), "missing"
                 await self._forget(job)
                 return SUCCESS, "removed"
+            retiring: list[Instance] = []
             if job is None:
-                job = self.jobs[name] = Job(self, spec)
+                job = self.jobs[name] = Job(spec, self.services, account)
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
                 autostart = spec.autostart and not self.enablement.disabled(name)
-                starting = list(job.active) if autostart and job.start_all("autostart") else []
-                retiring: list = []
+                starting = job.command(Kind.START, "autostart") if autostart else []
                 change = "added"
             else:
                 had_error, job.error = job.error, None
                 if spec == job.spec:
                     return (SUCCESS if had_error else REDUNDANT), "unchanged"
                 old = job.spec
-                starting, retiring, restarted = job.apply(spec)
+                starting, retiring, restarted = job.apply(spec, account)
                 change = "restarted" if restarted else "applied"  # applied in place
                 log.info("reloaded job %s: %s", name, change)
                 for listener in self.listeners:
@@ -280,7 +319,7 @@ class Supervisor:
             self.standing_changed(name)  # its dependants may wait for it, or it for others
         if retiring and not nowait:
             await job.wait_gone(retiring)
-        return await _settled_start(job, starting, nowait), change
+        return await self._started(job, starting, nowait, nothing=SUCCESS), change
 
     def _directory_refusal(self) -> str | None:
         """Why no job file is read or written now (the jobs run on as they are), or None. Logged
@@ -306,8 +345,7 @@ class Supervisor:
     async def _forget(self, job: Job) -> None:
         """Stop every instance, wait until their processes are gone, then drop the job. Called
         with the job's lock held, so nothing can start it meanwhile."""
-        job.stop_all()
-        await job.wait_stopped()
+        await self._stopped(job, job.stop_all(), nowait=False)
         job.discard()
         if self.jobs.get(job.name) is job:
             del self.jobs[job.name]
@@ -341,41 +379,123 @@ class Supervisor:
             return job, [job.instances[index]]
         return fail(f'job "{name}" has no instance {index} (numprocs is {job.spec.numprocs})')
 
-    async def _act(self, name: str, index: int | None, act: Callable[[Instance], bool],
-                   retired_too: bool = False) -> tuple[Job, list[Instance]] | Reply:
-        """Under the job's lock, `act` on the instances of `instances_of`; the job and the ones it
-        acted on, or the failure reply."""
+    async def _command(self, name: str, index: int | None, kind: Kind, why: str, retired_too: bool = False
+                       ) -> tuple[Job, list[tuple[Instance, Answer]]] | Reply:
+        """Under the job's lock, `kind` to the instances of `instances_of`; the job and each
+        instance with its answer (awaited after the lock is released), or the failure reply."""
         async with self._locks.hold(name):
             found = self.instances_of(name, index, retired_too)
             if isinstance(found, Reply):
                 return found
             job, targets = found
-            return job, [inst for inst in targets if act(inst)]
+            return job, job.command(kind, why, targets)
 
-    async def start(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
-        if self.scheduler.schedules(name) and not self.closing:  # one run now, beside its schedule
+    async def start(self, name: str, nowait: bool = False, index: int | None = None, deps: bool = False) -> Reply:
+        """Start the job's instances — a scheduled job's: one run now, beside its schedule; with
+        `deps`, the jobs it depends on (and theirs) first."""
+        if deps:
+            problem = await self._start_dependencies(name)
+            if problem is not None:
+                return fail(problem)
+        if self.scheduler.schedules(name) and not self.closing:
             return await self.scheduler.run_now(name, nowait, index)
-        return await self.start_instances(name, nowait, index)
+        return await self._start_with(Kind.START, "start command", name, nowait, index, waiting_too=deps)
 
     async def start_instances(self, name: str, nowait: bool = False, index: int | None = None,
                               reason: str = "start command") -> Reply:
         """Start the instances, whatever the job's schedule (a scheduled job's runs come here)."""
-        return await self._start_with(lambda inst: inst.start(reason), name, nowait, index)
+        return await self._start_with(Kind.START, reason, name, nowait, index)
 
-    async def _start_with(self, act: Callable[[Instance], bool], name: str, nowait: bool,
-                          index: int | None) -> Reply:
-        """start and repair: `act` on the instances, answered once those it started settle."""
-        outcome = await self._act(name, index, act)
+    async def restart(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        """`restart-job`: stop each instance and start it again, one command each (what comes
+        meanwhile is applied after it); answered as `start` is."""
+        reply = await self._start_with(Kind.RESTART, "restart command", name, nowait, index)
+        return SUCCESS if reply.response == "redundant" else reply
+
+    async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+        if self.scheduler.schedules(name) and not self.closing:  # a run now, if the last one failed
+            return await self.scheduler.repair(name, nowait, index)
+        return await self._start_with(Kind.REPAIR, "repair", name, nowait, index)
+
+    async def _start_with(self, kind: Kind, why: str, name: str, nowait: bool, index: int | None,
+                          waiting_too: bool = False) -> Reply:
+        """start, restart and repair: the command to the instances, answered once those it
+        started settle."""
+        outcome = await self._command(name, index, kind, why)
         if isinstance(outcome, Reply):
             return outcome
-        job, started = outcome
-        return await _settled_start(job, started, nowait) if started else REDUNDANT
+        job, answers = outcome
+        return await self._started(job, answers, nowait, nothing=REDUNDANT, waiting_too=waiting_too)
+
+    async def _started(self, job: Job, answers: list[tuple[Instance, Answer]], nowait: bool, nothing: Reply,
+                       waiting_too: bool = False) -> Reply:
+        """Answer a request that started instances: `nothing` when none was started; at once with
+        `nowait`; else once each is RUNNING, or one failed to start, or waits for a dependency
+        that is not coming. An instance a previous start left WAITING is waited for too when
+        `waiting_too` (the request started its dependencies), and is never "redundant" while what
+        it waits for is not coming."""
+        acted = [inst for inst, answer in answers if await answer]
+        held = [inst for inst, _ in answers if inst not in acted and inst.state is State.WAITING]
+        started = acted + held if waiting_too else acted
+        if not started:
+            stalled = self._stalled(job) if held and not nowait else None
+            return fail(stalled) if stalled is not None else nothing
+        if nowait:
+            return SUCCESS
+        failure = await job.wait_started(started, lambda: self._stalled(job))
+        return fail(failure) if failure else SUCCESS
+
+    def _stalled(self, job: Job) -> str | None:
+        """What a start of `job` waits for that is not coming by itself (a dependency stopped,
+        failed, or not loaded): "waiting for web (STOPPED): start it too, or use --nowait"."""
+        waits = []
+        for dependency in job.spec.depends_on:
+            other = self.jobs.get(dependency.job)
+            if other is None:
+                waits.append(f"{dependency.job} (not loaded)")
+            elif dependency.condition not in other.conditions_met() and not other.coming():
+                waits.append(f"{dependency.job} ({other.state()})")
+        if not waits:
+            return None
+        return f"waiting for {', '.join(waits)}: start {'it' if len(waits) == 1 else 'them'} too, or use --nowait"
+
+    async def _start_dependencies(self, name: str) -> str | None:
+        """`start` with `deps`: a start command to every job `name` depends on, directly or not
+        (as systemd's Requires= pulls units in); why not (and nothing started), when one of them
+        is not loaded."""
+        if name not in self.jobs:
+            return None  # the start itself says why
+        order: list[str] = []
+        seen = {name}
+        pending = [name]
+        while pending:
+            job = self.jobs.get(pending.pop())
+            for dependency in job.spec.depends_on if job is not None else ():
+                if dependency.job not in seen:
+                    seen.add(dependency.job)
+                    order.append(dependency.job)
+                    pending.append(dependency.job)
+        for dependency in order:
+            found = self._job(dependency)
+            if isinstance(found, Reply):
+                return f"cannot start {name}'s dependency {dependency}: {found.error}"
+        for dependency in order:
+            outcome = await self._command(dependency, None, Kind.START, f"start command (a dependency of {name})")
+            if isinstance(outcome, Reply):  # removed meanwhile
+                return f"cannot start {name}'s dependency {dependency}: {outcome.error}"
+            for _, answer in outcome[1]:
+                await answer
+        return None
 
     async def stop(self, name: str, nowait: bool = False, kill: bool = False, index: int | None = None) -> Reply:
-        outcome = await self._act(name, index, lambda inst: inst.stop(kill), retired_too=True)
+        kind, why = (Kind.KILL, "kill command") if kill else (Kind.STOP, "stop command")
+        outcome = await self._command(name, index, kind, why, retired_too=True)
         if isinstance(outcome, Reply):
             return outcome
-        job, stopping = outcome
+        return await self._stopped(*outcome, nowait=nowait)
+
+    async def _stopped(self, job: Job, answers: list[tuple[Instance, Answer]], nowait: bool) -> Reply:
+        stopping = [inst for inst, answer in answers if await answer]
         if not stopping:
             return REDUNDANT
         if not nowait:
@@ -393,20 +513,19 @@ class Supervisor:
         graph = dependency_graph(job.spec for job in self.jobs.values())
         results: dict[str, T] = {}
         for layer in stop_layers(names, graph):
-            results.update(zip(layer, await asyncio.gather(*(stop_one(name) for name in layer))))
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(stop_one(name)) for name in layer]
+            results.update(zip(layer, (task.result() for task in tasks)))
         return results
 
     async def signal(self, name: str, sig: int, index: int | None = None) -> Reply:
         """`sig` to the process group of every running instance (or of instance `index`)."""
-        outcome = await self._act(name, index, lambda inst: inst.signal_processes(sig))
-        if isinstance(outcome, Reply):
-            return outcome
-        return SUCCESS if outcome[1] else REDUNDANT
-
-    async def repair(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
-        if self.scheduler.schedules(name) and not self.closing:  # a run now, if the last one failed
-            return await self.scheduler.repair(name, nowait, index)
-        return await self._start_with(Instance.repair, name, nowait, index)
+        async with self._locks.hold(name):
+            found = self.instances_of(name, index)
+            if isinstance(found, Reply):
+                return found
+            sent = [inst.child.signal_group(sig) for inst in found[1] if inst.child is not None]
+        return SUCCESS if any(sent) else REDUNDANT
 
     def status(self, name: str | None = None, index: int | None = None) -> Reply:
         now = time.monotonic()
@@ -438,6 +557,27 @@ class Supervisor:
     def _invalid_status(self, name: str) -> dict:
         return {"name": name, "state": "INVALID", "instances": [], "error": self.invalid[name]}
 
+    def log_counts(self) -> list[tuple[str, int, str, int, int]]:
+        """(job, instance, stream, bytes written, bytes dropped) of every open log file."""
+        counts = []
+        for job in self.jobs.values():
+            for inst in job.instances:
+                for stream in STREAMS:
+                    path = job.spec.log_path(stream, inst.index, self.log_dir)
+                    file = self.log_files.get(path) if path is not None else None
+                    if file is not None:
+                        counts.append((job.name, inst.index, stream, file.written, file.dropped))
+        return counts
+
+    def running_children(self) -> dict[tuple[str, int], Child]:
+        """(job, instance) -> the spawn each instance runs now (for the metrics' accounting)."""
+        return {(job.name, inst.index): inst.child for job in self.jobs.values() for inst in job.instances
+                if inst.child is not None}
+
+    def containment(self) -> str:
+        """How the daemon holds what it starts: "cgroup2", or "process-group (…)"."""
+        return self.processes.containment.describe()
+
     def list(self) -> Reply:
         entries = [{"name": name, "state": job.state()} for name, job in self.jobs.items()]
         entries += [{"name": name, "state": "INVALID"} for name in self.invalid if name not in self.jobs]
@@ -456,10 +596,10 @@ class Supervisor:
         """Validate first — the whole job, so nothing invalid or unbuildable is ever written —
         then write and apply it under the job's lock."""
         try:
-            spec = self._validate(name, data)
+            spec, account = await self._validate(name, data)
         except JobFileError as exc:
             return fail(str(exc))
-        reply, _ = await self._apply_file(name, nowait, pushed=(data, spec))
+        reply, _ = await self._apply_file(name, nowait, pushed=(data, spec, account))
         return SUCCESS if reply.response == "redundant" else reply
 
     async def delete(self, name: str) -> Reply:
@@ -484,13 +624,20 @@ class Supervisor:
         return _with_report(reply, [(name, reply, change)])
 
     async def reload_all(self) -> Reply:
-        """Reload every job file (SIGHUP, `restart`): new, changed, removed and unchanged alike.
-        The reply carries what happened to each job (docs/protocol.md, "The reload report")."""
+        """Reload every job file (SIGHUP, the wire's `restart`): new, changed, removed and
+        unchanged alike; their reading and parsing paced (`Turns`). The reply carries what
+        happened to each job (docs/protocol.md, "The reload report")."""
         refusal = self._directory_refusal()
         if refusal is not None:
             return _with_report(fail(refusal), [])
         names = sorted(self.directory.names() | set(self.jobs) | set(self.invalid))
-        outcomes = await asyncio.gather(*(self._apply_file(name, nowait=True) for name in names))
+        outcomes: list[tuple[Reply, str]] = []
+        applied = all_settled((self._apply_file(name, nowait=True) for name in names), at_once=FILES_AT_ONCE)
+        for name, result in zip(names, await applied):
+            if isinstance(result, Exception):  # a bug: that file's report says so, the others stand
+                log.error("reload of %s failed", name, exc_info=result)
+                result = (fail(f"internal error: {result}"), "invalid")
+            outcomes.append(result)
         done = [f"{name} {change}" for name, (_, change) in zip(names, outcomes) if change not in ("unchanged", "missing")]
         log.info("reload: %s", ", ".join(done) if done else "nothing changed")
         problems = [reply.error for reply, _ in outcomes if reply.response == "fail" and reply.error]
@@ -507,9 +654,9 @@ class Supervisor:
         job = self.jobs.get(name)
         return None if job is None else job.conditions_met()
 
-    def track_waiting(self, job: Job) -> None:
-        """An instance of `job` waits for its dependencies: look at it again when they change."""
-        self._held.add(job)
+    def _hold(self, name: str) -> None:
+        """An instance of job `name` waits for its dependencies: look at it again when they change."""
+        self._held.add(name)
 
     def standing_changed(self, name: str) -> None:
         """Job `name` changed in a way its dependants or listeners may care about. Handled once per
@@ -527,12 +674,13 @@ class Supervisor:
                 self._announce_serving(job)
         if self.closing:  # nothing new starts while every job is being stopped
             return
-        for job in list(self._held):
-            if self.jobs.get(job.name) is not job:
-                self._held.discard(job)
-            elif job.name in changed or any(d.job in changed for d in job.spec.depends_on):
+        for name in list(self._held):
+            job = self.jobs.get(name)
+            if job is None:
+                self._held.discard(name)
+            elif name in changed or any(d.job in changed for d in job.spec.depends_on):
                 if not job.recheck_waiting():
-                    self._held.discard(job)
+                    self._held.discard(name)
 
     def _announce_serving(self, job: Job) -> None:
         why = job.not_serving()
@@ -552,6 +700,14 @@ class Supervisor:
         return self._notify
 
 
+def _look_up(user: str) -> Account | None:
+    """Whom `user` runs as, or None when there is no such user (blocking: on a worker thread)."""
+    try:
+        return lookup_account(user)
+    except KeyError:
+        return None
+
+
 def _with_report(reply: Reply, outcomes: list[tuple[str, Reply, str]]) -> Reply:
     """`reply` carrying the reload report: what changed per job (an invalid file with its error)."""
     changes = []
@@ -563,13 +719,3 @@ def _with_report(reply: Reply, outcomes: list[tuple[str, Reply, str]]) -> Reply:
             entry["error"] = outcome.error
         changes.append(entry)
     return Reply(reply.response, error=reply.error, value={"changes": changes})
-
-
-async def _settled_start(job: Job, starting: list, nowait: bool) -> Reply:
-    """Answer a request that started instances: at once with `nowait`, else once each is RUNNING
-    or one failed to start."""
-    if nowait or not starting:
-        return SUCCESS
-    failure = await job.wait_started(starting)
-    return fail(failure) if failure else SUCCESS
-

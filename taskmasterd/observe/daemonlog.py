@@ -19,7 +19,7 @@ from collections import deque
 
 from .fanout import Fanout
 from .following import FollowOptions, recent_then_stream
-from ..control.reply import Reply, fail
+from ..reply import Reply, fail
 
 RING_LINES = 1000  # lines kept for `maintail`
 QUEUE = 1000  # lines a follower may be behind before it loses the oldest

@@ -1,11 +1,12 @@
 """The event bus: every state change of every instance, as it happens, for `events` followers.
 
-`kind` says what changed: "state" for the instance state machine (published by Instance._enter),
-"health" for its health verdict (starting, healthy, unhealthy; by Instance.health_changed), "run" for a
-scheduled job's runs (started, queued, skipped, and each result; by lifecycle/scheduler.py). The bus
-keeps the last HISTORY events for a late `events` and gives each follower a bounded queue (fanout.py).
-Observers inside the daemon (the scheduler, container mode's exit watch) are called at once, in
-order, with each event: they must not change any state there and then, only note and defer.
+`kind` says what changed: "state" for the instance state machine, "health" for its health verdict
+(starting, healthy, unhealthy) — both published by the instance, with the id of the spawn they are
+about — and "run" for a scheduled job's runs (started, queued, skipped, and each result; by
+lifecycle/scheduler.py). The bus keeps the last HISTORY events for a late `events` and gives each
+follower a bounded queue (fanout.py). Observers inside the daemon (the scheduler, container mode's
+exit watch) are called at once, in order, with each event: they must not change any state there
+and then, only note and defer.
 """
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .fanout import Fanout, Subscription
-from ..health.state import Health
 from .following import FollowOptions, parse_options, recent_then_stream
-from ..control.reply import Reply, fail
-from ..lifecycle.states import State
+from ..reply import Reply, fail
 
 HISTORY = 1000  # events kept for `events` without follow, and for the start of a follow
 QUEUE = 1000  # events a follower may be behind before it loses the oldest (~200 KB at most)
@@ -32,10 +31,11 @@ class Event:
     new: str
     reason: str
     time: float  # Unix time
+    spawn: int | None = None  # the spawn (Child.spawn_id) it is about; None: no process yet or any more
 
     def document(self) -> dict:
         return {"kind": self.kind, "job": self.job, "instance": self.instance, "old": self.old,
-                "new": self.new, "reason": self.reason, "time": self.time}
+                "new": self.new, "reason": self.reason, "time": self.time, "spawn": self.spawn}
 
 
 class EventBus:
@@ -53,12 +53,6 @@ class EventBus:
         self._fanout.publish(event)
         for observer in self._observers:
             observer(event)
-
-    def publish_state(self, job: str, index: int, old: State, new: State, reason: str, when: float) -> None:
-        self.publish(Event("state", job, index, old.value, new.value, reason, when))
-
-    def publish_health(self, job: str, index: int, old: Health, new: Health, reason: str, when: float) -> None:
-        self.publish(Event("health", job, index, old.value, new.value, reason, when))
 
     def subscribe(self) -> Subscription[Event]:
         """Every later event, in a bounded queue of its own (the ColonyOS blueprint status follows it)."""

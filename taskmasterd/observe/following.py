@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, Generic, Sequence, TypeVar
 
 from .fanout import Fanout, Subscription
-from ..control.reply import Reply
+from ..reply import Reply
 
 T = TypeVar("T")
 MAX_LAST = 100_000  # lines or events one request may ask for

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from ..kernel import inotify
 from ..processes.logcapture import MARK_EVERY
-from ..control.reply import Reply
+from ..reply import Reply
 from ..kernel.safepath import UnsafePath, open_read
 
 CHUNK = 64 * 1024  # bytes read per wake-up and per `file` reply

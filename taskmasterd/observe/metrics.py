@@ -32,7 +32,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Protocol, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -40,19 +40,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from .. import __version__
 from . import counters
 from .accounting import accounting
-from .statusview import running_child
-from .following import STREAMS
-from ..lifecycle.states import State
-
-if TYPE_CHECKING:
-    from ..lifecycle.supervisor import Supervisor
+from ..processes.table import Child
+from ..reply import Reply
+from ..tasks import TaskOwner
 
 log = logging.getLogger("taskmasterd.metrics")
 REQUEST_TIMEOUT = 10.0  # seconds a scraper has to send its request
 WRITE_TIMEOUT = 10.0  # ... and to take the answer: one that never reads must not hold a slot for good
 MAX_REQUEST = 16 * 1024  # bytes of request line and headers
 MAX_SCRAPES = 8  # scrapes served at once; more are refused with 503
-STATES = [state.value for state in State]
 _INSTANCE = ["job", "instance"]
 
 
@@ -98,29 +94,40 @@ class Snapshot:
     requests: dict[tuple[str, str], int]
     colonies: dict[str, int]
     started: float
+    states: tuple[str, ...]
     containment: str = ""
 
 
-def take_snapshot(supervisor: Supervisor, connections: int, started: float) -> Snapshot:
-    log_bytes = []
-    for job in supervisor.jobs.values():
-        for inst in job.instances:
-            for stream in STREAMS:
-                path = job.spec.log_path(stream, inst.index, supervisor.log_dir)
-                file = supervisor.log_files.get(path) if path is not None else None
-                if file is not None:
-                    log_bytes.append((job.name, inst.index, stream, file.written, file.dropped))
-    jobs = supervisor.status().value["jobs"]
-    spawns = {(job["name"], inst["index"]): child for job in jobs for inst in job["instances"]
-              if inst.get("pid") and (child := running_child(supervisor, job["name"], inst["index"])) is not None}
+class Observed(Protocol):
+    """What a scrape reads of the daemon (the supervisor)."""
+
+    @property
+    def state_names(self) -> Sequence[str]:
+        """Every state an instance can be in."""
+
+    def status(self) -> Reply: ...
+
+    def log_counts(self) -> list[tuple[str, int, str, int, int]]:
+        """(job, instance, stream, bytes written, bytes dropped) of every open log file."""
+
+    def running_children(self) -> dict[tuple[str, int], Child]:
+        """(job, instance) -> the spawn it runs now."""
+
+    def containment(self) -> str:
+        """How the daemon holds what it starts: "cgroup2", or "process-group (…)"."""
+
+
+def take_snapshot(observed: Observed, connections: int, started: float) -> Snapshot:
+    jobs = observed.status().value["jobs"]
+    spawns = observed.running_children()
     usages = accounting(spawns) if spawns else {}  # once per scrape
     for job in jobs:
         for inst in job["instances"]:
             usage = usages.get((job["name"], inst["index"]))
             if usage is not None:
                 inst.update(usage.document())
-    return Snapshot(jobs, log_bytes, connections, dict(counters.requests),
-                    dict(counters.colonies_processes), started, supervisor.processes.containment.describe())
+    return Snapshot(jobs, observed.log_counts(), connections, dict(counters.requests),
+                    dict(counters.colonies_processes), started, tuple(observed.state_names), observed.containment())
 
 
 class SnapshotCollector:
@@ -152,7 +159,7 @@ class SnapshotCollector:
             invalid.add_metric([job["name"]], 1 if job.get("error") else 0)
             for inst in job["instances"]:
                 labels = [job["name"], str(inst["index"])]
-                for name in STATES:
+                for name in snapshot.states:
                     state.add_metric([*labels, name], 1 if inst["state"] == name else 0)
                 restarts.add_metric(labels, inst["restarts"])
                 uptime.add_metric(labels, inst["uptime"] or 0)
@@ -226,19 +233,26 @@ def exposition(snapshot: Snapshot) -> bytes:
 
 
 class MetricsServer:
-    def __init__(self, supervisor: Supervisor, connections: Callable[[], int]) -> None:
-        self.supervisor = supervisor
+    def __init__(self, observed: Observed, connections: Callable[[], int]) -> None:
+        self.observed = observed
         self.connections = connections
         self.started = time.time()
         self._server: asyncio.Server | None = None
         self._scrapes = 0
+        self._tasks = TaskOwner(log)  # one per scrape
 
     async def start(self, sock: socket.socket) -> None:
-        self._server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_REQUEST)
+        self._server = await asyncio.start_server(self._accepted, sock=sock, limit=MAX_REQUEST)
+
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A plain callback: asyncio makes no task of its own, the scrape is one of ours (which
+        close() awaits; asyncio's server does not cancel its connections' tasks)."""
+        self._tasks.spawn(self._serve(reader, writer), "a metrics scrape")
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            await self._tasks.close()
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -261,7 +275,7 @@ class MetricsServer:
             else:
                 # Copied on the loop, formatted in a worker thread: 1000 instances are ~12 000
                 # lines, tens of milliseconds of Python the loop must not wait for.
-                snapshot = take_snapshot(self.supervisor, self.connections(), self.started)
+                snapshot = take_snapshot(self.observed, self.connections(), self.started)
                 body = await asyncio.to_thread(exposition, snapshot)
                 writer.write(_response(b"200 OK", b"" if method == b"HEAD" else body, CONTENT_TYPE_LATEST, len(body)))
             async with asyncio.timeout(WRITE_TIMEOUT):

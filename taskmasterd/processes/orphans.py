@@ -29,7 +29,7 @@ from typing import Iterable
 import orjson
 
 from ..kernel import pidfd
-from .spawner import RUN_VARIABLE
+from .launch import RUN_VARIABLE
 
 log = logging.getLogger("taskmasterd.orphans")
 MAX_JOURNAL = 16 * 1024 * 1024  # bytes of a predecessor's journal we are willing to read

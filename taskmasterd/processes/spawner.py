@@ -1,19 +1,19 @@
 """What a child is given: its environment, its account, and the `Launch` made from a job spec.
 
-Starting and stopping it is `processes.py`'s job; this module only decides what goes in.
+Starting and stopping it is table.py's job; this module only decides what goes in.
 """
 from __future__ import annotations
 
 import errno
 import os
-import pwd
 import subprocess
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
+
+from ..kernel.nss import passwd_entry
+from .launch import Account, Launch
 
 if TYPE_CHECKING:
     from ..jobfiles.jobfile import JobSpec
-    from .table import Launch
 
 PRVKEY_SUFFIX = "PRVKEY"
 # Variables systemd (or another manager) addresses to the daemon itself: a child that saw them
@@ -23,13 +23,6 @@ DAEMON_PLUMBING = frozenset({
     "JOURNAL_STREAM", "MAINPID", "MANAGERPID", "INVOCATION_ID", "TRIGGER_UNIT", "TRIGGER_PATH",
     "TRIGGER_TIMER_REALTIME_USEC", "TRIGGER_TIMER_MONOTONIC_USEC", "MONITOR_SERVICE_RESULT",
 })
-# Set by the process table in every spawn's environment, after everything else (a job's own `env`
-# cannot forge them): the daemon run that started it (orphans.py), and the spawn itself, unique in
-# that run. Together they mark a spawn's descendants after they escaped its process group.
-RUN_VARIABLE = "TASKMASTER_RUN"
-SPAWN_VARIABLE = "TASKMASTER_SPAWN"
-
-
 def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The daemon's environment as jobs see it: never a Colonies private key, never the
     daemon's own service-manager plumbing."""
@@ -37,27 +30,10 @@ def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
             if k not in DAEMON_PLUMBING and not (k.startswith("COLONIES_") and k.endswith(PRVKEY_SUFFIX))}
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    env: tuple[tuple[str, str], ...]
-
-
-def account_entry(user: str) -> pwd.struct_passwd:
-    """The passwd entry of a job's `user` (a name, or a uid written in ASCII digits); KeyError
-    when there is none."""
-    if user.isascii() and user.isdigit():
-        try:
-            return pwd.getpwuid(int(user))
-        except OverflowError:
-            raise KeyError(user) from None
-    return pwd.getpwnam(user)
-
-
 def lookup_account(user: str) -> Account:
-    entry = account_entry(user)
+    """Whom a job's `user` runs as; KeyError when there is no such user. Blocking (NSS): call it
+    on a worker thread."""
+    entry = passwd_entry(user)
     return Account(
         uid=entry.pw_uid,
         gid=entry.pw_gid,
@@ -102,8 +78,6 @@ def launch_for(spec: JobSpec, env: Mapping[str, str], account: Account | None,
                extra_args: tuple[str, ...] = (), unit: str | None = None) -> Launch:
     """`account`: the spec's user resolved (Job.account), or None when it has none; `unit`: what
     the spawn's cgroup is named after (default: the job's name)."""
-    from .table import Launch
-
     return Launch(argv=(*spec.argv, *extra_args), env=env, cwd=spec.workingdir, umask=spec.umask,
                   account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime,
                   unit=unit or spec.name, resources=spec.resources)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from .start import Placement, Started, start_process
 
 if TYPE_CHECKING:
-    from .table import Launch
+    from .launch import Launch
 
 CLONE_FILES = 0x400
 

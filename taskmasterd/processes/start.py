@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Protocol
 
 
 if TYPE_CHECKING:
-    from .table import Launch
+    from .launch import Launch
 
 # What Popen's restore_signals puts back to the default: Python ignores these for itself.
 _RESTORED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))

@@ -35,16 +35,15 @@ import signal
 import subprocess
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
-from ..jobfiles.resources import NO_RESOURCES, RLIMITS, Resources, memory_text
+from ..jobfiles.resources import RLIMITS, Resources, memory_text
 from ..kernel import pidfd
 from ..kernel.cgroup import Layout
 from .containment import Cell, Containment, ContainmentError
 from .orphans import ESCAPE_STOPTIME, ChildJournal, environment_of, identity, wait_gone
 from .start import Started, start_process
-from .spawner import RUN_VARIABLE, SPAWN_VARIABLE, Account
+from .launch import RUN_VARIABLE, SPAWN_VARIABLE, Launch
 from .spawnthread import SpawnThread
 
 log = logging.getLogger("taskmasterd.processes")
@@ -61,21 +60,6 @@ THREAD_SPAWN_DESCRIPTORS = 1000  # from this many descriptors on, spawns go thro
 
 class SpawnRefused(Exception):
     """The table is closed: the daemon is shutting down."""
-
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    """Everything needed to start one process and to stop it."""
-
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-    cwd: str | None = None
-    umask: int | None = None
-    account: Account | None = None  # whose ids it runs with (None: the daemon's)
-    stopsignal: int = int(signal.SIGTERM)
-    stoptime: float = 10.0
-    unit: str = "spawn"  # what its cgroup is named after ("web.0")
-    resources: Resources = NO_RESOURCES
 
 
 class Child:
@@ -296,8 +280,9 @@ class ProcessTable:
         self.closing = True
         for ticket in self._queue:
             ticket.cancel()
-        children = [*self.children.values(), *self._emptying]
-        await asyncio.gather(*(child.terminate() for child in children))
+        exits = [child.terminate() for child in [*self.children.values(), *self._emptying]]
+        if exits:
+            await asyncio.wait(exits)
         if self.adopt_orphans:
             await self._stop_every_orphan()
 

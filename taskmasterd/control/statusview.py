@@ -15,11 +15,11 @@ import fnmatch
 import os
 from typing import TYPE_CHECKING
 
-from ..control import selection
-from ..control.reply import Reply, fail
-from .accounting import accounting
-from .following import STREAMS, options_object
-from .logfollow import tail
+from . import selection
+from ..observe.accounting import accounting
+from ..observe.following import STREAMS, options_object
+from ..observe.logfollow import tail
+from ..reply import Reply, fail
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor

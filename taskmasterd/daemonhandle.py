@@ -7,7 +7,7 @@ import os
 import time
 from typing import Awaitable, Callable
 
-from .. import __version__
+from . import __version__
 from .reply import SUCCESS, Reply
 
 
