@@ -190,7 +190,7 @@ class Job:
                 inst.health.update(old, new)  # readiness and health are never spawn settings
         restarted = bool(starting)
         if new.numprocs != old.numprocs:
-            wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.autostart
+            wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.starts_on_load
             wanted = wanted and new.schedule is None  # a scheduled job's instances start with its runs
             for inst in self._resize(new.numprocs):
                 if wanted:

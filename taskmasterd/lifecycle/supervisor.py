@@ -303,7 +303,7 @@ class Supervisor:
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
-                autostart = spec.autostart and not self.enablement.disabled(name)
+                autostart = spec.starts_on_load and not self.enablement.disabled(name)
                 starting = job.command(Kind.START, "autostart") if autostart else []
                 change = "added"
             else:
