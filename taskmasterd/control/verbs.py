@@ -139,6 +139,9 @@ async def _enable(sup: Supervisor, request: Request, enabled: bool) -> Reply:
         changed = await sup.enablement.set(request.job or "", enabled)
     except OSError as exc:
         return fail(f"cannot write {sup.enablement.path}: {exc.strerror or exc}")
+    job = sup.jobs.get(request.job or "")
+    if job is not None:
+        job.watch_sockets()  # a disabled job is not started by a connection either
     return SUCCESS if changed else REDUNDANT
 
 

@@ -67,6 +67,8 @@ class JobView(Protocol):
 
     def environment(self, index: int) -> dict[str, str]: ...
 
+    def sockets_for(self, index: int) -> tuple[tuple[int, str], ...]: ...
+
     def waiting(self) -> str | None:
         """What a start still waits for ("waiting for db (healthy)"), or None."""
 
@@ -222,7 +224,8 @@ class Instance:
             account = self.job.account()
             env = {**self.job.environment(self.index),
                    **self.health.environment(spec, account.uid if account is not None else None)}
-            launch = launch_for(spec, env, account, unit=f"{spec.name}.{self.index}")
+            launch = launch_for(spec, env, account, unit=f"{spec.name}.{self.index}",
+                                sockets=self.job.sockets_for(self.index))
             child = services.processes.spawn(launch, child_fds[0], child_fds[-1])
         except UnsafePath as exc:
             self._post(Event(K.SPAWN_FAILED, f"unsafe log file: {exc.strerror}", final=True))

@@ -16,11 +16,14 @@ import logging
 from collections import deque
 from typing import Callable
 
+from .activation import SocketActivation
 from .dependencies import conditions_met, waiting_text
 from .instance import Answer, Instance, wait_each
 from .services import Services
 from .states import Event, Kind, Policy, State, summarize
 from ..jobfiles.jobfile import JobSpec
+from ..jobfiles.sockets_spec import SOCKET_ACTIVATION
+from ..processes.heldsockets import HeldSockets, Owners
 from ..processes.launch import Account
 from ..processes.spawner import child_environment
 
@@ -34,10 +37,14 @@ def policy_of(spec: JobSpec) -> Policy:
 
 
 class Job:
-    def __init__(self, spec: JobSpec, services: Services, account: Account | None = None):
-        """`account`: the spec's `user` resolved (off the loop, by whoever loaded the file)."""
+    def __init__(self, spec: JobSpec, services: Services, account: Account | None = None,
+                 sockets: HeldSockets | None = None):
+        """`account`: the spec's `user` resolved (off the loop, by whoever loaded the file);
+        `sockets`: the ones it holds, bound by whoever loaded it (processes/heldsockets.py)."""
         self.services = services
         self.spec = spec
+        self.sockets = sockets if sockets is not None else HeldSockets()
+        self.activation = SocketActivation(self)  # `autostart: "socket"`
         self.policy = policy_of(spec)
         self.error: str | None = None  # why the file on disk is not the version running
         self.instances: list[Instance] = []
@@ -60,6 +67,19 @@ class Job:
     def account(self) -> Account | None:
         """Whom the spec's `user` runs as (looked up when the file was loaded); None without one."""
         return self._account
+
+    def sockets_for(self, index: int) -> tuple[tuple[int, str], ...]:
+        """The held sockets instance `index` is given (descriptor, LISTEN_FDNAMES name), in order."""
+        return tuple((held.fd, held.spec.name or self.name) for held in self.sockets.for_instance(index))
+
+    def on_connect(self) -> bool:
+        """Started by the first connection to its sockets (and not disabled)."""
+        return self.spec.autostart == SOCKET_ACTIVATION and self.services.may_autostart(self.name)
+
+    def watch_sockets(self) -> None:
+        """`autostart: "socket"`: watch the sockets while the job is down, not while it runs."""
+        if self.spec.autostart == SOCKET_ACTIVATION or self.activation.armed:
+            self.activation.update()
 
     def environment(self, index: int) -> dict[str, str]:
         if self._env is None:
@@ -87,6 +107,7 @@ class Job:
                         answer.set_result(False)
                 if inst.retired and not inst.busy():
                     self._drop_retired()
+            self.watch_sockets()
         finally:
             self._handling = False
 
@@ -124,6 +145,7 @@ class Job:
         await wait_each(retiring, lambda i: not i.retired or i not in self.instances)
 
     def discard(self) -> None:
+        self.activation.close()
         for inst in self.instances:
             inst.discard()
 
@@ -166,13 +188,19 @@ class Job:
 
     # --- applying a new version of the file -----------------------------------------------------
 
-    def apply(self, new: JobSpec, account: Account | None) -> tuple[list[tuple[Instance, Answer]], list[Instance], bool]:
+    def apply(self, new: JobSpec, account: Account | None, sockets: HeldSockets | None = None,
+              owners: Owners | None = None) -> tuple[list[tuple[Instance, Answer]], list[Instance], bool]:
         """Switch to `new`: settings that do not affect spawning take effect at once; instances
         whose spawn settings changed restart (one command each); numprocs only adds or retires
-        instances. Returns the instances starting (restarted or added) with their answers, the
-        ones retiring, and whether any running process had to restart."""
+        instances. `sockets`: what `self.sockets.prepare` made for `new` (the sockets it no longer
+        lists are closed now). Returns the instances starting (restarted or added) with their
+        answers, the ones retiring, and whether any running process had to restart."""
         old, self.spec, self.policy = self.spec, new, policy_of(new)
         self._env, self._account = None, account
+        if sockets is not None:
+            self.activation.close()  # the descriptors it watches may close now; watched again below
+            self.sockets.commit(sockets, owners)
+            self.sockets = sockets
         for inst in self.instances:
             for path in self._log_paths(new, inst.index):
                 if path is not None:
@@ -195,6 +223,7 @@ class Job:
             for inst in self._resize(new.numprocs):
                 if wanted:
                     starting.append((inst, inst.command(Kind.START, "numprocs increased")))
+        self.watch_sockets()
         return starting, self.instances[new.numprocs:], restarted
 
     def _log_paths(self, spec: JobSpec, index: int) -> tuple[str | None, str | None]:

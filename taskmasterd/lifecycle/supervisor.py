@@ -46,6 +46,7 @@ from ..jobfiles.jobsdir import JobsDirectory
 from ..health.notify_socket import NotifyDirectory, default_notify_path
 from ..observe.events import EventBus
 from ..processes.containment import Containment
+from ..processes.heldsockets import HeldSockets, Owners, SocketError, owners_of
 from ..processes.launch import Account
 from ..processes.logcapture import DEFAULT_LOG_MODE, LogFiles
 from ..processes.orphans import ChildJournal, stop_leftovers
@@ -128,7 +129,7 @@ class Supervisor:
         self.console = console
         self.services = Services(self.processes, self.events, self.log_files, self.log_dir, self.base_environment,
                                  self.notify_directory, self.conditions_of, self.standing_changed, self._hold,
-                                 self._checks, console)
+                                 self._checks, console, lambda name: not self.enablement.disabled(name))
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()
@@ -196,6 +197,9 @@ class Supervisor:
             self._watcher.close()
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
         await self.processes.drain()
+        for job in self.jobs.values():
+            job.activation.close()
+            job.sockets.close()
         await self._checks.close()  # cancelled as their instances stopped; a command check's group is gone
         await self._background.close()
         self.processes.close()
@@ -274,22 +278,25 @@ class Supervisor:
             if refusal is not None:
                 return fail(refusal), "unchanged"
             job = self.jobs.get(name)
+            held: tuple[HeldSockets, Owners] | None = None
             try:
                 if pushed is not None:
                     self._refuse_cycle(pushed[1])  # again: other files may have changed meanwhile
-                    # fsync, twice: seconds on a busy disk, so not on the loop (the job's lock is held)
-                    await asyncio.to_thread(self.directory.write, name, pushed[0])
-                    if self.closing:  # began meanwhile: the file is written, the next start loads it
-                        return fail(SHUTTING_DOWN), "unchanged"
                     spec, account = pushed[1], pushed[2]
                 else:
                     raw = self.directory.read(name)
                     spec, account = (None, None) if raw is None else await self._validate(name, raw)
+                held = await self._hold_sockets(name, spec, job)  # bound before anything is written
+                if pushed is not None:
+                    # fsync, twice: seconds on a busy disk, so not on the loop (the job's lock is held)
+                    await asyncio.to_thread(self.directory.write, name, pushed[0])
             except JobFileError as exc:
                 return self._invalid_file(name, job, str(exc)), "invalid"
             except OSError as exc:
+                _abandon(held, job)
                 return fail(f"cannot write {self.path_of(name)}: {exc.strerror}"), "invalid"
-            if self.closing:
+            if self.closing:  # began meanwhile (a pushed file is written: the next start loads it)
+                _abandon(held, job)
                 return fail(SHUTTING_DOWN), "unchanged"
             self.invalid.pop(name, None)
             if spec is None:
@@ -299,19 +306,20 @@ class Supervisor:
                 return SUCCESS, "removed"
             retiring: list[Instance] = []
             if job is None:
-                job = self.jobs[name] = Job(spec, self.services, account)
+                job = self.jobs[name] = Job(spec, self.services, account, held[0] if held else None)
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
                 autostart = spec.starts_on_load and not self.enablement.disabled(name)
                 starting = job.command(Kind.START, "autostart") if autostart else []
+                job.watch_sockets()
                 change = "added"
             else:
                 had_error, job.error = job.error, None
                 if spec == job.spec:
                     return (SUCCESS if had_error else REDUNDANT), "unchanged"
                 old = job.spec
-                starting, retiring, restarted = job.apply(spec, account)
+                starting, retiring, restarted = job.apply(spec, account, *(held or ()))
                 change = "restarted" if restarted else "applied"  # applied in place
                 log.info("reloaded job %s: %s", name, change)
                 for listener in self.listeners:
@@ -320,6 +328,23 @@ class Supervisor:
         if retiring and not nowait:
             await job.wait_gone(retiring)
         return await self._started(job, starting, nowait, nothing=SUCCESS), change
+
+    async def _hold_sockets(self, name: str, spec: JobSpec | None, job: Job | None) -> tuple[HeldSockets, Owners] | None:
+        """The sockets `spec` asks the daemon to hold — those `job` holds already kept, the others
+        bound now — and their files' owners; None when there is nothing new to hold. A socket that
+        cannot be held makes the file invalid (JobFileError), and nothing is left bound."""
+        held = job.sockets if job is not None else HeldSockets()
+        if spec is None or (not spec.sockets and not held.held) or (
+                job is not None and (spec.sockets, spec.reuseport, spec.numprocs)
+                == (job.spec.sockets, job.spec.reuseport, job.spec.numprocs)):
+            return None
+        try:
+            owners: Owners = {}
+            if any(sock.owner or sock.group for sock in spec.sockets):
+                owners = await asyncio.to_thread(owners_of, spec.sockets)  # NSS: not on the loop
+            return held.prepare(spec.sockets, spec.reuseport, spec.numprocs, owners), owners
+        except SocketError as exc:
+            raise JobFileError([f'{self.path_of(name)}: field "sockets": {exc}']) from None
 
     def _directory_refusal(self) -> str | None:
         """Why no job file is read or written now (the jobs run on as they are), or None. Logged
@@ -347,6 +372,7 @@ class Supervisor:
         with the job's lock held, so nothing can start it meanwhile."""
         await self._stopped(job, job.stop_all(), nowait=False)
         job.discard()
+        job.sockets.close()  # its processes are gone: nobody holds them any more
         if self.jobs.get(job.name) is job:
             del self.jobs[job.name]
         log.info("forgot job %s", job.name)
@@ -698,6 +724,12 @@ class Supervisor:
                 os.makedirs(os.path.dirname(path), mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
             self._notify = NotifyDirectory(path)
         return self._notify
+
+
+def _abandon(held: tuple[HeldSockets, Owners] | None, job: Job | None) -> None:
+    """Sockets bound for a version of a file that is not applied after all: closed again."""
+    if held is not None:
+        held[0].abandon(job.sockets if job is not None else HeldSockets())
 
 
 def _look_up(user: str) -> Account | None:
