@@ -326,14 +326,14 @@ def test_the_command_is_the_first_word_that_is_not_an_option_or_its_value() -> N
 
 
 WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--force", "--port", "7778", "--host", "h", "--timeout", "2.5",
-         "-n", "--", "--port=1", "x"]
+         "-n", "--", "--port=1", "x", "--rolling", "--with-deps"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["status", "stop", "restart", "pid", "delete"]), st.lists(st.sampled_from(WORDS), max_size=6))
+@given(st.sampled_from(["status", "stop", "restart", "start", "pid", "delete"]), st.lists(st.sampled_from(WORDS), max_size=6))
 def test_the_quick_parse_of_job_commands_is_what_argparse_makes_of_them(command: str, words: list[str]) -> None:
     arguments = COMMANDS[command].configure
-    quick = quick_parse(words, arguments.required, arguments.nowait, arguments.force)
+    quick = quick_parse(words, arguments.required, arguments.switches())
     if quick is None:
         return  # argparse decides
     vars(quick).update(arguments.defaults)

@@ -92,7 +92,7 @@ async def _repair(sup: Supervisor, request: Request) -> Reply:
 
 
 async def _restart_job(sup: Supervisor, request: Request) -> Reply:
-    return await sup.restart(request.job, nowait=request.nowait, index=request.instance)
+    return await sup.restart(request.job, nowait=request.nowait, index=request.instance, rolling=request.rolling)
 
 
 def _signal(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:

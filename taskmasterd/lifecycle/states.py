@@ -631,8 +631,7 @@ def _roll(b: _Build, ev: Event) -> bool:
     a second spawn is still there (the rollout waits for it to be gone first)."""
     if b.m.roll is not Roll.NONE:
         return False
-    b.set(wanted=True, failures=0, quick=0, roll=Roll.QUEUED, halted="",
-          description=f"pid {b.m.pid}; a new run starts beside it")
+    b.set(wanted=True, failures=0, quick=0, roll=Roll.QUEUED, description=f"pid {b.m.pid}; a new run starts beside it")
     b.do(Second(Effect.SPAWN), Note("beside", f"{ev.why}: a new run starts beside pid {b.m.pid}"))
     return True
 
@@ -819,6 +818,8 @@ def step(m: Machine, ev: Event, policy: Policy, waiting: str | None = None) -> S
     if _about_second(m, ev):
         SECOND[m.roll][ev.kind](b, ev)
         return Step(b.m, tuple(b.effects))
+    if ev.kind is K.ROLL:
+        b.set(halted="")  # `halted` is about the slot's last roll
     acted = TABLE[m.state][ev.kind](b, ev)
     if m.roll is not Roll.NONE:
         acted = _after_command_or_exit(b, ev, acted)
