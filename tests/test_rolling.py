@@ -178,3 +178,39 @@ def test_a_halted_rollout_leaves_the_old_instances_serving(tmp_path):
         assert 'taskmaster_rollouts_total{outcome="halted"} 2.0' in text
         assert 'taskmaster_rollouts_total{outcome="done"} 1.0' in text
         assert any(e["kind"] == "rollout" and e["new"] == "halted" for e in events(d))
+
+
+def test_numprocs_grows_without_touching_the_old_and_shrinks_after_draining(tmp_path):
+    port = free_port()
+    with Daemon(tmp_path, jobs={"web": web(port, "1")}) as d:
+        wait_for(lambda: all_running(d), what="RUNNING")
+        old = {i["index"]: i["pid"] for i in d.instances("web")}
+        with Load(port) as load:
+            write_job(d.jobs_dir, "web", web(port, "1", numprocs=5))
+            wait_for(lambda: len(d.instances("web")) == 5 and all_running(d), what="five RUNNING")
+            assert {i["index"]: i["pid"] for i in d.instances("web")[:3]} == old  # untouched
+            write_job(d.jobs_dir, "web", web(port, "1", numprocs=2))
+            wait_for(lambda: len(d.instances("web")) == 2, what="the extras gone")
+            assert {i["index"]: i["pid"] for i in d.instances("web")} == {0: old[0], 1: old[1]}
+            mark = len(load.answers)
+            wait_for(lambda: len(load.answers) > mark + 20, what="answers")
+        assert load.failures == [], load.failures[:5]
+
+
+def test_max_unavailable_replaces_two_at_once_each_on_its_own_reuseport_socket(tmp_path):
+    port = free_port()
+    job = web(port, "1", numprocs=4, max_unavailable=2, reuseport=True,
+              env={"VERSION": "1", "READY_DELAY": "0.5"})
+    with Daemon(tmp_path, jobs={"web": job}) as d:
+        wait_for(lambda: all_running(d), what="RUNNING")
+        old = pids(d)
+        with Load(port) as load:
+            write_job(d.jobs_dir, "web", {**job, "env": {"VERSION": "2", "READY_DELAY": "0.5"}})
+            most, deadline = 0, time.monotonic() + 60
+            while not (all_running(d) and not pids(d) & old) and time.monotonic() < deadline:
+                starting = [i for i in d.instances("web") if i.get("second", {}).get("phase") == "starting"]
+                most = max(most, len(starting))
+                time.sleep(0.02)
+            rolled(d, load, old, "2")
+        assert most == 2
+        assert load.failures == [], load.failures[:5]

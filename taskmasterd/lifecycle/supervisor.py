@@ -202,6 +202,8 @@ class Supervisor:
         await self.scheduler.close()
         if self._watcher is not None:
             self._watcher.close()
+        for job in self.jobs.values():
+            job.end_rollout(SHUTTING_DOWN)  # no ROLL may come after the stops below
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
         await self.processes.drain()
         for job in self.jobs.values():
