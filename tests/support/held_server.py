@@ -1,7 +1,7 @@
 """A small HTTP server for jobs with held sockets (tests and bench/bench_rolling.py).
 
-It serves on descriptor 3 (or, without LISTEN_FDS, binds PORT itself with SO_REUSEADDR, as a
-program that holds its own socket does). Every answer is `<pid> <VERSION> <instance>`. It sends
+It serves on descriptor 3 (or, without LISTEN_FDS, binds PORT itself with SO_REUSEADDR and
+SO_REUSEPORT, as programs of several instances that hold their own sockets do). Every answer is `<pid> <VERSION> <instance>`. It sends
 READY=1 when $NOTIFY_SOCKET is set, after READY_DELAY seconds; with BROKEN set it exits 3 at once.
 At SIGTERM it stops accepting, finishes the connection it serves, and exits 0: what a server that
 drains does. Every instance sets the shared socket non-blocking (they all agree) and waits for it
@@ -20,6 +20,7 @@ def listener() -> socket.socket:
         return socket.socket(fileno=3)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", int(os.environ["PORT"])))
     sock.listen(128)
     return sock
