@@ -383,3 +383,21 @@ def test_shell_options_anywhere_help_of_a_command_and_a_follow_ended_by_ctrl_c(t
     terminal.expect(b"taskmaster> ")
     terminal.type(b"exit\n")
     assert terminal.close() == 0
+
+
+def test_a_rollout_and_a_pending_file_show_in_the_table_and_a_halt_exits_3() -> None:
+    from taskmasterctl.detail import job_block
+
+    rolling = {"name": "web", "state": "RUNNING", "rollout": "rolling 1/3", "sockets": ["127.0.0.1:8080"],
+               "instances": [{"index": 0, "state": "RUNNING", "pid": 14, "description": "pid 14",
+                              "second": {"phase": "draining", "pid": 12, "spawn": 3}}]}
+    table = status_table([rolling])
+    assert "rolling 1/3" in table and "second" not in table and "127.0.0.1:8080" not in table
+    assert not_as_wanted([rolling]) == []
+    halted = {**rolling, "rollout": "rollout halted: web:2 not ready (exited too soon (exited with code 3))"}
+    assert not_as_wanted([halted]) == [f"web: {halted['rollout']}"]
+    pending = {"name": "api", "state": "NEW", "instances": [], "error": None,
+               "pending": "a new file, not loaded (reload loads it)"}
+    assert "NEW" in status_table([pending]) and "reload loads it" in status_table([pending])
+    block = job_block(rolling)
+    assert "Sockets" in block and "127.0.0.1:8080" in block and "rolling 1/3" in block

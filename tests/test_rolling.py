@@ -214,3 +214,30 @@ def test_max_unavailable_replaces_two_at_once_each_on_its_own_reuseport_socket(t
             rolled(d, load, old, "2")
         assert most == 2
         assert load.failures == [], load.failures[:5]
+
+
+def test_a_restart_during_a_rollout_comes_after_it_and_a_stop_ends_it(tmp_path):
+    port = free_port()
+    job = web(port, "1", env={"VERSION": "1", "READY_DELAY": "0.5"})
+    with Daemon(tmp_path, jobs={"web": job}) as d:
+        wait_for(lambda: all_running(d), what="RUNNING")
+        replies: dict[str, dict] = {}
+        threads = [threading.Thread(target=lambda t=t: replies.__setitem__(t, d.request("restart-job", t, rolling=True)))
+                   for t in ("web:0", "web:2")]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.1)
+        for thread in threads:
+            thread.join(60)
+        assert replies["web:0"]["response"] == replies["web:2"]["response"] == "success", replies
+        # a stop during a rollout ends it: its verb fails, no instance starts after the stop
+        old = pids(d)
+        verb = threading.Thread(target=lambda: replies.__setitem__("all", d.request("restart-job", "web")))
+        verb.start()
+        wait_for(lambda: any("second" in i for i in d.instances("web")), what="the rollout under way")
+        assert d.request("stop", "web")["response"] == "success"
+        verb.join(60)
+        assert replies["all"]["response"] == "fail"
+        assert replies["all"]["error"].decode() == "rollout interrupted: stop command", replies["all"]
+        time.sleep(1)
+        assert {i["state"] for i in d.instances("web")} == {"STOPPED"} and not pids(d) - {None} - old

@@ -290,6 +290,8 @@ class Job:
             "instances": [inst.status(now) for inst in self.instances],
             "error": self.error,
         }
+        if self.sockets.held:
+            entry["sockets"] = self.sockets.describe()
         rollout = self.rollout.describe() if self.rollout is not None else None
         if rollout is not None:
             entry["rollout"] = rollout  # "rolling 2/4", "rollout halted: web:2 not ready (…)"

@@ -10,8 +10,9 @@ themselves: their rolls are the table's. The rollout ends once the old runs of t
 are gone.
 
 A rollout is a task of the supervisor's (shut down with it), interrupted by a command that
-decides otherwise for the job (stop, kill, a plain restart) or by the next rollout (a newer
-file): the slot being replaced finishes its own roll, no other starts. Each step is published on
+decides otherwise for the job (stop, kill, a plain restart) or by the rollout of a newer file:
+the slot being replaced finishes its own roll, no other starts. A `restart` that comes during a
+rollout comes after it (`after`), as a command during a restart does in the table. Each step is published on
 the event bus (`rollout`: begun, replaced, halted, done, interrupted) and counted for the metrics.
 """
 from __future__ import annotations
@@ -40,8 +41,11 @@ class Rolled(Protocol):
 
 
 class Rollout:
-    def __init__(self, job: Rolled, slots: list[Instance], at_once: int, why: str, events: EventBus) -> None:
+    def __init__(self, job: Rolled, slots: list[Instance], at_once: int, why: str, events: EventBus,
+                 after: Rollout | None = None) -> None:
+        """`after`: the rollout under way, which this one waits for."""
         self.job = job
+        self.after = after
         self.slots = slots
         self.at_once = max(1, at_once)
         self.why = why
@@ -56,6 +60,8 @@ class Rollout:
 
     def describe(self) -> str | None:
         """For `status`: "rolling 2/4" while under way, the halt after one, None once done."""
+        if self.after is not None and self.after.task is not None and not self.after.task.done():
+            return self.after.describe()
         if self.halted is not None:
             return f"rollout halted: {self.halted}"
         if not self.finished and self.interrupted is None:
@@ -74,10 +80,13 @@ class Rollout:
 
     async def run(self) -> str | None:
         """Replace every slot; the reason the verb fails, or None."""
-        counters.count_rollout("begun")
-        self._publish("begun", f"{self.why}: {len(self.slots)} instance(s), {self.at_once} at a time")
         places = asyncio.Semaphore(self.at_once)
         try:
+            if self.after is not None and self.after.task is not None:
+                await asyncio.wait([self.after.task])
+                self.after = None
+            counters.count_rollout("begun")
+            self._publish("begun", f"{self.why}: {len(self.slots)} instance(s), {self.at_once} at a time")
             async with asyncio.TaskGroup() as group:
                 for inst in self.slots:
                     group.create_task(self._replace(inst, places))
@@ -85,8 +94,9 @@ class Rollout:
             for inst in self.slots:
                 await inst.wait_until(lambda i: i.machine.roll is Roll.NONE)
         except asyncio.CancelledError:
-            counters.count_rollout("interrupted")
-            self._publish("interrupted", self.interrupted or "cancelled")
+            if self.after is None:  # it had begun
+                counters.count_rollout("interrupted")
+                self._publish("interrupted", self.interrupted or "cancelled")
             raise
         self.finished = True
         if self.halted is not None:
@@ -122,6 +132,8 @@ class Rollout:
         if self.task is not None and not self.task.done():
             self.interrupted = why
             self.task.cancel()
+        if self.after is not None:
+            self.after.interrupt(why)
 
     def _publish(self, step: str, text: str) -> None:
         self.events.publish(Published("rollout", self.job.name, None, "", step, text, time.time()))

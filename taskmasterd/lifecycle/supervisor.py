@@ -473,11 +473,18 @@ class Supervisor:
         job.end_rollout(why)
         return None, job.command(Kind.RESTART, why, instances)
 
-    def _roll(self, job: Job, instances: list[Instance], why: str) -> Rollout:
-        """A rolling restart of `instances` (a task of the supervisor's); the one under way, if
-        any, is interrupted: this one replaces what it had not."""
-        job.end_rollout(f"a newer rollout ({why})")
-        rollout = Rollout(job, instances, job.spec.max_unavailable, why, self.events)
+    def _roll(self, job: Job, instances: list[Instance], why: str, queued: bool = False) -> Rollout:
+        """A rolling restart of `instances` (a task of the supervisor's). The one under way, if
+        any, is interrupted (a newer file's rollout replaces what it had not); with `queued` (a
+        verb), this one comes after it instead."""
+        under_way = job.rollout if job.rollout is not None and job.rollout.task is not None \
+            and not job.rollout.task.done() else None
+        if queued and under_way is not None:
+            job.rollout = None  # stays under way: the new one waits for it
+        else:
+            under_way = None
+            job.end_rollout(f"a newer rollout ({why})")
+        rollout = Rollout(job, instances, job.spec.max_unavailable, why, self.events, after=under_way)
         rollout.task = self.background(rollout.run(), f"rollout of {job.name}")
         if rollout.task is not None:  # else the daemon is shutting down: nothing rolls
             job.rollout = rollout
@@ -521,7 +528,7 @@ class Supervisor:
                 if isinstance(found, Reply):
                     return found
                 job, targets = found
-                rollout = self._roll(job, targets, "restart --rolling" if rolling else "restart command")
+                rollout = self._roll(job, targets, "restart --rolling" if rolling else "restart command", queued=True)
             return await self._rolled(rollout, nowait)
         reply = await self._start_with(Kind.RESTART, "restart command", name, nowait, index)
         return SUCCESS if reply.response == "redundant" else reply
