@@ -91,7 +91,7 @@ class Run:
     """One spawn of the slot: its process, its queued spawn, its health watch, its log files. It
     is the `RunObserver` of its watch: what it reports is tagged with its own spawn id."""
 
-    __slots__ = ("instance", "child", "ticket", "started_at", "logs", "health")
+    __slots__ = ("instance", "child", "ticket", "started_at", "logs", "health", "settings")
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
@@ -99,6 +99,7 @@ class Run:
         self.ticket: SpawnTicket | None = None
         self.started_at: float | None = None  # monotonic time of its spawn
         self.logs: tuple[LogFile, ...] = ()  # the files of its output
+        self.settings: tuple | None = None  # the spawn settings it was started with (JobSpec.spawn_settings)
         services = instance.services
         self.health = InstanceHealth(self, services.notify_directory, self._check_spawner, services.checks)
 
@@ -150,7 +151,7 @@ class Instance:
         self.retired = False  # numprocs shrank below it: it leaves the job once stopped
         self.discarded = False  # its job is gone: it never spawns again
         self.run = Run(self)  # the slot's run: what the table's effects are about
-        self.second = Run(self)  # a rolling restart's new run, or the old one while it drains
+        self._second: Run | None = None  # a rolling restart's new run, or the old one while it drains
         self._timer: asyncio.TimerHandle | None = None  # the retry timer (backoff, throttled restart)
         self._waiters: list[asyncio.Future[None]] = []
         self._deferred: list[tuple[Event, Answer | None]] = []  # commands behind a restart
@@ -158,6 +159,13 @@ class Instance:
     @property
     def label(self) -> str:
         return f"{self.job.name}[{self.index}]"
+
+    @property
+    def second(self) -> Run:
+        """The slot's second run (made when a rolling restart first needs it)."""
+        if self._second is None:
+            self._second = Run(self)
+        return self._second
 
     # the slot's run, as the rest of the daemon reads it
     @property
@@ -245,7 +253,7 @@ class Instance:
         elif action in _RUN_EFFECTS:
             self._on_run(self.run, action)
         elif action is Effect.SWAP:
-            self.run, self.second = self.second, self.run
+            self.run, self._second = self.second, self.run
         elif action is Effect.DISARM:
             self._cancel_timer()
         elif action is Effect.HOLD:
@@ -302,7 +310,7 @@ class Instance:
         """The process table's turn for this spawn: make it, or say why not."""
         run.ticket = None
         m = self.machine
-        second = run is self.second
+        second = run is self._second
         if self.discarded or (m.roll is not Roll.QUEUED if second else
                               m.state is not S.STARTING or m.has_process):
             return
@@ -342,6 +350,7 @@ class Instance:
                 if fd >= 0:
                     os.close(fd)
         run.child, run.logs, run.started_at = child, tuple(logs), time.monotonic()
+        run.settings = spec.spawn_settings()
         child.exited.add_done_callback(lambda exited: self._exited(run, exited))
         self._post(Event(K.SPAWNED, child.holder, pid=child.pid, spawn=child.spawn_id, second=second))
 
@@ -366,9 +375,10 @@ class Instance:
         """Its job is forgotten: cancel whatever is pending; it never spawns again."""
         self.discarded = True
         self._cancel_timer()
-        for run in (self.run, self.second):
-            run.cancel_spawn()
-            run.health.ended()
+        for run in (self.run, self._second):
+            if run is not None:
+                run.cancel_spawn()
+                run.health.ended()
         for _, answer in self._deferred:
             _answer(answer, False)
         self._deferred = []

@@ -219,14 +219,18 @@ class Job:
             for path in self._log_paths(new, inst.index):
                 if path is not None:
                     self.services.log_files.update_limits(path, new.logmaxbytes, new.logbackups)
-        spawn_changed = old.spawn_settings() != new.spawn_settings()
+        settings = new.spawn_settings()
+        spawn_changed = old.spawn_settings() != settings
         renew: list[Instance] = []
         for inst in self.instances[: min(old.numprocs, new.numprocs)]:
+            # what its run was started with (after a halted rollout, an older version than `old`);
+            # a spawn not made yet takes the new settings when it is
+            stale = inst.run.settings != settings if inst.child is not None else spawn_changed
             # numprocs crossing 1 can move an instance's log file: that needs a restart too
             moved = self._log_paths(old, inst.index) != self._log_paths(new, inst.index)
             # cgroup limits change live; one whose controller the run's cgroup lacks needs a restart
             limits_refused = inst.child is not None and not inst.child.apply_limits(new.resources)
-            if (spawn_changed or moved or limits_refused) and inst.state in _LIVE:
+            if (stale or moved or limits_refused) and inst.state in _LIVE:
                 renew.append(inst)
             else:
                 inst.health.update(old, new)  # readiness and health are never spawn settings

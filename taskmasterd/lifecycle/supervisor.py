@@ -359,6 +359,8 @@ class Supervisor:
                     return (SUCCESS if had_error else REDUNDANT), "unchanged"
                 old = job.spec
                 starting, retiring, renew = job.apply(spec, account, *(held or ()))
+                if job.rollout is not None and job.rollout.task is not None and job.rollout.task.done():
+                    job.rollout = None  # a halt of an older version is no longer news
                 if renew:
                     rollout, more = self._restart_instances(job, renew, "restart for new settings")
                     starting += more
