@@ -74,6 +74,9 @@ class JobView(Protocol):
     def spec(self) -> JobSpec: ...
     @property
     def policy(self) -> Policy: ...
+    @property
+    def settings(self) -> tuple:
+        """`spec.spawn_settings()`, made once per version of the file."""
 
     def account(self) -> Account | None: ...
 
@@ -350,7 +353,7 @@ class Instance:
                 if fd >= 0:
                     os.close(fd)
         run.child, run.logs, run.started_at = child, tuple(logs), time.monotonic()
-        run.settings = spec.spawn_settings()
+        run.settings = self.job.settings
         child.exited.add_done_callback(lambda exited: self._exited(run, exited))
         self._post(Event(K.SPAWNED, child.holder, pid=child.pid, spawn=child.spawn_id, second=second))
 

@@ -54,6 +54,7 @@ class Job:
         `sockets`: the ones it holds, bound by whoever loaded it (processes/heldsockets.py)."""
         self.services = services
         self.spec = spec
+        self.settings = spec.spawn_settings()  # what a run is started with (one tuple, shared by the runs)
         self.sockets = sockets if sockets is not None else HeldSockets()
         self.activation = SocketActivation(self)  # `autostart: "socket"`
         self.rollout: Rollout | None = None  # the rolling restart under way, or the last one that halted
@@ -219,8 +220,9 @@ class Job:
             for path in self._log_paths(new, inst.index):
                 if path is not None:
                     self.services.log_files.update_limits(path, new.logmaxbytes, new.logbackups)
-        settings = new.spawn_settings()
-        spawn_changed = old.spawn_settings() != settings
+        old_settings, settings = self.settings, new.spawn_settings()
+        self.settings = settings
+        spawn_changed = old_settings != settings
         renew: list[Instance] = []
         for inst in self.instances[: min(old.numprocs, new.numprocs)]:
             # what its run was started with (after a halted rollout, an older version than `old`);

@@ -815,7 +815,7 @@ def step(m: Machine, ev: Event, policy: Policy, waiting: str | None = None) -> S
     b = _Build(m, policy, waiting)
     if m.restarting and ev.kind in COMMANDS:
         return Step(m, (Effect.KILL, Effect.DEFER) if ev.kind is K.KILL else (Effect.DEFER,))
-    if _about_second(m, ev):
+    if (ev.second or m.second is not None) and _about_second(m, ev):
         SECOND[m.roll][ev.kind](b, ev)
         return Step(b.m, tuple(b.effects))
     if ev.kind is K.ROLL:
