@@ -88,6 +88,17 @@ def rolled(d: Daemon, load: Load, old: set[int], version: str) -> None:
     assert not {pid for pid, _ in load.answers[mark + 2:]} & old
 
 
+def test_restart_rolling_of_a_single_instance_starts_the_new_one_beside_it(tmp_path):
+    port = free_port()
+    with Daemon(tmp_path, jobs={"web": web(port, "1", rolling=False, numprocs=1)}) as d:
+        wait_for(lambda: all_running(d), what="RUNNING")
+        old = pids(d)
+        with Load(port) as load:
+            assert d.request("restart-job", "web", rolling=True)["response"] == "success"
+            rolled(d, load, old, "1")
+        assert load.failures == [], load.failures[:5]
+
+
 def test_restart_rolling_replaces_every_instance_and_fails_no_request(tmp_path):
     port = free_port()
     with Daemon(tmp_path, jobs={"web": web(port, "1", rolling=False)}) as d:

@@ -669,7 +669,7 @@ class Supervisor:
         entries += [{"name": name, "state": "NEW", "instances": [], "error": None, "pending": PENDING_NEW}
                     for name in sorted(self.new_files) if name not in self.jobs and name not in self.invalid]
         if self.daemon is not None:  # who answers (`version`, `pid`), and whether it reads its jobs dir
-            document = {**self.daemon.document(), "jobs_dir_problem": self._refusal}
+            document = {**self.daemon.document(), "jobs_dir_problem": self._refusal, "apply": self.apply}
             return Reply("status", value={"jobs": entries, "daemon": document})
         return Reply("status", value={"jobs": entries})
 
