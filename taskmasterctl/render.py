@@ -12,7 +12,7 @@ JOB_FIELDS = {"name", "state", "instances", "error", "enabled", "file", "cmd", "
               "stoptime", "autorestart", "schedule"}
 SHOWN_RUNS = 3  # last runs in the table (status --json has the last 10)
 INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description",
-                   "wanted",
+                   "wanted", "spawn",  # the spawn's id: in status JOB and --json, not in every row
                    # health: shown as "healthy (http 200)"; the rest (and a check's output) in --json
                    "health", "check", "last_check", "last_result", "output", "failures",
                    "notify_status", "notify_stopping",
