@@ -92,6 +92,8 @@ def _instance_lines(name: str, inst: dict) -> list[str]:
     ago = f" ({uptime(time.time() - since)} ago)" if since else ""
     lines = [_field(f"{name}[{inst.get('index')}]", f"{state} since {_when(since)}{ago}")]
     facts = [f"Restarts: {inst.get('restarts', '-')}", f"Last exit: {last_exit(inst)}"]
+    if inst.get("spawn") is not None:
+        facts.append(f"Spawn: {inst['spawn']}")  # the id its log lines and events carry
     if inst.get("health"):
         result = f" ({inst['last_result']})" if inst.get("last_result") else ""
         facts.append(f"Health: {inst['health']}{result}")

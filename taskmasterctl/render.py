@@ -12,7 +12,8 @@ JOB_FIELDS = {"name", "state", "instances", "error", "enabled", "file", "cmd", "
               "stoptime", "autorestart", "schedule", "rollout", "pending", "sockets"}
 SHOWN_RUNS = 3  # last runs in the table (status --json has the last 10)
 INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description",
-                   "wanted", "second",
+                   "wanted", "spawn",  # the spawn's id: in status JOB and --json, not in every row
+                   "second",  # a rolling restart's second run: its description says it
                    # health: shown as "healthy (http 200)"; the rest (and a check's output) in --json
                    "health", "check", "last_check", "last_result", "output", "failures",
                    "notify_status", "notify_stopping",

@@ -111,6 +111,9 @@ def test_files_that_could_not_be_loaded_appear_in_status_and_exit_3(tmp_path: Pa
         ignored = document["data"]["ignored"]
         assert [entry["file"] for entry in ignored] == ["my job.tm.json"] and "invalid job name" in ignored[0]["error"]
         assert ctl(daemon, "status", "fine").returncode == 0  # naming a good job: only it counts
+        # status does not list the directory at each request: the watcher's events keep it current
+        (daemon.jobs_dir / "my job.tm.json").unlink()
+        wait_for(lambda: "ignored" not in daemon.request("status")["data"], what="the removed file gone from status")
 
 
 def test_stop_says_when_it_had_to_kill(daemon: Daemon) -> None:

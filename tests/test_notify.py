@@ -91,11 +91,13 @@ def test_a_directory_under_a_parent_others_can_write_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory of another user")
-def test_a_directory_under_a_parent_of_another_user_is_refused(tmp_path):
-    (tmp_path / "theirs").mkdir()
-    os.chown(tmp_path / "theirs", 65534, 65534)
-    with pytest.raises(PermissionError, match="belongs to uid 65534, who could replace it"):
-        NotifyDirectory(str(tmp_path / "theirs" / "notify"))
+def test_a_directory_under_a_parent_of_another_user_is_refused():
+    with short_tempdir() as base:  # a socket path is short: pytest's own tmp_path may be too long
+        theirs = os.path.join(base, "theirs")
+        os.mkdir(theirs)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(PermissionError, match="belongs to uid 65534, who could replace it"):
+            NotifyDirectory(os.path.join(theirs, "notify"))
 
 
 def test_a_path_too_long_for_a_unix_socket_is_refused(tmp_path):

@@ -39,6 +39,7 @@ def test_status_of_one_job_is_a_block_like_systemctl_status(daemon: Daemon) -> N
         assert f"{inst['pid']} sh -c" in shown  # the process tree: the leader, then its child
     assert shown.count("sleep 1000\n") == 2 and "└─" in shown
     assert "CPU" in shown and "Memory" in shown and "Restarts: 0" in shown and "Enabled" in shown
+    assert all(f"Spawn: {inst['spawn']}" in shown for inst in instances)  # the id its log lines carry
     assert "out 1" in shown and "out 5" in shown and "err 5" in shown  # the last lines: 10 by default
     assert "\x1b" not in shown and "\u202e" not in shown and "\\x1b]0;title\\x07 \\u202ex" in shown
     fewer = out(ctl(daemon, "status", "web:1", "-n", "2"))
@@ -58,6 +59,7 @@ def test_status_of_many_jobs_is_one_table_with_cpu_and_memory(daemon: Daemon) ->
     result = ctl(daemon, "status")
     lines = out(result).splitlines()
     assert lines[0].split() == ["JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "CPU%", "MEM", "INFO"]
+    assert "spawn=" not in out(result)  # known to the table: not shown as an unknown field in every row
     busy = next(line.split() for line in lines if line.startswith("busy "))
     assert float(busy[7]) > 20, busy  # a whole loop of a shell: most of a core
     assert busy[8].endswith(("K", "M")), busy

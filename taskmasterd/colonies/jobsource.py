@@ -79,20 +79,12 @@ class JobSources(JobsDirectory):
     def names(self) -> set[str]:
         return super().names() | self.colony.names()  # job_name() keeps the local colony.* files out
 
-    def unloadable(self) -> list[tuple[str, str]]:
-        try:
-            entries = os.listdir(self.path)
-        except OSError:
-            entries = []
-        reserved = [(entry, f"ignored: {RESERVED}") for entry in entries
-                    if entry.startswith(PREFIX) and entry.endswith(SUFFIX) and not entry.startswith(".")]
-        return sorted(super().unloadable() + reserved)
-
     def job_name(self, filename: str) -> str | None:
         """The local job a file of the jobs directory defines (for its watcher, and names())."""
         name = super().job_name(filename)
         if name is not None and self._owned(name):
             self.ignored(filename, RESERVED)
+            self.note_unloadable(filename, RESERVED)
             return None
         return name
 

@@ -26,6 +26,9 @@ class JobsDirectory:
     def __init__(self, path: str) -> None:
         self.path = path
         self._ignored_logged: set[str] = set()
+        # Files named like job files that cannot be jobs, as the last listing and the watcher's
+        # events since have seen them: status shows them without listing the directory each time.
+        self._unloadable: dict[str, str] = {}
 
     def path_of(self, name: str) -> str:
         return os.path.join(self.path, name + SUFFIX)
@@ -37,6 +40,7 @@ class JobsDirectory:
         except (FileNotFoundError, NotADirectoryError):
             return set()
         names = set()
+        self._unloadable.clear()
         for entry in entries:
             name = self.job_name(entry)
             if name is not None:
@@ -44,13 +48,18 @@ class JobsDirectory:
         return names
 
     def unloadable(self) -> list[tuple[str, str]]:
-        """(file name, why) for each file that is named like a job file but cannot be one: its
-        name is not a job name (`my job.tm.json`). One listing of the directory."""
-        try:
-            entries = os.listdir(self.path)
-        except OSError:
-            return []
-        return sorted((entry, problem) for entry in entries if (problem := unloadable_name(entry)) is not None)
+        """(file name, why) for each file that is named like a job file but cannot be one (its
+        name is not a job name: `my job.tm.json`), as the last listing (`names`) and the watcher's
+        events since (`job_name`) saw them; status asks at every request, so nothing is read here."""
+        return sorted(self._unloadable.items())
+
+    def note_unloadable(self, filename: str, why: str) -> None:
+        """A file named like a job file that is no job: kept for status while it is there."""
+        if os.path.lexists(os.path.join(self.path, filename)):
+            if filename not in self._unloadable and len(self._unloadable) < _MAX_REMEMBERED:
+                self._unloadable[filename] = f"ignored: {why}"
+        else:
+            self._unloadable.pop(filename, None)
 
     def problem(self) -> str | None:
         """Why the directory's files may not be read (or written) now, or None. Checked at every
@@ -77,6 +86,8 @@ class JobsDirectory:
         problem = job_name_error(name)
         if problem:
             self.ignored(filename, problem)
+            if not filename.startswith("."):
+                self.note_unloadable(filename, problem)
             return None
         return name
 
