@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.daemon import Daemon, free_port, wait_for  # noqa: E402
+from tests.support.held_server import ask  # noqa: E402
 
 SERVER = str(Path(__file__).resolve().parents[1] / "tests" / "support" / "held_server.py")
 SLOW = 0.1  # seconds: a request that waited this long saw the restart
@@ -54,12 +54,7 @@ class Load:
             began = time.monotonic()
             ok = True
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as conn:
-                    conn.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-                    data = b""
-                    while chunk := conn.recv(4096):
-                        data += chunk
-                ok = data.startswith(b"HTTP/1.1 200")
+                ok = ask(self.port)[0].startswith(b"HTTP/1.1 200")
             except OSError:
                 ok = False
             self.requests.append((began, time.monotonic() - began, ok))

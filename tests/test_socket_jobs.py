@@ -9,20 +9,16 @@ import time
 from pathlib import Path
 
 from .support.daemon import Daemon, free_port, wait_for, write_job
+from .support.held_server import ask
 
 SERVER = str(Path(__file__).resolve().parent / "support" / "held_server.py")
 NOBODY = pwd.getpwnam("nobody")
 
 
-def get(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> list[str]:
+def get(port: int) -> list[str]:
     """One HTTP request on a new connection: the answer's words (pid, VERSION, instance)."""
-    with socket.create_connection((host, port), timeout=timeout) as conn:
-        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := conn.recv(4096):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), data
+    head, body = ask(port, timeout=10)
+    assert head.startswith(b"HTTP/1.1 200"), head
     return body.decode().split()
 
 

@@ -45,6 +45,18 @@ def serve(conn: socket.socket, answer: bytes) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(answer), answer))
 
 
+def ask(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> tuple[bytes, bytes]:
+    """What its clients do: one GET on a new connection; the answer's head and body (OSError when
+    the connection is refused or reset)."""
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
 def main() -> None:
     if os.environ.get("BROKEN"):
         sys.exit(3)
