@@ -39,8 +39,9 @@ def act(verb: str) -> Runner:
         job = selector(args.job)
         options = b'{"report":true,"force":true}' if getattr(args, "force", False) else REPORT
         deps = getattr(args, "with_deps", False)  # start only; a quick parse leaves it out
+        rolling = getattr(args, "rolling", False)  # restart only
         session.report(verb_name(verb), job, session.client.request(verb, job, options, nowait=args.nowait,
-                                                                    deps=deps))
+                                                                    deps=deps, rolling=rolling))
     return run
 
 

@@ -83,10 +83,10 @@ class Client:
     # --- transport -------------------------------------------------------------------------------
 
     def request(self, verb: str, job: str | None = None, data: bytes | None = None,
-                nowait: bool = False, deps: bool = False) -> Reply:
+                nowait: bool = False, deps: bool = False, rolling: bool = False) -> Reply:
         sock = self._connection()
         try:
-            sock.sendall(encode_request(verb, job, data, nowait, deps))
+            sock.sendall(encode_request(verb, job, data, nowait, deps, rolling))
             while not self._bodies:
                 chunk = sock.recv(1 << 18)
                 if not chunk:

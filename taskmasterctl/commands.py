@@ -32,14 +32,20 @@ class Command:
 
 class JobArguments:
     """`JOB...` (or `[JOB...]`), and `--nowait` where the wire verb waits: the arguments a quick
-    parse can read without argparse (options.quick_parse); `start` also takes `--with-deps`
-    (argparse reads that one)."""
+    parse can read without argparse (options.quick_parse); `start` also takes `--with-deps`,
+    `restart` `--rolling` (argparse reads those)."""
 
-    __slots__ = ("required", "nowait", "force", "with_deps")
+    __slots__ = ("required", "nowait", "force", "with_deps", "rolling")
     defaults: dict[str, object] = {}  # options of a subclass, as argparse sets them when absent
 
-    def __init__(self, required: bool, nowait: bool = False, force: bool = False, with_deps: bool = False) -> None:
+    def __init__(self, required: bool, nowait: bool = False, force: bool = False, with_deps: bool = False,
+                 rolling: bool = False) -> None:
         self.required, self.nowait, self.force, self.with_deps = required, nowait, force, with_deps
+        self.rolling = rolling
+
+    def switches(self) -> tuple[str, ...]:
+        """Its true-or-false options, by their names (what the quick parse reads)."""
+        return tuple(name for name in ("nowait", "force", "with_deps", "rolling") if getattr(self, name))
 
     def __call__(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("job", nargs="+" if self.required else "*", metavar="JOB",
@@ -53,6 +59,10 @@ class JobArguments:
         if self.with_deps:
             parser.add_argument("--with-deps", action="store_true",
                                 help="start the jobs it depends on first, as systemctl start pulls in Requires=")
+        if self.rolling:
+            parser.add_argument("--rolling", action="store_true",
+                                help="replace the instances a few at a time (max_unavailable), each new one "
+                                     "beside the old until it is ready (a job with \"rolling\": true always is)")
 
 
 
@@ -184,7 +194,7 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command("stop", "stop every instance gracefully (stop signal, SIGKILL after stoptime)",
             JobArguments(True, nowait=True), actions.act("stop")),
     Command("restart", "stop, then start (to re-read every job file: reload)",
-            JobArguments(False, nowait=True, force=True), _restart_run),
+            JobArguments(False, nowait=True, force=True, rolling=True), _restart_run),
     Command("kill", "SIGKILL every instance's process group now", JobArguments(True, nowait=True), actions.act("kill")),
     Command("repair", "clear FATAL/BACKOFF and start what should run", JobArguments(True, nowait=True, force=True),
             actions.act("repair")),
@@ -224,7 +234,7 @@ def parse(name: str, words: list[str]) -> argparse.Namespace:
     SystemExit after argparse's message for a usage error, or for --help."""
     arguments = COMMANDS[name].configure
     if isinstance(arguments, JobArguments):
-        quick = quick_parse(words, arguments.required, arguments.nowait, arguments.force)
+        quick = quick_parse(words, arguments.required, arguments.switches())
         if quick is not None:
             vars(quick).update(arguments.defaults)
             return quick  # type: ignore[return-value]  # the runners only read its attributes

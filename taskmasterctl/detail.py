@@ -61,7 +61,9 @@ def job_block(job: dict) -> str:
         lines.append(_field("Cmd", safe(_command(job["cmd"]))))
     if "enabled" in job:
         enabled = "yes" if job["enabled"] else "no (disabled: no autostart, not started by 'start all')"
-        autostart = "" if "autostart" not in job else (" (autostart)" if job["autostart"] else " (autostart: false)")
+        autostart = "" if "autostart" not in job else (
+            " (autostart: at the first connection)" if job["autostart"] == "socket"
+            else " (autostart)" if job["autostart"] else " (autostart: false)")
         lines.append(_field("Enabled", enabled + (autostart if job["enabled"] else "")))
     if job.get("ready") and job["ready"] != "starttime":
         lines.append(_field("Readiness", safe(str(job["ready"]))))
@@ -71,22 +73,17 @@ def job_block(job: dict) -> str:
         head, *runs = schedule_lines(job["schedule"])
         lines.append(_field("Schedule", safe(head.removeprefix("schedule "))))
         lines += [f"{'':>{LABEL}}  {safe(run)}" for run in runs]
-    if job.get("sockets") is not None:  # held sockets (issue 19) report themselves here
-        lines.append(_field("Sockets", safe(_plain(job["sockets"]))))
+    if job.get("sockets"):  # held by the daemon
+        lines.append(_field("Sockets", safe(", ".join(map(str, job["sockets"])))))
+    for key, label in (("rollout", "Rollout"), ("pending", "File")):
+        if job.get(key):
+            lines.append(_field(label, safe(str(job[key]))))
     for problem in (job.get("error") or "").splitlines():
         if problem.strip():
             lines.append(_field("Error", safe(problem)))
     for inst in instances:
         lines += [""] + _instance_lines(job["name"], inst)
     return "\n".join(lines) + "\n"
-
-
-def _plain(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    import json
-
-    return json.dumps(value, separators=(", ", ": "))
 
 
 def _instance_lines(name: str, inst: dict) -> list[str]:

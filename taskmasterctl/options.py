@@ -34,14 +34,13 @@ GLOBAL_OPTIONS: tuple[tuple[str, bool, dict[str, Any]], ...] = (
 VALUE_OPTIONS = frozenset(flag for flag, takes_value, _ in GLOBAL_OPTIONS if takes_value)
 
 
-def quick_parse(words: list[str], jobs_required: bool, nowait: bool, force: bool = False) -> SimpleNamespace | None:
-    """What argparse would make of `JOB... [--nowait] [--force] [global options]`, or None to ask it."""
+def quick_parse(words: list[str], jobs_required: bool, switches: tuple[str, ...] = ()) -> SimpleNamespace | None:
+    """What argparse would make of `JOB... [--SWITCH...] [global options]`, or None to ask it.
+    `switches`: the command's own true-or-false options, by their names (`nowait`, `with_deps`)."""
     values: dict[str, Any] = {flag[2:]: keywords.get("default", False) for flag, _, keywords in GLOBAL_OPTIONS}
     values["job"] = []
-    if nowait:
-        values["nowait"] = False
-    if force:
-        values["force"] = False
+    flags = {"--" + name.replace("_", "-"): name for name in switches}
+    values.update((name, False) for name in switches)
     options = {flag: keywords for flag, _, keywords in GLOBAL_OPTIONS}
     words_left = iter(words)
     for word in words_left:
@@ -56,10 +55,8 @@ def quick_parse(words: list[str], jobs_required: bool, nowait: bool, force: bool
                 return None
         elif keywords is not None:
             values[word[2:]] = True
-        elif word == "--nowait" and nowait:
-            values["nowait"] = True
-        elif word == "--force" and force:
-            values["force"] = True
+        elif word in flags:
+            values[flags[word]] = True
         elif word.startswith("-"):
             return None
         else:

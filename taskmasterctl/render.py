@@ -9,10 +9,11 @@ if TYPE_CHECKING:
 
 COLUMNS = ("JOB", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "CPU%", "MEM", "INFO")
 JOB_FIELDS = {"name", "state", "instances", "error", "enabled", "file", "cmd", "autostart", "ready", "stopsignal",
-              "stoptime", "autorestart", "schedule"}
+              "stoptime", "autorestart", "schedule", "rollout", "pending", "sockets"}
 SHOWN_RUNS = 3  # last runs in the table (status --json has the last 10)
 INSTANCE_FIELDS = {"index", "state", "pid", "since", "uptime", "restarts", "exitcode", "signal", "description",
                    "wanted", "spawn",  # the spawn's id: in status JOB and --json, not in every row
+                   "second",  # a rolling restart's second run: its description says it
                    # health: shown as "healthy (http 200)"; the rest (and a check's output) in --json
                    "health", "check", "last_check", "last_result", "output", "failures",
                    "notify_status", "notify_stopping",
@@ -123,7 +124,8 @@ def _rows(job: dict) -> list[tuple[str, ...]]:
     """A row per instance, then a row per problem of the job's file: a multi-line error never
     breaks the table."""
     problems = [f"error: {line}" for line in (job.get("error") or "").splitlines() if line.strip()]
-    extras = (["disabled"] if job.get("enabled") is False else []) + _extras(job, JOB_FIELDS)
+    extras = (["disabled"] if job.get("enabled") is False else []) + [
+        job[key] for key in ("rollout", "pending") if job.get(key)] + _extras(job, JOB_FIELDS)
     instances = job.get("instances") or []
     rows: list[tuple[str, ...]] = []
     for position, inst in enumerate(instances):

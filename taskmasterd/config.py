@@ -12,6 +12,7 @@ from . import __version__
 
 DEFAULT_PORT = 7777
 CONTAINMENTS = ("auto", "cgroup2", "process-group")  # processes/containment.py
+APPLY_MODES = ("on-save", "on-reload")  # when a saved job file is applied (lifecycle/supervisor.py)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class DaemonConfig:
     version: str | None = None  # --version: "text" or "json" (print it and exit; not a setting)
     colonies: dict[str, Any] = field(default_factory=dict)  # see taskmasterd.colonies.settings
     container: bool = False  # a container's first process: jobs' output on stdout/stderr, exit codes (docs/container.md)
+    apply: str = "on-save"  # "on-reload": a saved job file waits for `reload`/SIGHUP
 
     def absolutize(self) -> None:
         """Daemon mode changes directory to /: resolve every path against the caller's cwd first."""
@@ -114,6 +116,8 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: setting 'max_numprocs' must be from 1 to {1 << 20}")
     if "containment" in document and document["containment"] not in CONTAINMENTS:
         raise ConfigError(f"{path}: setting 'containment' must be \"auto\", \"cgroup2\" or \"process-group\"")
+    if "apply" in document and document["apply"] not in APPLY_MODES:
+        raise ConfigError(f"{path}: setting 'apply' must be \"on-save\" or \"on-reload\"")
     if "log_mode" in document and not (isinstance(document["log_mode"], str)
                                        and re.fullmatch(r"0?[0-7]{3}", document["log_mode"])):
         raise ConfigError(f"{path}: setting 'log_mode' must be an octal mode like \"0640\"")
@@ -170,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--containment", choices=CONTAINMENTS,
                         help="a cgroup per instance (cgroup2), process groups, or cgroup2 wherever a writable "
                              "cgroup v2 hierarchy allows it (auto, the default)")
+    parser.add_argument("--apply", choices=APPLY_MODES,
+                        help="when a saved job file is applied: at once (on-save, the default), or only at "
+                             "taskmasterctl reload or SIGHUP (on-reload); status shows what waits")
     parser.add_argument("--version", action="store_true", help="print the version (and the containment in force "
                         "with --json) and exit")
     parser.add_argument("--json", action="store_true", help="with --version: as a JSON object")
@@ -189,7 +196,7 @@ def resolve(argv: list[str] | None = None) -> DaemonConfig:
     args = build_parser().parse_args(argv)
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     for name in ("jobs_dir", "log_dir", "state_dir", "host", "daemon", "pidfile", "log_level", "socket",
-                 "control_groups", "metrics", "containment", "container"):
+                 "control_groups", "metrics", "containment", "container", "apply"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value

@@ -73,7 +73,7 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
         console = Console()
     supervisor = Supervisor(config.jobs_dir, config.log_dir, config.state_dir, limits=Limits(config.max_numprocs),
                             log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir,
-                            console=console, containment=containment)
+                            console=console, containment=containment, apply=config.apply)
     if colonies is not None:
         # Imported before the control port answers: importing the bridge (its crypto, its client)
         # takes the loop tens of milliseconds, which a request must not wait for.

@@ -326,14 +326,14 @@ def test_the_command_is_the_first_word_that_is_not_an_option_or_its_value() -> N
 
 
 WORDS = ["web", "all", "w*", "db:1", "--json", "--nowait", "--force", "--port", "7778", "--host", "h", "--timeout", "2.5",
-         "-n", "--", "--port=1", "x"]
+         "-n", "--", "--port=1", "x", "--rolling", "--with-deps"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["status", "stop", "restart", "pid", "delete"]), st.lists(st.sampled_from(WORDS), max_size=6))
+@given(st.sampled_from(["status", "stop", "restart", "start", "pid", "delete"]), st.lists(st.sampled_from(WORDS), max_size=6))
 def test_the_quick_parse_of_job_commands_is_what_argparse_makes_of_them(command: str, words: list[str]) -> None:
     arguments = COMMANDS[command].configure
-    quick = quick_parse(words, arguments.required, arguments.nowait, arguments.force)
+    quick = quick_parse(words, arguments.required, arguments.switches())
     if quick is None:
         return  # argparse decides
     vars(quick).update(arguments.defaults)
@@ -383,3 +383,21 @@ def test_shell_options_anywhere_help_of_a_command_and_a_follow_ended_by_ctrl_c(t
     terminal.expect(b"taskmaster> ")
     terminal.type(b"exit\n")
     assert terminal.close() == 0
+
+
+def test_a_rollout_and_a_pending_file_show_in_the_table_and_a_halt_exits_3() -> None:
+    from taskmasterctl.detail import job_block
+
+    rolling = {"name": "web", "state": "RUNNING", "rollout": "rolling 1/3", "sockets": ["127.0.0.1:8080"],
+               "instances": [{"index": 0, "state": "RUNNING", "pid": 14, "description": "pid 14",
+                              "second": {"phase": "draining", "pid": 12, "spawn": 3}}]}
+    table = status_table([rolling])
+    assert "rolling 1/3" in table and "second" not in table and "127.0.0.1:8080" not in table
+    assert not_as_wanted([rolling]) == []
+    halted = {**rolling, "rollout": "rollout halted: web:2 not ready (exited too soon (exited with code 3))"}
+    assert not_as_wanted([halted]) == [f"web: {halted['rollout']}"]
+    pending = {"name": "api", "state": "NEW", "instances": [], "error": None,
+               "pending": "a new file, not loaded (reload loads it)"}
+    assert "NEW" in status_table([pending]) and "reload loads it" in status_table([pending])
+    block = job_block(rolling)
+    assert "Sockets" in block and "127.0.0.1:8080" in block and "rolling 1/3" in block

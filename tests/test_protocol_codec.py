@@ -242,6 +242,7 @@ def test_cmd_is_a_synonym_and_may_agree() -> None:
     (b'{"command":"status","job":"/w=="}', "UTF-8"),
     (b'{"command":"stop","job":"d2Vi","nowait":"yes"}', "nowait"),
     (b'{"command":"start","job":"d2Vi","deps":1}', "deps"),
+    (b'{"command":"restart-job","job":"d2Vi","rolling":"yes"}', 'field "rolling" must be true or false'),
 ])
 def test_invalid_requests(body: bytes, reason: str) -> None:
     answer = parse_request(body)
@@ -298,3 +299,6 @@ def test_request_encoding_round_trips() -> None:
     wire = encode_request("start", "api", deps=True)
     assert wire == b'{"command":"start","job":"YXBp","deps":true};;'  # docs/protocol.md, bytes and all
     assert parse_request(wire[:-2]) == ("start", Request(job="api", deps=True))
+    wire = encode_request("restart-job", "web", rolling=True)
+    assert wire == b'{"command":"restart-job","job":"d2Vi","rolling":true};;'  # docs/protocol.md, bytes and all
+    assert parse_request(wire[:-2]) == ("restart-job", Request(job="web", rolling=True))

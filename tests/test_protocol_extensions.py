@@ -57,7 +57,7 @@ def test_restart_job_signal_and_the_daemon_object(daemon: Daemon) -> None:
         assert raw.exchange(message("signal", "web"))["response"] == "fail"  # no data
         about = document(raw.exchange(message("status")))["daemon"]
         assert about["pid"] == daemon.proc.pid and set(about) == {"version", "pid", "started", "config", "jobs_dir",
-                                                                  "log_dir", "state_dir", "jobs_dir_problem",
+                                                                  "log_dir", "state_dir", "jobs_dir_problem", "apply",
                                                                   "containment", "cgroup", "controllers", "accounting"}
         assert about["jobs_dir_problem"] is None
         wanted = document(raw.exchange(message("status", "web")))["jobs"][0]["instances"][0]["wanted"]

@@ -9,6 +9,7 @@ import pytest
 
 from taskmasterd.lifecycle.states import (
     COMMANDS,
+    SECOND,
     STABLE_AFTER,
     TABLE,
     TRANSITIONS,
@@ -19,7 +20,10 @@ from taskmasterd.lifecycle.states import (
     IllegalTransition,
     Kind,
     Machine,
+    Note,
     Policy,
+    Roll,
+    Second,
     State,
     Then,
     backoff_delay,
@@ -57,54 +61,79 @@ def test_table_covers_every_state_and_rejects_the_rest():
 
 class World(NamedTuple):
     """An instance and what the executor holds for it: a queued spawn, a process, an armed timer,
-    deferred commands."""
+    deferred commands; and the same for the slot's second spawn (a rolling restart)."""
 
     m: Machine
     queued: bool = False
     process: bool = False
     timer: str | None = None  # the `why` of the armed timer
     deferred: tuple[Event, ...] = ()
+    second_queued: bool = False
+    second_process: bool = False
 
     def key(self) -> tuple:
         m = self.m
         return (m.state, m.wanted, m.has_process, m.then, m.restarting, min(m.failures, 4), min(m.quick, 4),
                 m.exitcode, m.signal, self.queued, self.process, self.timer is not None,
-                tuple(e.kind for e in self.deferred))
+                tuple(e.kind for e in self.deferred), m.roll, self.second_queued,
+                self.second_process)
+
+
+WATCHER = [Event(K.READY, "up for 1s"), Event(K.NOT_READY, "not ready within 5s"), Event(K.HEALTHY, "tcp listening"),
+           Event(K.UNHEALTHY, "http 503"), Event(K.WATCHDOG, "no WATCHDOG=1 for 5s")]
+EXITS = list(product((0, 1, -9), (0.1, STABLE_AFTER + 1)))
 
 
 def possible_events(world: World) -> list[Event]:
     """What can reach an instance in this world: any command, any report of the run's watcher
-    (a late one too), and the process's events only when there is a spawn queued, a process, a
-    timer armed. (At most two commands wait behind a restart: more add nothing new to the walk.)"""
+    (a late one too) about either of its spawns, and a process's events only when there is a
+    spawn queued, a process, a timer armed. (At most two commands wait behind a restart: more add
+    nothing new to the walk.)"""
+    m = world.m
     events = [Event(kind, f"{kind.value} command") for kind in COMMANDS] if len(world.deferred) < 2 else []
-    events += [Event(K.READY, "up for 1s"), Event(K.NOT_READY, "not ready within 5s"),
-               Event(K.HEALTHY, "tcp listening"), Event(K.UNHEALTHY, "http 503"),
-               Event(K.WATCHDOG, "no WATCHDOG=1 for 5s"), Event(K.DEPS)]
+    events += [Event(ev.kind, ev.why, spawn=m.spawn) for ev in WATCHER] + [Event(K.DEPS)]
+    fresh = max(m.spawn or 0, m.second or 0) + 1  # a new spawn's id: neither of the slot's
     if world.queued:
-        events += [Event(K.SPAWNED, pid=100, spawn=7), Event(K.SPAWN_FAILED, "spawn error: no such file"),
+        events += [Event(K.SPAWNED, pid=100, spawn=fresh), Event(K.SPAWN_FAILED, "spawn error: no such file"),
                    Event(K.SPAWN_FAILED, "unsafe log file", final=True)]
     if world.process:
-        events += [Event(K.EXIT, code=code, lived=lived) for code, lived in
-                   product((0, 1, -9), (0.1, STABLE_AFTER + 1))]
+        events += [Event(K.EXIT, code=code, lived=lived, spawn=m.spawn) for code, lived in EXITS]
     if world.timer is not None:
         events.append(Event(K.TIMER, world.timer))
+    if world.second_queued:
+        events += [Event(K.SPAWNED, pid=200, spawn=fresh, second=True),
+                   Event(K.SPAWN_FAILED, "spawn error: no such file", second=True)]
+    if world.second_process:
+        events += [Event(ev.kind, ev.why, spawn=m.second) for ev in WATCHER]
+        events += [Event(K.EXIT, code=code, lived=lived, spawn=m.second) for code, lived in EXITS]
     return events
 
 
 def apply(world: World, ev: Event, policy: Policy, waiting: str | None) -> World:
     """One step of the table, with the executor's side modelled; asserts what must hold."""
-    if ev.kind is K.SPAWNED or ev.kind is K.SPAWN_FAILED:
-        world = world._replace(queued=False)
+    second_exit = ev.kind is K.EXIT and ev.spawn is not None and ev.spawn == world.m.second
+    if ev.kind in (K.SPAWNED, K.SPAWN_FAILED) and ev.second:
+        world = world._replace(second_queued=False, second_process=ev.kind is K.SPAWNED)
+    elif ev.kind is K.SPAWNED or ev.kind is K.SPAWN_FAILED:
+        world = world._replace(queued=False, process=ev.kind is K.SPAWNED)
+    elif second_exit:
+        world = world._replace(second_process=False)
     elif ev.kind is K.EXIT:
         world = world._replace(process=False)
     elif ev.kind is K.TIMER:
         world = world._replace(timer=None)
-    if ev.kind is K.SPAWNED:
-        world = world._replace(process=True)
     result = step(world.m, ev, policy, waiting)
     state = world.m.state
     replay: tuple[Event, ...] = ()
     for effect in result.effects:
+        if isinstance(effect, Second):
+            world = apply_second(world, effect.effect)
+            continue
+        if isinstance(effect, Note) or effect is Effect.STANDING:
+            continue
+        if effect is Effect.SWAP:
+            assert world.process and world.second_process, world
+            continue
         if isinstance(effect, Enter):
             assert effect.old is state, (effect, state)
             check_transition(effect.old, effect.new)
@@ -140,8 +169,28 @@ def apply(world: World, ev: Event, policy: Policy, waiting: str | None) -> World
     return world
 
 
+def apply_second(world: World, effect: Effect) -> World:
+    """An effect on the second spawn: what the executor can do with it."""
+    if effect is Effect.SPAWN:
+        assert not world.second_queued and not world.second_process, world
+        return world._replace(second_queued=True)
+    if effect is Effect.CANCEL_SPAWN:
+        assert world.second_queued, world
+        return world._replace(second_queued=False)
+    if effect in (Effect.TERMINATE, Effect.KILL, Effect.WATCH, Effect.QUIET):
+        assert world.second_process, (effect, world)
+        return world
+    assert effect is Effect.END_RUN, effect
+    return world
+
+
 def check(world: World) -> None:
     m = world.m
+    assert world.second_queued == (m.roll is Roll.QUEUED), world
+    assert world.second_process == (m.roll in (Roll.STARTING, Roll.DRAINING)), world
+    assert (m.second is not None) == world.second_process, world
+    if m.roll in (Roll.QUEUED, Roll.STARTING):  # a new run comes only beside one that serves
+        assert m.state is S.RUNNING and m.has_process, world
     assert world.queued == (m.state is S.STARTING and not m.has_process), world
     assert world.process == m.has_process, world
     assert m.has_process == (m.state in (S.RUNNING, S.STOPPING) or (m.state is S.STARTING and m.has_process))
@@ -158,16 +207,18 @@ POLICIES = [Policy(autorestart=a, startretries=r, ready=ready, on_unhealthy=u)
                                           ("starttime", "notify", "healthy"), ("restart", "none"))]
 
 
-def walk(policy: Policy) -> set[tuple[State, Kind]]:
-    """Every world reachable from a new instance under `policy`; the (state, event) cells used."""
+def walk(policy: Policy) -> set[tuple[State | Roll, Kind]]:
+    """Every world reachable from a new instance under `policy`; the (state, event) cells used,
+    and the (phase, event) cells of the second spawn's table."""
     start = World(Machine())
     seen = {start.key()}
     todo = deque([start])
-    cells: set[tuple[State, Kind]] = set()
+    cells: set[tuple[State | Roll, Kind]] = set()
     while todo:
         world = todo.popleft()
         for ev, waiting in product(possible_events(world), (None, WAITING_TEXT)):
-            cells.add((world.m.state, ev.kind))
+            about_second = ev.second or (ev.kind is not K.SPAWNED and ev.spawn is not None and ev.spawn == world.m.second)
+            cells.add((world.m.roll if about_second else world.m.state, ev.kind))
             after = apply(world, ev, policy, waiting)
             if after.key() not in seen:
                 seen.add(after.key())
@@ -179,9 +230,13 @@ def test_every_reachable_state_and_event():
     cells = set().union(*(walk(policy) for policy in POLICIES))
     # every state is reached (EXITED only where the policy lets it rest there), and in it every
     # command and every report of the watcher
-    assert {state for state, _ in cells} == set(State)
+    assert {state for state in (s for s, _ in cells) if isinstance(state, State)} == set(State)
     for state in State:
         assert {kind for s, kind in cells if s is state} >= COMMANDS | {K.READY, K.DEPS, K.WATCHDOG}, state
+    # every phase of a second spawn is reached, and in it each event its table has a cell for
+    for phase, row in SECOND.items():
+        reached = {kind for s, kind in cells if s is phase}
+        assert reached == {kind for kind, cell in row.items() if cell.__name__ != "_impossible"}, phase
 
 
 # --- what the table decides, case by case -------------------------------------------------------
@@ -329,3 +384,79 @@ def test_descriptions_and_summary():
     assert summarize([S.RUNNING, S.RUNNING]) == "RUNNING"
     assert summarize([S.RUNNING, S.FATAL]) == "FATAL"
     assert summarize([]) == "STOPPED"
+
+
+# --- a rolling restart: a second spawn beside the slot's run -------------------------------------
+
+ROLL = Event(K.ROLL, "restart --rolling")
+UP7 = [Event(K.START, "start command"), Event(K.SPAWNED, pid=1, spawn=7), Event(K.READY, "up for 1s", spawn=7)]
+
+
+def seconds(effects) -> list[Effect]:
+    return [e.effect for e in effects if isinstance(e, Second)]
+
+
+def test_a_roll_starts_the_new_run_beside_and_stops_the_old_one_once_it_is_ready():
+    m, _ = run(UP7)
+    m, effects = run([ROLL, Event(K.SPAWNED, pid=2, spawn=8, second=True)], m)
+    assert m.state is S.RUNNING and m.roll is Roll.STARTING and (m.pid, m.second_pid) == (1, 2)
+    assert seconds(effects) == [Effect.SPAWN, Effect.WATCH] and not transitions(effects)
+    m, effects = run([Event(K.READY, "sent READY=1", spawn=8)], m)
+    assert effects[0] is Effect.SWAP and seconds(effects) == [Effect.QUIET, Effect.TERMINATE]
+    assert (m.pid, m.spawn, m.second, m.roll) == (2, 8, 7, Roll.DRAINING) and m.state is S.RUNNING
+    assert [n.step for n in effects if isinstance(n, Note)] == ["ready"]
+    m, effects = run([Event(K.EXIT, code=0, lived=30, spawn=7)], m)  # the old one is gone
+    assert (m.roll, m.second, m.halted) == (Roll.NONE, None, "") and seconds(effects) == [Effect.END_RUN]
+    assert m.state is S.RUNNING and not transitions(effects) and m.description == "pid 2"
+
+
+def test_a_new_run_that_is_not_ready_halts_the_roll_and_the_old_one_stays():
+    m, _ = run(UP7)
+    m, _ = run([ROLL, Event(K.SPAWNED, pid=2, spawn=8, second=True), Event(K.EXIT, code=3, lived=0.2, spawn=8)], m)
+    assert m.halted == "not ready (exited too soon (exited with code 3))"
+    assert (m.state, m.pid, m.spawn, m.roll) == (S.RUNNING, 1, 7, Roll.NONE)
+    policy = Policy(ready="notify")
+    m, _ = run([ROLL, Event(K.SPAWNED, pid=3, spawn=9, second=True)], m, policy)
+    assert m.halted == ""  # a new roll forgets the last halt
+    m, effects = run([Event(K.NOT_READY, "not ready within 5s (no READY=1)", spawn=9)], m, policy)
+    assert seconds(effects) == [Effect.QUIET, Effect.TERMINATE] and m.roll is Roll.DRAINING
+    assert m.halted == "not ready (not ready within 5s (no READY=1))" and m.pid == 1
+    m, _ = run([Event(K.EXIT, code=-15, lived=5, spawn=9)], m, policy)
+    assert (m.state, m.pid, m.roll) == (S.RUNNING, 1, Roll.NONE)
+    m, _ = run([ROLL, Event(K.SPAWN_FAILED, "spawn error: no such file", second=True)], m)
+    assert m.halted == "not ready (spawn error: no such file)" and m.roll is Roll.NONE
+
+
+def test_a_stop_during_a_roll_stops_both_runs_and_waits_for_both():
+    m, _ = run(UP7)
+    m, _ = run([ROLL, Event(K.SPAWNED, pid=2, spawn=8, second=True)], m)
+    result = step(m, Event(K.STOP, "stop command"), POLICY)
+    assert result.acted and seconds(result.effects) == [Effect.QUIET, Effect.TERMINATE]
+    assert Effect.TERMINATE in result.effects and result.machine.roll is Roll.DRAINING
+    m, _ = run([Event(K.EXIT, code=-15, lived=30, spawn=7)], result.machine)
+    assert m.state is S.STOPPED and m.roll is Roll.DRAINING  # the new run is still being stopped
+    assert step(m, Event(K.STOP, "stop command"), POLICY).acted  # what a second stop waits for
+    m, _ = run([Event(K.EXIT, code=-15, lived=1, spawn=8)], m)
+    assert (m.state, m.roll) == (S.STOPPED, Roll.NONE) and not m.halted
+    # a kill kills a draining run too
+    m, _ = run(UP7)
+    m, _ = run([ROLL, Event(K.SPAWNED, pid=2, spawn=8, second=True), Event(K.READY, "up", spawn=8)], m)
+    assert seconds(step(m, Event(K.KILL, "kill command"), POLICY).effects) == [Effect.KILL]
+
+
+def test_the_old_run_ending_during_a_roll_gives_the_new_one_up_and_restarts_as_its_policy_says():
+    m, _ = run(UP7)
+    m, _ = run([ROLL], m)
+    m, effects = run([Event(K.EXIT, code=-9, lived=30, spawn=7)], m)
+    assert seconds(effects) == [Effect.CANCEL_SPAWN] and m.roll is Roll.NONE
+    assert m.state is S.STARTING and Effect.SPAWN in effects  # autorestart: a new run, with the new settings
+
+
+def test_a_roll_of_a_slot_that_serves_nothing_is_a_restart():
+    m, effects = run([ROLL])
+    assert m.state is S.STARTING and Effect.SPAWN in effects and not seconds(effects)
+    m, effects = run([Event(K.SPAWNED, pid=1, spawn=7), ROLL], m)  # not ready yet: stopped, then spawned
+    assert transitions(effects) == [("STARTING", "STOPPING")] and m.restarting and not seconds(effects)
+    m, _ = run(UP7)
+    m, _ = run([ROLL, Event(K.SPAWNED, pid=2, spawn=8, second=True), Event(K.READY, "up", spawn=8)], m)
+    assert not step(m, ROLL, POLICY).acted  # the old run still drains: the rollout waits for it

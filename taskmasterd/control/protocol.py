@@ -256,11 +256,12 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
         return InvalidRequest('the request has no "command"')
     if not isinstance(verb, str) or verb not in VERBS:
         return InvalidRequest(f"unknown command {_short(verb)}")
-    nowait, deps = message.get("nowait"), message.get("deps")
-    if nowait is not None and not isinstance(nowait, bool):
-        return InvalidRequest('field "nowait" must be true or false')
-    if deps is not None and not isinstance(deps, bool):
-        return InvalidRequest('field "deps" must be true or false')
+    flags = {}
+    for name in ("nowait", "deps", "rolling"):  # `deps`, `rolling`: extensions a seed client never sends
+        value = message.get(name)
+        if value is not None and not isinstance(value, bool):
+            return InvalidRequest(f'field "{name}" must be true or false')
+        flags[name] = bool(value)
     job, data = message.get("job"), message.get("data")
     try:
         if job is not None:
@@ -272,7 +273,7 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
             data = _unb64("data", data)
     except ValueError as exc:
         return InvalidRequest(str(exc))
-    return verb, Request(job=job, data=data, nowait=bool(nowait), deps=bool(deps))
+    return verb, Request(job=job, data=data, **flags)
 
 
 _CONSTANT_REPLIES = {
@@ -313,9 +314,10 @@ def invalid(reason: str) -> Reply:
 # --- the client's side (no json package: the one-shot taskmasterctl must start fast) -----------
 
 def encode_request(verb: str, job: str | None = None, data: bytes | None = None,
-                   nowait: bool = False, deps: bool = False) -> bytes:
-    """Compact JSON, as json.dumps(..., separators=(",", ":")) writes it. `deps` (an extension:
-    `start` starts the job's dependencies too) is only written when true."""
+                   nowait: bool = False, deps: bool = False, rolling: bool = False) -> bytes:
+    """Compact JSON, as json.dumps(..., separators=(",", ":")) writes it. The extensions `deps`
+    (`start` starts the job's dependencies too) and `rolling` (`restart-job` replaces the
+    instances a few at a time) are only written when true."""
     fields = ['{"command":', leanjson.quote(verb)]
     if job is not None:
         fields += [',"job":"', _b64(job.encode("utf-8")), '"']
@@ -325,6 +327,8 @@ def encode_request(verb: str, job: str | None = None, data: bytes | None = None,
         fields.append(',"nowait":true')
     if deps:
         fields.append(',"deps":true')
+    if rolling:
+        fields.append(',"rolling":true')
     return "".join(fields).encode("ascii") + b"}" + TERMINATOR
 
 

@@ -12,3 +12,4 @@ class Request:
     nowait: bool = False  # reply once the action is initiated, not when it has completed
     instance: int | None = None  # set by dispatch for a `name:N` target
     deps: bool = False  # `start`: start the jobs it depends on too
+    rolling: bool = False  # `restart-job`: a rolling restart, whatever the job's file says

@@ -92,7 +92,7 @@ async def _repair(sup: Supervisor, request: Request) -> Reply:
 
 
 async def _restart_job(sup: Supervisor, request: Request) -> Reply:
-    return await sup.restart(request.job, nowait=request.nowait, index=request.instance)
+    return await sup.restart(request.job, nowait=request.nowait, index=request.instance, rolling=request.rolling)
 
 
 def _signal(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
@@ -139,6 +139,9 @@ async def _enable(sup: Supervisor, request: Request, enabled: bool) -> Reply:
         changed = await sup.enablement.set(request.job or "", enabled)
     except OSError as exc:
         return fail(f"cannot write {sup.enablement.path}: {exc.strerror or exc}")
+    job = sup.jobs.get(request.job or "")
+    if job is not None:
+        job.watch_sockets()  # a disabled job is not started by a connection either
     return SUCCESS if changed else REDUNDANT
 
 

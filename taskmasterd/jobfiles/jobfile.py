@@ -19,7 +19,9 @@ from .container_spec import CONTAINER_FIELDS, container_problems
 from .fields import FieldError, NonFinite, boolean, command_words, got
 from .readiness_spec import READINESS_FIELDS, Dependency, HealthCheckSpec, readiness_problems
 from .resources import NO_RESOURCES, RESOURCE_FIELDS, Resources, parse_resources
+from .rollout_spec import ROLLOUT_FIELDS
 from .schedule_spec import SCHEDULE_FIELDS, Schedule, ScheduleSpec, schedule_problems, scheduled_defaults
+from .sockets_spec import SOCKET_FIELDS, SocketSpec, autostart_value, socket_identity, socket_problems
 
 RESTART_POLICIES = ("always", "never", "unexpected")
 STDERR_TO_STDOUT = "stdout"  # the value of "stderr" that sends it down stdout's pipe
@@ -60,7 +62,7 @@ class JobSpec:
     name: str
     argv: tuple[str, ...]
     numprocs: int = 1
-    autostart: bool = True
+    autostart: bool | str = True  # or "socket": at the first connection to its sockets
     autorestart: str = "unexpected"
     exitcodes: frozenset[int] = frozenset({0})
     starttime: float = 1.0
@@ -91,6 +93,10 @@ class JobSpec:
     essential: bool = False  # container mode: its end ends the daemon (container_spec.py)
     resources: Resources = NO_RESOURCES  # memory_max, cpu_quota, tasks_max, nice, ... (resources.py)
     inherit_env: bool = False  # a job of another user gets the daemon's environment (spawner.py)
+    sockets: tuple[SocketSpec, ...] = ()  # held by the daemon, given to every run (sockets_spec.py)
+    reuseport: bool = False  # a SO_REUSEPORT socket of its own per instance
+    rolling: bool = False  # every restart replaces the instances a few at a time (rollout_spec.py)
+    max_unavailable: int = 1  # ... this many at once
 
     def schedule_settings(self) -> ScheduleSpec | None:
         """Its scheduling settings, or None when it is not scheduled."""
@@ -98,11 +104,16 @@ class JobSpec:
             return None
         return ScheduleSpec(self.schedule, self.timezone, self.overlap, self.jitter, self.timeout, self.catch_up)
 
+    @property
+    def starts_on_load(self) -> bool:
+        """`autostart: true` (not false, not "socket")."""
+        return self.autostart is True
+
     def spawn_settings(self) -> tuple[Any, ...]:
-        """What a running instance was started with: a change here needs a restart (a cgroup
-        limit does not: it is changed live)."""
+        """What a running instance was started with: a change here needs new processes (edits.py
+        lists which fields; a cgroup limit changes live)."""
         return (self.argv, self.env, self.workingdir, self.umask, self.user, self.stdout, self.stderr,
-                self.inherit_env, self.resources.start_settings())
+                self.inherit_env, self.resources.start_settings(), socket_identity(self.sockets, self.reuseport))
 
     @property
     def stderr_to_stdout(self) -> bool:
@@ -270,7 +281,7 @@ _NUMPROCS = "numprocs"  # bounded by Limits, checked in parse_job
 FIELDS: dict[str, _Converter] = {
     "cmd": command_words,
     "numprocs": lambda v: _int(v, 1),
-    "autostart": boolean,
+    "autostart": autostart_value,
     "autorestart": _restart_policy,
     "exitcodes": _exitcodes,
     "starttime": _seconds,
@@ -290,6 +301,8 @@ FIELDS: dict[str, _Converter] = {
     **READINESS_FIELDS,  # depends_on, ready, ready_timeout, healthcheck, on_unhealthy, watchdog
     **SCHEDULE_FIELDS,  # schedule, timezone, overlap, jitter, timeout, catch_up
     **CONTAINER_FIELDS,  # essential
+    **SOCKET_FIELDS,  # sockets, reuseport (and autostart "socket")
+    **ROLLOUT_FIELDS,  # rolling, max_unavailable
 }
 # Names used by files written for the original Taskmaster daemon: alias -> (field, converter).
 ALIASES: dict[str, tuple[str, _Converter]] = {
@@ -396,7 +409,7 @@ def parse_job(name: str, raw: bytes, source: str, limits: Limits = Limits()) -> 
     if problems:
         raise JobFileError(problems)
     spec = JobSpec(name=name, **{**values, **scheduled_defaults(document)})
-    problems = readiness_problems(spec, source)
+    problems = readiness_problems(spec, source) + socket_problems(spec, source)
     if problems:
         raise JobFileError(problems)
     return spec

@@ -27,3 +27,16 @@ def uid_of(user: str) -> int | None:
         return passwd_entry(user).pw_uid
     except KeyError:
         return None
+
+
+def gid_of(group: str) -> int | None:
+    """The gid `group` stands for (a name, or a gid written in ASCII digits), or None when there
+    is no such group."""
+    import grp
+
+    if group.isascii() and group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None

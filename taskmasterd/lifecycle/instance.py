@@ -7,6 +7,11 @@ watch (`InstanceHealth`), defer a command that came during a restart. What the o
 tells it — the spawn made, the process gone, a timer, what the run's watcher saw — comes back as
 events through the job's queue, tagged with the spawn they are about, so a late report about an
 earlier run is dropped. No task or thread per instance: 1000 idle instances cost nothing but memory.
+
+An instance is a slot of two `Run`s: the one the table's effects are about, and the second one a
+rolling restart starts beside it (`Second(...)` effects; `SWAP` exchanges them once the new run
+is ready). Each run has its own spawn, health watch and log files, and tags what it reports with
+its own spawn id, so the table tells the two apart.
 """
 from __future__ import annotations
 
@@ -20,13 +25,17 @@ from .dependencies import Standing
 from .services import Services
 from .states import (
     ACTIVE,
+    Action,
     Arm,
     Effect,
     Enter,
     Event,
     Kind,
     Machine,
+    Note,
     Policy,
+    Roll,
+    Second,
     State,
 )
 from .states import step as table_step
@@ -48,8 +57,11 @@ log = logging.getLogger("taskmasterd.instance")
 S, K = State, Kind
 _UP = frozenset({S.STARTING, S.RUNNING, S.STOPPING})  # states in which uptime means something
 _BUSY = frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.BACKOFF})  # what a retired instance waits out
-# Events about one run: dropped when they name a spawn that is not the current one.
+# Events about one run: dropped when they name a spawn that is neither of the slot's.
 _RUN_EVENTS = frozenset({K.EXIT, K.READY, K.NOT_READY, K.HEALTHY, K.UNHEALTHY, K.WATCHDOG})
+# Effects on the slot's run (a `Second` wraps them for the other one).
+_RUN_EFFECTS = frozenset({Effect.SPAWN, Effect.CANCEL_SPAWN, Effect.TERMINATE, Effect.KILL, Effect.WATCH,
+                          Effect.QUIET, Effect.END_RUN})
 Answer = asyncio.Future  # of bool: whether a command acted (resolved when the job's queue handled it)
 
 
@@ -62,15 +74,74 @@ class JobView(Protocol):
     def spec(self) -> JobSpec: ...
     @property
     def policy(self) -> Policy: ...
+    @property
+    def settings(self) -> tuple:
+        """`spec.spawn_settings()`, made once per version of the file."""
 
     def account(self) -> Account | None: ...
 
     def environment(self, index: int) -> dict[str, str]: ...
 
+    def sockets_for(self, index: int) -> tuple[tuple[int, str], ...]: ...
+
     def waiting(self) -> str | None:
         """What a start still waits for ("waiting for db (healthy)"), or None."""
 
     def post(self, inst: Instance, event: Event, answer: Answer | None = None) -> None: ...
+
+
+class Run:
+    """One spawn of the slot: its process, its queued spawn, its health watch, its log files. It
+    is the `RunObserver` of its watch: what it reports is tagged with its own spawn id."""
+
+    __slots__ = ("instance", "child", "ticket", "started_at", "logs", "health", "settings")
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.child: Child | None = None
+        self.ticket: SpawnTicket | None = None
+        self.started_at: float | None = None  # monotonic time of its spawn
+        self.logs: tuple[LogFile, ...] = ()  # the files of its output
+        self.settings: tuple | None = None  # the spawn settings it was started with (JobSpec.spawn_settings)
+        services = instance.services
+        self.health = InstanceHealth(self, services.notify_directory, self._check_spawner, services.checks)
+
+    def _check_spawner(self, spec: JobSpec) -> SpawnCheck:
+        """A `cmd` check of this run is told its pid (TASKMASTER_CHECKED_PID): during a rolling
+        restart two runs of the instance live, and a check may need to know which it is asked about."""
+        return self.instance._check_spawner(spec, self.child.pid if self.child is not None else None)
+
+    def cancel_spawn(self) -> None:
+        if self.ticket is not None:
+            self.ticket.cancel()
+            self.ticket = None
+
+    def _event(self, kind: Kind, why: str) -> None:
+        if self.child is not None:
+            self.instance._post(Event(kind, why, spawn=self.child.spawn_id))
+
+    # RunObserver: what InstanceHealth saw of this run
+    def run_ready(self, how: str) -> None:
+        self._event(K.READY, how)
+
+    def run_not_ready(self, why: str) -> None:
+        self._event(K.NOT_READY, why)
+
+    def run_watchdog(self, why: str) -> None:
+        self._event(K.WATCHDOG, why)
+
+    def run_health(self, old: Health, new: Health, detail: str) -> None:
+        """Every change of a run's health verdict: logged and published, then the table decides."""
+        inst, spawn = self.instance, self.child.spawn_id if self.child is not None else None
+        log.log(logging.WARNING if new is Health.UNHEALTHY else logging.INFO, "%s: %s -> %s (%s)%s",
+                inst.label, old.value, new.value, detail, f"; spawn {spawn}" if spawn is not None else "")
+        inst.services.events.publish(Published("health", inst.job.name, inst.index, old.value, new.value, detail,
+                                               time.time(), spawn))
+        inst.services.standing_changed(inst.job.name)
+        if new is Health.HEALTHY:
+            self._event(K.HEALTHY, detail)
+        elif new is Health.UNHEALTHY:
+            self._event(K.UNHEALTHY, detail)
 
 
 class Instance:
@@ -80,13 +151,10 @@ class Instance:
         self.index = index
         self.machine = Machine()
         self.since = round(time.time(), 6)
-        self.child: Child | None = None
-        self.started_at: float | None = None  # monotonic time of the current spawn
         self.retired = False  # numprocs shrank below it: it leaves the job once stopped
         self.discarded = False  # its job is gone: it never spawns again
-        self.logs: tuple[LogFile, ...] = ()  # the files of the current spawn's output
-        self.health = InstanceHealth(self, services.notify_directory, self._check_spawner, services.checks)
-        self._ticket: SpawnTicket | None = None
+        self.run = Run(self)  # the slot's run: what the table's effects are about
+        self._second: Run | None = None  # a rolling restart's new run, or the old one while it drains
         self._timer: asyncio.TimerHandle | None = None  # the retry timer (backoff, throttled restart)
         self._waiters: list[asyncio.Future[None]] = []
         self._deferred: list[tuple[Event, Answer | None]] = []  # commands behind a restart
@@ -94,6 +162,30 @@ class Instance:
     @property
     def label(self) -> str:
         return f"{self.job.name}[{self.index}]"
+
+    @property
+    def second(self) -> Run:
+        """The slot's second run (made when a rolling restart first needs it)."""
+        if self._second is None:
+            self._second = Run(self)
+        return self._second
+
+    # the slot's run, as the rest of the daemon reads it
+    @property
+    def child(self) -> Child | None:
+        return self.run.child
+
+    @property
+    def health(self) -> InstanceHealth:
+        return self.run.health
+
+    @property
+    def logs(self) -> tuple[LogFile, ...]:
+        return self.run.logs
+
+    @property
+    def started_at(self) -> float | None:
+        return self.run.started_at
 
     # what the machine remembers, as the rest of the daemon reads it
     @property
@@ -138,7 +230,9 @@ class Instance:
 
     def handle(self, event: Event, answer: Answer | None) -> None:
         """One event from the job's queue: the table's step, then its effects, in order."""
-        if self.discarded or (event.kind in _RUN_EVENTS and event.spawn != self.machine.spawn):
+        m = self.machine
+        if self.discarded or (event.kind in _RUN_EVENTS and event.spawn != m.spawn
+                              and (m.second is None or event.spawn != m.second)):
             _answer(answer, False)
             return
         waiting = self.job.waiting() if self.job.spec.depends_on else None
@@ -150,32 +244,21 @@ class Instance:
             _answer(answer, result.acted)
         self._wake()
 
-    def _perform(self, action: Enter | Arm | Effect, event: Event, answer: Answer | None) -> None:
+    def _perform(self, action: Action, event: Event, answer: Answer | None) -> None:
         if isinstance(action, Enter):
             self._entered(action)
         elif isinstance(action, Arm):
             self._timer = asyncio.get_running_loop().call_later(action.delay, self._post, Event(K.TIMER, action.why))
-        elif action is Effect.SPAWN:
-            self._ticket = self.services.processes.queue(self._fork)
-        elif action is Effect.CANCEL_SPAWN:
-            if self._ticket is not None:
-                self._ticket.cancel()
-                self._ticket = None
-        elif action is Effect.TERMINATE:
-            spec = self.job.spec  # the current file's stop settings, even for an older spawn
-            if self.child is not None:
-                self.child.terminate(spec.stopsignal, spec.stoptime)
-        elif action is Effect.KILL:
-            if self.child is not None:
-                self.child.kill()
+        elif isinstance(action, Second):
+            self._on_run(self.second, action.effect)
+        elif isinstance(action, Note):
+            self._noted(action)
+        elif action in _RUN_EFFECTS:
+            self._on_run(self.run, action)
+        elif action is Effect.SWAP:
+            self.run, self._second = self.second, self.run
         elif action is Effect.DISARM:
             self._cancel_timer()
-        elif action is Effect.WATCH:
-            self.health.began(self.job.spec)
-        elif action is Effect.QUIET:
-            self.health.quiet()
-        elif action is Effect.END_RUN:
-            self.health.ended()
         elif action is Effect.HOLD:
             self.services.hold(self.job.name)
         elif action is Effect.DEFER:
@@ -186,6 +269,34 @@ class Instance:
                 self.job.post(self, later, its_answer)
         elif action is Effect.STANDING:
             self.services.standing_changed(self.job.name)
+
+    def _on_run(self, run: Run, effect: Effect) -> None:
+        """An effect on one of the slot's runs."""
+        if effect is Effect.SPAWN:
+            run.ticket = self.services.processes.queue(lambda: self._fork(run))
+        elif effect is Effect.CANCEL_SPAWN:
+            run.cancel_spawn()
+        elif effect is Effect.TERMINATE:
+            spec = self.job.spec  # the current file's stop settings, even for an older spawn
+            if run.child is not None:
+                run.child.terminate(spec.stopsignal, spec.stoptime)
+        elif effect is Effect.KILL:
+            if run.child is not None:
+                run.child.kill()
+        elif effect is Effect.WATCH:
+            run.health.began(self.job.spec)
+        elif effect is Effect.QUIET:
+            run.health.quiet()
+        elif effect is Effect.END_RUN:
+            run.health.ended()
+
+    def _noted(self, note: Note) -> None:
+        """A step of a rolling restart: logged and published."""
+        spawn = self.machine.spawn
+        log.log(logging.WARNING if note.step == "halted" else logging.INFO, "%s: rollout: %s%s", self.label, note.text,
+                f"; spawn {spawn}" if spawn is not None else "")
+        self.services.events.publish(Published("rollout", self.job.name, self.index, "", note.step, note.text,
+                                               time.time(), spawn))
 
     def _entered(self, enter: Enter) -> None:
         self.since = round(time.time(), 6)
@@ -198,10 +309,13 @@ class Instance:
 
     # --- what the outside world tells it --------------------------------------------------------
 
-    def _fork(self) -> None:
+    def _fork(self, run: Run) -> None:
         """The process table's turn for this spawn: make it, or say why not."""
-        self._ticket = None
-        if self.discarded or self.machine.state is not S.STARTING or self.machine.has_process:
+        run.ticket = None
+        m = self.machine
+        second = run is self._second
+        if self.discarded or (m.roll is not Roll.QUEUED if second else
+                              m.state is not S.STARTING or m.has_process):
             return
         spec = self.job.spec
         services = self.services
@@ -221,65 +335,42 @@ class Instance:
                     logs.append(file)
             account = self.job.account()
             env = {**self.job.environment(self.index),
-                   **self.health.environment(spec, account.uid if account is not None else None)}
-            launch = launch_for(spec, env, account, unit=f"{spec.name}.{self.index}")
+                   **run.health.environment(spec, account.uid if account is not None else None)}
+            launch = launch_for(spec, env, account, unit=f"{spec.name}.{self.index}",
+                                sockets=self.job.sockets_for(self.index))
             child = services.processes.spawn(launch, child_fds[0], child_fds[-1])
         except UnsafePath as exc:
-            self._post(Event(K.SPAWN_FAILED, f"unsafe log file: {exc.strerror}", final=True))
+            self._post(Event(K.SPAWN_FAILED, f"unsafe log file: {exc.strerror}", final=True, second=second))
             return
         except (SpawnRefused, ContainmentError) as exc:  # the same next time: no retry
-            self._post(Event(K.SPAWN_FAILED, str(exc), final=True))
+            self._post(Event(K.SPAWN_FAILED, str(exc), final=True, second=second))
             return
         except Exception as exc:  # whatever the reason, the instance says it and never hangs in STARTING
-            self._post(Event(K.SPAWN_FAILED, spawn_error_text(exc)))
+            self._post(Event(K.SPAWN_FAILED, spawn_error_text(exc), second=second))
             return
         finally:
             for fd in child_fds:
                 if fd >= 0:
                     os.close(fd)
-        self.child, self.logs, self.started_at = child, tuple(logs), time.monotonic()
-        child.exited.add_done_callback(self._exited)
-        self._post(Event(K.SPAWNED, child.holder, pid=child.pid, spawn=child.spawn_id))
+        run.child, run.logs, run.started_at = child, tuple(logs), time.monotonic()
+        run.settings = self.job.settings
+        child.exited.add_done_callback(lambda exited: self._exited(run, exited))
+        self._post(Event(K.SPAWNED, child.holder, pid=child.pid, spawn=child.spawn_id, second=second))
 
-    def _exited(self, exited: asyncio.Future[int]) -> None:
-        child = self.child
+    def _exited(self, run: Run, exited: asyncio.Future[int]) -> None:
+        child = run.child
         if child is None or child.exited is not exited:
             return
-        self.child = None
-        lived = time.monotonic() - (self.started_at or 0.0)
+        run.child = None
+        lived = time.monotonic() - (run.started_at or 0.0)
         # why: "out of memory: killed by the kernel, …" when the kernel says so, else the code says it
         self._post(Event(K.EXIT, child.exit_reason or "", code=exited.result(), lived=lived, spawn=child.spawn_id))
 
-    def _run_event(self, kind: Kind, why: str) -> None:
-        child = self.child
-        if child is not None:
-            self._post(Event(kind, why, spawn=child.spawn_id))
-
-    # RunObserver: what InstanceHealth saw of the current run
-    def run_ready(self, how: str) -> None:
-        self._run_event(K.READY, how)
-
-    def run_not_ready(self, why: str) -> None:
-        self._run_event(K.NOT_READY, why)
-
-    def run_watchdog(self, why: str) -> None:
-        self._run_event(K.WATCHDOG, why)
-
-    def run_health(self, old: Health, new: Health, detail: str) -> None:
-        """Every change of a run's health verdict: logged and published, then the table decides."""
-        spawn = self.child.spawn_id if self.child is not None else None
-        log.log(logging.WARNING if new is Health.UNHEALTHY else logging.INFO, "%s: %s -> %s (%s)%s",
-                self.label, old.value, new.value, detail, f"; spawn {spawn}" if spawn is not None else "")
-        self.services.events.publish(Published("health", self.job.name, self.index, old.value, new.value, detail,
-                                               time.time(), spawn))
-        self.services.standing_changed(self.job.name)
-        if new is Health.HEALTHY:
-            self._run_event(K.HEALTHY, detail)
-        elif new is Health.UNHEALTHY:
-            self._run_event(K.UNHEALTHY, detail)
-
-    def _check_spawner(self, spec: JobSpec) -> SpawnCheck:
-        return job_check_spawner(self.services.processes, spec, self.job.environment(self.index), self.job.account())
+    def _check_spawner(self, spec: JobSpec, pid: int | None) -> SpawnCheck:
+        env = self.job.environment(self.index)
+        if pid is not None:
+            env["TASKMASTER_CHECKED_PID"] = str(pid)
+        return job_check_spawner(self.services.processes, spec, env, self.job.account())
 
     # --- the end --------------------------------------------------------------------------------
 
@@ -287,10 +378,10 @@ class Instance:
         """Its job is forgotten: cancel whatever is pending; it never spawns again."""
         self.discarded = True
         self._cancel_timer()
-        if self._ticket is not None:
-            self._ticket.cancel()
-            self._ticket = None
-        self.health.ended()
+        for run in (self.run, self._second):
+            if run is not None:
+                run.cancel_spawn()
+                run.health.ended()
         for _, answer in self._deferred:
             _answer(answer, False)
         self._deferred = []
@@ -327,10 +418,11 @@ class Instance:
         return self.state not in (S.WAITING, S.STARTING, S.STOPPING)
 
     def stop_settled(self) -> bool:
-        return self.state is not S.STOPPING
+        """Stopped, and no run of a rolling restart still being stopped beside it."""
+        return self.state is not S.STOPPING and self.machine.roll is not Roll.DRAINING
 
     def busy(self) -> bool:
-        return self.state in _BUSY
+        return self.state in _BUSY or self.machine.roll is not Roll.NONE
 
     # --- reporting ------------------------------------------------------------------------------
 
@@ -367,6 +459,8 @@ class Instance:
             "wanted": m.wanted and not (m.state is S.EXITED and m.last_exit_expected(self.job.policy)),
         }
         self.health.report(entry)
+        if m.roll is not Roll.NONE:  # a rolling restart's new run beside it, or the old one still stopping
+            entry["second"] = {"phase": m.roll.value, "pid": m.second_pid, "spawn": m.second}
         dropped = sum(file.dropped for file in self.logs)
         if dropped:
             entry["dropped"] = dropped

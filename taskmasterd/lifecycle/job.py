@@ -14,18 +14,32 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Callable
+from typing import Callable, NamedTuple
 
+from .activation import SocketActivation
 from .dependencies import conditions_met, waiting_text
 from .instance import Answer, Instance, wait_each
+from .rollout import Rollout
 from .services import Services
 from .states import Event, Kind, Policy, State, summarize
 from ..jobfiles.jobfile import JobSpec
+from ..jobfiles.sockets_spec import SOCKET_ACTIVATION
+from ..processes.heldsockets import HeldSockets, Owners
 from ..processes.launch import Account
 from ..processes.spawner import child_environment
 
 log = logging.getLogger("taskmasterd.job")
 _LIVE = (State.STARTING, State.RUNNING, State.BACKOFF)  # what new spawn settings restart
+
+
+class Applied(NamedTuple):
+    """What a new version of the file asks of the instances: those started (added) with their
+    answers, those retiring (numprocs shrank), those that need new processes (the caller restarts
+    them the job's way: all at once, or rolling)."""
+
+    starting: list[tuple[Instance, Answer]]
+    retiring: list[Instance]
+    renew: list[Instance]
 
 
 def policy_of(spec: JobSpec) -> Policy:
@@ -34,12 +48,19 @@ def policy_of(spec: JobSpec) -> Policy:
 
 
 class Job:
-    def __init__(self, spec: JobSpec, services: Services, account: Account | None = None):
-        """`account`: the spec's `user` resolved (off the loop, by whoever loaded the file)."""
+    def __init__(self, spec: JobSpec, services: Services, account: Account | None = None,
+                 sockets: HeldSockets | None = None):
+        """`account`: the spec's `user` resolved (off the loop, by whoever loaded the file);
+        `sockets`: the ones it holds, bound by whoever loaded it (processes/heldsockets.py)."""
         self.services = services
         self.spec = spec
+        self.settings = spec.spawn_settings()  # what a run is started with (one tuple, shared by the runs)
+        self.sockets = sockets if sockets is not None else HeldSockets()
+        self.activation = SocketActivation(self)  # `autostart: "socket"`
+        self.rollout: Rollout | None = None  # the rolling restart under way, or the last one that halted
         self.policy = policy_of(spec)
         self.error: str | None = None  # why the file on disk is not the version running
+        self.pending: str | None = None  # "on-reload": "file changed" or "file removed", until a reload
         self.instances: list[Instance] = []
         self._account = account
         self._env: dict[str, str] | None = None
@@ -60,6 +81,19 @@ class Job:
     def account(self) -> Account | None:
         """Whom the spec's `user` runs as (looked up when the file was loaded); None without one."""
         return self._account
+
+    def sockets_for(self, index: int) -> tuple[tuple[int, str], ...]:
+        """The held sockets instance `index` is given (descriptor, LISTEN_FDNAMES name), in order."""
+        return tuple((held.fd, held.spec.name or self.name) for held in self.sockets.for_instance(index))
+
+    def on_connect(self) -> bool:
+        """Started by the first connection to its sockets (and not disabled)."""
+        return self.spec.autostart == SOCKET_ACTIVATION and self.services.may_autostart(self.name)
+
+    def watch_sockets(self) -> None:
+        """`autostart: "socket"`: watch the sockets while the job is down, not while it runs."""
+        if self.spec.autostart == SOCKET_ACTIVATION or self.activation.armed:
+            self.activation.update()
 
     def environment(self, index: int) -> dict[str, str]:
         if self._env is None:
@@ -87,6 +121,7 @@ class Job:
                         answer.set_result(False)
                 if inst.retired and not inst.busy():
                     self._drop_retired()
+            self.watch_sockets()
         finally:
             self._handling = False
 
@@ -124,6 +159,8 @@ class Job:
         await wait_each(retiring, lambda i: not i.retired or i not in self.instances)
 
     def discard(self) -> None:
+        self.end_rollout("the job was removed")
+        self.activation.close()
         for inst in self.instances:
             inst.discard()
 
@@ -166,36 +203,55 @@ class Job:
 
     # --- applying a new version of the file -----------------------------------------------------
 
-    def apply(self, new: JobSpec, account: Account | None) -> tuple[list[tuple[Instance, Answer]], list[Instance], bool]:
-        """Switch to `new`: settings that do not affect spawning take effect at once; instances
-        whose spawn settings changed restart (one command each); numprocs only adds or retires
-        instances. Returns the instances starting (restarted or added) with their answers, the
-        ones retiring, and whether any running process had to restart."""
+    def apply(self, new: JobSpec, account: Account | None, sockets: HeldSockets | None = None,
+              owners: Owners | None = None) -> Applied:
+        """Switch to `new`: settings that do not affect spawning take effect at once; numprocs adds
+        or retires instances; the instances whose run needs new processes (edits.py: new spawn
+        settings, a log file that moves, a cgroup limit the run's cell cannot take) are returned,
+        for the caller to restart. `sockets`: what `self.sockets.prepare` made for `new` (the
+        sockets it no longer lists are closed now)."""
         old, self.spec, self.policy = self.spec, new, policy_of(new)
         self._env, self._account = None, account
+        if sockets is not None:
+            self.activation.close()  # the descriptors it watches may close now; watched again below
+            self.sockets.commit(sockets, owners)
+            self.sockets = sockets
         for inst in self.instances:
             for path in self._log_paths(new, inst.index):
                 if path is not None:
                     self.services.log_files.update_limits(path, new.logmaxbytes, new.logbackups)
-        spawn_changed = old.spawn_settings() != new.spawn_settings()
-        starting: list[tuple[Instance, Answer]] = []
+        old_settings, settings = self.settings, new.spawn_settings()
+        self.settings = settings
+        spawn_changed = old_settings != settings
+        renew: list[Instance] = []
         for inst in self.instances[: min(old.numprocs, new.numprocs)]:
+            # what its run was started with (after a halted rollout, an older version than `old`);
+            # a spawn not made yet takes the new settings when it is
+            stale = inst.run.settings != settings if inst.child is not None else spawn_changed
             # numprocs crossing 1 can move an instance's log file: that needs a restart too
             moved = self._log_paths(old, inst.index) != self._log_paths(new, inst.index)
             # cgroup limits change live; one whose controller the run's cgroup lacks needs a restart
             limits_refused = inst.child is not None and not inst.child.apply_limits(new.resources)
-            if (spawn_changed or moved or limits_refused) and inst.state in _LIVE:
-                starting.append((inst, inst.command(Kind.RESTART, "restart for new settings")))
+            if (stale or moved or limits_refused) and inst.state in _LIVE:
+                renew.append(inst)
             else:
                 inst.health.update(old, new)  # readiness and health are never spawn settings
-        restarted = bool(starting)
+        starting: list[tuple[Instance, Answer]] = []
         if new.numprocs != old.numprocs:
-            wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.autostart
+            wanted = any(inst.wanted for inst in self.instances[: old.numprocs]) or new.starts_on_load
             wanted = wanted and new.schedule is None  # a scheduled job's instances start with its runs
             for inst in self._resize(new.numprocs):
                 if wanted:
                     starting.append((inst, inst.command(Kind.START, "numprocs increased")))
-        return starting, self.instances[new.numprocs:], restarted
+        self.watch_sockets()
+        return Applied(starting, self.instances[new.numprocs:], renew)
+
+    def end_rollout(self, why: str) -> None:
+        """A command decided otherwise (a stop, a plain restart, a newer rollout): the rollout
+        under way starts no other instance; a halted one is no longer news."""
+        if self.rollout is not None:
+            self.rollout.interrupt(why)
+            self.rollout = None
 
     def _log_paths(self, spec: JobSpec, index: int) -> tuple[str | None, str | None]:
         log_dir = self.services.log_dir
@@ -234,10 +290,18 @@ class Job:
         return summarize([inst.state for inst in self.active])
 
     def status(self, now: float) -> dict:
-        return {
+        entry = {
             "name": self.name,
             "state": self.state(),
             "instances": [inst.status(now) for inst in self.instances],
             "error": self.error,
         }
+        if self.sockets.held:
+            entry["sockets"] = self.sockets.describe()
+        rollout = self.rollout.describe() if self.rollout is not None else None
+        if rollout is not None:
+            entry["rollout"] = rollout  # "rolling 2/4", "rollout halted: web:2 not ready (…)"
+        if self.pending is not None:
+            entry["pending"] = f"{self.pending}, not applied (reload applies it)"
+        return entry
 

@@ -40,3 +40,4 @@ class Services:
     hold: Callable[[str], None]  # job `name` has instances WAITING: release them when dependencies allow
     checks: TaskOwner  # the tasks of http and command health checks, awaited at shutdown
     console: ConsoleStreams | None = None  # container mode: the daemon's own stdout and stderr
+    may_autostart: Callable[[str], bool] = lambda name: True  # job `name` is not disabled

@@ -21,10 +21,19 @@
 The matrix `TABLE` below has one row per state and one cell per event, as s6-supervise's has;
 tests/test_states.py walks every reachable (state, event) pair.
 
+A rolling restart is one command too, ROLL, to each slot in turn (lifecycle/rollout.py orders
+them): the slot holds a second spawn beside its current run. The new run starts while the old
+one serves (`Roll.QUEUED`, then `Roll.STARTING`, watched for readiness as any run); once it is
+ready the two swap places (`Effect.SWAP`): the new run is the slot's, and the old one, now the
+second spawn, gets its stop signal (`Roll.DRAINING`) until it exits. A new run that does not
+become ready (an exit, its ready deadline, a verdict) is stopped instead and the old one stays:
+`halted` says why, for the rollout. Events about the second spawn are told apart by their spawn
+id (SPAWNED and SPAWN_FAILED by `Event.second`) and go to the `SECOND` table; whatever takes the
+current run out of RUNNING (a stop, a restart, its exit) gives up a new run not yet ready. A
+ROLL of a slot that is not RUNNING is a RESTART: there is no run serving to keep.
+
 Room for what comes later: timers carry their purpose (`Arm.why` comes back with its TIMER
-event), every run event carries its spawn id (the executor drops one about a run that is not the
-current one), and `Then` says what follows a run's end - the seams where a second spawn of the
-same slot (a rolling restart) or a run that ends by design (a scheduled run) fit in.
+event), and `Then` says what follows a run's end (a run that ends by design, a scheduled run).
 """
 from __future__ import annotations
 
@@ -110,6 +119,7 @@ class Kind(enum.Enum):
     KILL = "kill"
     RESTART = "restart"
     REPAIR = "repair"
+    ROLL = "roll"  # a rolling restart of this slot: the new run beside the old until it is ready
     # the process
     SPAWNED = "spawned"  # the queued spawn ran: `pid`, `spawn`, `why` what a stop signals ("its cgroup")
     SPAWN_FAILED = "spawn-failed"  # it could not: `why`, `final` (no retry makes sense)
@@ -127,7 +137,8 @@ class Kind(enum.Enum):
 
 
 K = Kind
-COMMANDS = frozenset({K.START, K.STOP, K.KILL, K.RESTART, K.REPAIR})
+COMMANDS = frozenset({K.START, K.STOP, K.KILL, K.RESTART, K.REPAIR, K.ROLL})
+_RUN = frozenset({K.EXIT, K.READY, K.NOT_READY, K.HEALTHY, K.UNHEALTHY, K.WATCHDOG})  # about one run
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +150,7 @@ class Event:
     final: bool = False  # SPAWN_FAILED
     pid: int | None = None  # SPAWNED
     spawn: int | None = None  # SPAWNED, and every run event: which spawn it is about
+    second: bool = False  # SPAWNED, SPAWN_FAILED: of the slot's second spawn (a rolling restart's new run)
 
 
 # --- effects ------------------------------------------------------------------------------------
@@ -157,6 +169,7 @@ class Effect(enum.Enum):
     DEFER = "defer"  # this command waits until the restart under way has spawned
     REPLAY = "replay"  # ... which it now has: the deferred commands, in order
     STANDING = "standing"  # what dependants and listeners see may have changed, with no transition
+    SWAP = "swap"  # the second spawn (a new run, now ready) becomes the slot's run, the old one second
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +191,32 @@ class Arm:
     why: str
 
 
-Action = Enter | Arm | Effect
+@dataclass(frozen=True, slots=True)
+class Second:
+    """`effect` on the slot's second spawn (SPAWN, CANCEL_SPAWN, TERMINATE, KILL, WATCH, QUIET,
+    END_RUN), not on its current run."""
+
+    effect: Effect
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A step of a rolling restart, logged and published (`rollout` event); no transition."""
+
+    step: str  # "beside", "ready", "halted", "stopped", "given up"
+    text: str
+
+
+Action = Enter | Arm | Effect | Second | Note
+
+
+class Roll(enum.Enum):
+    """The slot's second spawn, beside its current run."""
+
+    NONE = "none"
+    QUEUED = "queued"  # a new run's spawn is queued (the current run serves)
+    STARTING = "starting"  # the new run is up and watched, not yet ready (the current run serves)
+    DRAINING = "draining"  # a run being stopped: the old one once the new was ready, or a new one given up
 
 
 # --- what the machine remembers, and what it reads of the job's settings -----------------------
@@ -212,6 +250,10 @@ class Machine(NamedTuple):
     spawn: int | None = None  # ... and its spawn id
     holder: str = "the process group"  # ... and what its stop signals, for people
     description: str = "not started"
+    roll: Roll = Roll.NONE  # the second spawn, during a rolling restart
+    second: int | None = None  # ... its spawn id (STARTING, DRAINING)
+    second_pid: int | None = None
+    halted: str = ""  # why the last rolling restart of this slot kept the old run ("" : it did not)
 
     def last_exit_expected(self, policy: Policy) -> bool:
         return self.signal is None and self.exitcode in policy.exitcodes
@@ -581,49 +623,185 @@ def _deps(b: _Build, ev: Event) -> bool:
     return False
 
 
+# --- the second spawn of a slot (a rolling restart) ---------------------------------------------
+
+
+def _roll(b: _Build, ev: Event) -> bool:
+    """A rolling restart of a running slot: a new run starts beside the one that serves. Not while
+    a second spawn is still there (the rollout waits for it to be gone first)."""
+    if b.m.roll is not Roll.NONE:
+        return False
+    b.set(wanted=True, failures=0, quick=0, roll=Roll.QUEUED, description=f"pid {b.m.pid}; a new run starts beside it")
+    b.do(Second(Effect.SPAWN), Note("beside", f"{ev.why}: a new run starts beside pid {b.m.pid}"))
+    return True
+
+
+def _second_spawned(b: _Build, ev: Event) -> bool:
+    b.set(roll=Roll.STARTING, second=ev.spawn, second_pid=ev.pid,
+          description=f"pid {b.m.pid}; new run pid {ev.pid} starting beside it")
+    b.do(Second(Effect.WATCH))
+    return False
+
+
+def _halt(b: _Build, why: str) -> None:
+    """The new run did not become ready: the old one stays the slot's run."""
+    b.set(halted=f"not ready ({why})", description=f"pid {b.m.pid}; its replacement was not ready ({why})")
+    b.do(Note("halted", f"the new run was not ready ({why}): pid {b.m.pid} stays"))
+
+
+def _second_spawn_failed(b: _Build, ev: Event) -> bool:
+    b.set(roll=Roll.NONE)
+    _halt(b, ev.why)
+    return False
+
+
+def _second_given_up(b: _Build, why: str) -> None:
+    """Stop the new run (not ready, unhealthy, its watchdog): it drains, the old one stays."""
+    pid = b.m.second_pid
+    _halt(b, why)
+    b.set(roll=Roll.DRAINING)
+    b.do(Second(Effect.QUIET), Second(Effect.TERMINATE),
+         Note("given up", f"pid {pid}: {b.policy.stop_signal_name} to {b.m.holder}"))
+
+
+def _second_not_ready(b: _Build, ev: Event) -> bool:
+    _second_given_up(b, ev.why)
+    return False
+
+
+def _second_unhealthy(b: _Build, ev: Event) -> bool:
+    if b.policy.on_unhealthy == "restart":
+        _second_given_up(b, f"unhealthy ({ev.why})")
+    return False
+
+
+def _second_watchdog(b: _Build, ev: Event) -> bool:
+    _second_given_up(b, ev.why)
+    return False
+
+
+def _second_ready(b: _Build, ev: Event) -> bool:
+    """The new run is ready: it becomes the slot's run, and the old one gets its stop signal."""
+    old_pid, old_spawn, new_pid = b.m.pid, b.m.spawn, b.m.second_pid
+    b.set(pid=new_pid, spawn=b.m.second, second=old_spawn, second_pid=old_pid, roll=Roll.DRAINING, failures=0,
+          description=f"pid {new_pid} {ev.why}; pid {old_pid} stopping")
+    b.do(Effect.SWAP, Second(Effect.QUIET), Second(Effect.TERMINATE), Effect.STANDING,
+         Note("ready", f"pid {new_pid} {ev.why}; pid {old_pid}: {b.stop_text()}"))
+    return False
+
+
+def _second_healthy(b: _Build, ev: Event) -> bool:
+    if b.policy.ready == "healthy":
+        return _second_ready(b, Event(K.READY, f"passed its first health check ({ev.why})"))
+    return False
+
+
+def _second_exit_early(b: _Build, ev: Event) -> bool:
+    b.set(roll=Roll.NONE, second=None, second_pid=None)
+    b.do(Second(Effect.END_RUN))
+    _halt(b, f"exited too soon ({_what_ended(ev)})")
+    return False
+
+
+def _second_gone(b: _Build, ev: Event) -> bool:
+    pid = b.m.second_pid
+    b.set(roll=Roll.NONE, second=None, second_pid=None)
+    if b.m.state is S.RUNNING and not b.m.halted:
+        b.set(description=f"pid {b.m.pid}")
+    b.do(Second(Effect.END_RUN), Note("stopped", f"pid {pid}: {_what_ended(ev)}"))
+    return False
+
+
+def _second_row(spawned: Cell, failed: Cell, exited: Cell, ready: Cell, not_ready: Cell, healthy: Cell,
+                unhealthy: Cell, watchdog: Cell) -> dict[Kind, Cell]:
+    return {K.SPAWNED: spawned, K.SPAWN_FAILED: failed, K.EXIT: exited, K.READY: ready, K.NOT_READY: not_ready,
+            K.HEALTHY: healthy, K.UNHEALTHY: unhealthy, K.WATCHDOG: watchdog}
+
+
+# The second spawn's events, by its phase (commands, timers and DEPS are the slot's: TABLE):
+#            SPAWNED           SPAWN_FAILED           EXIT                 READY
+#            NOT_READY         HEALTHY                UNHEALTHY            WATCHDOG
+SECOND: dict[Roll, dict[Kind, Cell]] = {
+    Roll.QUEUED: _second_row(
+        _second_spawned, _second_spawn_failed, _impossible, _impossible,
+        _impossible, _impossible, _impossible, _impossible),
+    Roll.STARTING: _second_row(
+        _impossible, _impossible, _second_exit_early, _second_ready,
+        _second_not_ready, _second_healthy, _second_unhealthy, _second_watchdog),
+    Roll.DRAINING: _second_row(
+        _impossible, _impossible, _second_gone, _ignore,
+        _ignore, _ignore, _ignore, _ignore),
+}
+
+
+def _about_second(m: Machine, ev: Event) -> bool:
+    return ev.second or (ev.kind in _RUN and ev.spawn is not None and ev.spawn == m.second)
+
+
+def _after_command_or_exit(b: _Build, ev: Event, acted: bool) -> bool:
+    """What the slot's step means for its second spawn: a new run not yet ready is given up once
+    the current run leaves RUNNING (a stop, a restart, its exit: the rollout of this slot is
+    over); a kill kills a draining run too. Whether a stop or kill has something to wait for."""
+    m = b.m
+    if m.roll in (Roll.QUEUED, Roll.STARTING) and m.state is not S.RUNNING:
+        if m.roll is Roll.QUEUED:
+            b.set(roll=Roll.NONE)
+            b.do(Second(Effect.CANCEL_SPAWN), Note("given up", f"the new run is not spawned: {ev.why or ev.kind.value}"))
+        else:
+            b.set(roll=Roll.DRAINING)
+            b.do(Second(Effect.QUIET), Second(Effect.KILL if ev.kind is K.KILL else Effect.TERMINATE),
+                 Note("given up", f"pid {m.second_pid}: {ev.why or ev.kind.value}"))
+        return acted
+    if m.roll is Roll.DRAINING and ev.kind in (K.STOP, K.KILL):
+        if ev.kind is K.KILL:
+            b.do(Second(Effect.KILL))
+        return True  # the draining run is one more process a stop waits for
+    return acted
+
 def _row(*cells: Cell) -> dict[Kind, Cell]:
     assert len(cells) == len(Kind), "one cell per event"
     return dict(zip(Kind, cells))
 
 
 # One row per state, one cell per event, in the order of `Kind`:
-#          START             STOP            KILL            RESTART        REPAIR
+#          START             STOP            KILL            RESTART        REPAIR     ROLL
 #          SPAWNED           SPAWN_FAILED    EXIT            TIMER
 #          READY             NOT_READY       HEALTHY         UNHEALTHY      WATCHDOG       DEPS
 TABLE: dict[State, dict[Kind, Cell]] = {
     S.STOPPED: _row(
-        _start, _stop_idle, _stop_idle, _start, _repair,
+        _start, _stop_idle, _stop_idle, _start, _repair, _start,
         _impossible, _impossible, _impossible, _ignore,
         _ignore, _ignore, _ignore, _ignore, _ignore, _ignore),
     S.WAITING: _row(
-        _already_up, _stop_now, _stop_now, _already_up, _ignore,
+        _already_up, _stop_now, _stop_now, _already_up, _ignore, _already_up,
         _impossible, _impossible, _impossible, _ignore,
         _ignore, _ignore, _ignore, _ignore, _ignore, _deps),
     S.STARTING: _row(
-        _already_up, _stop_starting, _stop_starting, _restart_run, _ignore,
+        _already_up, _stop_starting, _stop_starting, _restart_run, _ignore, _restart_run,
         _spawned, _spawn_failed, _exit_starting, _ignore,
         _ready, _not_ready, _healthy, _unhealthy, _watchdog, _ignore),
     S.RUNNING: _row(
-        _already_up, _stop_run, _stop_run, _restart_run, _ignore,
+        _already_up, _stop_run, _stop_run, _restart_run, _ignore, _roll,
         _impossible, _impossible, _exit_running, _ignore,
         _ignore, _ignore, _ignore, _unhealthy, _watchdog, _ignore),
     S.BACKOFF: _row(
-        _start, _stop_now, _stop_now, _start, _repair,
+        _start, _stop_now, _stop_now, _start, _repair, _start,
         _impossible, _impossible, _impossible, _timer,
         _ignore, _ignore, _ignore, _ignore, _ignore, _ignore),
     S.STOPPING: _row(
-        _start_after_stop, _stop_while_stopping, _stop_while_stopping, _start_after_stop, _ignore,
+        _start_after_stop, _stop_while_stopping, _stop_while_stopping, _start_after_stop, _ignore, _start_after_stop,
         _impossible, _impossible, _exit_stopping, _ignore,
         _ignore, _ignore, _ignore, _ignore, _ignore, _ignore),
     S.EXITED: _row(
-        _start, _stop_idle, _stop_idle, _start, _repair,
+        _start, _stop_idle, _stop_idle, _start, _repair, _start,
         _impossible, _impossible, _impossible, _ignore,
         _ignore, _ignore, _ignore, _ignore, _ignore, _ignore),
     S.FATAL: _row(
-        _start, _stop_idle, _stop_idle, _start, _repair,
+        _start, _stop_idle, _stop_idle, _start, _repair, _start,
         _impossible, _impossible, _impossible, _ignore,
         _ignore, _ignore, _ignore, _ignore, _ignore, _ignore),
 }
+
 
 
 def step(m: Machine, ev: Event, policy: Policy, waiting: str | None = None) -> Step:
@@ -632,9 +810,17 @@ def step(m: Machine, ev: Event, policy: Policy, waiting: str | None = None) -> S
 
     A command that arrives while a restart command is stopping the old run is deferred (a
     restart is one event; what comes during it comes after it). A kill also kills the old run at
-    once: it comes after the restart, but never waits out the old run's grace."""
+    once: it comes after the restart, but never waits out the old run's grace. An event about the
+    slot's second spawn goes to its row of `SECOND`."""
     b = _Build(m, policy, waiting)
     if m.restarting and ev.kind in COMMANDS:
         return Step(m, (Effect.KILL, Effect.DEFER) if ev.kind is K.KILL else (Effect.DEFER,))
+    if (ev.second or m.second is not None) and _about_second(m, ev):
+        SECOND[m.roll][ev.kind](b, ev)
+        return Step(b.m, tuple(b.effects))
+    if ev.kind is K.ROLL:
+        b.set(halted="")  # `halted` is about the slot's last roll
     acted = TABLE[m.state][ev.kind](b, ev)
+    if m.roll is not Roll.NONE:
+        acted = _after_command_or_exit(b, ev, acted)
     return Step(b.m, tuple(b.effects), acted)

@@ -37,6 +37,7 @@ from .dependencies import stop_layers
 from .enablement import Enablement
 from .instance import Answer, Instance
 from .job import Job
+from .rollout import Rollout
 from .scheduler import Scheduler
 from .services import ConsoleStreams, Services
 from .states import Kind, State
@@ -46,6 +47,7 @@ from ..jobfiles.jobsdir import JobsDirectory
 from ..health.notify_socket import NotifyDirectory, default_notify_path
 from ..observe.events import EventBus
 from ..processes.containment import Containment
+from ..processes.heldsockets import HeldSockets, Owners, SocketError, owners_of
 from ..processes.launch import Account
 from ..processes.logcapture import DEFAULT_LOG_MODE, LogFiles
 from ..processes.orphans import ChildJournal, stop_leftovers
@@ -63,6 +65,8 @@ STREAMS = ("stdout", "stderr")
 # Files applied at once by a load or a reload of every file (the others wait for one to end): a
 # task made per file would cost thousands of tasks in one loop iteration.
 FILES_AT_ONCE = 64
+APPLY_ON_SAVE, APPLY_ON_RELOAD = "on-save", "on-reload"  # the daemon's `apply` setting
+PENDING_NEW = "a new file, not loaded (reload loads it)"
 T = TypeVar("T")
 
 
@@ -106,9 +110,11 @@ class Supervisor:
     def __init__(self, jobs_dir: Path | str, log_dir: Path | str, state_dir: Path | str,
                  environ: Mapping[str, str] | None = None, *, limits: Limits = Limits(),
                  log_mode: int = DEFAULT_LOG_MODE, adopt_orphans: bool = False, notify_dir: str | None = None,
-                 console: ConsoleStreams | None = None, containment: Containment | None = None):
+                 console: ConsoleStreams | None = None, containment: Containment | None = None,
+                 apply: str = APPLY_ON_SAVE):
         """`console`: container mode's, where jobs that name no log file write (None: their files);
-        `containment`: how spawns are held (cgroup2 cells, or process groups: processes/containment.py)."""
+        `containment`: how spawns are held (cgroup2 cells, or process groups: processes/containment.py);
+        `apply`: "on-save" (a saved file is applied at once) or "on-reload" (at the next reload)."""
         self.jobs_dir = os.path.abspath(jobs_dir)
         self.log_dir = os.path.abspath(log_dir)
         self.state_dir = os.path.abspath(state_dir)
@@ -120,6 +126,8 @@ class Supervisor:
         self.base_environment = inherited_environment(os.environ if environ is None else environ)
         self.jobs: dict[str, Job] = {}
         self.invalid: dict[str, str] = {}  # files that never loaded: name -> error
+        self.apply = apply
+        self.new_files: set[str] = set()  # "on-reload": files saved that no reload has loaded yet
         self.log_files = LogFiles(log_mode)
         self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json"), self.run_id),
                                       adopt_orphans, self.run_id, containment)
@@ -128,7 +136,7 @@ class Supervisor:
         self.console = console
         self.services = Services(self.processes, self.events, self.log_files, self.log_dir, self.base_environment,
                                  self.notify_directory, self.conditions_of, self.standing_changed, self._hold,
-                                 self._checks, console)
+                                 self._checks, console, lambda name: not self.enablement.disabled(name))
         self.listeners: list[JobListener] = []
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()
@@ -194,8 +202,13 @@ class Supervisor:
         await self.scheduler.close()
         if self._watcher is not None:
             self._watcher.close()
+        for job in self.jobs.values():
+            job.end_rollout(SHUTTING_DOWN)  # no ROLL may come after the stops below
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
         await self.processes.drain()
+        for job in self.jobs.values():
+            job.activation.close()
+            job.sockets.close()
         await self._checks.close()  # cancelled as their instances stopped; a command check's group is gone
         await self._background.close()
         self.processes.close()
@@ -250,14 +263,40 @@ class Supervisor:
             raise JobFileError([problem])
 
     def _files_changed(self, names: Iterable[str] | None) -> None:
-        """From the watcher: these files changed (None: the kernel lost track, rescan all)."""
+        """From the watcher: these files changed (None: the kernel lost track, rescan all). With
+        `apply` "on-reload" they are only noted, for `status`, until a reload applies them."""
         if self.closing:
+            return
+        if self.apply == APPLY_ON_RELOAD:
+            every = self.directory.names() | set(self.jobs) | set(self.invalid) | self.new_files
+            for name in sorted(every) if names is None else names:
+                self.background(self._note_change(name), f"change of {name}")
             return
         if names is None:
             self.background(self.reload_all(), "rescan of the jobs directory")
             return
         for name in names:
             self.background(self._apply_file(name, nowait=True), f"reload of {name}")
+
+    async def _note_change(self, name: str) -> None:
+        """"on-reload": whether job `name`'s file now differs from what runs (a file added, changed
+        or removed), for `status`; nothing is applied."""
+        async with self._locks.hold(name):
+            await self._turns.turn()
+            if self.closing or self._directory_refusal() is not None:
+                return
+            job = self.jobs.get(name)
+            try:
+                raw = self.directory.read(name)
+                spec = None if raw is None else parse_job(name, raw, self.path_of(name), self.limits)
+            except JobFileError:
+                raw, spec = b"", None  # invalid: the reload will say why
+            if job is not None:
+                job.pending = None if spec == job.spec else "file removed" if raw is None else "file changed"
+            elif raw is not None:
+                self.new_files.add(name)
+            else:
+                self.new_files.discard(name)
 
     async def _apply_file(self, name: str, nowait: bool,
                           pushed: tuple[bytes, JobSpec, Account | None] | None = None) -> tuple[Reply, str]:
@@ -274,52 +313,85 @@ class Supervisor:
             if refusal is not None:
                 return fail(refusal), "unchanged"
             job = self.jobs.get(name)
+            held: tuple[HeldSockets, Owners] | None = None
             try:
                 if pushed is not None:
                     self._refuse_cycle(pushed[1])  # again: other files may have changed meanwhile
-                    # fsync, twice: seconds on a busy disk, so not on the loop (the job's lock is held)
-                    await asyncio.to_thread(self.directory.write, name, pushed[0])
-                    if self.closing:  # began meanwhile: the file is written, the next start loads it
-                        return fail(SHUTTING_DOWN), "unchanged"
                     spec, account = pushed[1], pushed[2]
                 else:
                     raw = self.directory.read(name)
                     spec, account = (None, None) if raw is None else await self._validate(name, raw)
+                held = await self._hold_sockets(name, spec, job)  # bound before anything is written
+                if pushed is not None:
+                    # fsync, twice: seconds on a busy disk, so not on the loop (the job's lock is held)
+                    await asyncio.to_thread(self.directory.write, name, pushed[0])
             except JobFileError as exc:
                 return self._invalid_file(name, job, str(exc)), "invalid"
             except OSError as exc:
+                _abandon(held, job)
                 return fail(f"cannot write {self.path_of(name)}: {exc.strerror}"), "invalid"
-            if self.closing:
+            if self.closing:  # began meanwhile (a pushed file is written: the next start loads it)
+                _abandon(held, job)
                 return fail(SHUTTING_DOWN), "unchanged"
             self.invalid.pop(name, None)
+            self.new_files.discard(name)
+            if job is not None:
+                job.pending = None
             if spec is None:
                 if job is None:
                     return fail(f"job {name!r} has no file {self.path_of(name)} and is not loaded"), "missing"
                 await self._forget(job)
                 return SUCCESS, "removed"
             retiring: list[Instance] = []
+            rollout: Rollout | None = None
             if job is None:
-                job = self.jobs[name] = Job(spec, self.services, account)
+                job = self.jobs[name] = Job(spec, self.services, account, held[0] if held else None)
                 log.info("loaded job %s from %s", name, self.path_of(name))
                 for listener in self.listeners:
                     listener.job_loaded(job)
-                autostart = spec.autostart and not self.enablement.disabled(name)
+                autostart = spec.starts_on_load and not self.enablement.disabled(name)
                 starting = job.command(Kind.START, "autostart") if autostart else []
+                job.watch_sockets()
                 change = "added"
             else:
                 had_error, job.error = job.error, None
                 if spec == job.spec:
                     return (SUCCESS if had_error else REDUNDANT), "unchanged"
                 old = job.spec
-                starting, retiring, restarted = job.apply(spec, account)
-                change = "restarted" if restarted else "applied"  # applied in place
+                starting, retiring, renew = job.apply(spec, account, *(held or ()))
+                if job.rollout is not None and job.rollout.task is not None and job.rollout.task.done():
+                    job.rollout = None  # a halt of an older version is no longer news
+                if renew:
+                    rollout, more = self._restart_instances(job, renew, "restart for new settings")
+                    starting += more
+                change = "restarted" if renew else "applied"  # applied in place
                 log.info("reloaded job %s: %s", name, change)
                 for listener in self.listeners:
                     listener.job_changed(job, old)
             self.standing_changed(name)  # its dependants may wait for it, or it for others
         if retiring and not nowait:
             await job.wait_gone(retiring)
-        return await self._started(job, starting, nowait, nothing=SUCCESS), change
+        reply = await self._started(job, starting, nowait, nothing=SUCCESS)
+        if rollout is not None and reply.response != "fail":
+            reply = await self._rolled(rollout, nowait)
+        return reply, change
+
+    async def _hold_sockets(self, name: str, spec: JobSpec | None, job: Job | None) -> tuple[HeldSockets, Owners] | None:
+        """The sockets `spec` asks the daemon to hold — those `job` holds already kept, the others
+        bound now — and their files' owners; None when there is nothing new to hold. A socket that
+        cannot be held makes the file invalid (JobFileError), and nothing is left bound."""
+        held = job.sockets if job is not None else HeldSockets()
+        if spec is None or (not spec.sockets and not held.held) or (
+                job is not None and (spec.sockets, spec.reuseport, spec.numprocs)
+                == (job.spec.sockets, job.spec.reuseport, job.spec.numprocs)):
+            return None
+        try:
+            owners: Owners = {}
+            if any(sock.owner or sock.group for sock in spec.sockets):
+                owners = await asyncio.to_thread(owners_of, spec.sockets)  # NSS: not on the loop
+            return held.prepare(spec.sockets, spec.reuseport, spec.numprocs, owners), owners
+        except SocketError as exc:
+            raise JobFileError([f'{self.path_of(name)}: field "sockets": {exc}']) from None
 
     def _directory_refusal(self) -> str | None:
         """Why no job file is read or written now (the jobs run on as they are), or None. Logged
@@ -347,6 +419,7 @@ class Supervisor:
         with the job's lock held, so nothing can start it meanwhile."""
         await self._stopped(job, job.stop_all(), nowait=False)
         job.discard()
+        job.sockets.close()  # its processes are gone: nobody holds them any more
         if self.jobs.get(job.name) is job:
             del self.jobs[job.name]
         log.info("forgot job %s", job.name)
@@ -382,13 +455,53 @@ class Supervisor:
     async def _command(self, name: str, index: int | None, kind: Kind, why: str, retired_too: bool = False
                        ) -> tuple[Job, list[tuple[Instance, Answer]]] | Reply:
         """Under the job's lock, `kind` to the instances of `instances_of`; the job and each
-        instance with its answer (awaited after the lock is released), or the failure reply."""
+        instance with its answer (awaited after the lock is released), or the failure reply. A
+        stop, kill or restart ends the job's rollout (the instance it replaces finishes)."""
         async with self._locks.hold(name):
             found = self.instances_of(name, index, retired_too)
             if isinstance(found, Reply):
                 return found
             job, targets = found
+            if kind in (Kind.STOP, Kind.KILL, Kind.RESTART):
+                job.end_rollout(why)
             return job, job.command(kind, why, targets)
+
+    def _restart_instances(self, job: Job, instances: list[Instance], why: str
+                           ) -> tuple[Rollout | None, list[tuple[Instance, Answer]]]:
+        """New processes for `instances`, the job's way: a rollout (`rolling`), or a RESTART each
+        (all at once; it ends a rollout under way). Called with the job's lock held."""
+        if job.spec.rolling:
+            return self._roll(job, instances, why), []
+        job.end_rollout(why)
+        return None, job.command(Kind.RESTART, why, instances)
+
+    def _roll(self, job: Job, instances: list[Instance], why: str, queued: bool = False) -> Rollout:
+        """A rolling restart of `instances` (a task of the supervisor's). The one under way, if
+        any, is interrupted (a newer file's rollout replaces what it had not); with `queued` (a
+        verb), this one comes after it instead."""
+        under_way = job.rollout if job.rollout is not None and job.rollout.task is not None \
+            and not job.rollout.task.done() else None
+        if queued and under_way is not None:
+            job.rollout = None  # stays under way: the new one waits for it
+        else:
+            under_way = None
+            job.end_rollout(f"a newer rollout ({why})")
+        rollout = Rollout(job, instances, job.spec.max_unavailable, why, self.events, after=under_way)
+        rollout.task = self.background(rollout.run(), f"rollout of {job.name}")
+        if rollout.task is not None:  # else the daemon is shutting down: nothing rolls
+            job.rollout = rollout
+        return rollout
+
+    async def _rolled(self, rollout: Rollout, nowait: bool) -> Reply:
+        """The answer of a request that began a rollout: at once with `nowait`, else once it is
+        over (a verb whose connection goes away leaves it going)."""
+        if nowait or rollout.task is None:
+            return SUCCESS if rollout.task is not None else fail(SHUTTING_DOWN)
+        await asyncio.wait([rollout.task])
+        if rollout.task.cancelled():
+            return fail(rollout.outcome() or "rollout interrupted")
+        outcome = rollout.task.result()
+        return fail(outcome) if outcome else SUCCESS
 
     async def start(self, name: str, nowait: bool = False, index: int | None = None, deps: bool = False) -> Reply:
         """Start the job's instances — a scheduled job's: one run now, beside its schedule; with
@@ -406,9 +519,19 @@ class Supervisor:
         """Start the instances, whatever the job's schedule (a scheduled job's runs come here)."""
         return await self._start_with(Kind.START, reason, name, nowait, index)
 
-    async def restart(self, name: str, nowait: bool = False, index: int | None = None) -> Reply:
+    async def restart(self, name: str, nowait: bool = False, index: int | None = None, rolling: bool = False) -> Reply:
         """`restart-job`: stop each instance and start it again, one command each (what comes
-        meanwhile is applied after it); answered as `start` is."""
+        meanwhile is applied after it); answered as `start` is. A job with `rolling`, or with
+        `rolling` asked: a rolling restart (lifecycle/rollout.py), answered once it is over."""
+        loaded = self.jobs.get(name)
+        if rolling or (loaded is not None and loaded.spec.rolling):
+            async with self._locks.hold(name):
+                found = self.instances_of(name, index)
+                if isinstance(found, Reply):
+                    return found
+                job, targets = found
+                rollout = self._roll(job, targets, "restart --rolling" if rolling else "restart command", queued=True)
+            return await self._rolled(rollout, nowait)
         reply = await self._start_with(Kind.RESTART, "restart command", name, nowait, index)
         return SUCCESS if reply.response == "redundant" else reply
 
@@ -543,8 +666,10 @@ class Supervisor:
             return Reply("status", value={"jobs": [entry]})
         entries = [self._job_status(job, now) for job in self.jobs.values()]
         entries += [self._invalid_status(name) for name in self.invalid if name not in self.jobs]
+        entries += [{"name": name, "state": "NEW", "instances": [], "error": None, "pending": PENDING_NEW}
+                    for name in sorted(self.new_files) if name not in self.jobs and name not in self.invalid]
         if self.daemon is not None:  # who answers (`version`, `pid`), and whether it reads its jobs dir
-            document = {**self.daemon.document(), "jobs_dir_problem": self._refusal}
+            document = {**self.daemon.document(), "jobs_dir_problem": self._refusal, "apply": self.apply}
             return Reply("status", value={"jobs": entries, "daemon": document})
         return Reply("status", value={"jobs": entries})
 
@@ -698,6 +823,12 @@ class Supervisor:
                 os.makedirs(os.path.dirname(path), mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
             self._notify = NotifyDirectory(path)
         return self._notify
+
+
+def _abandon(held: tuple[HeldSockets, Owners] | None, job: Job | None) -> None:
+    """Sockets bound for a version of a file that is not applied after all: closed again."""
+    if held is not None:
+        held[0].abandon(job.sockets if job is not None else HeldSockets())
 
 
 def _look_up(user: str) -> Account | None:

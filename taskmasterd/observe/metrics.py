@@ -19,6 +19,7 @@ Families (labels in braces):
   scheduled job's runs by result (lifecycle/runs.py), and when its last successful run ended
 - taskmaster_control_connections, taskmaster_control_requests_total{verb,response}
 - taskmaster_colonies_processes_total{result}, taskmaster_build_info{version}, taskmaster_start_time_seconds
+- taskmaster_rollouts_total{outcome}: rolling restarts begun, done, halted (a new run not ready), interrupted
 - taskmaster_instance_cpu_seconds_total, ..._memory_bytes, ..._memory_peak_bytes, ..._tasks,
   ..._oom_kills_total{job,instance}: the figures of the instance's current run (its cgroup's, or summed
   over its processes: observe/accounting.py, read once per scrape), where known
@@ -31,7 +32,7 @@ import ipaddress
 import logging
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -96,6 +97,7 @@ class Snapshot:
     started: float
     states: tuple[str, ...]
     containment: str = ""
+    rollouts: dict[str, int] = field(default_factory=dict)
 
 
 class Observed(Protocol):
@@ -127,7 +129,8 @@ def take_snapshot(observed: Observed, connections: int, started: float) -> Snaps
             if usage is not None:
                 inst.update(usage.document())
     return Snapshot(jobs, observed.log_counts(), connections, dict(counters.requests),
-                    dict(counters.colonies_processes), started, tuple(observed.state_names), observed.containment())
+                    dict(counters.colonies_processes), started, tuple(observed.state_names), observed.containment(),
+                    dict(counters.rollouts))
 
 
 class SnapshotCollector:
@@ -193,9 +196,13 @@ class SnapshotCollector:
                                        labels=["result"])
         for result in ("succeeded", "failed"):
             colonies.add_metric([result], snapshot.colonies.get(result, 0))
+        rollouts = CounterMetricFamily("taskmaster_rollouts", "rolling restarts, begun and by how they ended",
+                                       labels=["outcome"])
+        for outcome in ("begun", "done", "halted", "interrupted"):
+            rollouts.add_metric([outcome], snapshot.rollouts.get(outcome, 0))
         started = GaugeMetricFamily("taskmaster_start_time_seconds", "Unix time the daemon started")
         started.add_metric([], snapshot.started)
-        yield from (written, dropped, connections, requests, colonies, started,
+        yield from (written, dropped, connections, requests, colonies, rollouts, started,
                     InfoMetricFamily("taskmaster_build", "the daemon's version", value={"version": __version__}),
                     InfoMetricFamily("taskmaster_containment", "how the daemon holds what it starts",
                                      value={"containment": snapshot.containment}))

@@ -41,3 +41,5 @@ class Launch:
     stoptime: float = 10.0
     unit: str = "spawn"  # what its cgroup is named after ("web.0")
     resources: Resources = NO_RESOURCES
+    # held sockets (the daemon's descriptors, with their names): given as 3, 4, … (listenfds.py)
+    sockets: tuple[tuple[int, str], ...] = ()

@@ -75,12 +75,14 @@ def child_environment(spec: JobSpec, base: Mapping[str, str], account: Account |
 
 
 def launch_for(spec: JobSpec, env: Mapping[str, str], account: Account | None,
-               extra_args: tuple[str, ...] = (), unit: str | None = None) -> Launch:
+               extra_args: tuple[str, ...] = (), unit: str | None = None,
+               sockets: tuple[tuple[int, str], ...] = ()) -> Launch:
     """`account`: the spec's user resolved (Job.account), or None when it has none; `unit`: what
-    the spawn's cgroup is named after (default: the job's name)."""
+    the spawn's cgroup is named after (default: the job's name); `sockets`: the held sockets it
+    gets as 3, 4, … (descriptor, name)."""
     return Launch(argv=(*spec.argv, *extra_args), env=env, cwd=spec.workingdir, umask=spec.umask,
                   account=account, stopsignal=spec.stopsignal, stoptime=spec.stoptime,
-                  unit=unit or spec.name, resources=spec.resources)
+                  unit=unit or spec.name, resources=spec.resources, sockets=sockets)
 
 
 def spawn_error_text(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ A fork copies the caller's descriptor table and the exec then closes the copies,
 time in proportion to the descriptors the daemon holds: with 5000 captured instances (10 000 pipe
 ends) each spawn took 3 ms instead of 0.8. This thread calls unshare(CLONE_FILES) once, closes
 every copied descriptor but its end of a socket pair, and from then on spawns (process_start):
-the descriptors a child needs (its stdout and stderr pipe ends) are passed to it over the socket
+the descriptors a child needs (its stdout and stderr pipe ends, its held sockets) are passed to it over the socket
 pair (SCM_RIGHTS) with each request, and closed again once the child has them. The children are the daemon's like
 any other (a thread's child belongs to the process: SIGCHLD and waitid work as before).
 
@@ -19,6 +19,8 @@ the child's exit. Blocking signals in the thread is no way out: children inherit
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import fcntl
 import os
 import queue
 import resource
@@ -27,6 +29,7 @@ import subprocess
 import threading
 from typing import TYPE_CHECKING
 
+from .heldsockets import FIRST_HELD_FD
 from .start import Placement, Started, start_process
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ class SpawnThread:
         descriptors (the loop's, or subprocess.DEVNULL), placed by the thread that forks. Raises
         what it raises."""
         streams = (stdout, stderr)
-        passed = [fd for fd in streams if fd >= 0]
+        passed = [fd for fd in streams if fd >= 0] + [fd for fd, _ in launch.sockets]  # held sockets after them
         which = bytes(index for index, fd in enumerate(streams) if fd >= 0)
         socket.send_fds(self._ours, [which or b"-"], passed)
         self._requests.put((launch, program, placement))
@@ -104,14 +107,20 @@ class SpawnThread:
     def _spawn(self, requests: socket.socket, launch: Launch, program: str | None,
                placement: Placement | None) -> Started | BaseException:
         try:
-            which, fds, _, _ = socket.recv_fds(requests, 2, 2)
+            which, fds, _, _ = socket.recv_fds(requests, 2, 2 + len(launch.sockets))
         except BaseException as exc:
             return exc
+        for fd in fds:
+            os.set_inheritable(fd, False)  # as received they are not: the child must get only the copies
         streams = [subprocess.DEVNULL, subprocess.DEVNULL]
-        for index, fd in zip(which.rstrip(b"-"), fds):
-            os.set_inheritable(fd, False)  # as received they are not: the child must get only the copy
+        which = which.rstrip(b"-")
+        for index, fd in zip(which, fds):
             streams[index] = fd
         try:
+            if launch.sockets:  # as received they are low, where the spawn puts them: moved up first
+                held = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_HELD_FD) for fd in fds[len(which):]]
+                fds += held
+                launch = dataclasses.replace(launch, sockets=tuple(zip(held, (name for _, name in launch.sockets))))
             return start_process(launch, program, subprocess.DEVNULL, *streams, placement=placement)
         except BaseException as exc:
             return exc

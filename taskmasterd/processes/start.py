@@ -3,7 +3,9 @@
 os.posix_spawn does in C what Popen does in a page of Python around the same vfork and exec: at
 10 000 spawns that page was a third of the daemon's time (0.57 against 0.32-0.40 ms of CPU per
 instance on the 2-core VM). It cannot change directory, umask or user, nor search PATH the way
-Popen does when the program was not found; those spawns go through Popen, as before.
+Popen does when the program was not found; those spawns go through Popen, as before. A spawn
+with held sockets goes through posix_spawn and the trampoline of listenfds.py, which places the
+sockets at 3, 4, … and applies directory, umask and user itself.
 
 posix_spawn closes no descriptor: the child gets exactly what is not close-on-exec. Every
 descriptor the daemon makes is (Python's default, and O_CLOEXEC/SOCK_CLOEXEC wherever one is made
@@ -13,11 +15,13 @@ gets its three streams and nothing else, as with Popen's close_fds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
 from typing import TYPE_CHECKING, Callable, ContextManager, Protocol
 
+from .listenfds import listen_environment, socket_actions, trampoline_argv
 
 if TYPE_CHECKING:
     from .launch import Launch
@@ -71,8 +75,10 @@ def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, 
 
 def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int) -> Started:
     path = program if program is not None else launch.argv[0] if "/" in launch.argv[0] else None
+    actions = [_stream_action(fd, target) for target, fd in enumerate((stdin, stdout, stderr))]
+    if launch.sockets:
+        return _start_with_sockets(launch, path, actions)
     if path is not None and launch.cwd is None and launch.umask is None and launch.account is None:
-        actions = [_stream_action(fd, target) for target, fd in enumerate((stdin, stdout, stderr))]
         return SpawnedProcess(os.posix_spawn(path, launch.argv, launch.env, file_actions=actions,
                                              setsid=True, setsigdef=_RESTORED_SIGNALS))
     ids: dict = {}
@@ -83,6 +89,20 @@ def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr:
         launch.argv, executable=program, stdin=stdin, stdout=stdout, stderr=stderr, cwd=launch.cwd,
         env=launch.env, umask=launch.umask if launch.umask is not None else -1, start_new_session=True,
         close_fds=True, **ids)
+
+
+def _start_with_sockets(launch: Launch, path: str | None, actions: list[tuple]) -> SpawnedProcess:
+    """The sockets at 3, 4, … (after the streams: a stream's own number may be among them), then
+    the trampoline, which execs the program. A program that cannot run fails here, as Popen's
+    would, not later in the trampoline."""
+    if path is None or not os.access(path, os.X_OK):
+        missing = path is None or not os.path.exists(path)
+        raise OSError(errno.ENOENT if missing else errno.EACCES, os.strerror(errno.ENOENT if missing else errno.EACCES),
+                      path or launch.argv[0])
+    env = {**launch.env, **listen_environment(launch)}  # last: a job's `env` cannot forge them
+    argv = trampoline_argv(launch, path, env)
+    return SpawnedProcess(os.posix_spawn(argv[0], argv, env, file_actions=actions + socket_actions(launch),
+                                         setsid=True, setsigdef=_RESTORED_SIGNALS))
 
 
 def _stream_action(fd: int, target: int) -> tuple:
