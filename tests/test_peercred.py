@@ -127,8 +127,8 @@ def test_the_netlink_lookup_costs_well_under_a_fifth_of_a_millisecond(identifier
     with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_connection(listener.getsockname()):
         ours, _ = listener.accept()
         with ours:
-            started = time.process_time()  # CPU time: the kernel answers within the send
+            started = time.thread_time()  # CPU time of this thread: the kernel answers within the send
             for _ in range(1000):
                 identifier.identify(ours)
-            per_lookup = (time.process_time() - started) / 1000
+            per_lookup = (time.thread_time() - started) / 1000
     assert per_lookup < 0.0002, f"{per_lookup * 1e6:.0f} us per identification"

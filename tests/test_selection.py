@@ -80,8 +80,8 @@ def test_a_hostile_selector_costs_little_whatever_its_size(selector: str) -> Non
     import time
 
     known = {f"job{n}": 1 for n in range(1000)}
-    started = time.process_time()
+    started = time.thread_time()  # this thread's CPU: not the test runner's other threads, not the wait for a core
     items = parse(selector)
     if not isinstance(items, str):
         resolve(items, known)
-    assert time.process_time() - started < 0.1
+    assert time.thread_time() - started < 0.1
