@@ -87,7 +87,9 @@ def test_each_spawn_is_born_in_a_cell_of_its_own_and_a_restart_gets_a_new_one(tm
         os.kill(first, signal.SIGKILL)
         second = wait_for(lambda: (daemon.instances("web")[0]["pid"] or first) != first
                           and daemon.instances("web")[0]["pid"], 10, what="the restart")
-        assert v2_dir(second) != cell and not os.path.exists(cell)  # the old cell went with its run
+        assert v2_dir(second) != cell
+        assert not os.path.exists(cell) or not cgroup.members(cell)  # empty before the restart...
+        wait_for(lambda: not os.path.exists(cell), 5, what="the old cell removed")  # ...and removed soon
     finally:
         daemon.stop()
     assert_no_cgroup_left(daemon)

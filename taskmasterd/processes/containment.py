@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -290,12 +291,19 @@ class Cell:
         return cgroup.members(self.path) if self.path is not None else []
 
 
+_homes = threading.local()  # per spawning thread: the spawn thread has a descriptor table of its own
+
+
 def _move_back(procs: str) -> None:
-    """Home again after a spawn. A daemon left inside a cell would be killed with it: one retry,
-    then the daemon stops rather than run on in a job's cgroup."""
+    """Home again after a spawn, through a descriptor of the home's procs file that each spawning
+    thread keeps open (an open costs as much as the move). A daemon left inside a cell would be
+    killed with it: one retry, then the daemon stops rather than run on in a job's cgroup."""
     for attempt in (1, 2):
         try:
-            cgroup.write(procs, b"0")
+            fds = _homes.__dict__.setdefault("fds", {})
+            if procs not in fds:
+                fds[procs] = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+            os.write(fds[procs], b"0")
             return
         except OSError as exc:
             if attempt == 2:
@@ -373,8 +381,9 @@ class Containment:
                 path = os.path.join(self.subtree, name)
                 os.mkdir(path)
                 made.append(path)
-                with contextlib.suppress(OSError):
-                    os.setxattr(path, STOP_XATTR, f"{stopsignal} {stoptime}".encode())
+                if (stopsignal, min(stoptime, LEFTOVER_GRACE_CAP)) != _DEFAULT_STOP:  # else what recovery assumes
+                    with contextlib.suppress(OSError):
+                        os.setxattr(path, STOP_XATTR, f"{stopsignal} {stoptime}".encode())
             v1 = {}
             for place in places:
                 directory = os.path.join(place.subtree, name)
@@ -464,7 +473,10 @@ def _recorded_stop(path: str) -> tuple[int, float]:
             return sig, min(stoptime, LEFTOVER_GRACE_CAP)
     except (OSError, ValueError):
         pass
-    return int(signal.SIGTERM), LEFTOVER_GRACE_CAP
+    return _DEFAULT_STOP
+
+
+_DEFAULT_STOP = (int(signal.SIGTERM), LEFTOVER_GRACE_CAP)  # a cell without the xattr: most jobs' own
 
 
 def _delegated(path: str) -> bool:

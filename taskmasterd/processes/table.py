@@ -54,6 +54,8 @@ SPAWN_SLICE = 0.005  # seconds of spawning per loop iteration before other callb
 # die (an escape is reparented only when its parent is gone).
 ESCAPE_LOOKS = (0.05, 0.5)
 SWEEP_INTERVAL = 0.5  # seconds between two sweeps for escapes, at the most
+CELL_REMOVAL_DELAY = 0.1  # seconds an emptied cell waits for its rmdir, with the others ended meanwhile
+CELLS_REMOVED_PER_WAKE = 64  # rmdirs per loop iteration (~0.1 ms each)
 PR_SET_CHILD_SUBREAPER = 36
 THREAD_SPAWN_DESCRIPTORS = 1000  # from this many descriptors on, spawns go through the spawn thread
 
@@ -115,7 +117,7 @@ class Child:
             self.exit_reason = (f"out of memory: killed by the kernel, memory_max "
                                 f"{memory_text(oom_cell.resources.memory_max)}")
         if oom_cell is not None:
-            oom_cell.remove()
+            self._table.remove_later(oom_cell)  # rmdir costs ~0.1 ms: not on the way to a restart
         self._table._ended(self)
         assert self._returncode is not None
         self.exited.set_result(self._returncode)
@@ -232,6 +234,8 @@ class ProcessTable:
         self._last_spawn_id = 0
         self.children: dict[int, Child] = {}
         self._emptying: set[Child] = set()  # leader reaped, its cell not yet empty
+        self._cells_to_remove: list[Cell] = []  # emptied, their rmdir not yet made (remove_later)
+        self._cell_removal: asyncio.Handle | None = None
         self.closing = False
         self._abandoned: dict[int, Started] = {}  # failed after the fork: killed, to reap
         self._queue: deque[SpawnTicket] = deque()
@@ -290,6 +294,7 @@ class ProcessTable:
         _sigchld.unwatch(self)
         if self._escape_sweep is not None:
             self._escape_sweep.cancel()
+        self._remove_cells(everything=True)
         if self.journal is not None:
             self.journal.close()
         if self._spawn_thread is not None:
@@ -466,6 +471,23 @@ class ProcessTable:
                 pidfd.signal_child(started.pid, signal.SIGKILL, group=True)
         self._abandoned[started.pid] = started
         self._reap_others()
+
+    def remove_later(self, cell: Cell) -> None:
+        """Remove an emptied cell soon, with others, a bounded number per wake-up: its rmdir is
+        not in the way of the restart its end may cause. What is left at exit goes with the
+        subtree (Containment.close), or to the next daemon's recovery."""
+        self._cells_to_remove.append(cell)
+        if self._cell_removal is None and self._loop is not None:
+            self._cell_removal = self._loop.call_later(CELL_REMOVAL_DELAY, self._remove_cells)
+
+    def _remove_cells(self, everything: bool = False) -> None:
+        self._cell_removal = None
+        batch = self._cells_to_remove if everything else self._cells_to_remove[:CELLS_REMOVED_PER_WAKE]
+        del self._cells_to_remove[:len(batch)]
+        for cell in batch:
+            cell.remove()
+        if self._cells_to_remove and self._loop is not None:
+            self._cell_removal = self._loop.call_soon(self._remove_cells)
 
     def _leader_reaped(self, child: Child) -> None:
         """Its pid is free again: the table no longer knows the spawn by it."""
