@@ -12,6 +12,10 @@ itself. In the life of a connection:
   past it a new admitted connection gets one `invalid` saying so.
 - A connection that opens like an HTTP request is closed at once, unanswered (`http_guard`).
 - Requests are taken one at a time, and the task yields to the loop between two pipelined ones.
+- A connection *asks* from its accept, and from the arrival of its next request's bytes, until
+  that request is dispatched (HOLD at most): meanwhile the background batches (spawns, job files
+  read, blueprints reconciled) hold their next slice (`foreground.py`), so a request waits for
+  the slice under way when it came, not for one per loop iteration it takes.
 - Memory is bounded: a connection reads ahead at most READ_AHEAD bytes past the request being
   answered (more only to complete a message, up to 4 MiB), takes no further request while more
   than WRITE_HIGH_WATER bytes of its replies are unread, and is dropped when they stay unread for
@@ -37,6 +41,7 @@ from .http_guard import DECISIVE, starts_like_http
 from .peercred import Peer, PeerIdentifier
 from .protocol import FrameDecoder, InvalidRequest, encode_reply, invalid, parse_request
 from .verbs import Reply, dispatch, fail
+from ..foreground import HOLD
 from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
@@ -120,13 +125,13 @@ class ControlServer:
             sock.close()
             return
         assert self.identifier is not None
-        peer = self.identifier.identify(sock)
-        self._tasks.spawn(self._serve(sock, peer), "control connection")
+        connection = _Connection(self, self.identifier.identify(sock))  # asking from now on
+        serving = self._tasks.spawn(self._serve(sock, connection), "control connection")
+        serving.add_done_callback(lambda _: connection.asked())  # however it ends, even unstarted
 
-    async def _serve(self, sock: socket.socket, peer: Peer) -> None:
+    async def _serve(self, sock: socket.socket, connection: _Connection) -> None:
         try:
-            _, connection = await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: _Connection(self, peer), sock)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: connection, sock)
         except OSError:  # reset before its transport was made
             sock.close()
             return
@@ -202,6 +207,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._gone = asyncio.get_running_loop().create_future()  # EOF or connection lost
         self._closed = False
         self._writing_paused = False
+        self._asking: asyncio.TimerHandle | None = None  # counted in the foreground until this ends it
+        self._ask()
 
     # --- the transport's side ------------------------------------------------------------------
 
@@ -233,6 +240,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.server.count(self)
         if self._waiting is None and self.decoder.pending >= READ_AHEAD:
             self.transport.pause_reading()
+        if self._waiting is not None:  # the task waits for this request: until it is dispatched
+            self._ask()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -262,6 +271,20 @@ class _Connection(asyncio.BufferedProtocol):
         if self._waiting is not None and not self._waiting.done():
             self._waiting.set_result(None)
 
+    def _ask(self) -> None:
+        """A request is coming (accepted, or its bytes arrive): background work waits for its
+        dispatch, HOLD at most (foreground.py)."""
+        if self._asking is None:
+            self._asking = asyncio.get_running_loop().call_later(HOLD, self.asked)
+            self.server.supervisor.foreground.begin()
+
+    def asked(self) -> None:
+        """Its verb is dispatched (or it has none, or is gone, or HOLD is up)."""
+        if self._asking is not None:
+            self._asking.cancel()
+            self._asking = None
+            self.server.supervisor.foreground.end()
+
     def holding(self) -> int:
         return 0 if self._closed else self.decoder.pending + self.transport.get_write_buffer_size()
 
@@ -277,9 +300,11 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             refusal = await self.server.refusal(self.peer)
             if refusal is not None:
+                self.asked()  # answered at once and closed: nothing to hurry
                 await self._send(fail(refusal))
                 await self._linger_refused()
             elif self.server.admitted >= self.server.max_connections:
+                self.asked()
                 await self._send(self.server.too_many)  # and closed at once: it must not hang
             else:
                 self.server.admitted += 1
@@ -314,8 +339,10 @@ class _Connection(asyncio.BufferedProtocol):
                 if self.discarding:  # dropped to keep the memory cap
                     return None
                 if body is not None:
+                    self.asked()  # its verb runs as any other work
                     return body
                 if self.decoder.oversize:
+                    self.asked()
                     await self._send(invalid(f"message larger than {self.decoder.limit} bytes before its ';;'; closing"))
                     await self._linger()
                     return None
