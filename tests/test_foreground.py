@@ -7,6 +7,7 @@ import statistics
 import threading
 
 from taskmasterd.foreground import HOLD, Foreground
+from taskmasterd.tasks import Turns
 
 from .support.daemon import Daemon
 
@@ -76,5 +77,26 @@ def test_a_slice_goes_after_the_io_of_the_next_iteration():
             while len(order) < 2:
                 await asyncio.sleep(0.001)
         assert order == ["io", "slice"]
+
+    asyncio.run(scenario())
+
+
+def test_turns_let_their_batch_go_after_the_requests():
+    """Job files read and parsed a batch at a time (tasks.Turns) wait for the requests too."""
+    async def scenario() -> None:
+        foreground, done = Foreground(), []
+        turns = Turns(foreground=foreground)
+
+        async def piece(n: int) -> None:
+            await turns.turn()
+            done.append(n)
+
+        foreground.begin()
+        pieces = [asyncio.create_task(piece(n)) for n in range(3)]
+        await asyncio.sleep(HOLD / 4)
+        assert done == []
+        foreground.end()
+        await asyncio.gather(*pieces)
+        assert sorted(done) == [0, 1, 2]
 
     asyncio.run(scenario())

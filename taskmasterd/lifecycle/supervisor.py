@@ -143,7 +143,7 @@ class Supervisor:
         self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
         self._locks = _NameLocks()
         self._background = TaskOwner(log)  # reloads the watcher and SIGHUP asked for
-        self._turns = Turns()  # job files read and parsed a batch per loop iteration
+        self._turns = Turns(foreground=self.foreground)  # job files read and parsed a batch per loop iteration
         self._read = asyncio.Event()  # the jobs directory has been read once
         self._watcher = None
         self.closing = False
