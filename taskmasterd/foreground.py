@@ -8,7 +8,8 @@ take 40-75 ms, a spawn per step.
 
 So a control connection is *asking* from its accept, and from the moment its next request's
 bytes arrive, until its verb is dispatched (a verb then runs as any other work: a `start` that
-waits for its own spawn must not hold that spawn back), for HOLD at most. A batch's next slice
+waits for its own spawn must not hold that spawn back), or until its reply is written for a verb
+that only reads (`status`, `list`: verbs.Verb.reads), for HOLD at most. A batch's next slice
 (`after`, `turn`) runs after the I/O callbacks of the next loop iteration (a timer due at once:
 asyncio runs those after the callbacks the select found, where `call_soon`'s run before them),
 and only when no connection asks then; else it is held until none asks, for HOLD at most. So a

@@ -13,9 +13,10 @@ itself. In the life of a connection:
 - A connection that opens like an HTTP request is closed at once, unanswered (`http_guard`).
 - Requests are taken one at a time, and the task yields to the loop between two pipelined ones.
 - A connection *asks* from its accept, and from the arrival of its next request's bytes, until
-  that request is dispatched (HOLD at most): meanwhile the background batches (spawns, job files
-  read, blueprints reconciled) hold their next slice (`foreground.py`), so a request waits for
-  the slice under way when it came, not for one per loop iteration it takes.
+  that request is dispatched, or its reply written for a verb that `reads` (`status`, `list`),
+  HOLD at most: meanwhile the background batches (spawns, job files read, blueprints
+  reconciled) hold their next slice (`foreground.py`), so a request waits for the slice under
+  way when it came, not for one per loop iteration it takes.
 - Memory is bounded: a connection reads ahead at most READ_AHEAD bytes past the request being
   answered (more only to complete a message, up to 4 MiB), takes no further request while more
   than WRITE_HIGH_WATER bytes of its replies are unread, and is dropped when they stay unread for
@@ -40,7 +41,7 @@ from .accounts import AccountCache
 from .http_guard import DECISIVE, starts_like_http
 from .peercred import Peer, PeerIdentifier
 from .protocol import FrameDecoder, InvalidRequest, encode_reply, invalid, parse_request
-from .verbs import Reply, dispatch, fail
+from .verbs import VERBS, Reply, dispatch, fail
 from ..foreground import HOLD
 from ..tasks import TaskOwner
 
@@ -159,11 +160,14 @@ class ControlServer:
             log.warning("refused a control connection: %s", refusal)
         return refusal
 
-    async def answer(self, body: bytes) -> Reply:
+    async def answer(self, body: bytes, connection: _Connection) -> Reply:
         request = parse_request(body)
         if isinstance(request, InvalidRequest):
             return invalid(request.reason)
         verb, args = request
+        spec = VERBS.get(verb)
+        if spec is None or not spec.reads:
+            connection.asked()  # a verb that may wait for the daemon's work runs as any other work
         try:
             return await dispatch(self.supervisor, verb, args)
         except Exception as exc:  # a bug behind a verb must not take the connection down with it
@@ -322,11 +326,13 @@ class _Connection(asyncio.BufferedProtocol):
 
     async def _converse(self) -> None:
         while (body := await self._next_body()) is not None:
-            reply = await self.server.answer(body)
+            reply = await self.server.answer(body, self)
             if reply.stream is not None:
+                self.asked()
                 await self._follow(reply, reply.stream)
                 return
             await self._send(reply)
+            self.asked()
             if self.decoder.pending:
                 await asyncio.sleep(0)  # let everyone else in before the next pipelined request
 
@@ -339,7 +345,6 @@ class _Connection(asyncio.BufferedProtocol):
                 if self.discarding:  # dropped to keep the memory cap
                     return None
                 if body is not None:
-                    self.asked()  # its verb runs as any other work
                     return body
                 if self.decoder.oversize:
                     self.asked()
