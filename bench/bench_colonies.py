@@ -17,8 +17,9 @@ what several assigns in flight are worth.
 
 `--blueprints N` measures TaskmasterJob blueprints instead (issue 22's budget): three daemons
 (host names bench<run>-1..3), a blueprint placed on all three changed five times (time from the
-update's reply until every host runs the new generation), then N blueprints placed on the first,
-whose daemon is restarted: time from its start until every job runs and every blueprint's status
+update's reply until every host runs the new generation), then N blueprints placed on the first
+(time from the first add until every job runs, `status` timed meanwhile), whose daemon is then
+restarted: time from its start until every job runs and every blueprint's status
 on the server says so, with `status` timed every 20 ms meanwhile by a process of its own (a thread
 here would share the bench's GIL; a connection refused before the daemon listens is not counted).
 `--server HOST:PORT --user-key KEY` runs it against another server (a real one: colony "dev" with
@@ -239,6 +240,25 @@ def poll_status(port: int, every: float, control: Connection) -> None:
     control.send(latencies)
 
 
+class StatusTimer:
+    """`status` timed every 20 ms by poll_status in a process of its own, between start() and stop()."""
+
+    def __init__(self, port: int) -> None:
+        self._control, theirs = multiprocessing.Pipe()
+        self._poller = multiprocessing.get_context("spawn").Process(target=poll_status, args=(port, 0.02, theirs))
+
+    async def start(self) -> None:
+        self._poller.start()
+        await asyncio.to_thread(self._control.recv)  # "ready"
+
+    async def stop(self) -> str:
+        """p50 / p99 / max of the round trips (ms)."""
+        self._control.send("stop")
+        latencies = sorted(await asyncio.to_thread(self._control.recv))
+        self._poller.join()
+        return f"{percentiles(latencies)} / {max(latencies):.2f} ms ({len(latencies)} requests)"
+
+
 async def blueprint_measure(port: int, user: str, count: int, root: Path) -> dict[str, str]:
     from taskmasterd.colonies.blueprint_schema import KIND
 
@@ -275,8 +295,14 @@ async def blueprint_measure(port: int, user: str, count: int, root: Path) -> dic
                 daemon.stop()
             host = daemons[f"{fleet}-1"]
             names = [f"{fleet}-{i:03d}" for i in range(count)]
+            timer = StatusTimer(host.port)
+            await timer.start()
+            began = time.monotonic()
             await asyncio.gather(*(client.add_blueprint(document(name, [f"{fleet}-1"]), user) for name in names))
-            wait_for(lambda: running(host, names, 0) == count, 120, what=f"{count} blueprints on one host")
+            await asyncio.to_thread(wait_for, lambda: running(host, names, 0) == count, 120, 0.05,
+                                    f"{count} blueprints on one host")
+            rows[f"{count} blueprints added: first add -> every job RUNNING"] = f"{time.monotonic() - began:.2f} s"
+            rows["  control `status` during that reconciliation, p50 / p99 / max"] = await timer.stop()
             host.stop()
 
             async def reported() -> bool:
@@ -285,10 +311,8 @@ async def blueprint_measure(port: int, user: str, count: int, root: Path) -> dic
                 states = [((doc.get("status") or {}).get("hosts") or {}).get(f"{fleet}-1", {}).get("states") for doc in mine]
                 return len(mine) == count and all(state == {"RUNNING": 1} for state in states)
 
-            control, theirs = multiprocessing.Pipe()
-            poller = multiprocessing.get_context("spawn").Process(target=poll_status, args=(host.port, 0.02, theirs))
-            poller.start()
-            await asyncio.to_thread(control.recv)  # "ready"
+            timer = StatusTimer(host.port)
+            await timer.start()
             began = time.monotonic()
             host.start(wait=False)
             await asyncio.to_thread(wait_for, lambda: host.proc.poll() is None and _answers(host)
@@ -297,13 +321,10 @@ async def blueprint_measure(port: int, user: str, count: int, root: Path) -> dic
             while not await reported():
                 await asyncio.sleep(0.1)
             settled = time.monotonic() - began
-            control.send("stop")
-            latencies = await asyncio.to_thread(control.recv)
-            poller.join()
+            meanwhile = await timer.stop()
             rows[f"{count} blueprints, daemon restarted: start -> every job RUNNING"] = f"{up:.2f} s"
             rows[f"  start -> every status on the server says so"] = f"{settled:.2f} s"
-            rows["  control `status` meanwhile, p50 / p99 / max"] = (
-                f"{percentiles(sorted(latencies))} / {max(latencies):.2f} ms ({len(latencies)} requests)")
+            rows["  control `status` meanwhile, p50 / p99 / max"] = meanwhile
             await asyncio.gather(*(client.remove_blueprint(COLONY_NAME, name, user) for name in names))
             wait_for(lambda: not blueprint_jobs(host), 60, what="every blueprint's job gone")
     finally:
