@@ -49,7 +49,7 @@ from .spawnthread import SpawnThread
 
 log = logging.getLogger("taskmasterd.processes")
 
-SPAWN_SLICE = 0.005  # seconds of spawning per loop iteration before other callbacks get a turn
+SPAWN_SLICE = 0.002  # seconds of spawning per loop iteration (a request waits for the slice under way)
 # When escapes of a spawn that ended are looked for: not at once, which would delay its restart
 # by a sweep of every child of the daemon, and a second time once a killed group has had time to
 # die (an escape is reparented only when its parent is gone).
