@@ -75,28 +75,30 @@ async def detailed_status(sup: Supervisor, data: bytes, reply: Reply) -> Reply:
     if isinstance(options, str):
         return fail(options)
     jobs = reply.value["jobs"]
-    spawns: dict[int, tuple[dict, Child]] = {}  # id of an instance's entry -> (the entry, its spawn)
+    counted: list[tuple[dict, Child]] = []  # (an instance's entry, the spawn it runs)
     for job in jobs:
         loaded = sup.jobs.get(job["name"])
         if loaded is None:
             continue
+        instances = loaded.instances
         for inst in job["instances"]:
             index = inst["index"]
-            if inst["pid"] and index < len(loaded.instances) and options.counts(job["name"], index):
-                child = loaded.instances[index].child
+            if inst["pid"] and index < len(instances) and (options.everything or options.counts(job["name"], index)):
+                child = instances[index].child
                 if child is not None:
-                    spawns[id(inst)] = (inst, child)
-    usages = accounting({key: child for key, (_, child) in spawns.items()}, tree=options.detail) if spawns else {}
-    for key, usage in usages.items():
-        inst = spawns[key][0]
+                    counted.append((inst, child))
+    usages = accounting(dict(enumerate(child for _, child in counted)), tree=options.detail) if counted else {}
+    for position, usage in usages.items():
+        inst = counted[position][0]
         inst.update(usage.document())
         if options.detail:
             inst["processes"] = [{"pid": p.pid, "ppid": p.ppid, "command": p.command} for p in usage.processes]
-    for job in jobs:
-        if options.detail:
-            _add_detail(sup, job)
-        if options.logs:
-            await _add_logs(sup, job, options.lines if options.detail else None)
+    if options.detail or options.logs:
+        for job in jobs:
+            if options.detail:
+                _add_detail(sup, job)
+            if options.logs:
+                await _add_logs(sup, job, options.lines if options.detail else None)
     return reply
 
 
