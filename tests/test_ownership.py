@@ -176,7 +176,7 @@ def test_one_sigkill_of_a_settled_instance_still_restarts_at_once(tmp_path):
     async def scenario():
         async with supervised(tmp_path, {"s": {"cmd": "sleep 300", "starttime": 0}}) as sup:
             inst = sup.jobs["s"].instances[0]
-            await asyncio.sleep(1.1)  # up for longer than a crash loop's QUICK_EXIT
+            await asyncio.sleep(1.1)  # settled (a first quick restart is not delayed either: states.restart_delay)
             old = inst.child.pid
             began = time.monotonic()
             os.kill(old, signal.SIGKILL)

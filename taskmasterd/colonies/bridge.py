@@ -127,12 +127,12 @@ class ColoniesBridge(JobListener):
 
     # --- status ---------------------------------------------------------------------------------
 
-    def status_of(self, name: str) -> dict[str, Any]:
+    def status_of(self, name: str, entry: dict[str, Any]) -> None:
         executor = self.executors.get(name)
-        extra = {"colonies": executor.status()} if executor is not None else {}
+        if executor is not None:
+            entry["colonies"] = executor.status()
         if self.blueprints is not None and name.startswith(PREFIX):
-            extra.update(self.blueprints.job_status(name))
-        return extra
+            entry.update(self.blueprints.job_status(name))
 
     def _retire(self, name: str, reason: str, unregister: bool) -> None:
         executor = self.executors.pop(name)

@@ -289,10 +289,11 @@ def encode_reply(reply: Reply) -> bytes:
         return constant
     import orjson
 
+    if reply.response in ("status", "events"):  # the largest replies: base64 needs no JSON escaping
+        data = binascii.b2a_base64(orjson.dumps(reply.value), newline=False)
+        return b'{"response":"%s","data":"%s"}' % (reply.response.encode(), data) + TERMINATOR
     wire: dict[str, Any] = {"response": reply.response}
-    if reply.response in ("status", "events"):
-        wire["data"] = _b64(orjson.dumps(reply.value))
-    elif reply.response == "list":
+    if reply.response == "list":
         wire["list"] = wire["data"] = _b64(orjson.dumps(reply.value))
     elif reply.response == "file":
         wire["job"] = _b64((reply.job or "").encode("utf-8"))

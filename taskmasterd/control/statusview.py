@@ -75,30 +75,31 @@ async def detailed_status(sup: Supervisor, data: bytes, reply: Reply) -> Reply:
     if isinstance(options, str):
         return fail(options)
     jobs = reply.value["jobs"]
-    spawns = {(job["name"], inst["index"]): child for job in jobs for inst in job["instances"]
-              if inst.get("pid") and options.counts(job["name"], inst["index"])
-              and (child := running_child(sup, job["name"], inst["index"])) is not None}
-    usages = accounting(spawns, tree=options.detail) if spawns else {}
+    counted: list[tuple[dict, Child]] = []  # (an instance's entry, the spawn it runs)
     for job in jobs:
+        loaded = sup.jobs.get(job["name"])
+        if loaded is None:
+            continue
+        instances = loaded.instances
         for inst in job["instances"]:
-            usage = usages.get((job["name"], inst["index"]))
-            if usage is not None:
-                inst.update(usage.document())
-                if options.detail:
-                    inst["processes"] = [{"pid": p.pid, "ppid": p.ppid, "command": p.command} for p in usage.processes]
+            index = inst["index"]
+            if inst["pid"] and index < len(instances) and (options.everything or options.counts(job["name"], index)):
+                child = instances[index].child
+                if child is not None:
+                    counted.append((inst, child))
+    usages = accounting(dict(enumerate(child for _, child in counted)), tree=options.detail) if counted else {}
+    for position, usage in usages.items():
+        inst = counted[position][0]
+        inst.update(usage.document())
         if options.detail:
-            _add_detail(sup, job)
-        if options.logs:
-            await _add_logs(sup, job, options.lines if options.detail else None)
+            inst["processes"] = [{"pid": p.pid, "ppid": p.ppid, "command": p.command} for p in usage.processes]
+    if options.detail or options.logs:
+        for job in jobs:
+            if options.detail:
+                _add_detail(sup, job)
+            if options.logs:
+                await _add_logs(sup, job, options.lines if options.detail else None)
     return reply
-
-
-def running_child(sup: Supervisor, name: str, index: int) -> Child | None:
-    """The spawn instance `index` of job `name` runs now, if any."""
-    job = sup.jobs.get(name)
-    if job is None or index >= len(job.instances) or job.instances[index].index != index:
-        return None
-    return job.instances[index].child
 
 
 def _add_detail(sup: Supervisor, entry: dict) -> None:

@@ -45,6 +45,10 @@ class Enablement:
     def disabled(self, name: str) -> bool:
         return name in self._disabled
 
+    def status_extra(self, name: str, entry: dict) -> None:
+        if name in self._disabled:
+            entry["enabled"] = False
+
     @property
     def names(self) -> frozenset[str]:
         return frozenset(self._disabled)

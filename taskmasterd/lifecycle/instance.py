@@ -442,15 +442,15 @@ class Instance:
         return self.wanted and (self.state in ACTIVE or self.state in (S.BACKOFF, S.STOPPING))
 
     def status(self, now: float) -> dict:
-        m = self.machine
-        up = self.started_at is not None and m.state in _UP
+        m, run = self.machine, self.run  # read once: `status` of every job is a hot path
+        started_at, child = run.started_at, run.child
         entry = {
             "index": self.index,
             "state": m.state,  # a str enum: serializes as its name, compares equal to it
-            "pid": self.child.pid if self.child else None,
+            "pid": child.pid if child is not None else None,
             "spawn": m.spawn,  # the id of the current (or last) spawn: its events and log lines carry it
             "since": self.since,
-            "uptime": now - self.started_at if up else None,  # not rounded: `status` is a hot path
+            "uptime": now - started_at if started_at is not None and m.state in _UP else None,  # not rounded
             "restarts": m.restarts,
             "exitcode": m.exitcode,
             "signal": m.signal,
@@ -458,12 +458,13 @@ class Instance:
             # meant to be up now (a finished run with an expected exit is not): status exits 3 otherwise
             "wanted": m.wanted and not (m.state is S.EXITED and m.last_exit_expected(self.job.policy)),
         }
-        self.health.report(entry)
+        run.health.report(entry)
         if m.roll is not Roll.NONE:  # a rolling restart's new run beside it, or the old one still stopping
             entry["second"] = {"phase": m.roll.value, "pid": m.second_pid, "spawn": m.second}
-        dropped = sum(file.dropped for file in self.logs)
-        if dropped:
-            entry["dropped"] = dropped
+        if run.logs:
+            dropped = sum(file.dropped for file in run.logs)
+            if dropped:
+                entry["dropped"] = dropped
         return entry
 
 

@@ -21,7 +21,7 @@ from .dependencies import conditions_met, waiting_text
 from .instance import Answer, Instance, wait_each
 from .rollout import Rollout
 from .services import Services
-from .states import Event, Kind, Policy, State, summarize
+from .states import STATE_NAMES, Event, Kind, Policy, State, summarize
 from ..jobfiles.jobfile import JobSpec
 from ..jobfiles.sockets_spec import SOCKET_ACTIVATION
 from ..processes.heldsockets import HeldSockets, Owners
@@ -286,12 +286,12 @@ class Job:
 
     def state(self) -> str:
         if len(self.instances) == 1:  # the common case, on the hot path of `status`
-            return self.instances[0].state.value
+            return STATE_NAMES[self.instances[0].machine.state]
         return summarize([inst.state for inst in self.active])
 
     def status(self, now: float) -> dict:
         entry = {
-            "name": self.name,
+            "name": self.spec.name,
             "state": self.state(),
             "instances": [inst.status(now) for inst in self.instances],
             "error": self.error,

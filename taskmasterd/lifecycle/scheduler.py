@@ -337,15 +337,15 @@ class Scheduler:
             return REDUNDANT
         return await self.run_now(name, nowait, index)
 
-    def status_extra(self, name: str) -> dict:
+    def status_extra(self, name: str, entry: dict) -> None:
         table = self.jobs.get(name)
         if table is None:
-            return {}
+            return
         settings = table.settings
-        document = {"schedule": settings.schedule.text, "timezone": settings.timezone or "host",
-                    "overlap": settings.overlap, "next_run": None if table.fire_at is None else round(table.fire_at, 3),
-                    **table.book.document()}
-        return {"schedule": document}
+        entry["schedule"] = {"schedule": settings.schedule.text, "timezone": settings.timezone or "host",
+                             "overlap": settings.overlap,
+                             "next_run": None if table.fire_at is None else round(table.fire_at, 3),
+                             **table.book.document()}
 
     async def close(self) -> None:
         """No run starts from now on (shutdown); what is recorded reaches the disk."""

@@ -87,6 +87,7 @@ TRANSITIONS: dict[tuple[State, State], str] = {
 # Where an instance counts as up (or on its way up), for `start`'s "redundant" and `stop`.
 ACTIVE = frozenset({S.WAITING, S.STARTING, S.RUNNING})
 # Order in which a job made of several instances reports its summary state: the most urgent first.
+STATE_NAMES = {state: state.value for state in State}  # faster than .value (an enum descriptor)
 SUMMARY_ORDER = (S.FATAL, S.BACKOFF, S.STARTING, S.WAITING, S.STOPPING, S.RUNNING, S.EXITED, S.STOPPED)
 
 BACKOFF_CAP = 60.0

@@ -140,7 +140,7 @@ class Supervisor:
                                  self.notify_directory, self.conditions_of, self.standing_changed, self._hold,
                                  self._checks, console, lambda name: not self.enablement.disabled(name))
         self.listeners: list[JobListener] = []
-        self.status_extras: list[Callable[[str], dict[str, Any]]] = []  # name -> extra status fields
+        self.status_extras: list[Callable[[str, dict], None]] = []  # (name, its entry): adds extra status fields
         self._locks = _NameLocks()
         self._background = TaskOwner(log)  # reloads the watcher and SIGHUP asked for
         self._turns = Turns(foreground=self.foreground)  # job files read and parsed a batch per loop iteration
@@ -159,7 +159,7 @@ class Supervisor:
         self.listeners.append(self.scheduler)
         self.status_extras.append(self.scheduler.status_extra)
         self.enablement = Enablement(self.state_dir)  # `disable`d jobs do not autostart
-        self.status_extras.append(lambda name: {"enabled": False} if self.enablement.disabled(name) else {})
+        self.status_extras.append(self.enablement.status_extra)
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -678,7 +678,7 @@ class Supervisor:
     def _job_status(self, job: Job, now: float) -> dict:
         entry = job.status(now)
         for extra in self.status_extras:
-            entry.update(extra(job.name))
+            extra(entry["name"], entry)
         return entry
 
     def _invalid_status(self, name: str) -> dict:

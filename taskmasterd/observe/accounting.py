@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Hashable, Mapping, TypeVar
 
@@ -67,7 +66,8 @@ class Usage:
 
 # spawn (its leader's pid, or its cell) -> (its start, CPU seconds, monotonic time of the reading)
 _previous: dict[object, tuple[float, float, float]] = {}
-_fresh: weakref.WeakKeyDictionary[Child, tuple[float, Usage]] = weakref.WeakKeyDictionary()
+_fresh: dict[Child, tuple[float, Usage]] = {}  # the last reading of a spawn, reused for FRESH seconds
+_pruned = 0.0  # when both were last rid of old readings (at most once per FRESH: not per request)
 
 
 def accounting(spawns: Mapping[K, Child], tree: bool = False) -> dict[K, Usage]:
@@ -84,10 +84,20 @@ def accounting(spawns: Mapping[K, Child], tree: bool = False) -> dict[K, Usage]:
         if usage is not None:
             usages[key] = usage
             _fresh[child] = (now, usage)
-    for spawn, (_, _, when) in list(_previous.items()):
-        if now - when > WINDOW:
-            del _previous[spawn]
+    _prune(now)
     return usages
+
+
+def _prune(now: float) -> None:
+    """Forget readings too old to be used: an ended spawn's among them."""
+    global _pruned
+    if now - _pruned < FRESH:
+        return
+    _pruned = now
+    for child in [child for child, (when, _) in _fresh.items() if now - when >= FRESH]:
+        del _fresh[child]
+    for spawn in [spawn for spawn, (_, _, when) in _previous.items() if now - when > WINDOW]:
+        del _previous[spawn]
 
 
 def _cell_usage(child: Child, tree: bool, now: float) -> Usage | None:

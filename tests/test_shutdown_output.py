@@ -1,0 +1,35 @@
+"""What a job writes while it is being stopped reaches its destination, even at the daemon's own
+shutdown: the daemon does not leave before every pipe of its children has been read to its end."""
+import signal
+
+from tests.support.daemon import Daemon, wait_for
+
+LINES = 30000
+# at SIGTERM, a burst of numbered lines, then exit at once: most of it is still in the pipe then
+BURST = f'trap \'seq 1 {LINES}; exit 0\' TERM; while :; do sleep 0.05; done'
+
+
+def test_the_lines_a_job_writes_as_it_stops_reach_the_console_at_shutdown(tmp_path):
+    jobs = {"burst": {"cmd": ["sh", "-c", BURST], "numprocs": 4, "starttime": 0, "stoptime": 30, "stderr": None}}
+    daemon = Daemon(tmp_path, jobs, args=["--container"])
+    daemon.stdout_path = tmp_path / "daemon.stdout"
+    daemon.start()
+    wait_for(lambda: all(i["state"] == "RUNNING" for i in daemon.instances("burst")), 30)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(60) == 0
+    out = daemon.stdout_path.read_text()
+    for index in range(4):
+        assert f"burst[{index}] | {LINES}\n" in out, out[-500:]
+
+
+def test_the_bytes_a_job_writes_as_it_stops_reach_its_log_file_at_shutdown(tmp_path):
+    jobs = {"burst": {"cmd": ["sh", "-c", BURST], "numprocs": 4, "starttime": 0, "stoptime": 30, "stderr": None,
+                      "logmaxbytes": 0}}
+    daemon = Daemon(tmp_path, jobs)
+    daemon.start()
+    wait_for(lambda: all(i["state"] == "RUNNING" for i in daemon.instances("burst")), 30)
+    assert daemon.stop() == 0
+    logs = sorted(path for path in (tmp_path / "logs").iterdir() if path.name.startswith("burst"))
+    assert len(logs) == 4
+    for path in logs:
+        assert path.read_text().endswith(f"\n{LINES}\n"), path
