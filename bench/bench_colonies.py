@@ -17,23 +17,28 @@ what several assigns in flight are worth.
 
 `--blueprints N` measures TaskmasterJob blueprints instead (issue 22's budget): three daemons
 (host names bench<run>-1..3), a blueprint placed on all three changed five times (time from the
-update's reply until every host runs the new generation), then N blueprints placed on the first,
-whose daemon is restarted: time from its start until every job runs and every blueprint's status
-on the server says so, with `status` timed every 20 ms meanwhile. `--server HOST:PORT
---user-key KEY` runs it against another server (a real one: colony "dev" with the
-docker-compose keys, KEY a user of it).
+update's reply until every host runs the new generation), then N blueprints placed on the first
+(time from the first add until every job runs, `status` timed meanwhile), whose daemon is then
+restarted: time from its start until every job runs and every blueprint's status
+on the server says so, with `status` timed every 20 ms meanwhile by a process of its own (a thread
+here would share the bench's GIL; a connection refused before the daemon listens is not counted).
+`--server HOST:PORT --user-key KEY` runs it against another server (a real one: colony "dev" with
+the docker-compose keys, KEY a user of it).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import multiprocessing
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import psutil
@@ -199,10 +204,59 @@ def blueprint_jobs(daemon: Daemon) -> dict[str, dict]:
     return {job["name"]: job for job in daemon.status()["jobs"] if job["name"].startswith("colony.")}
 
 
+def running(daemon: Daemon, names: list[str], generation: int) -> int:
+    """How many of these blueprints' jobs run `generation` (one `status`, however many names)."""
+    jobs = blueprint_jobs(daemon)
+    found = [jobs.get(f"colony.{name}") for name in names]
+    return sum(job is not None and (job.get("blueprint") or {}).get("generation") == generation
+               and all(i["state"] == "RUNNING" for i in job["instances"]) for job in found)
+
+
 def runs(daemon: Daemon, name: str, generation: int) -> bool:
-    job = blueprint_jobs(daemon).get(f"colony.{name}")
-    return (job is not None and (job.get("blueprint") or {}).get("generation") == generation
-            and all(i["state"] == "RUNNING" for i in job["instances"]))
+    return running(daemon, [name], generation) == 1
+
+
+def poll_status(port: int, every: float, control: Connection) -> None:
+    """In a process of its own (the bench's threads would share its GIL): `status` round trips
+    (ms) every `every` seconds until told to stop, sent back; refused connections are skipped.
+    Says "ready" first, so that its own start does not load the daemon's."""
+    request = json.dumps({"command": "status"}, separators=(",", ":")).encode() + b";;"
+    latencies = []
+    control.send("ready")
+    while not control.poll(every):
+        began = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(request)
+                reply = b""
+                while not reply.endswith(b";;"):
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        raise ConnectionError("closed before the reply's end")
+                    reply += chunk
+        except OSError:  # not listening yet
+            continue
+        latencies.append((time.perf_counter() - began) * 1000)
+    control.send(latencies)
+
+
+class StatusTimer:
+    """`status` timed every 20 ms by poll_status in a process of its own, between start() and stop()."""
+
+    def __init__(self, port: int) -> None:
+        self._control, theirs = multiprocessing.Pipe()
+        self._poller = multiprocessing.get_context("spawn").Process(target=poll_status, args=(port, 0.02, theirs))
+
+    async def start(self) -> None:
+        self._poller.start()
+        await asyncio.to_thread(self._control.recv)  # "ready"
+
+    async def stop(self) -> str:
+        """p50 / p99 / max of the round trips (ms)."""
+        self._control.send("stop")
+        latencies = sorted(await asyncio.to_thread(self._control.recv))
+        self._poller.join()
+        return f"{percentiles(latencies)} / {max(latencies):.2f} ms ({len(latencies)} requests)"
 
 
 async def blueprint_measure(port: int, user: str, count: int, root: Path) -> dict[str, str]:
@@ -241,8 +295,14 @@ async def blueprint_measure(port: int, user: str, count: int, root: Path) -> dic
                 daemon.stop()
             host = daemons[f"{fleet}-1"]
             names = [f"{fleet}-{i:03d}" for i in range(count)]
+            timer = StatusTimer(host.port)
+            await timer.start()
+            began = time.monotonic()
             await asyncio.gather(*(client.add_blueprint(document(name, [f"{fleet}-1"]), user) for name in names))
-            wait_for(lambda: sum(runs(host, n, 0) for n in names) == count, 120, what=f"{count} blueprints on one host")
+            await asyncio.to_thread(wait_for, lambda: running(host, names, 0) == count, 120, 0.05,
+                                    f"{count} blueprints on one host")
+            rows[f"{count} blueprints added: first add -> every job RUNNING"] = f"{time.monotonic() - began:.2f} s"
+            rows["  control `status` during that reconciliation, p50 / p99 / max"] = await timer.stop()
             host.stop()
 
             async def reported() -> bool:
@@ -251,36 +311,20 @@ async def blueprint_measure(port: int, user: str, count: int, root: Path) -> dic
                 states = [((doc.get("status") or {}).get("hosts") or {}).get(f"{fleet}-1", {}).get("states") for doc in mine]
                 return len(mine) == count and all(state == {"RUNNING": 1} for state in states)
 
-            latencies: list[float] = []
-            stop = threading.Event()
-
-            def poll() -> None:
-                while not stop.is_set():
-                    began = time.perf_counter()
-                    try:
-                        host.request("status", timeout=5)
-                    except OSError:  # not listening yet
-                        time.sleep(0.02)
-                        continue
-                    latencies.append((time.perf_counter() - began) * 1000)
-                    time.sleep(0.02)
-
+            timer = StatusTimer(host.port)
+            await timer.start()
             began = time.monotonic()
             host.start(wait=False)
-            poller = threading.Thread(target=poll, daemon=True)
-            poller.start()
             await asyncio.to_thread(wait_for, lambda: host.proc.poll() is None and _answers(host)
-                                    and sum(runs(host, n, 0) for n in names) == count, 60, 0.05, "jobs back")
-            running = time.monotonic() - began
+                                    and running(host, names, 0) == count, 60, 0.05, "jobs back")
+            up = time.monotonic() - began
             while not await reported():
                 await asyncio.sleep(0.1)
             settled = time.monotonic() - began
-            stop.set()
-            poller.join()
-            rows[f"{count} blueprints, daemon restarted: start -> every job RUNNING"] = f"{running:.2f} s"
+            meanwhile = await timer.stop()
+            rows[f"{count} blueprints, daemon restarted: start -> every job RUNNING"] = f"{up:.2f} s"
             rows[f"  start -> every status on the server says so"] = f"{settled:.2f} s"
-            rows["  control `status` meanwhile, p50 / p99 / max"] = (
-                f"{percentiles(sorted(latencies))} / {max(latencies):.2f} ms ({len(latencies)} requests)")
+            rows["  control `status` meanwhile, p50 / p99 / max"] = meanwhile
             await asyncio.gather(*(client.remove_blueprint(COLONY_NAME, name, user) for name in names))
             wait_for(lambda: not blueprint_jobs(host), 60, what="every blueprint's job gone")
     finally:

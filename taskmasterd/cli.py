@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     from .processes.table import raise_fd_limit
 
     close_inherited_on_exec()  # what we were started with is no child's business
+    if colonies is not None:
+        # Loaded before the control port listens: importing the bridge (its crypto, its client)
+        # holds the start for tens of milliseconds, which a request must not wait through.
+        from .colonies import bridge  # noqa: F401  # only a daemon given a server loads any of it
 
     # Refuse a second daemon (same pid file, port or socket) here, where the operator sees the message.
     pidfile = LockedPidfile(config.pidfile) if config.pidfile else None

@@ -75,9 +75,7 @@ async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
                             log_mode=int(config.log_mode, 8), adopt_orphans=True, notify_dir=config.notify_dir,
                             console=console, containment=containment, apply=config.apply)
     if colonies is not None:
-        # Imported before the control port answers: importing the bridge (its crypto, its client)
-        # takes the loop tens of milliseconds, which a request must not wait for.
-        from .colonies.bridge import ColoniesBridge  # only a daemon given a server loads any of it
+        from .colonies.bridge import ColoniesBridge  # loaded already, before the port listened (cli.py)
 
         if colonies.blueprints:
             from .colonies.jobsource import install  # the blueprints' jobs load with the others, before any call

@@ -15,6 +15,8 @@ import time
 from collections import deque
 from typing import Any, Awaitable, Coroutine, Iterable, TypeVar
 
+from .foreground import Foreground
+
 T = TypeVar("T")
 SLICE = 0.005  # seconds of paced work per loop iteration
 MAX_BATCH = 1024
@@ -92,10 +94,12 @@ async def all_settled(awaitables: Iterable[Awaitable[T]], at_once: int | None = 
 class Turns:
     """Turns at a piece of synchronous work, given out a batch per loop iteration. A task awaits
     `turn()`, then does its piece; the batch size follows what the last batch took, so that one
-    takes about SLICE seconds."""
+    takes about SLICE seconds. With a `foreground`, each batch is let go after the control
+    requests under way (foreground.py)."""
 
-    def __init__(self, slice_seconds: float = SLICE) -> None:
+    def __init__(self, slice_seconds: float = SLICE, foreground: Foreground | None = None) -> None:
         self._slice = slice_seconds
+        self._foreground = foreground
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._batch = 8
         self._released_at = 0.0  # when the last batch was let go (0: none under way)
@@ -115,6 +119,12 @@ class Turns:
         if self._released_at:
             took = max(now - self._released_at, 1e-5)
             self._batch = max(1, min(MAX_BATCH, int(self._batch * min(2.0, self._slice / took))))
+        if self._foreground is not None and self._waiting:
+            self._foreground.after(self._release)
+        else:
+            self._release()
+
+    def _release(self) -> None:
         released = 0
         while self._waiting and released < self._batch:
             turn = self._waiting.popleft()

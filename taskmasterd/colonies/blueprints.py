@@ -291,7 +291,7 @@ class BlueprintReconciler:
             if (blueprint := read_blueprint(doc, self.host, self._location)) is not None:
                 found.append(blueprint)
             if index % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # bounded work per wake-up: the control port answers meanwhile
+                await self._sup.foreground.turn()  # bounded work per wake-up, after the control requests
         before = dict(self._jobs.manifest)
         self._blueprints = {bp.name: bp for bp in found}
         self._status.seen(docs)
@@ -299,7 +299,7 @@ class BlueprintReconciler:
         unreadable = {bp.job for bp in found if bp.problem is not None}  # keeps its job here as it is
         for job, blueprint in placed.items():
             await self._apply(job, blueprint)
-            await asyncio.sleep(0)  # a job as it should be costs a file read and no await
+            await self._sup.foreground.turn()  # a job as it should be costs a file read and no await
         for job in sorted((self._jobs.names() | set(self._jobs.manifest)) - placed.keys() - unreadable):
             await self._remove(job)
         if self._jobs.manifest != before:

@@ -12,6 +12,11 @@ itself. In the life of a connection:
   past it a new admitted connection gets one `invalid` saying so.
 - A connection that opens like an HTTP request is closed at once, unanswered (`http_guard`).
 - Requests are taken one at a time, and the task yields to the loop between two pipelined ones.
+- A connection *asks* from its accept, and from the arrival of its next request's bytes, until
+  that request is dispatched, or its reply written for a verb that `reads` (`status`, `list`),
+  HOLD at most: meanwhile the background batches (spawns, job files read, blueprints
+  reconciled) hold their next slice (`foreground.py`), so a request waits for the slice under
+  way when it came, not for one per loop iteration it takes.
 - Memory is bounded: a connection reads ahead at most READ_AHEAD bytes past the request being
   answered (more only to complete a message, up to 4 MiB), takes no further request while more
   than WRITE_HIGH_WATER bytes of its replies are unread, and is dropped when they stay unread for
@@ -36,7 +41,8 @@ from .accounts import AccountCache
 from .http_guard import DECISIVE, starts_like_http
 from .peercred import Peer, PeerIdentifier
 from .protocol import FrameDecoder, InvalidRequest, encode_reply, invalid, parse_request
-from .verbs import Reply, dispatch, fail
+from .verbs import VERBS, Reply, dispatch, fail
+from ..foreground import HOLD
 from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
@@ -120,13 +126,13 @@ class ControlServer:
             sock.close()
             return
         assert self.identifier is not None
-        peer = self.identifier.identify(sock)
-        self._tasks.spawn(self._serve(sock, peer), "control connection")
+        connection = _Connection(self, self.identifier.identify(sock))  # asking from now on
+        serving = self._tasks.spawn(self._serve(sock, connection), "control connection")
+        serving.add_done_callback(lambda _: connection.asked())  # however it ends, even unstarted
 
-    async def _serve(self, sock: socket.socket, peer: Peer) -> None:
+    async def _serve(self, sock: socket.socket, connection: _Connection) -> None:
         try:
-            _, connection = await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: _Connection(self, peer), sock)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: connection, sock)
         except OSError:  # reset before its transport was made
             sock.close()
             return
@@ -154,11 +160,14 @@ class ControlServer:
             log.warning("refused a control connection: %s", refusal)
         return refusal
 
-    async def answer(self, body: bytes) -> Reply:
+    async def answer(self, body: bytes, connection: _Connection) -> Reply:
         request = parse_request(body)
         if isinstance(request, InvalidRequest):
             return invalid(request.reason)
         verb, args = request
+        spec = VERBS.get(verb)
+        if spec is None or not spec.reads:
+            connection.asked()  # a verb that may wait for the daemon's work runs as any other work
         try:
             return await dispatch(self.supervisor, verb, args)
         except Exception as exc:  # a bug behind a verb must not take the connection down with it
@@ -202,6 +211,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._gone = asyncio.get_running_loop().create_future()  # EOF or connection lost
         self._closed = False
         self._writing_paused = False
+        self._asking: asyncio.TimerHandle | None = None  # counted in the foreground until this ends it
+        self._ask()
 
     # --- the transport's side ------------------------------------------------------------------
 
@@ -233,6 +244,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.server.count(self)
         if self._waiting is None and self.decoder.pending >= READ_AHEAD:
             self.transport.pause_reading()
+        if self._waiting is not None:  # the task waits for this request: until it is dispatched
+            self._ask()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -262,6 +275,20 @@ class _Connection(asyncio.BufferedProtocol):
         if self._waiting is not None and not self._waiting.done():
             self._waiting.set_result(None)
 
+    def _ask(self) -> None:
+        """A request is coming (accepted, or its bytes arrive): background work waits for its
+        dispatch, HOLD at most (foreground.py)."""
+        if self._asking is None:
+            self._asking = asyncio.get_running_loop().call_later(HOLD, self.asked)
+            self.server.supervisor.foreground.begin()
+
+    def asked(self) -> None:
+        """Its verb is dispatched (or it has none, or is gone, or HOLD is up)."""
+        if self._asking is not None:
+            self._asking.cancel()
+            self._asking = None
+            self.server.supervisor.foreground.end()
+
     def holding(self) -> int:
         return 0 if self._closed else self.decoder.pending + self.transport.get_write_buffer_size()
 
@@ -277,9 +304,11 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             refusal = await self.server.refusal(self.peer)
             if refusal is not None:
+                self.asked()  # answered at once and closed: nothing to hurry
                 await self._send(fail(refusal))
                 await self._linger_refused()
             elif self.server.admitted >= self.server.max_connections:
+                self.asked()
                 await self._send(self.server.too_many)  # and closed at once: it must not hang
             else:
                 self.server.admitted += 1
@@ -297,11 +326,13 @@ class _Connection(asyncio.BufferedProtocol):
 
     async def _converse(self) -> None:
         while (body := await self._next_body()) is not None:
-            reply = await self.server.answer(body)
+            reply = await self.server.answer(body, self)
             if reply.stream is not None:
+                self.asked()
                 await self._follow(reply, reply.stream)
                 return
             await self._send(reply)
+            self.asked()
             if self.decoder.pending:
                 await asyncio.sleep(0)  # let everyone else in before the next pipelined request
 
@@ -316,6 +347,7 @@ class _Connection(asyncio.BufferedProtocol):
                 if body is not None:
                     return body
                 if self.decoder.oversize:
+                    self.asked()
                     await self._send(invalid(f"message larger than {self.decoder.limit} bytes before its ';;'; closing"))
                     await self._linger()
                     return None

@@ -59,6 +59,9 @@ class Verb:
     summary: str
     selects: Selects = Selects.NAME
     stops: bool = False  # on several jobs: dependants first (Supervisor.stop_in_order)
+    # Answered from what the daemon holds, waiting for no job's work: the request goes before the
+    # background batches until its reply is written (foreground.py), not only until dispatched.
+    reads: bool = False
 
 
 def _status(sup: Supervisor, request: Request) -> Reply | Awaitable[Reply]:
@@ -160,11 +163,11 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
     Verb("kill", _R, False, lambda s, r: s.kill(r.job, nowait=r.nowait, index=r.instance),
          "SIGKILL every instance's process group now", _MANY, stops=True),
     Verb("repair", _R, False, refuse_stale_version(_repair), "clear FATAL/BACKOFF and start what should run", _MANY),
-    Verb("status", _O, False, _status, "report one job, or every job", _MANY),
+    Verb("status", _O, False, _status, "report one job, or every job", _MANY, reads=True),
     Verb("pull", _R, False, lambda s, r: s.pull(r.job), "the job file as it is on disk"),
     Verb("push", _R, True, _push, "validate, write and apply a job file"),
     Verb("delete", _R, False, _delete, "stop the job, remove its file, forget it"),
-    Verb("list", _N, False, lambda s, r: s.list(), "names of every job"),
+    Verb("list", _N, False, lambda s, r: s.list(), "names of every job", reads=True),
     Verb("reload", _R, False, lambda s, r: _reloaded(s.reload(r.job, nowait=r.nowait), r),
          "re-read one job file and apply the difference"),
     # The seed protocol's name: it re-reads every job file (as SIGHUP does) and restarts nothing

@@ -41,6 +41,7 @@ from .rollout import Rollout
 from .scheduler import Scheduler
 from .services import ConsoleStreams, Services
 from .states import Kind, State
+from ..foreground import Foreground
 from ..jobfiles.cycles import cycle_problem, dependency_graph
 from ..jobfiles.jobfile import JobFileError, JobSpec, Limits, host_errors, parse_job
 from ..jobfiles.jobsdir import JobsDirectory
@@ -129,8 +130,9 @@ class Supervisor:
         self.apply = apply
         self.new_files: set[str] = set()  # "on-reload": files saved that no reload has loaded yet
         self.log_files = LogFiles(log_mode)
+        self.foreground = Foreground()  # control requests under way: background slices wait for them
         self.processes = ProcessTable(ChildJournal(os.path.join(self.state_dir, "children.json"), self.run_id),
-                                      adopt_orphans, self.run_id, containment)
+                                      adopt_orphans, self.run_id, containment, self.foreground)
         self.events = EventBus()  # every state and health change, for the `events` verb
         self._checks = TaskOwner(log)  # http and command health checks under way
         self.console = console
@@ -141,7 +143,7 @@ class Supervisor:
         self.status_extras: list[Callable[[str, dict], None]] = []  # (name, its entry): adds extra status fields
         self._locks = _NameLocks()
         self._background = TaskOwner(log)  # reloads the watcher and SIGHUP asked for
-        self._turns = Turns()  # job files read and parsed a batch per loop iteration
+        self._turns = Turns(foreground=self.foreground)  # job files read and parsed a batch per loop iteration
         self._read = asyncio.Event()  # the jobs directory has been read once
         self._watcher = None
         self.closing = False

@@ -37,6 +37,7 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Mapping
 
+from ..foreground import Foreground
 from ..jobfiles.resources import RLIMITS, Resources, memory_text
 from ..kernel import pidfd
 from ..kernel.cgroup import Layout
@@ -48,7 +49,7 @@ from .spawnthread import SpawnThread
 
 log = logging.getLogger("taskmasterd.processes")
 
-SPAWN_SLICE = 0.005  # seconds of spawning per loop iteration before other callbacks get a turn
+SPAWN_SLICE = 0.002  # seconds of spawning per loop iteration (a request waits for the slice under way)
 # When escapes of a spawn that ended are looked for: not at once, which would delay its restart
 # by a sweep of every child of the daemon, and a second time once a killed group has had time to
 # die (an escape is reparented only when its parent is gone).
@@ -226,7 +227,9 @@ def raise_fd_limit() -> None:
 
 class ProcessTable:
     def __init__(self, journal: ChildJournal | None = None, adopt_orphans: bool = False,
-                 run_id: str | None = None, containment: Containment | None = None) -> None:
+                 run_id: str | None = None, containment: Containment | None = None,
+                 foreground: Foreground | None = None) -> None:
+        self.foreground = foreground or Foreground()  # control requests, whose steps go before the spawns
         self.containment = containment or Containment(Layout(None), "", "an in-process process table")
         self.journal = journal
         self.adopt_orphans = adopt_orphans
@@ -306,12 +309,13 @@ class ProcessTable:
     # --- spawning -------------------------------------------------------------------------------
 
     def queue(self, callback: Callable[[], None]) -> SpawnTicket:
-        """Run `callback` (which spawns) soon, a time slice of spawns per loop iteration."""
+        """Run `callback` (which spawns) soon, a time slice of spawns per loop iteration, each
+        slice after the control requests under way (foreground.py)."""
         ticket = SpawnTicket(callback)
         self._queue.append(ticket)
         if not self._queue_running:
             self._queue_running = True
-            asyncio.get_running_loop().call_soon(self._run_queue)
+            self.foreground.after(self._run_queue)
         return ticket
 
     def _run_queue(self) -> None:
@@ -325,7 +329,7 @@ class ProcessTable:
         finally:
             self._journal_spawned()
         if self._queue:
-            asyncio.get_running_loop().call_soon(self._run_queue)
+            self.foreground.after(self._run_queue)
             return
         self._queue_running = False
         if self._queue_empty is not None:
