@@ -45,9 +45,11 @@ class Enablement:
     def disabled(self, name: str) -> bool:
         return name in self._disabled
 
-    def status_extra(self, name: str, entry: dict) -> None:
-        if name in self._disabled:
-            entry["enabled"] = False
+    def status_extra(self, entries: dict[str, dict]) -> None:
+        for name in self._disabled:
+            entry = entries.get(name)
+            if entry is not None:
+                entry["enabled"] = False
 
     @property
     def names(self) -> frozenset[str]:

@@ -337,15 +337,18 @@ class Scheduler:
             return REDUNDANT
         return await self.run_now(name, nowait, index)
 
-    def status_extra(self, name: str, entry: dict) -> None:
-        table = self.jobs.get(name)
-        if table is None:
-            return
+    def status_extra(self, entries: dict[str, dict]) -> None:
+        for name, table in self.jobs.items():
+            entry = entries.get(name)
+            if entry is not None:
+                entry["schedule"] = self._document(table)
+
+    @staticmethod
+    def _document(table: _Timetable) -> dict:
         settings = table.settings
-        entry["schedule"] = {"schedule": settings.schedule.text, "timezone": settings.timezone or "host",
-                             "overlap": settings.overlap,
-                             "next_run": None if table.fire_at is None else round(table.fire_at, 3),
-                             **table.book.document()}
+        return {"schedule": settings.schedule.text, "timezone": settings.timezone or "host",
+                "overlap": settings.overlap, "next_run": None if table.fire_at is None else round(table.fire_at, 3),
+                **table.book.document()}
 
     async def close(self) -> None:
         """No run starts from now on (shutdown); what is recorded reaches the disk."""

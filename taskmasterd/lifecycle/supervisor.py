@@ -140,7 +140,8 @@ class Supervisor:
                                  self.notify_directory, self.conditions_of, self.standing_changed, self._hold,
                                  self._checks, console, lambda name: not self.enablement.disabled(name))
         self.listeners: list[JobListener] = []
-        self.status_extras: list[Callable[[str, dict], None]] = []  # (name, its entry): adds extra status fields
+        # each adds its fields to the entries of the jobs it knows ({name: entry}): called once per status
+        self.status_extras: list[Callable[[dict[str, dict]], None]] = []
         self._locks = _NameLocks()
         self._background = TaskOwner(log)  # reloads the watcher and SIGHUP asked for
         self._turns = Turns(foreground=self.foreground)  # job files read and parsed a batch per loop iteration
@@ -660,13 +661,15 @@ class Supervisor:
                 if name in self.invalid:
                     return Reply("status", value={"jobs": [self._invalid_status(name)]})
                 return fail(f'job "{name}" does not exist')
-            entry = self._job_status(job, now)
+            entry = job.status(now)
+            self._add_extras({name: entry})
             if index is not None:
                 if not 0 <= index < len(job.instances):
                     return fail(f'job "{name}" has no instance {index}')
                 entry["instances"] = [entry["instances"][index]]
             return Reply("status", value={"jobs": [entry]})
-        entries = [self._job_status(job, now) for job in self.jobs.values()]
+        entries = [job.status(now) for job in self.jobs.values()]
+        self._add_extras({entry["name"]: entry for entry in entries})
         entries += [self._invalid_status(name) for name in self.invalid if name not in self.jobs]
         entries += [{"name": name, "state": "NEW", "instances": [], "error": None, "pending": PENDING_NEW}
                     for name in sorted(self.new_files) if name not in self.jobs and name not in self.invalid]
@@ -675,11 +678,9 @@ class Supervisor:
             return Reply("status", value={"jobs": entries, "daemon": document})
         return Reply("status", value={"jobs": entries})
 
-    def _job_status(self, job: Job, now: float) -> dict:
-        entry = job.status(now)
+    def _add_extras(self, entries: dict[str, dict]) -> None:
         for extra in self.status_extras:
-            extra(entry["name"], entry)
-        return entry
+            extra(entries)
 
     def _invalid_status(self, name: str) -> dict:
         return {"name": name, "state": "INVALID", "instances": [], "error": self.invalid[name]}
