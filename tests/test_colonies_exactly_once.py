@@ -86,3 +86,20 @@ def test_a_contact_period_the_servers_stale_duration_makes_unsafe_is_warned_abou
     run(scenario())
     warned = [r.getMessage() for r in caplog.records if "colonies.keepalive is 10 s" in r.getMessage()]
     assert len(warned) == 1 and "at most 4 s" in warned[0]
+
+
+def test_a_pid_that_changed_hands_after_the_scan_for_an_old_copy_is_not_killed(monkeypatch) -> None:
+    """The scan for an old copy's processes and their SIGKILL are two steps: a pid found by the
+    scan may be another process's by the kill (a recycled pid). That is played here by a scan
+    that names an innocent process; it must survive, and the copy count as gone."""
+    from taskmasterd.colonies import exactly_once
+
+    innocent = subprocess.Popen(["sleep", "30"])
+    scans = iter([[innocent.pid]])
+    monkeypatch.setattr(exactly_once, "_copy_pids", lambda processid: next(scans, []))
+    try:
+        assert run(exactly_once.copy_gone("0" * 64, timeout=2.0)) is True
+        assert innocent.poll() is None, "a process that does not carry the copy's id was killed"
+    finally:
+        innocent.kill()
+        innocent.wait()

@@ -19,7 +19,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from ..processes.orphans import wait_gone
+from ..kernel import pidfd
+from ..processes.orphans import environment_of, wait_gone
 from .assignment import Adrift, Assignment, Lost
 from .client import ColoniesError
 from .output import LogBatch
@@ -126,14 +127,15 @@ async def copy_gone(processid: str, timeout: float) -> bool:
     copy was told to stop, or its leader is gone already). False at `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    mark = ("COLONIES_PROCESS_ID", processid)
     while pids := await asyncio.to_thread(_copy_pids, processid):
         if loop.time() > deadline:
             log.warning("process %s: %d process(es) of its old copy still alive after %g s: starting anyway",
                         processid, len(pids), timeout)
             return False
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        for pid in pids:  # through its pidfd, once it is seen to carry the id still: never a recycled pid
+            with contextlib.suppress(PermissionError):
+                pidfd.signal_if(pid, signal.SIGKILL, lambda now: mark in environment_of(now))
         await wait_gone(pids, max(0.0, min(1.0, deadline - loop.time())))
     return True
 
