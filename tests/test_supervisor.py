@@ -272,3 +272,25 @@ def test_a_jobs_user_is_looked_up_once_per_version_of_the_job(tmp_path, monkeypa
             assert lookups == ["nobody", "nobody"]
 
     run(scenario())
+
+
+def test_a_verb_on_many_instances_is_handled_a_bounded_number_per_loop_iteration(tmp_path):
+    """A start of 1000 instances was one callback of 30-60 ms: every other request waited for
+    it. A job's queue is handled a bounded number of events per loop iteration, in order."""
+    from taskmasterd.lifecycle.job import EVENTS_PER_TURN
+    from taskmasterd.lifecycle.states import Kind
+
+    async def scenario():
+        spec = {"cmd": "sleep 300", "starttime": 0, "numprocs": 600, "autostart": False, "stdout": None, "stderr": None}
+        async with supervised(tmp_path, {"many": spec}) as sup:
+            job = sup.jobs["many"]
+            answers = job.command(Kind.START, "start command")
+            handled = sum(inst.state is not State.STOPPED for inst in job.instances)
+            assert handled <= EVENTS_PER_TURN < len(job.instances)
+            assert all(await asyncio.gather(*(answer for _, answer in answers)))
+            await eventually(lambda: all(inst.state is State.RUNNING for inst in job.instances), 60)
+            job.stop_all()  # the same for a stop: in order, none lost
+            await job.wait_stopped()
+            assert all(inst.state is State.STOPPED for inst in job.instances)
+
+    run(scenario())

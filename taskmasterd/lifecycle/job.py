@@ -12,6 +12,7 @@ followed by a grow brings the same Instance back rather than a twin.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from typing import Callable, NamedTuple
@@ -29,6 +30,7 @@ from ..processes.launch import Account
 from ..processes.spawner import child_environment
 
 log = logging.getLogger("taskmasterd.job")
+EVENTS_PER_TURN = 64  # events a job handles per loop iteration (a start of 64 sleepers: ~1.5 ms)
 _LIVE = (State.STARTING, State.RUNNING, State.BACKOFF)  # what new spawn settings restart
 
 
@@ -66,6 +68,7 @@ class Job:
         self._env: dict[str, str] | None = None
         self._queue: deque[tuple[Instance, Event, Answer | None]] = deque()
         self._handling = False
+        self._share = EVENTS_PER_TURN  # events this loop iteration may still handle
         self.announced_serving: str | None = ""  # not_serving() as listeners last heard it ("": never)
         self._resize(spec.numprocs)
 
@@ -105,13 +108,20 @@ class Job:
 
     def post(self, inst: Instance, event: Event, answer: Answer | None = None) -> None:
         """Queue an event for one of the job's instances; handled now unless an event is being
-        handled (then right after it)."""
+        handled or this loop iteration's share is spent (then after those, in order)."""
         self._queue.append((inst, event, answer))
-        if self._handling:
-            return
+        if not self._handling:
+            self._handle_queue()
+
+    def _handle_queue(self) -> None:
+        """At most EVENTS_PER_TURN events per loop iteration, the rest in the next ones: a verb
+        on a thousand instances does not hold the loop for tens of milliseconds."""
         self._handling = True
         try:
-            while self._queue:
+            while self._queue and self._share:
+                if self._share == EVENTS_PER_TURN:  # the first of this iteration: a new share next time
+                    asyncio.get_running_loop().call_soon(self._next_turn)
+                self._share -= 1
                 inst, event, answer = self._queue.popleft()
                 try:
                     inst.handle(event, answer)
@@ -123,7 +133,13 @@ class Job:
                     self._drop_retired()
             self.watch_sockets()
         finally:
-            self._handling = False
+            # share spent: what is posted meanwhile waits behind the queue for _next_turn
+            self._handling = bool(self._queue)
+
+    def _next_turn(self) -> None:
+        self._share = EVENTS_PER_TURN
+        if self._queue:
+            self._handle_queue()
 
     def command(self, kind: Kind, why: str, instances: list[Instance] | None = None) -> list[tuple[Instance, Answer]]:
         """`kind` to each of `instances` (default: those numprocs asks for); each with its answer."""
