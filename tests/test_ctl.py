@@ -227,16 +227,21 @@ class Terminal:
         os.close(slave)
         self.seen = b""
 
+    def _fate(self) -> str:
+        """Whether the shell still runs, and how it ended if not (a failure tells a hang from an exit)."""
+        code = self.proc.poll()
+        return "still running" if code is None else f"exited with {code}"
+
     def expect(self, wanted: bytes, timeout: float = 20.0) -> bytes:
         deadline = time.monotonic() + timeout
         while wanted not in self.seen:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([self.master], [], [], remaining)[0]:
-                raise AssertionError(f"no {wanted!r} in {self.seen!r}")
+                raise AssertionError(f"no {wanted!r} in {self.seen!r} (the shell: {self._fate()})")
             try:
                 self.seen += os.read(self.master, 65536)
             except OSError:  # the shell has exited
-                raise AssertionError(f"no {wanted!r} in {self.seen!r}") from None
+                raise AssertionError(f"no {wanted!r} in {self.seen!r} (the shell: {self._fate()})") from None
         found, self.seen = self.seen, self.seen[self.seen.index(wanted) + len(wanted):]
         return found
 
