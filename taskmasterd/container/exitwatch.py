@@ -14,12 +14,11 @@ exited or gave up, once per loop iteration, and reads the jobs through `Supervis
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from ..observe.events import Event
+from ..lifecycle.supervisor import JobListener
 
 if TYPE_CHECKING:
     from ..lifecycle.supervisor import Supervisor
@@ -73,23 +72,23 @@ def decide(jobs: Iterable[JobView]) -> tuple[int, str] | None:
     return 0, "no job can run anymore"
 
 
-class ExitWatch:
+class ExitWatch(JobListener):
     def __init__(self, supervisor: Supervisor, exit_with: Callable[[int, str], None]) -> None:
         self.supervisor = supervisor
         self._exit_with = exit_with
-        self._pending: asyncio.Handle | None = None
         self.decided: tuple[int, str] | None = None
-        supervisor.events.observe(self._event)
+        supervisor.listeners.append(self)
 
-    def _event(self, event: Event) -> None:
-        if event.kind == "state" and event.new in ENDED and self._pending is None and self.decided is None:
-            self._pending = asyncio.get_running_loop().call_soon(self._look)
+    def jobs_changed(self, names: set[str]) -> None:
+        """Once per loop iteration with changes: looked at when an instance of one of them has ended."""
+        if self.decided is not None or self.supervisor.closing:
+            return
+        changed = [job for name in names if (job := self.supervisor.jobs.get(name)) is not None]
+        if any(inst.state.value in ENDED for job in changed for inst in job.instances):
+            self._look()
 
     def _look(self) -> None:
-        self._pending = None
         supervisor = self.supervisor
-        if supervisor.closing or self.decided is not None:
-            return
         views = []
         for entry in supervisor.status().value["jobs"]:
             job = supervisor.jobs.get(entry["name"])

@@ -6,8 +6,9 @@ timer or a poll of its own. At a due time the scheduler starts every instance of
 (`Supervisor.start_instances`) — a "run" (runs.py) — unless one is still going, when `overlap`
 decides: "skip" it (logged), "queue" it (one at most), or "replace" the old run (stopped through
 `Supervisor.stop`, the new one starting once it has ended). `timeout` stops a run still going
-after it. What the instances do is learnt from the event bus (`EventBus.observe`) and read from
-`Supervisor.status`, never from the instances themselves, so the lifecycle may change under it.
+after it. When the instances change is learnt as a listener of the supervisor (`jobs_changed`), what
+they do is read from `Supervisor.status`, never from the instances themselves, so the lifecycle may
+change under it.
 
 Due times are wall-clock times (cronsim for cron expressions: schedule_spec.next_due). A due time
 the alarm reaches more than MISSED_AFTER late (the host slept, the clock jumped) was missed: it
@@ -77,8 +78,8 @@ class _Timetable:
 
 
 class Scheduler:
-    """A JobListener of the supervisor (jobs loaded, changed, removed) and an observer of its
-    event bus (instances changing state)."""
+    """A JobListener of the supervisor: jobs loaded, changed, removed, and their instances
+    changing state."""
 
     def __init__(self, supervisor: Host) -> None:
         self.supervisor = supervisor
@@ -88,10 +89,7 @@ class Scheduler:
         self._heap: list[tuple[float, int, str, int]] = []  # (fire_at, sequence, job, token)
         self._sequence = itertools.count()
         self._alarm: WallClockAlarm | None = None
-        self._looking: set[str] = set()  # jobs whose run may have ended, looked at once per iteration
-        self._look_handle: asyncio.Handle | None = None
         self.closed = False
-        supervisor.events.observe(self._event)
 
     # --- jobs coming, changing and going (JobListener) ------------------------------------------
 
@@ -137,6 +135,13 @@ class Scheduler:
 
     def job_serving_changed(self, job: Job) -> None:
         pass
+
+    def jobs_changed(self, names: set[str]) -> None:
+        """A scheduled job's instances changed state: its run may be over."""
+        for name in names:
+            table = self.jobs.get(name)
+            if table is not None:
+                self._look(table)
 
     def _drop(self, name: str) -> None:
         table = self.jobs.pop(name)
@@ -257,7 +262,7 @@ class Scheduler:
         timeout = table.settings.timeout
         if timeout is not None:
             run.timeout = asyncio.get_running_loop().call_later(timeout, self._timed_out, table, run)
-        self._look(table.name)
+        self._look(table)  # it may have ended already
         return reply
 
     def _timed_out(self, table: _Timetable, run: Run) -> None:
@@ -268,31 +273,17 @@ class Scheduler:
                         table.settings.timeout)
             self.supervisor.background(self.supervisor.stop(table.name, nowait=True), f"timeout of {table.name}")
 
-    def _event(self, event: Event) -> None:
-        """From the event bus: a state change of a scheduled job may end its run."""
-        if event.kind == "state" and event.job in self.jobs:
-            self._look(event.job)
-
-    def _look(self, name: str) -> None:
-        self._looking.add(name)
-        if self._look_handle is None:
-            self._look_handle = asyncio.get_running_loop().call_soon(self._look_now)
-
-    def _look_now(self) -> None:
-        self._look_handle = None
-        names, self._looking = self._looking, set()
-        for name in names:
-            table = self.jobs.get(name)
-            run = None if table is None else table.book.current
-            if table is None or run is None or run.launching:
-                continue
-            status = self.supervisor.status(name)
-            if status.response != "status":
-                continue
-            entry = status.value["jobs"][0]
-            ended = run_result(entry["instances"], self._exitcodes(name), run.ending)
-            if ended is not None:
-                self._finish(table, run, *ended)
+    def _look(self, table: _Timetable) -> None:
+        """Whether the run under way is over, from the job's status."""
+        run = table.book.current
+        if run is None or run.launching:
+            return
+        status = self.supervisor.status(table.name)
+        if status.response != "status":
+            return
+        ended = run_result(status.value["jobs"][0]["instances"], self._exitcodes(table.name), run.ending)
+        if ended is not None:
+            self._finish(table, run, *ended)
 
     def _exitcodes(self, name: str) -> frozenset[int]:
         job = self.supervisor.jobs.get(name)

@@ -84,6 +84,10 @@ class JobListener(Protocol):
     def job_serving_changed(self, job: Job) -> None:
         """`job.not_serving()` changed: whether the job can take work now, or why not."""
 
+    def jobs_changed(self, names: set[str]) -> None:
+        """The jobs whose instances changed state, health or wish: once per loop iteration, for
+        every change of that iteration (Supervisor.standing_changed)."""
+
 
 class _NameLocks:
     """One asyncio.Lock per job name, kept only while someone holds or waits for it (names come
@@ -800,6 +804,8 @@ class Supervisor:
             job = self.jobs.get(name)
             if job is not None:
                 self._announce_serving(job)
+        for listener in self.listeners:
+            listener.jobs_changed(changed)
         if self.closing:  # nothing new starts while every job is being stopped
             return
         for name in list(self._held):

@@ -4,15 +4,14 @@
 (starting, healthy, unhealthy) — both published by the instance, with the id of the spawn they are
 about — and "run" for a scheduled job's runs (started, queued, skipped, and each result; by
 lifecycle/scheduler.py). The bus keeps the last HISTORY events for a late `events` and gives each
-follower a bounded queue (fanout.py). Observers inside the daemon (the scheduler, container mode's
-exit watch) are called at once, in order, with each event: they must not change any state there
-and then, only note and defer.
+follower a bounded queue (fanout.py). Inside the daemon, what must act on instances changing (the
+scheduler, container mode's exit watch) listens to the supervisor instead (`JobListener.jobs_changed`,
+once per loop iteration).
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
 
 from .fanout import Fanout, Subscription
 from .following import FollowOptions, parse_options, recent_then_stream
@@ -42,17 +41,10 @@ class EventBus:
     def __init__(self) -> None:
         self.history: deque[Event] = deque(maxlen=HISTORY)
         self._fanout: Fanout[Event] = Fanout(QUEUE)
-        self._observers: list[Callable[[Event], None]] = []
-
-    def observe(self, observer: Callable[[Event], None]) -> None:
-        """`observer(event)` for every event from now on, as it is published: nothing lost."""
-        self._observers.append(observer)
 
     def publish(self, event: Event) -> None:
         self.history.append(event)
         self._fanout.publish(event)
-        for observer in self._observers:
-            observer(event)
 
     def subscribe(self) -> Subscription[Event]:
         """Every later event, in a bounded queue of its own (the ColonyOS blueprint status follows it)."""
