@@ -6,15 +6,16 @@ that was ready: a spawn (3-16 ms on a loaded machine, for the fork waits for the
 of job files read, of blueprints reconciled. While a restart spawned 100 jobs, that made `status`
 take 40-75 ms, a spawn per step.
 
-So a control connection is *asking* from its accept, and from the moment its next request's
-bytes arrive, until its verb is dispatched (a verb then runs as any other work: a `start` that
+So an admitted control connection is *asking* from its admission, and from the moment its next
+request's bytes arrive, until its verb is dispatched (a verb then runs as any other work: a `start` that
 waits for its own spawn must not hold that spawn back), or until its reply is written for a verb
 that only reads (`status`, `list`: verbs.Verb.reads), for HOLD at most. A batch's next slice
 (`after`, `turn`) runs after the I/O callbacks of the next loop iteration (a timer due at once:
 asyncio runs those after the callbacks the select found, where `call_soon`'s run before them),
 and only when no connection asks then; else it is held until none asks, for HOLD at most. So a
 request waits for at most the slice already running when it came, and a stream of requests
-slows background work but never stops it.
+slows background work but never stops it. A peer that is refused never asks: connecting again
+and again must not let anyone slow the daemon's spawns.
 """
 from __future__ import annotations
 

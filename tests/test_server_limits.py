@@ -315,3 +315,29 @@ def test_a_slow_reader_of_a_stream_gets_everything_in_order(tmp_path: Path, tick
             writer.close()
 
     run(scenario())
+
+
+def test_a_refused_peer_never_holds_back_the_daemons_background_work(tmp_path: Path) -> None:
+    """Requests go before the background batches (foreground.py) for admitted peers only: a
+    local user who may not control the daemon must not slow its spawns by connecting again and
+    again."""
+    nobody = 65534
+    connect = ("import socket, sys\n"
+               "for _ in range(5):\n"
+               "    with socket.create_connection(('127.0.0.1', int(sys.argv[1]))) as s:\n"
+               "        s.sendall(b'{\"command\":\"status\"};;')\n"
+               "        s.recv(4096)\n")
+
+    async def scenario() -> None:
+        async with control_server(tmp_path) as (server, port):
+            asks = []
+            begin = server.supervisor.foreground.begin
+            server.supervisor.foreground.begin = lambda: (asks.append(1), begin())[1]  # counted, then done
+            refused = await asyncio.create_subprocess_exec(
+                "python3", "-c", connect, str(port), user=nobody, group=nobody, cwd="/")
+            assert await refused.wait() == 0
+            assert asks == []
+            assert (await exchange(port, message("status", "web")))["response"] == "status"
+            assert asks, "an admitted request asks"
+
+    run(scenario())
