@@ -6,8 +6,8 @@ that was ready: a spawn (3-16 ms on a loaded machine, for the fork waits for the
 of job files read, of blueprints reconciled. While a restart spawned 100 jobs, that made `status`
 take 40-75 ms, a spawn per step.
 
-So an admitted control connection is *asking* from its admission, and from the moment its next
-request's bytes arrive, until its verb is dispatched (a verb then runs as any other work: a `start` that
+So an admitted control connection is *asking* from its accept (when its uid or address admits
+it; else from its admission), and from the moment its next request's bytes arrive, until its verb is dispatched (a verb then runs as any other work: a `start` that
 waits for its own spawn must not hold that spawn back), or until its reply is written for a verb
 that only reads (`status`, `list`: verbs.Verb.reads), for HOLD at most. A batch's next slice
 (`after`, `turn`) runs after the I/O callbacks of the next loop iteration (a timer due at once:

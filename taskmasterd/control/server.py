@@ -12,12 +12,12 @@ itself. In the life of a connection:
   past it a new admitted connection gets one `invalid` saying so.
 - A connection that opens like an HTTP request is closed at once, unanswered (`http_guard`).
 - Requests are taken one at a time, and the task yields to the loop between two pipelined ones.
-- An admitted connection *asks* from its admission, and from the arrival of its next request's
-  bytes, until that request is dispatched, or its reply written for a verb that `reads`
-  (`status`, `list`), HOLD at most: meanwhile the background batches (spawns, job files read,
-  blueprints reconciled) hold their next slice (`foreground.py`), so a request waits for the
-  slice under way when it came, not for one per loop iteration it takes. A refused peer never
-  asks.
+- An admitted connection *asks* from its accept (its admission, when its groups admit it), and
+  from the arrival of its next request's bytes, until that request is dispatched, or its reply
+  written for a verb that `reads` (`status`, `list`), HOLD at most: meanwhile the background
+  batches (spawns, job files read, blueprints reconciled) hold their next slice
+  (`foreground.py`), so a request waits for the slice under way when it came, not for one per
+  loop iteration it takes. A refused peer never asks.
 - Memory is bounded: a connection reads ahead at most READ_AHEAD bytes past the request being
   answered (more only to complete a message, up to 4 MiB), takes no further request while more
   than WRITE_HIGH_WATER bytes of its replies are unread, and is dropped when they stay unread for
@@ -213,7 +213,10 @@ class _Connection(asyncio.BufferedProtocol):
         self._closed = False
         self._writing_paused = False
         self._asking: asyncio.TimerHandle | None = None  # counted in the foreground until this ends it
-        self._admitted = False  # only an admitted peer's requests go before the background work
+        # Only an admitted peer's requests go before the background work: known at its accept when
+        # its uid or address admits it, else (its groups) once its account is read.
+        self._admitted = server.policy.decide(peer) is None
+        self._ask()
 
     # --- the transport's side ------------------------------------------------------------------
 
@@ -277,8 +280,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._waiting.set_result(None)
 
     def _ask(self) -> None:
-        """A request of an admitted peer is coming (admitted, or its bytes arrive): background
-        work waits for its dispatch, HOLD at most (foreground.py). A peer that is refused never
+        """A request of an admitted peer is coming (accepted, admitted, or its bytes arrive):
+        background work waits for its dispatch, HOLD at most (foreground.py). A peer that is refused never
         holds it: it could otherwise slow every spawn by connecting again and again."""
         if self._asking is None and self._admitted:
             self._asking = asyncio.get_running_loop().call_later(HOLD, self.asked)
