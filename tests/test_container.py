@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from typing import Callable
 
 import psutil
 import pytest
@@ -67,15 +68,20 @@ class ContainerDaemon(Daemon):
         return self.proc.wait(timeout)
 
 
-def _zombies(process: psutil.Process) -> list[psutil.Process]:
+def _descendants(process: psutil.Process, matches: Callable[[psutil.Process], bool]) -> list[psutil.Process]:
+    """Those that match, as they are read: one that ends meanwhile is not there."""
     found = []
     for child in process.children(recursive=True):
         try:
-            if child.status() == psutil.STATUS_ZOMBIE:
+            if matches(child):
                 found.append(child)
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def _zombies(process: psutil.Process) -> list[psutil.Process]:
+    return _descendants(process, lambda child: child.status() == psutil.STATUS_ZOMBIE)
 
 
 # A job that leaves zombies to init: children that exit at once under a parent that never waits
@@ -106,8 +112,8 @@ def test_pid1_reaps_zombies_prefixes_output_and_exits_with_the_essential_jobs_co
         init = daemon.inner()
         wait_for(lambda: _zombies(init), timeout=10, what="the zombies made")
         wait_for(lambda: "zombies[0]: RUNNING -> EXITED" in daemon.stderr(), what="the zombie maker's exit")
-        wait_for(lambda: not [p for p in init.children(recursive=True) if p.name() == "sleep"
-                              and p.ppid() == init.pid], what="the escaped sleeper's end")
+        wait_for(lambda: not _descendants(init, lambda p: p.name() == "sleep" and p.ppid() == init.pid),
+                 what="the escaped sleeper's end")
         wait_for(lambda: not _zombies(init), timeout=10, what="every zombie reaped by PID 1")
         wait_for(lambda: "web[0] | web serving" in daemon.stdout(), what="web's prefixed output")
         go.touch()
