@@ -73,6 +73,14 @@ def escapes_of(mark, job, leader):
     return [pid for pid in marked(mark) if environment_of(pid).get("TASKMASTER_JOB") == job and _sid(pid) != leader]
 
 
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as src:
+            return src.read().strip()
+    except OSError:
+        return None
+
+
 def _sid(pid):
     try:
         return os.getsid(pid)
@@ -89,10 +97,12 @@ def test_escaped_grandchildren_are_stopped_with_their_instance_and_at_shutdown(t
         leader = daemon.instances("esc")[0]["pid"]
         escaped = wait_for(lambda: len(escapes_of(mark, "esc", leader)) == 2 and escapes_of(mark, "esc", leader),
                            10, what="two escapes of esc")
+        # the other job's three processes, once its shells have forked and exec'd (none in between)
+        others = wait_for(lambda: len(found := [pid for pid in marked(mark) if environment_of(pid).get("OTHER") == "1"
+                                                and _comm(pid) == "sleep"]) == 3 and found, 10, what="other's processes")
         assert daemon.request("stop", "esc")["response"] == "success"
         wait_for(lambda: not any(pid in marked(mark) for pid in escaped), 5, what="escapes of esc stopped")
-        others = [pid for pid in marked(mark) if environment_of(pid).get("OTHER") == "1"]
-        assert len(others) == 3  # the other job's processes, escapes included, are untouched
+        assert all(pid in marked(mark) for pid in others)  # the other job's processes, escapes included, are untouched
     finally:
         assert daemon.stop() == 0
     assert not marked(mark)  # shutdown stopped the other job's escapes too
