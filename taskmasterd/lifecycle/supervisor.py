@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from ..daemonhandle import DaemonHandle
 
 log = logging.getLogger("taskmasterd")
+PIPES_DRAINED_TIMEOUT = 5.0  # seconds shutdown waits for the last output of the stopped jobs
 SHUTTING_DOWN = "taskmasterd is shutting down"
 STREAMS = ("stdout", "stderr")
 # Files applied at once by a load or a reload of every file (the others wait for one to end): a
@@ -213,6 +214,11 @@ class Supervisor:
             job.end_rollout(SHUTTING_DOWN)  # no ROLL may come after the stops below
         await self.stop_in_order(list(self.jobs), self._stop_for_shutdown)
         await self.processes.drain()
+        # Every process is gone, so every pipe ends: what the jobs wrote as they stopped is read out
+        # before the daemon exits (an escape outside our reach could keep one open: not for ever).
+        left = await self.log_files.drained(PIPES_DRAINED_TIMEOUT)
+        if left:
+            log.warning("%d output pipe(s) still open at shutdown: their last output may be lost", left)
         for job in self.jobs.values():
             job.activation.close()
             job.sockets.close()

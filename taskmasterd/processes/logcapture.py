@@ -224,11 +224,33 @@ def _exists(name: str, dir_fd: int) -> bool:
 
 class LogFiles:
     """The daemon's log files, shared by path so two streams aimed at one file never overwrite
-    each other."""
+    each other; and the owner of every drain still reading a child's pipe, which shutdown
+    waits for (`drained`): what a job wrote as it stopped is written out before the daemon exits."""
 
     def __init__(self, mode: int = DEFAULT_LOG_MODE) -> None:
         self.mode = mode
         self._files: dict[str, LogFile] = {}
+        self._drains: set[Drain] = set()
+        self._all_drained: asyncio.Event | None = None
+
+    def _track(self, drain: Drain) -> None:
+        self._drains.add(drain)
+
+    def _untrack(self, drain: Drain) -> None:
+        self._drains.discard(drain)
+        if not self._drains and self._all_drained is not None:
+            self._all_drained.set()
+
+    async def drained(self, timeout: float) -> int:
+        """Until every pipe has been read to its end (each ends once its child and whatever
+        inherited it are gone), `timeout` seconds at most; how many were not."""
+        if self._drains:
+            self._all_drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._all_drained.wait()
+            self._all_drained = None
+        return len(self._drains)
 
     def acquire(self, path: str, maxbytes: int, backups: int) -> LogFile:
         """Raises UnsafePath or OSError when the file cannot be created safely."""
@@ -280,12 +302,15 @@ class Drain:
     """Moves everything written into one pipe to a sink until the pipe's last writer closes it,
     then calls `release`."""
 
-    def __init__(self, read_fd: int, file: Sink, release: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, read_fd: int, file: Sink, release: Callable[[], None], loop: asyncio.AbstractEventLoop,
+                 owner: LogFiles) -> None:
         self._fd = read_fd
         self._file = file
         self._release = release
         self._loop = loop
+        self._owner = owner
         self._grown = False
+        owner._track(self)
         loop.add_reader(read_fd, self._pump)
 
     def _pump(self) -> None:
@@ -324,6 +349,7 @@ class Drain:
         os.close(self._fd)
         self._fd = -1
         self._release()
+        self._owner._untrack(self)
 
 
 class ConsoleSink(Sink, Protocol):
@@ -338,7 +364,7 @@ def open_capture(path: str | None, maxbytes: int, backups: int, files: LogFiles,
     cannot be created safely."""
     if console is not None:
         read_fd, write_fd = _pipe()
-        Drain(read_fd, console, console.close, loop)
+        Drain(read_fd, console, console.close, loop, files)
         return write_fd, None
     if path is None:
         return subprocess.DEVNULL, None
@@ -348,7 +374,7 @@ def open_capture(path: str | None, maxbytes: int, backups: int, files: LogFiles,
     except OSError:
         files.release(file)
         raise
-    Drain(read_fd, file, lambda: files.release(file), loop)
+    Drain(read_fd, file, lambda: files.release(file), loop, files)
     return write_fd, file
 
 
