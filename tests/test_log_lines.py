@@ -25,13 +25,21 @@ os.write(1, b"done\n")
 """
 
 
+def _read(path: Path) -> bytes:
+    """The file as it is now; nothing while it is rotated away (between its rename and its reopening)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def test_rotation_happens_at_a_line_boundary(tmp_path: Path) -> None:
     job = {"cmd": [sys.executable, "-c", WRITER], "starttime": 0, "autorestart": "never", "exitcodes": [0],
            "logmaxbytes": MAX, "logbackups": 1000, "stderr": None}
     with Daemon(tmp_path, jobs={"writer": job}) as daemon:
         base = daemon.log_dir / "writer.0.out"
         # its exit may come before the daemon has drained its pipe (a loaded machine): the last line
-        wait_for(lambda: base.exists() and base.read_bytes().endswith(b"done\n"), what="the writer's output captured")
+        wait_for(lambda: _read(base).endswith(b"done\n"), what="the writer's output captured")
     files = sorted(base.parent.glob("writer.0.out.*"), key=lambda p: -int(p.suffix[1:])) + [base]
     contents = [path.read_bytes() for path in files]
     assert len(contents) > 40
