@@ -243,6 +243,7 @@ def test_cmd_is_a_synonym_and_may_agree() -> None:
     (b'{"command":"stop","job":"d2Vi","nowait":"yes"}', "nowait"),
     (b'{"command":"start","job":"d2Vi","deps":1}', "deps"),
     (b'{"command":"restart-job","job":"d2Vi","rolling":"yes"}', 'field "rolling" must be true or false'),
+    (b'{"command":"status","inline":1}', 'field "inline" must be true or false'),
 ])
 def test_invalid_requests(body: bytes, reason: str) -> None:
     answer = parse_request(body)
@@ -302,3 +303,36 @@ def test_request_encoding_round_trips() -> None:
     wire = encode_request("restart-job", "web", rolling=True)
     assert wire == b'{"command":"restart-job","job":"d2Vi","rolling":true};;'  # docs/protocol.md, bytes and all
     assert parse_request(wire[:-2]) == ("restart-job", Request(job="web", rolling=True))
+
+
+@pytest.mark.parametrize("reply, wire", [
+    (Reply("status", value={"jobs": [{"name": "a"}]}), b'{"response":"status","data":{"jobs":[{"name":"a"}]}};;'),
+    (Reply("events", value={"events": []}), b'{"response":"events","data":{"events":[]}};;'),
+    (Reply("list", value={"jobs": []}), b'{"response":"list","list":"eyJqb2JzIjpbXX0=","data":{"jobs":[]}};;'),
+    (Reply("success", value={"results": []}), b'{"response":"success","data":{"results":[]}};;'),
+    (Reply("fail", error="no", value={"results": []}), b'{"response":"fail","error":"bm8=","data":{"results":[]}};;'),
+    (Reply("file", job="web", data=b"x"), b'{"response":"file","job":"d2Vi","data":"eA=="};;'),  # bytes stay base64
+    (Reply("success"), b'{"response":"success"};;'),
+])
+def test_an_inline_reply_carries_its_document_as_json_and_decodes_the_same(reply: Reply, wire: bytes) -> None:
+    """docs/protocol.md, bytes and all: only a request with "inline":true gets these."""
+    assert encode_reply(reply, inline=True) == wire
+    decoded = decode_reply(wire[:-2])
+    assert (decoded.response, decoded.error, decoded.value, decoded.data, decoded.job) == (
+        reply.response, reply.error, reply.value, reply.data, reply.job)
+
+
+def test_inline_is_asked_only_by_our_client_and_parsed_as_a_flag() -> None:
+    wire = encode_request("status", inline=True)
+    assert wire == b'{"command":"status","inline":true};;'  # docs/protocol.md, bytes and all
+    assert parse_request(wire[:-2]) == ("status", Request(inline=True))
+    assert parse_request(encode_request("status")[:-2]) == ("status", Request())  # a seed client's: base64
+
+
+@pytest.mark.parametrize("response", ["status", "events", "list", "success", "fail"])
+def test_an_inline_document_never_holds_the_terminator(response: str) -> None:
+    """`;` inside a string is written `\\u003b` where two would meet: the frame ends at its `;;`."""
+    value = {"reason": "a;;b;;;c;", "cmd": [";;", ";"]}
+    wire = encode_reply(Reply(response, error="x" if response == "fail" else None, value=value), inline=True)
+    assert wire.index(b";;") == len(wire) - 2
+    assert decode_reply(wire[:-2]).value == value

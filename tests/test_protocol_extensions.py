@@ -104,3 +104,21 @@ def test_events_with_follow_stream_each_change(daemon: Daemon) -> None:
         assert events[0]["reason"] == "kill command" and events[0]["time"] >= started - 1
     with Raw(daemon.port) as raw:
         assert raw.exchange(message("start", "nginx")) == {"response": "success"}
+
+
+def test_inline_documents_for_a_client_that_asks_and_base64_for_one_that_does_not(daemon: Daemon) -> None:
+    with Raw(daemon.port) as raw:
+        seed = raw.exchange(message("status", "nginx"))
+        inline = raw.exchange(message("status", "nginx", inline=True))
+        assert isinstance(seed["data"], str) and inline["data"]["jobs"][0]["name"] == "nginx"
+        assert document(seed)["jobs"][0]["instances"][0]["pid"] == inline["data"]["jobs"][0]["instances"][0]["pid"]
+        selected = raw.exchange(message("start", "nginx web", inline=True))
+        assert selected == {"response": "redundant", "data": {"targets": [
+            {"target": "nginx", "response": "redundant"}, {"target": "web", "response": "redundant"}]}}
+        raw.send(message("events", data=b'{"last":0,"follow":true}', inline=True))
+        assert raw.reply_bytes() == b'{"response":"events","data":{"events":[],"lost":0}};;'
+        with Raw(daemon.port) as other:
+            other.exchange(message("kill", "nginx"))
+        assert raw.reply()["data"]["events"][0]["new"] == "STOPPING"  # the stream's replies too
+    with Raw(daemon.port) as raw:
+        assert raw.exchange(message("start", "nginx")) == {"response": "success"}

@@ -257,7 +257,7 @@ def parse_request(body: bytes) -> tuple[str, Request] | InvalidRequest:
     if not isinstance(verb, str) or verb not in VERBS:
         return InvalidRequest(f"unknown command {_short(verb)}")
     flags = {}
-    for name in ("nowait", "deps", "rolling"):  # `deps`, `rolling`: extensions a seed client never sends
+    for name in ("nowait", "deps", "rolling", "inline"):  # all but `nowait`: extensions a seed client never sends
         value = message.get(name)
         if value is not None and not isinstance(value, bool):
             return InvalidRequest(f'field "{name}" must be true or false')
@@ -282,19 +282,30 @@ _CONSTANT_REPLIES = {
 }
 
 
-def encode_reply(reply: Reply) -> bytes:
-    """A Reply as the bytes on the wire, terminator included."""
+def encode_reply(reply: Reply, inline: bool = False) -> bytes:
+    """A Reply as the bytes on the wire, terminator included. `inline` (the request asked for it,
+    an extension): its JSON document (`data` of status, list, events and of the extension
+    documents) is written as JSON itself, not as the base64 of it: a big status then costs
+    neither side a base64 pass nor the client a second JSON parse."""
     constant = _CONSTANT_REPLIES.get(reply.response)
     if constant is not None and reply.value is None:
         return constant
     import orjson
 
     if reply.response in ("status", "events"):  # the largest replies: base64 needs no JSON escaping
-        data = binascii.b2a_base64(orjson.dumps(reply.value), newline=False)
+        document = orjson.dumps(reply.value)
+        if inline:
+            return b'{"response":"%s","data":%s}' % (reply.response.encode(), _unframed(document)) + TERMINATOR
+        data = binascii.b2a_base64(document, newline=False)
         return b'{"response":"%s","data":"%s"}' % (reply.response.encode(), data) + TERMINATOR
     wire: dict[str, Any] = {"response": reply.response}
     if reply.response == "list":
-        wire["list"] = wire["data"] = _b64(orjson.dumps(reply.value))
+        wire["list"] = _b64(orjson.dumps(reply.value))
+        if not inline:
+            wire["data"] = wire["list"]
+        else:
+            return b'{"response":"list","list":"%s","data":%s}' % (
+                wire["list"].encode(), _unframed(orjson.dumps(reply.value))) + TERMINATOR
     elif reply.response == "file":
         wire["job"] = _b64((reply.job or "").encode("utf-8"))
         wire["data"] = _b64(reply.data or b"")
@@ -304,8 +315,17 @@ def encode_reply(reply: Reply) -> bytes:
         if reply.error is not None:
             wire["error"] = _b64(reply.error.encode("utf-8"))
         if reply.value is not None:  # extension: per-target results, the reload report
+            if inline:
+                head = orjson.dumps(wire)[:-1]
+                return b'%s,"data":%s}' % (head, _unframed(orjson.dumps(reply.value))) + TERMINATOR
             wire["data"] = _b64(orjson.dumps(reply.value))
     return orjson.dumps(wire) + TERMINATOR
+
+
+def _unframed(document: bytes) -> bytes:
+    """JSON that never holds the terminator: `;` is only ever inside a string, where `\\u003b`
+    is the same character. (Looking for one `;` is a memchr, 50x faster than for two.)"""
+    return document.replace(b";;", b";\\u003b") if b";" in document else document
 
 
 def invalid(reason: str) -> Reply:
@@ -315,10 +335,11 @@ def invalid(reason: str) -> Reply:
 # --- the client's side (no json package: the one-shot taskmasterctl must start fast) -----------
 
 def encode_request(verb: str, job: str | None = None, data: bytes | None = None,
-                   nowait: bool = False, deps: bool = False, rolling: bool = False) -> bytes:
+                   nowait: bool = False, deps: bool = False, rolling: bool = False, inline: bool = False) -> bytes:
     """Compact JSON, as json.dumps(..., separators=(",", ":")) writes it. The extensions `deps`
-    (`start` starts the job's dependencies too) and `rolling` (`restart-job` replaces the
-    instances a few at a time) are only written when true."""
+    (`start` starts the job's dependencies too), `rolling` (`restart-job` replaces the
+    instances a few at a time) and `inline` (JSON documents in the reply as JSON, not base64)
+    are only written when true."""
     fields = ['{"command":', leanjson.quote(verb)]
     if job is not None:
         fields += [',"job":"', _b64(job.encode("utf-8")), '"']
@@ -330,6 +351,8 @@ def encode_request(verb: str, job: str | None = None, data: bytes | None = None,
         fields.append(',"deps":true')
     if rolling:
         fields.append(',"rolling":true')
+    if inline:
+        fields.append(',"inline":true')
     return "".join(fields).encode("ascii") + b"}" + TERMINATOR
 
 
@@ -360,6 +383,11 @@ def _reply_b64(field: str, value: Any) -> bytes:
         raise ValueError(f'field "{field}" is not valid base64') from None
 
 
+def _document(data: Any) -> Any:
+    """A reply's JSON document: inline (the request said `inline`), or the base64 of it."""
+    return _loads(_reply_b64("data", data)) if isinstance(data, str) else data
+
+
 def decode_reply(body: bytes) -> Reply:
     """One framed body from the daemon → Reply (`invalid` included); raises ReplyError."""
     try:
@@ -369,7 +397,7 @@ def decode_reply(body: bytes) -> Reply:
         if error is not None:
             error = _reply_b64("error", error).decode("utf-8", "replace")
         if response in ("status", "list", "events"):
-            return Reply(response, value=_loads(_reply_b64("data", message["data"])))
+            return Reply(response, value=_document(message["data"]))
         if response == "file":
             job = _reply_b64("job", message["job"]).decode("utf-8", "replace")
             times = message.get("times")  # extension: [[offset in data, Unix time], ...]
@@ -378,6 +406,6 @@ def decode_reply(body: bytes) -> Reply:
         if not isinstance(response, str):
             raise ReplyError("the reply's response is not a string")
         data = message.get("data")  # extension on success/redundant/fail: a JSON document
-        return Reply(response, error=error, value=None if data is None else _loads(_reply_b64("data", data)))
+        return Reply(response, error=error, value=None if data is None else _document(data))
     except (ValueError, TypeError, KeyError) as exc:
         raise ReplyError(f"malformed reply from the daemon: {exc}") from None

@@ -13,3 +13,4 @@ class Request:
     instance: int | None = None  # set by dispatch for a `name:N` target
     deps: bool = False  # `start`: start the jobs it depends on too
     rolling: bool = False  # `restart-job`: a rolling restart, whatever the job's file says
+    inline: bool = False  # the reply's JSON documents as JSON, not base64 (protocol.encode_reply)

@@ -161,19 +161,20 @@ class ControlServer:
             log.warning("refused a control connection: %s", refusal)
         return refusal
 
-    async def answer(self, body: bytes, connection: _Connection) -> Reply:
+    async def answer(self, body: bytes, connection: _Connection) -> tuple[Reply, bool]:
+        """The reply, and whether the request asked for its documents `inline`."""
         request = parse_request(body)
         if isinstance(request, InvalidRequest):
-            return invalid(request.reason)
+            return invalid(request.reason), False
         verb, args = request
         spec = VERBS.get(verb)
         if spec is None or not spec.reads:
             connection.asked()  # a verb that may wait for the daemon's work runs as any other work
         try:
-            return await dispatch(self.supervisor, verb, args)
+            return await dispatch(self.supervisor, verb, args), args.inline
         except Exception as exc:  # a bug behind a verb must not take the connection down with it
             log.exception("%s failed", verb)
-            return fail(f"internal error in {verb}: {exc}")
+            return fail(f"internal error in {verb}: {exc}"), args.inline
 
     # --- the memory cap ------------------------------------------------------------------------
 
@@ -331,12 +332,12 @@ class _Connection(asyncio.BufferedProtocol):
 
     async def _converse(self) -> None:
         while (body := await self._next_body()) is not None:
-            reply = await self.server.answer(body, self)
+            reply, inline = await self.server.answer(body, self)
             if reply.stream is not None:
                 self.asked()
-                await self._follow(reply, reply.stream)
+                await self._follow(reply, reply.stream, inline)
                 return
-            await self._send(reply)
+            await self._send(reply, inline)
             self.asked()
             if self.decoder.pending:
                 await asyncio.sleep(0)  # let everyone else in before the next pipelined request
@@ -366,12 +367,12 @@ class _Connection(asyncio.BufferedProtocol):
             finally:
                 self._waiting = None
 
-    async def _send(self, reply: Reply) -> None:
+    async def _send(self, reply: Reply, inline: bool = False) -> None:
         """Write one reply; if the client leaves it unread past the high-water mark, wait for it to
         read, at most `write_timeout`, then drop the connection."""
         if self._closed or self.transport.is_closing():
             raise ConnectionResetError
-        self.transport.write(encode_reply(reply))
+        self.transport.write(encode_reply(reply, inline))
         self.server.count(self)
         if not self._writing_paused:
             return
@@ -388,14 +389,14 @@ class _Connection(asyncio.BufferedProtocol):
         if self._closed:
             raise ConnectionResetError
 
-    async def _follow(self, head: Reply, stream: AsyncIterator[Reply]) -> None:
+    async def _follow(self, head: Reply, stream: AsyncIterator[Reply], inline: bool) -> None:
         """The head reply, then each reply of the stream until it ends or the client is gone."""
         try:
-            await self._send(head)
+            await self._send(head, inline)
             self._discard_input()
             try:
                 async with asyncio.TaskGroup() as group:  # the pump never outlives this connection
-                    pump = group.create_task(self._pump(stream))
+                    pump = group.create_task(self._pump(stream, inline))
                     await asyncio.wait((pump, self._gone), return_when=asyncio.FIRST_COMPLETED)
                     pump.cancel()
             except* (ConnectionError, TimeoutError):
@@ -406,9 +407,9 @@ class _Connection(asyncio.BufferedProtocol):
                 await aclose()
         await self._linger()
 
-    async def _pump(self, stream: AsyncIterator[Reply]) -> None:
+    async def _pump(self, stream: AsyncIterator[Reply], inline: bool) -> None:
         async for reply in stream:
-            await self._send(reply)
+            await self._send(reply, inline)
 
     def _discard_input(self) -> None:
         self.discarding = True
