@@ -35,8 +35,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     yield from serving_daemon(tmp_path_factory.mktemp("logs"), JOBS)
 
 
+def has_lines(path: Path, count: int) -> bool:
+    try:
+        return path.read_bytes().count(b"\n") >= count
+    except FileNotFoundError:  # not yet, or rotated away this instant
+        return False
+
+
 def test_logs_of_several_jobs_each_line_prefixed(daemon: Daemon) -> None:
-    wait_for(lambda: (daemon.log_dir / "worker.0.err").exists(), what="worker's output")
+    streams = [f"{name}.{stream}" for name in ("web.0", "web.1", "worker.0") for stream in ("out", "err")]
+    wait_for(lambda: all(has_lines(daemon.log_dir / name, 3) for name in streams), what="three lines in each log")
     result = ctl(daemon, "logs", "web", "worker", "-n", "3")
     assert result.returncode == 0, err(result)
     lines = out(result).encode().splitlines()
