@@ -1,15 +1,21 @@
 """Spawns made from the spawn thread (a descriptor table of its own), as they are once the daemon
 holds many descriptors: real processes, real pipes, the Supervisor in this process."""
+import asyncio
 import os
+import pwd
 import signal
+import threading
 import subprocess
 import time
 
+from taskmasterd.kernel.posixspawn import posix_spawn
 from taskmasterd.processes.launch import Launch
-from taskmasterd.processes.table import THREAD_SPAWN_DESCRIPTORS
+THREAD_SPAWN_DESCRIPTORS = 1000  # enough descriptors that a fork copying them all would be slow
 from taskmasterd.processes.spawnthread import SpawnThread
+from taskmasterd.processes.table import Child, ProcessTable, SpawnRefused, SpawnTicket
 from taskmasterd.lifecycle.states import State
 
+from .support.processes import marked, new_mark
 from .support.supervised import eventually, reach, run, supervised
 
 S = State
@@ -115,3 +121,140 @@ def test_the_thread_keeps_no_descriptor_of_the_loop_and_reports_spawn_errors():
         thread.close()
         for fd in held:
             os.close(fd)
+
+
+# exec copies every argument into the new program's stack while the spawner waits
+SLOW_EXEC_ARGS = ("x" * 8,) * 20_000
+
+
+async def spawned_meanwhile(table: ProcessTable, launch: Launch, ticket: SpawnTicket) -> object:
+    """spawn_soon, and what `done` got (None: never called)."""
+    results: list[object] = []
+    table.spawn_soon(launch, subprocess.DEVNULL, subprocess.DEVNULL, ticket, results.append)
+    while table._in_flight:
+        await asyncio.sleep(0.001)
+    return results[0] if results else None
+
+
+def test_posix_spawn_lets_the_other_threads_run_while_the_child_is_held_before_its_exec(tmp_path):
+    """os.posix_spawn holds the GIL until the exec: a spawn thread would stop the loop as surely
+    as an inline spawn. Here the child is held before its exec (opening a FIFO nobody writes yet):
+    only a thread that runs meanwhile can let it go."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    spawned: list[int] = []
+    thread = threading.Thread(target=lambda: spawned.append(posix_spawn(
+        "/bin/true", ["true"], {}, file_actions=[(os.POSIX_SPAWN_OPEN, 0, str(fifo), os.O_RDONLY, 0)])))
+    thread.start()
+    time.sleep(0.1)
+    assert thread.is_alive() and not spawned  # held: the spawner waits for the exec
+    writer = os.open(fifo, os.O_WRONLY)  # this thread runs meanwhile, and lets the child go
+    thread.join(10)
+    os.close(writer)
+    assert spawned and os.waitstatus_to_exitcode(os.waitpid(spawned[0], 0)[1]) == 0
+
+
+def test_posix_spawn_places_streams_starts_a_session_and_says_why_it_cannot(tmp_path):
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    pid = posix_spawn("/bin/sh", ["sh", "-c", "echo $A; ps -o sid= -p $$; trap"], {"A": "b"},
+                      file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, fd, 1)],
+                      setsid=True, setsigdef=[signal.SIGPIPE])
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    words = out.read_text().split()
+    assert words[:2] == ["b", str(pid)]  # its environment; the leader of a session of its own
+    try:
+        posix_spawn("/nonexistent/program", ["x"], {})
+    except FileNotFoundError as exc:
+        assert exc.filename == "/nonexistent/program"
+    else:
+        raise AssertionError("spawned a program that does not exist")
+
+
+def test_spawn_soon_reports_on_a_later_loop_iteration_and_the_loop_runs_meanwhile():
+    async def scenario():
+        table = ProcessTable()
+        table.open(asyncio.get_running_loop())
+        try:
+            order: list[str] = []
+            table.spawn_soon(Launch(("/bin/true", *SLOW_EXEC_ARGS), {}), subprocess.DEVNULL, subprocess.DEVNULL,
+                             SpawnTicket(lambda: None), lambda child: order.append("landed"))
+            order.append("returned")
+            asyncio.get_running_loop().call_soon(order.append, "the loop ran")
+            await table.queue_flushed()
+            assert order == ["returned", "the loop ran", "landed"]
+        finally:
+            table.close()
+
+    run(scenario())
+
+
+def test_a_job_of_another_user_gets_its_ids_directory_and_umask_and_the_daemon_keeps_its_own(tmp_path):
+    """The spawn thread takes them for itself around a posix_spawn (no fork of the daemon)."""
+    report = ("id -u; id -g; id -G; pwd; umask; grep -E '^(Uid|Gid|CapPrm|CapEff):' /proc/self/status; "
+              "exec sleep 300")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+
+    async def scenario():
+        job = {"cmd": ["sh", "-c", report], "user": "nobody", "workingdir": str(workdir), "umask": "027",
+               "starttime": 0}
+        before = (os.getresuid(), os.getresgid(), os.getcwd(), os.getgroups())
+        async with supervised(tmp_path, {"who": job}) as sup:
+            inst = sup.jobs["who"].instances[0]
+            await reach(inst, S.RUNNING)
+            out = tmp_path / "logs" / "who.0.out"
+            text = await eventually(lambda: out.exists() and "CapEff" in out.read_text() and out.read_text(),
+                                    what="its report")
+            assert (os.getresuid(), os.getresgid(), os.getcwd(), os.getgroups()) == before
+        lines = text.splitlines()
+        nobody = pwd.getpwnam("nobody")
+        assert lines[0] == str(nobody.pw_uid) and lines[1] == str(nobody.pw_gid)
+        assert set(lines[2].split()) == {str(g) for g in os.getgrouplist("nobody", nobody.pw_gid)}
+        assert lines[3:5] == [str(workdir), "0027"]
+        fields = dict(line.split(":", 1) for line in lines[5:])
+        assert fields["Uid"].split() == [str(nobody.pw_uid)] * 4  # real, effective, saved, fs: no way back
+        assert fields["Gid"].split() == [str(nobody.pw_gid)] * 4
+        assert int(fields["CapPrm"], 16) == 0 and int(fields["CapEff"], 16) == 0
+
+    run(scenario())
+
+
+def test_a_spawn_cancelled_while_the_thread_makes_it_is_killed_and_never_reported():
+    mark = new_mark()
+
+    async def scenario():
+        table = ProcessTable(adopt_orphans=True)
+        table.open(asyncio.get_running_loop())
+        try:
+            ticket = SpawnTicket(lambda: None)
+            launch = Launch(("/bin/sh", "-c", "exec sleep 300", "sh", *SLOW_EXEC_ARGS), mark)
+            landing = asyncio.ensure_future(spawned_meanwhile(table, launch, ticket))
+            await asyncio.sleep(0)  # handed over
+            ticket.cancel()  # a stop, while the thread makes it
+            result = await landing
+            assert result is None  # nobody is told of a spawn nobody wants any more
+            await eventually(lambda: not marked(mark) and not table._abandoned, 5, "the process killed and reaped")
+        finally:
+            await table.drain()
+            table.close()
+
+    run(scenario())
+
+
+def test_shutdown_waits_for_a_spawn_under_way_and_leaves_nothing():
+    mark = new_mark()
+
+    async def scenario():
+        table = ProcessTable(adopt_orphans=True)
+        table.open(asyncio.get_running_loop())
+        results: list[object] = []
+        table.spawn_soon(Launch(("/bin/sh", "-c", "exec sleep 300", "sh", *SLOW_EXEC_ARGS), mark),
+                         subprocess.DEVNULL, subprocess.DEVNULL, SpawnTicket(lambda: None), results.append)
+        await table.drain()  # while the thread makes it
+        table.close()
+        assert len(results) == 1 and isinstance(results[0], SpawnRefused)
+        assert not marked(mark)
+
+    run(scenario())

@@ -310,18 +310,22 @@ class Instance:
     # --- what the outside world tells it --------------------------------------------------------
 
     def _fork(self, run: Run) -> None:
-        """The process table's turn for this spawn: make it, or say why not."""
-        run.ticket = None
+        """The process table's turn for this spawn: hand it over (the spawn thread makes it while
+        the loop runs on, and `_forked` hears how it went), or say why not. The run's ticket stays
+        until then: a stop meanwhile cancels it, and the table kills what the thread made."""
         m = self.machine
         second = run is self._second
         if self.discarded or (m.roll is not Roll.QUEUED if second else
                               m.state is not S.STARTING or m.has_process):
+            run.ticket = None
             return
         spec = self.job.spec
         services = self.services
         loop = asyncio.get_running_loop()
         child_fds: list[int] = []
         logs: list[LogFile] = []
+        ticket = run.ticket
+        assert ticket is not None
         try:
             # "stderr": "stdout": one pipe for both, so the file has them in the order written
             for stream in ("stdout",) if spec.stderr_to_stdout else ("stdout", "stderr"):
@@ -338,21 +342,26 @@ class Instance:
                    **run.health.environment(spec, account.uid if account is not None else None)}
             launch = launch_for(spec, env, account, unit=f"{spec.name}.{self.index}",
                                 sockets=self.job.sockets_for(self.index))
-            child = services.processes.spawn(launch, child_fds[0], child_fds[-1])
-        except UnsafePath as exc:
-            self._post(Event(K.SPAWN_FAILED, f"unsafe log file: {exc.strerror}", final=True, second=second))
-            return
-        except (SpawnRefused, ContainmentError) as exc:  # the same next time: no retry
-            self._post(Event(K.SPAWN_FAILED, str(exc), final=True, second=second))
-            return
+            services.processes.spawn_soon(launch, child_fds[0], child_fds[-1], ticket,
+                                          lambda result: self._forked(run, ticket, result, tuple(logs), second))
         except Exception as exc:  # whatever the reason, the instance says it and never hangs in STARTING
-            self._post(Event(K.SPAWN_FAILED, spawn_error_text(exc), second=second))
-            return
+            run.ticket = None
+            self._post(_spawn_failure(exc, second))
         finally:
             for fd in child_fds:
                 if fd >= 0:
                     os.close(fd)
-        run.child, run.logs, run.started_at = child, tuple(logs), time.monotonic()
+
+    def _forked(self, run: Run, ticket: SpawnTicket, result: Child | BaseException, logs: tuple[LogFile, ...],
+                second: bool) -> None:
+        """How the spawn handed over by `_fork` went (never called once its ticket was cancelled)."""
+        if run.ticket is ticket:
+            run.ticket = None
+        if isinstance(result, BaseException):
+            self._post(_spawn_failure(result, second))
+            return
+        child = result
+        run.child, run.logs, run.started_at = child, logs, time.monotonic()
         run.settings = self.job.settings
         child.exited.add_done_callback(lambda exited: self._exited(run, exited))
         self._post(Event(K.SPAWNED, child.holder, pid=child.pid, spawn=child.spawn_id, second=second))
@@ -466,6 +475,15 @@ class Instance:
             if dropped:
                 entry["dropped"] = dropped
         return entry
+
+
+def _spawn_failure(exc: BaseException, second: bool) -> Event:
+    """Why a spawn was not made, as the event the table reads."""
+    if isinstance(exc, UnsafePath):
+        return Event(K.SPAWN_FAILED, f"unsafe log file: {exc.strerror}", final=True, second=second)
+    if isinstance(exc, (SpawnRefused, ContainmentError)):  # the same next time: no retry
+        return Event(K.SPAWN_FAILED, str(exc), final=True, second=second)
+    return Event(K.SPAWN_FAILED, spawn_error_text(exc), second=second)
 
 
 def _answer(answer: Answer | None, acted: bool) -> None:

@@ -1,4 +1,9 @@
-"""Spawning from a thread that has a descriptor table of its own, nearly empty.
+"""Spawning from a thread that has a descriptor table of its own, nearly empty, while the loop runs on.
+
+Every spawn is made here, one at a time, so the event loop never waits for a child's exec: a
+vfork suspends only the thread that called it, and posix_spawn and Popen release the GIL for it
+(kernel/posixspawn.py). `submit` hands a spawn over and returns a future; `start` waits for it
+(the spawns that need their process at once: a health check, a Colonies run).
 
 A fork copies the caller's descriptor table and the exec then closes the copies, so a spawn costs
 time in proportion to the descriptors the daemon holds: with 5000 captured instances (10 000 pipe
@@ -8,46 +13,62 @@ the descriptors a child needs (its stdout and stderr pipe ends, its held sockets
 pair (SCM_RIGHTS) with each request, and closed again once the child has them. The children are the daemon's like
 any other (a thread's child belongs to the process: SIGCHLD and waitid work as before).
 
-The loop thread waits for each spawn, as it waits for an inline one; the thread only changes
-where the fork happens. Where unshare is refused (a seccomp filter), spawns stay inline.
+Where unshare is refused (a seccomp filter), there is no thread: spawns are made inline, and the
+loop waits for each exec as it did.
 
-One descriptor must stay in the thread's table under its number: the signal wake-up fd. SIGCHLD
-for a child goes first to the thread that forked it, and the C signal handler, running in that
-thread, writes the wake-up byte to that fd number; closed here, the loop would never hear of
-the child's exit. Blocking signals in the thread is no way out: children inherit the mask.
+One descriptor must stay in the thread's table under its number: the signal wake-up fd. A signal
+may be taken by this thread while it spawns, and the C signal handler, running here, writes the
+wake-up byte to that fd number; closed here, the loop would never hear of the child's exit. The
+thread blocks every signal but while it spawns (children inherit the mask): a thread left over
+from an earlier loop (an embedding program's, a test's) holds that loop's wake-up fd, and must not
+take the current loop's signals.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import dataclasses
 import fcntl
+import logging
 import os
 import queue
 import resource
+import signal
 import socket
 import subprocess
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ContextManager
 
+from ..kernel import thread_identity
 from .heldsockets import FIRST_HELD_FD
 from .start import Placement, Started, start_process
 
 if TYPE_CHECKING:
     from .launch import Launch
 
+log = logging.getLogger("taskmasterd.processes")
+
 CLONE_FILES = 0x400
+CLONE_FS = 0x200  # its own directory and umask, which a spawn may change for itself
+Spawning = concurrent.futures.Future  # of a Started
 
 
 class SpawnThread:
     def __init__(self, wakeup_fd: int) -> None:
         """`wakeup_fd`: the loop's signal wake-up fd (signal.set_wakeup_fd), or -1."""
-        self._requests: queue.SimpleQueue[tuple[Launch, str | None, Placement | None] | None] = queue.SimpleQueue()
-        self._replies: queue.SimpleQueue[Started | BaseException] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[Launch, str | None, Placement | None, Spawning] | None] = (
+            queue.SimpleQueue())
         # Made before the thread unshares, so each table holds both ends; each side closes the
         # end it does not use.
         self._ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ready = threading.Event()
         self._failure: OSError | None = None
+        self._home = -1
+        # Ids a spawn can take for this thread alone: only root may take another's (else such a
+        # launch goes through Popen, which fails as it always did), and only where the system
+        # call numbers are known.
+        self._ids = (os.getuid(), os.getgid(), tuple(os.getgroups()))
+        self._may_change_ids = thread_identity.available() and os.geteuid() == 0
         self._thread = threading.Thread(target=self._run, args=(theirs.fileno(), wakeup_fd),
                                         name="taskmasterd-spawn", daemon=True)
         self._thread.start()
@@ -57,20 +78,24 @@ class SpawnThread:
             self._ours.close()
             raise self._failure
 
-    def start(self, launch: Launch, program: str | None, stdout: int, stderr: int,
-              placement: Placement | None = None) -> Started:
+    def submit(self, launch: Launch, program: str | None, stdout: int, stderr: int,
+               placement: Placement | None = None) -> Spawning:
         """process_start.start_process in the thread, with stdin on /dev/null and these two
-        descriptors (the loop's, or subprocess.DEVNULL), placed by the thread that forks. Raises
-        what it raises."""
+        descriptors (the loop's, or subprocess.DEVNULL; the thread has its own copies once this
+        returns), placed by the thread that forks. The future holds what it returns or raises;
+        it is settled in the thread (a done-callback runs there)."""
         streams = (stdout, stderr)
         passed = [fd for fd in streams if fd >= 0] + [fd for fd, _ in launch.sockets]  # held sockets after them
         which = bytes(index for index, fd in enumerate(streams) if fd >= 0)
         socket.send_fds(self._ours, [which or b"-"], passed)
-        self._requests.put((launch, program, placement))
-        reply = self._replies.get()
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
+        spawning: Spawning = concurrent.futures.Future()
+        self._requests.put((launch, program, placement, spawning))
+        return spawning
+
+    def start(self, launch: Launch, program: str | None, stdout: int, stderr: int,
+              placement: Placement | None = None) -> Started:
+        """`submit`, and wait for it (and for the spawns submitted before it). Raises what it raises."""
+        return self.submit(launch, program, stdout, stderr, placement).result()
 
     def close(self) -> None:
         self._requests.put(None)
@@ -80,6 +105,9 @@ class SpawnThread:
     # --- in the thread --------------------------------------------------------------------------
 
     def _run(self, ours: int, wakeup_fd: int) -> None:
+        # Signals only while it spawns (a child inherits the mask of the thread that forks it):
+        # idle, a thread whose table holds an older loop's wake-up fd must never take SIGCHLD.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             requests = self._private_table(ours, wakeup_fd)
         except OSError as exc:  # the thread ends, and its table with it
@@ -88,12 +116,21 @@ class SpawnThread:
             return
         self._ready.set()
         while (request := self._requests.get()) is not None:
-            self._replies.put(self._spawn(requests, *request))
+            *spawn, spawning = request
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            try:
+                result = self._spawn(requests, *spawn)
+            finally:
+                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            if isinstance(result, BaseException):
+                spawning.set_exception(result)
+            else:
+                spawning.set_result(result)
         requests.close()
 
     def _private_table(self, ours: int, wakeup_fd: int) -> socket.socket:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(CLONE_FILES) != 0:
+        if libc.unshare(CLONE_FILES | CLONE_FS) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, os.strerror(errno))
         # The copies of the loop's descriptors go (a pipe's write end held here would keep its
@@ -102,7 +139,20 @@ class SpawnThread:
         for keep in sorted({ours, wakeup_fd} - {-1}) + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]:
             os.closerange(low, keep)
             low = keep + 1
+        self._home = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # where a spawn's chdir comes back to
         return socket.socket(fileno=ours)
+
+    def _can_take(self, launch: Launch) -> bool:
+        account = launch.account
+        return account is None or self._may_change_ids or (account.uid, account.gid, account.groups) == self._ids
+
+    def _settings(self, launch: Launch) -> ContextManager[None]:
+        """The launch's directory, umask and user, for this thread alone, around its spawn."""
+        account = launch.account
+        if account is not None and (account.uid, account.gid, account.groups) == self._ids:
+            account = None  # the daemon's own: nothing to take (and no privilege needed for it)
+        return thread_identity.taken(*((account.uid, account.gid, account.groups) if account else (None,) * 3),
+                                     launch.cwd, launch.umask, self._home)
 
     def _spawn(self, requests: socket.socket, launch: Launch, program: str | None,
                placement: Placement | None) -> Started | BaseException:
@@ -121,7 +171,11 @@ class SpawnThread:
                 held = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_HELD_FD) for fd in fds[len(which):]]
                 fds += held
                 launch = dataclasses.replace(launch, sockets=tuple(zip(held, (name for _, name in launch.sockets))))
-            return start_process(launch, program, subprocess.DEVNULL, *streams, placement=placement)
+            return start_process(launch, program, subprocess.DEVNULL, *streams, placement=placement,
+                                 settings=self._settings if self._can_take(launch) else None)
+        except thread_identity.CannotGoBack as exc:  # a thread left as a job's user must not spawn again
+            log.critical("the spawn thread %s: exiting", exc)
+            os._exit(70)  # EX_SOFTWARE; the next daemon drains what this one left
         except BaseException as exc:
             return exc
         finally:

@@ -1,11 +1,14 @@
 """The one call that turns a Launch into a running process: posix_spawn where it can, Popen else.
 
-os.posix_spawn does in C what Popen does in a page of Python around the same vfork and exec: at
+posix_spawn does in C what Popen does in a page of Python around the same vfork and exec: at
 10 000 spawns that page was a third of the daemon's time (0.57 against 0.32-0.40 ms of CPU per
-instance on the 2-core VM). It cannot change directory, umask or user, nor search PATH the way
-Popen does when the program was not found; those spawns go through Popen, as before. A spawn
-with held sockets goes through posix_spawn and the trampoline of listenfds.py, which places the
-sockets at 3, 4, … and applies directory, umask and user itself.
+instance on the 2-core VM). It is called through kernel/posixspawn.py, which lets the event loop
+run while the child execs (os.posix_spawn would hold the GIL). It cannot change directory, umask
+or user itself: the spawn thread takes them for the moment of the spawn (`settings`:
+kernel/thread_identity.py), for Popen with a user forks the whole daemon, GIL held. Only an inline
+spawn (no spawn thread) of such a launch still goes through Popen. A spawn with held sockets goes
+through posix_spawn and the trampoline of listenfds.py, which places the sockets at 3, 4, … and
+applies directory, umask and user itself.
 
 posix_spawn closes no descriptor: the child gets exactly what is not close-on-exec. Every
 descriptor the daemon makes is (Python's default, and O_CLOEXEC/SOCK_CLOEXEC wherever one is made
@@ -21,6 +24,7 @@ import signal
 import subprocess
 from typing import TYPE_CHECKING, Callable, ContextManager, Protocol
 
+from ..kernel.posixspawn import posix_spawn
 from .listenfds import listen_environment, socket_actions, trampoline_argv
 
 if TYPE_CHECKING:
@@ -61,26 +65,32 @@ class SpawnedProcess:
 
 
 Placement = Callable[[], ContextManager[None]]  # puts the forking thread where the child must be born
+Settings = Callable[["Launch"], ContextManager[None]]  # gives the forking thread the launch's directory, umask, user
 
 
 def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int,
-                  placement: Placement | None = None) -> Started:
+                  placement: Placement | None = None, settings: Settings | None = None) -> Started:
     """Start `launch` in a new session with these standard streams (fds, or subprocess.DEVNULL).
     `program`: the file argv[0] names, when it was found on PATH; `placement`: entered around the
-    fork (a cgroup cell: the child inherits the forking thread's cgroups). Raises what Popen
+    fork (a cgroup cell: the child inherits the forking thread's cgroups); `settings`: gives the
+    calling thread the launch's directory, umask and user for the spawn (the spawn thread's
+    thread_identity.taken), so that posix_spawn serves where Popen would fork. Raises what Popen
     raises when the program cannot run."""
     with placement() if placement is not None else contextlib.nullcontext():
-        return _start(launch, program, stdin, stdout, stderr)
+        return _start(launch, program, stdin, stdout, stderr, settings)
 
 
-def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int) -> Started:
+def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int,
+           settings: Settings | None) -> Started:
     path = program if program is not None else launch.argv[0] if "/" in launch.argv[0] else None
     actions = [_stream_action(fd, target) for target, fd in enumerate((stdin, stdout, stderr))]
     if launch.sockets:
         return _start_with_sockets(launch, path, actions)
-    if path is not None and launch.cwd is None and launch.umask is None and launch.account is None:
-        return SpawnedProcess(os.posix_spawn(path, launch.argv, launch.env, file_actions=actions,
-                                             setsid=True, setsigdef=_RESTORED_SIGNALS))
+    plain = launch.cwd is None and launch.umask is None and launch.account is None
+    if path is not None and (plain or settings is not None):  # (not found on PATH: Popen searches it)
+        with settings(launch) if settings is not None and not plain else contextlib.nullcontext():
+            return SpawnedProcess(posix_spawn(path, launch.argv, launch.env, file_actions=actions,
+                                              setsid=True, setsigdef=_RESTORED_SIGNALS))
     ids: dict = {}
     if launch.account is not None:
         account = launch.account
@@ -101,8 +111,8 @@ def _start_with_sockets(launch: Launch, path: str | None, actions: list[tuple]) 
                       path or launch.argv[0])
     env = {**launch.env, **listen_environment(launch)}  # last: a job's `env` cannot forge them
     argv = trampoline_argv(launch, path, env)
-    return SpawnedProcess(os.posix_spawn(argv[0], argv, env, file_actions=actions + socket_actions(launch),
-                                         setsid=True, setsigdef=_RESTORED_SIGNALS))
+    return SpawnedProcess(posix_spawn(argv[0], argv, env, file_actions=actions + socket_actions(launch),
+                                      setsid=True, setsigdef=_RESTORED_SIGNALS))
 
 
 def _stream_action(fd: int, target: int) -> tuple:

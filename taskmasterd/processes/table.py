@@ -3,14 +3,17 @@
 `ProcessTable.spawn` is the only way a process is started. Each becomes a `Child` that the table
 holds until the spawn is entirely gone. With cgroups (containment.py) the spawn is born in a cell
 of its own, which is its record for crash recovery and holds whatever it forks. Without, it is
-journaled before anything else can happen to it: at the end of the spawn slice it was made in,
-before the loop runs any other callback (a reap, a verb, a signal). Until it is reaped its pid
+journaled before anything else can happen to it: when it lands on the loop (an inline spawn: at
+the end of the slice it was made in), before any verb can name it or any reap take it. Until it is reaped its pid
 cannot be reused, so its identity read then is its own; read once the exec has settled it costs
 a third less, and the slice's lines go in one write. Every stop goes through `Child.terminate`
 (stop signal to the cell or group through pidfds, SIGKILL — `cgroup.kill` — after the grace),
 and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
-shutdown. Spawns are queued and run a few milliseconds' worth at a time, so starting 1000
-instances never freezes the loop.
+shutdown. Spawns are queued, prepared a few milliseconds' worth per loop iteration, and made by
+the spawn thread (spawnthread.py), IN_FLIGHT at a time, while the loop runs on: it never waits for
+an exec (`spawn_soon`; `spawn` waits, for the few callers that need the process at once). While a
+spawn is in flight, a zombie the table does not know may be that spawn's: it is left alone (no
+further spawn is handed over meanwhile) until every spawn in flight has landed.
 
 Every spawn has an id of its own (`Child.spawn_id`, unique in the daemon run), set with the run's
 id in its environment after everything else (SPAWN_VARIABLE, RUN_VARIABLE), so a job's `env`
@@ -35,7 +38,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from typing import Callable, Iterable, Mapping
+from typing import Callable, ContextManager, Iterable, Mapping
 
 from ..foreground import Foreground
 from ..jobfiles.resources import RLIMITS, Resources, memory_text
@@ -45,7 +48,7 @@ from .containment import Cell, Containment, ContainmentError
 from .orphans import ESCAPE_STOPTIME, ChildJournal, environment_of, identity, wait_gone
 from .start import Started, start_process
 from .launch import RUN_VARIABLE, SPAWN_VARIABLE, Launch
-from .spawnthread import SpawnThread
+from .spawnthread import SpawnThread, Spawning
 
 log = logging.getLogger("taskmasterd.processes")
 
@@ -58,7 +61,9 @@ SWEEP_INTERVAL = 0.5  # seconds between two sweeps for escapes, at the most
 CELL_REMOVAL_DELAY = 0.1  # seconds an emptied cell waits for its rmdir, with the others ended meanwhile
 CELLS_REMOVED_PER_WAKE = 64  # rmdirs per loop iteration (~0.1 ms each)
 PR_SET_CHILD_SUBREAPER = 36
-THREAD_SPAWN_DESCRIPTORS = 1000  # from this many descriptors on, spawns go through the spawn thread
+# Spawns handed to the spawn thread at once: one in the making and the next ready behind it. A
+# spawn that waits for its process (`spawn`) waits behind these, so there are few.
+IN_FLIGHT = 2
 
 
 class SpawnRefused(Exception):
@@ -194,6 +199,18 @@ class Child:
             self._kill_timer = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    launch: Launch  # with the run's and the spawn's marks
+    program: str | None
+    spawn_id: int
+    cell: Cell | None
+
+    @property
+    def placement(self) -> Callable[[], ContextManager[None]] | None:
+        return self.cell.placed if self.cell is not None else None
+
+
 class SpawnTicket:
     """A queued spawn; `cancel()` before it runs and it never does."""
 
@@ -242,7 +259,11 @@ class ProcessTable:
         self.closing = False
         self._abandoned: dict[int, Started] = {}  # failed after the fork: killed, to reap
         self._queue: deque[SpawnTicket] = deque()
-        self._queue_running = False
+        self._queue_scheduled = False  # a slice of the queue is due
+        self._in_flight = 0  # spawns handed to the spawn thread, not yet back on the loop
+        self._in_flight_done = asyncio.Event()  # set whenever none is
+        self._in_flight_done.set()
+        self._reap_deferred = False  # an unknown zombie waits until no spawn is in flight
         self._queue_empty: asyncio.Event | None = None
         self._unjournaled: dict[int, Child] | None = None  # spawned in this slice, journaled at its end
         self._escape_signals: dict[frozenset[tuple[str, str]], int] = {}  # origin -> signal to send
@@ -253,7 +274,6 @@ class ProcessTable:
         self.nofile_limit = _children_nofile or resource.getrlimit(resource.RLIMIT_NOFILE)  # what children get
         self._nofile_raised = self.nofile_limit != resource.getrlimit(resource.RLIMIT_NOFILE)
         self._spawn_thread: SpawnThread | None = None
-        self._table_size = 0  # about how many descriptors the daemon holds
         self._no_spawn_thread = False  # unshare refused
 
     @property
@@ -287,6 +307,9 @@ class ProcessTable:
         self.closing = True
         for ticket in self._queue:
             ticket.cancel()
+        await self._in_flight_done.wait()  # what the thread makes meanwhile lands abandoned
+        if self._abandoned:
+            await wait_gone(list(self._abandoned), ESCAPE_STOPTIME)
         exits = [child.terminate() for child in [*self.children.values(), *self._emptying]]
         if exits:
             await asyncio.wait(exits)
@@ -309,44 +332,133 @@ class ProcessTable:
     # --- spawning -------------------------------------------------------------------------------
 
     def queue(self, callback: Callable[[], None]) -> SpawnTicket:
-        """Run `callback` (which spawns) soon, a time slice of spawns per loop iteration, each
-        slice after the control requests under way (foreground.py)."""
+        """Run `callback` (which spawns, with `spawn_soon`) soon, a time slice of them per loop
+        iteration, each slice after the control requests under way (foreground.py), and no more
+        than IN_FLIGHT spawns handed to the spawn thread at once."""
         ticket = SpawnTicket(callback)
         self._queue.append(ticket)
-        if not self._queue_running:
-            self._queue_running = True
-            self.foreground.after(self._run_queue)
+        self._schedule_queue()
         return ticket
 
+    def _schedule_queue(self) -> None:
+        if (self._queue and not self._queue_scheduled and self._in_flight < IN_FLIGHT
+                and not self._reap_deferred):
+            self._queue_scheduled = True
+            self.foreground.after(self._run_queue)
+
     def _run_queue(self) -> None:
+        self._queue_scheduled = False
         deadline = time.monotonic() + SPAWN_SLICE
         self._unjournaled = {}
         try:
-            while self._queue and time.monotonic() < deadline:
+            while (self._queue and self._in_flight < IN_FLIGHT and not self._reap_deferred
+                   and time.monotonic() < deadline):
                 ticket = self._queue.popleft()
                 if not ticket.cancelled:
                     ticket.callback()
         finally:
             self._journal_spawned()
-        if self._queue:
-            self.foreground.after(self._run_queue)
-            return
-        self._queue_running = False
-        if self._queue_empty is not None:
+        self._schedule_queue()
+        self._maybe_flushed()
+
+    def _maybe_flushed(self) -> None:
+        if not self._queue and not self._in_flight and self._queue_empty is not None:
             self._queue_empty.set()
             self._queue_empty = None
 
     async def queue_flushed(self) -> None:
-        """Wait until every queued spawn has run."""
-        if self._queue_running:
+        """Wait until every queued spawn has been made (or failed)."""
+        if self._queue or self._in_flight:
             if self._queue_empty is None:
                 self._queue_empty = asyncio.Event()
             await self._queue_empty.wait()
 
     def spawn(self, launch: Launch, stdout: int, stderr: int) -> Child:
-        """Start `launch` in a new session (and a cell of its own, with cgroups). `stdout`/`stderr`
-        are fds or subprocess.DEVNULL. Raises SpawnRefused when closing, ContainmentError when its
-        limits cannot be had, and what Popen raises when it cannot start."""
+        """Start `launch` in a new session (and a cell of its own, with cgroups) and return it:
+        the loop waits for the exec (and for the spawns handed to the thread before it, IN_FLIGHT
+        at most). `stdout`/`stderr` are fds or subprocess.DEVNULL. Raises SpawnRefused when
+        closing, ContainmentError when its limits cannot be had, and what Popen raises when it
+        cannot start."""
+        prepared = self._prepare(launch)
+        thread = self._spawn_thread_now()
+        try:
+            if thread is not None:
+                started = thread.start(prepared.launch, prepared.program, stdout, stderr, prepared.placement)
+            else:
+                started = start_process(prepared.launch, prepared.program, subprocess.DEVNULL, stdout, stderr,
+                                        prepared.placement)
+        except BaseException as exc:
+            self._not_started(prepared, exc)
+            raise
+        return self._take(prepared, started)
+
+    def spawn_soon(self, launch: Launch, stdout: int, stderr: int, ticket: SpawnTicket,
+                   done: Callable[[Child | BaseException], None]) -> None:
+        """As `spawn`, made by the spawn thread while the loop runs on: `done` is called on the
+        loop with the Child or the exception (SpawnRefused when the daemon began shutting down
+        meanwhile) — and never when `ticket` was cancelled meanwhile: that process is SIGKILLed,
+        whole, and reaped, for nobody wants it any more. `stdout` and `stderr` may be closed once
+        this returns. Raises what `spawn` raises before the fork."""
+        prepared = self._prepare(launch)
+        thread = self._spawn_thread_now()
+        if thread is None:  # inline: the loop waits
+            try:
+                started = start_process(prepared.launch, prepared.program, subprocess.DEVNULL, stdout, stderr,
+                                        prepared.placement)
+            except BaseException as exc:
+                self._not_started(prepared, exc)
+                done(exc)
+                return
+            try:
+                child = self._take(prepared, started)
+            except BaseException as exc:
+                done(exc)
+                return
+            done(child)
+            return
+        spawning = thread.submit(prepared.launch, prepared.program, stdout, stderr, prepared.placement)
+        self._in_flight += 1
+        self._in_flight_done.clear()
+        loop = self._loop
+        assert loop is not None
+        spawning.add_done_callback(lambda _: loop.call_soon_threadsafe(self._landed, spawning, prepared, ticket, done))
+
+    def _landed(self, spawning: Spawning, prepared: _Prepared, ticket: SpawnTicket,
+                done: Callable[[Child | BaseException], None]) -> None:
+        """A spawn the thread made (or failed to make), back on the loop."""
+        self._in_flight -= 1
+        result: Child | BaseException | None
+        failure = spawning.exception()
+        if failure is not None:
+            self._not_started(prepared, failure)
+            result = failure
+        elif ticket.cancelled:
+            self._abandon(spawning.result(), prepared.cell)
+            result = None
+        elif self.closing:
+            self._abandon(spawning.result(), prepared.cell)
+            result = SpawnRefused("taskmasterd is shutting down")
+        else:
+            started = spawning.result()
+            try:
+                result = self._take(prepared, started)
+            except BaseException as exc:
+                result = exc
+            else:
+                if _exited(started.pid):  # a SIGCHLD came while the loop did not know it
+                    self._reap_pid(started.pid)
+        if not self._in_flight:
+            self._in_flight_done.set()
+            if self._reap_deferred:
+                self._reap_deferred = False
+                self._reap_others()
+        self._schedule_queue()
+        self._maybe_flushed()
+        if result is not None:
+            done(result)
+
+    def _prepare(self, launch: Launch) -> _Prepared:
+        """What a spawn needs before its fork: its id, its marks, its program, its cell."""
         if self.closing:
             raise SpawnRefused("taskmasterd is shutting down")
         self.open(asyncio.get_running_loop())
@@ -357,24 +469,22 @@ class ProcessTable:
                                                   SPAWN_VARIABLE: str(spawn_id)})
         cell = self.containment.cell(launch.unit, self.run_id, spawn_id, launch.resources,
                                      launch.stopsignal, launch.stoptime)
-        placement = cell.placed if cell is not None else None
-        thread = self._spawn_thread_for(stdout, stderr)
-        try:
-            if thread is not None:
-                started = thread.start(launch, program, stdout, stderr, placement)
-            else:
-                started = start_process(launch, program, subprocess.DEVNULL, stdout, stderr, placement)
-        except BaseException as exc:
-            if cell is not None:
-                cell.remove()
-            if isinstance(exc, OSError):
-                self._programs.pop((launch.argv[0], launch.env.get("PATH")), None)  # moved or gone: look again
-            raise
+        return _Prepared(launch, program, spawn_id, cell)
+
+    def _not_started(self, prepared: _Prepared, exc: BaseException) -> None:
+        if prepared.cell is not None:
+            prepared.cell.remove()
+        if isinstance(exc, OSError):  # moved or gone: look again
+            self._programs.pop((prepared.launch.argv[0], prepared.launch.env.get("PATH")), None)
+
+    def _take(self, prepared: _Prepared, started: Started) -> Child:
+        """The spawn made: its settings and limits, then the Child (else it is abandoned)."""
+        launch, cell = prepared.launch, prepared.cell
         try:
             self._give_start_settings(started.pid, launch)  # first: the program runs already
             if cell is not None and launch.resources.controllers():
                 self._give_limits(cell, launch.resources)  # now that the daemon is out of the cell
-            return self._register(started, launch, spawn_id, cell)
+            return self._register(started, launch, prepared.spawn_id, cell)
         except BaseException:
             self._abandon(started, cell)
             raise
@@ -386,18 +496,9 @@ class ProcessTable:
         except OSError as exc:  # v1 refuses a memory limit below what it already uses
             raise ContainmentError(f"cannot set its limits: {exc.strerror or exc}") from None
 
-    def _spawn_thread_for(self, *streams: int) -> SpawnThread | None:
-        """The spawn thread when this spawn should go through it: when the daemon holds enough
-        descriptors that copying its table at the fork costs more than the hand-off (about 0.3 µs
-        a descriptor against 0.2-0.4 ms for the hand-off, on a busy 2-core VM). Descriptors are
-        allocated lowest first, so a new pipe end's number is a fair measure of the table; a spawn
-        without one goes the way of the last that had one. Started when first needed."""
-        real = [fd for fd in streams if fd >= 0]
-        if real:
-            self._table_size = max(real)
-        if self._table_size < THREAD_SPAWN_DESCRIPTORS or self._no_spawn_thread:
-            return None
-        if self._spawn_thread is None:
+    def _spawn_thread_now(self) -> SpawnThread | None:
+        """The spawn thread (started when first needed), or None where it cannot be had."""
+        if self._spawn_thread is None and not self._no_spawn_thread:
             try:
                 self._spawn_thread = SpawnThread(_sigchld.wakeup_fd)
             except OSError as exc:
@@ -545,6 +646,9 @@ class ProcessTable:
         if started is not None:
             started.poll()
             return True
+        if self._in_flight:  # perhaps a spawn the thread made that has not landed: reaped once it has
+            self._reap_deferred = True
+            return False
         with _suppress_gone():  # an escape reparented to us
             os.waitpid(pid, os.WNOHANG)
         return True
