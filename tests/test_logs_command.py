@@ -99,6 +99,8 @@ def test_since_and_timestamps(daemon: Daemon) -> None:
 
 
 def test_logs_json_and_the_daemons_log(daemon: Daemon) -> None:
+    wait_for(lambda: all(has_lines(daemon.log_dir / f"worker.0.{stream}", 2) for stream in ("out", "err")),
+             what="two lines in each of worker's logs")
     document = json.loads(out(ctl(daemon, "logs", "worker", "-n", "2", "--json")))
     assert len(document["lines"]) == 4
     assert {(line["job"], line["instance"], line["stream"]) for line in document["lines"]} == {
