@@ -10,10 +10,15 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Callable
 
+# Imported with this module, which cli.py loads before the control port listens: a first request
+# that arrives meanwhile waits in the backlog for the loop, which once took 10 ms to import these.
 from .control.access import AccessPolicy
+from .control.server import ControlServer
 from .colonies.settings import ColoniesSettings
 from .config import DaemonConfig
 from .daemonhandle import DaemonHandle
+from .jobfiles.jobfile import Limits
+from .processes.containment import ContainmentError, choose
 from .observe.daemonlog import DaemonLogHandler, LogWriter, RingHandler
 from .control.listeners import Listeners
 from .kernel.sdnotify import notify
@@ -53,11 +58,6 @@ def setup_logging(config: DaemonConfig) -> LogWriter:
 
 async def run(config: DaemonConfig, listeners: Listeners, policy: AccessPolicy,
               colonies: ColoniesSettings | None, metrics: socket.socket | None = None) -> int:
-    from .jobfiles.jobfile import Limits
-    from .control.server import ControlServer
-
-    from .processes.containment import ContainmentError, choose
-
     loop = asyncio.get_running_loop()
     try:
         containment = choose(os.path.abspath(config.state_dir), config.containment)
