@@ -10,9 +10,9 @@ import time
 
 from taskmasterd.kernel.posixspawn import posix_spawn
 from taskmasterd.processes.launch import Launch
-THREAD_SPAWN_DESCRIPTORS = 1000  # enough descriptors that a fork copying them all would be slow
+from taskmasterd.processes.table import THREAD_SPAWN_DESCRIPTORS
 from taskmasterd.processes.spawnthread import SpawnThread
-from taskmasterd.processes.table import Child, ProcessTable, SpawnRefused, SpawnTicket
+from taskmasterd.processes.table import SLOW_EXEC, Child, ProcessTable, SpawnRefused, SpawnTicket
 from taskmasterd.lifecycle.states import State
 
 from .support.processes import marked, new_mark
@@ -172,9 +172,36 @@ def test_posix_spawn_places_streams_starts_a_session_and_says_why_it_cannot(tmp_
         raise AssertionError("spawned a program that does not exist")
 
 
-def test_spawn_soon_reports_on_a_later_loop_iteration_and_the_loop_runs_meanwhile():
+def loaded(table: ProcessTable) -> ProcessTable:
+    """As on a loaded machine, where a spawn's exec has been taking long: spawns go on without the loop."""
+    table._exec_wait = SLOW_EXEC
+    return table
+
+
+def test_once_execs_are_slow_the_loop_no_longer_waits_for_them():
     async def scenario():
         table = ProcessTable()
+        table.open(asyncio.get_running_loop())
+        try:
+            order: list[str] = []
+            launch = Launch(("/bin/true", *SLOW_EXEC_ARGS * 5), {})  # 100 000 arguments: ~30 ms
+            table.spawn_soon(launch, subprocess.DEVNULL, subprocess.DEVNULL, SpawnTicket(lambda: None),
+                             lambda child: order.append("first made"))
+            order.append("first returned")  # an idle machine: quicker to wait than to hand over
+            table.spawn_soon(launch, subprocess.DEVNULL, subprocess.DEVNULL, SpawnTicket(lambda: None),
+                             lambda child: order.append("second made"))
+            order.append("second returned")
+            await table.queue_flushed()
+            assert order == ["first made", "first returned", "second returned", "second made"]
+        finally:
+            table.close()
+
+    run(scenario())
+
+
+def test_spawn_soon_reports_on_a_later_loop_iteration_and_the_loop_runs_meanwhile():
+    async def scenario():
+        table = loaded(ProcessTable())
         table.open(asyncio.get_running_loop())
         try:
             order: list[str] = []
@@ -192,7 +219,7 @@ def test_spawn_soon_reports_on_a_later_loop_iteration_and_the_loop_runs_meanwhil
 
 def test_a_job_of_another_user_gets_its_ids_directory_and_umask_and_the_daemon_keeps_its_own(tmp_path):
     """The spawn thread takes them for itself around a posix_spawn (no fork of the daemon)."""
-    report = ("id -u; id -g; id -G; pwd; umask; grep -E '^(Uid|Gid|CapPrm|CapEff):' /proc/self/status; "
+    report = ("id -u; id -g; id -G; pwd; umask; grep -E '^(Uid|Gid|CapPrm|CapEff|SigBlk):' /proc/self/status; "
               "exec sleep 300")
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -217,6 +244,7 @@ def test_a_job_of_another_user_gets_its_ids_directory_and_umask_and_the_daemon_k
         assert fields["Uid"].split() == [str(nobody.pw_uid)] * 4  # real, effective, saved, fs: no way back
         assert fields["Gid"].split() == [str(nobody.pw_gid)] * 4
         assert int(fields["CapPrm"], 16) == 0 and int(fields["CapEff"], 16) == 0
+        assert int(fields["SigBlk"], 16) == 0  # the spawn thread blocks every signal; its children none
 
     run(scenario())
 
@@ -225,7 +253,7 @@ def test_a_spawn_cancelled_while_the_thread_makes_it_is_killed_and_never_reporte
     mark = new_mark()
 
     async def scenario():
-        table = ProcessTable(adopt_orphans=True)
+        table = loaded(ProcessTable(adopt_orphans=True))
         table.open(asyncio.get_running_loop())
         try:
             ticket = SpawnTicket(lambda: None)
@@ -247,7 +275,7 @@ def test_shutdown_waits_for_a_spawn_under_way_and_leaves_nothing():
     mark = new_mark()
 
     async def scenario():
-        table = ProcessTable(adopt_orphans=True)
+        table = loaded(ProcessTable(adopt_orphans=True))
         table.open(asyncio.get_running_loop())
         results: list[object] = []
         table.spawn_soon(Launch(("/bin/sh", "-c", "exec sleep 300", "sh", *SLOW_EXEC_ARGS), mark),
@@ -256,5 +284,36 @@ def test_shutdown_waits_for_a_spawn_under_way_and_leaves_nothing():
         table.close()
         assert len(results) == 1 and isinstance(results[0], SpawnRefused)
         assert not marked(mark)
+
+    run(scenario())
+
+
+def test_a_stop_while_the_thread_makes_the_spawn_ends_stopped_with_nothing_left(tmp_path):
+    """The instance is STARTING with its spawn in flight (behind a slow one); the stop cancels the
+    run's ticket, and what the thread makes is killed, never reported; a start afterwards spawns anew."""
+    mark = new_mark()
+
+    async def scenario():
+        job = {"cmd": ["sleep", "300"], "starttime": 0, "env": mark, "autostart": False}
+        async with supervised(tmp_path, {"quick": job}) as sup:
+            inst = sup.jobs["quick"].instances[0]
+            table = loaded(sup.processes)
+            ahead: list[object] = []
+            table.spawn_soon(Launch(("/bin/true", *SLOW_EXEC_ARGS * 5), {}), subprocess.DEVNULL,
+                             subprocess.DEVNULL, SpawnTicket(lambda: None), ahead.append)  # ~30 ms of exec
+            starting = asyncio.ensure_future(sup.start("quick"))
+            while table._in_flight < 2:
+                await asyncio.sleep(0)
+            assert inst.state is S.STARTING and inst.child is None
+            assert (await sup.stop("quick")).response == "success"
+            assert inst.state is S.STOPPED
+            await starting
+            await eventually(lambda: ahead and not table._in_flight, 10, "both spawns landed")
+            await eventually(lambda: not marked(mark), 10, "the cancelled spawn's process killed")
+            assert inst.state is S.STOPPED and inst.child is None
+            loaded(table)
+            assert (await sup.start("quick")).response == "success"  # through the thread again
+            assert inst.state is S.RUNNING
+            await eventually(lambda: marked(mark) == [inst.child.pid], 5, "only the new spawn")
 
     run(scenario())

@@ -18,13 +18,16 @@ from typing import Iterable, Mapping, Sequence
 
 # <spawn.h> (glibc)
 POSIX_SPAWN_SETSIGDEF = 0x04
+POSIX_SPAWN_SETSIGMASK = 0x08
 POSIX_SPAWN_SETSID = 0x80
 _FILE_ACTIONS_SIZE = 256
 _ATTR_SIZE = 1024
 _SIGSET_SIZE = 128
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_spawn = _libc.posix_spawn
+# Only the spawn itself lets go of the GIL: each release is a chance for the loop thread to take
+# it and for this one to wait for it back, and the other calls take microseconds.
+_libc = ctypes.PyDLL(None, use_errno=True)
+_spawn = ctypes.CDLL(None, use_errno=True).posix_spawn
 _spawn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)]
 _add_dup2 = _libc.posix_spawn_file_actions_adddup2
@@ -48,7 +51,7 @@ def _strings(items: Iterable[bytes]) -> ctypes.Array[ctypes.c_char_p]:
 
 
 def posix_spawn(path: str, argv: Sequence[str], env: Mapping[str, str], file_actions: Sequence[tuple] = (),
-                setsid: bool = False, setsigdef: Iterable[int] = ()) -> int:
+                setsid: bool = False, setsigdef: Iterable[int] = (), setsigmask: Iterable[int] | None = None) -> int:
     """As os.posix_spawn with these arguments (file actions: os.POSIX_SPAWN_DUP2 and
     os.POSIX_SPAWN_OPEN tuples), without the GIL while the child execs; the child's pid.
     Raises OSError naming `path` when it cannot run."""
@@ -76,6 +79,14 @@ def posix_spawn(path: str, argv: Sequence[str], env: Mapping[str, str], file_act
                         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
                 _check(_libc.posix_spawnattr_setsigdefault(attr, sigset))
                 flags |= POSIX_SPAWN_SETSIGDEF
+            if setsigmask is not None:
+                mask = ctypes.create_string_buffer(_SIGSET_SIZE)
+                _check(_libc.sigemptyset(mask))
+                for number in setsigmask:
+                    if _sigaddset(mask, int(number)) != 0:
+                        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+                _check(_libc.posix_spawnattr_setsigmask(attr, mask))
+                flags |= POSIX_SPAWN_SETSIGMASK
             _check(_setflags(attr, flags))
             pid = ctypes.c_int()
             code = _spawn(ctypes.byref(pid), os.fsencode(path), actions, attr,

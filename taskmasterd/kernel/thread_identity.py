@@ -23,7 +23,7 @@ from typing import Iterator
 
 # syscall numbers: setgroups, setresgid, setresuid
 _NUMBERS = {"x86_64": (116, 119, 117), "aarch64": (159, 149, 147)}.get(platform.machine())
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = ctypes.PyDLL(None, use_errno=True)  # system calls of microseconds: the GIL stays held
 _KEEP = -1  # an id left as it is
 
 

@@ -1,9 +1,10 @@
 """Spawning from a thread that has a descriptor table of its own, nearly empty, while the loop runs on.
 
-Every spawn is made here, one at a time, so the event loop never waits for a child's exec: a
-vfork suspends only the thread that called it, and posix_spawn and Popen release the GIL for it
-(kernel/posixspawn.py). `submit` hands a spawn over and returns a future; `start` waits for it
-(the spawns that need their process at once: a health check, a Colonies run).
+A spawn made here need not stop the event loop while the child execs: a vfork suspends only the
+thread that called it, and posix_spawn releases the GIL for it (kernel/posixspawn.py). `submit`
+hands a spawn over and returns a future (the table does so once execs are slow); `start` waits for
+it. A launch with a directory, umask or user is made here too: the thread takes them for itself
+(thread_identity.py) where Popen would fork the daemon.
 
 A fork copies the caller's descriptor table and the exec then closes the copies, so a spawn costs
 time in proportion to the descriptors the daemon holds: with 5000 captured instances (10 000 pipe
@@ -16,12 +17,10 @@ any other (a thread's child belongs to the process: SIGCHLD and waitid work as b
 Where unshare is refused (a seccomp filter), there is no thread: spawns are made inline, and the
 loop waits for each exec as it did.
 
-One descriptor must stay in the thread's table under its number: the signal wake-up fd. A signal
-may be taken by this thread while it spawns, and the C signal handler, running here, writes the
-wake-up byte to that fd number; closed here, the loop would never hear of the child's exit. The
-thread blocks every signal but while it spawns (children inherit the mask): a thread left over
-from an earlier loop (an embedding program's, a test's) holds that loop's wake-up fd, and must not
-take the current loop's signals.
+The thread blocks every signal, so SIGCHLD is always taken by a thread that shares the loop's
+descriptor table and its signal wake-up fd (a thread left over from an earlier loop, an embedding
+program's or a test's, would write a stale one); its children start with no signal blocked
+(posix_spawn's sigmask, and around Popen). The wake-up fd stays open in its table all the same.
 """
 from __future__ import annotations
 
@@ -37,6 +36,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from typing import TYPE_CHECKING, ContextManager
 
 from ..kernel import thread_identity
@@ -64,6 +64,7 @@ class SpawnThread:
         self._ready = threading.Event()
         self._failure: OSError | None = None
         self._home = -1
+        self.exec_wait = 0.0  # seconds the latest spawn took here, its exec included
         # Ids a spawn can take for this thread alone: only root may take another's (else such a
         # launch goes through Popen, which fails as it always did), and only where the system
         # call numbers are known.
@@ -105,9 +106,9 @@ class SpawnThread:
     # --- in the thread --------------------------------------------------------------------------
 
     def _run(self, ours: int, wakeup_fd: int) -> None:
-        # Signals only while it spawns (a child inherits the mask of the thread that forks it):
-        # idle, a thread whose table holds an older loop's wake-up fd must never take SIGCHLD.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        # No signal for this thread: one whose table holds an older loop's wake-up fd must never
+        # take SIGCHLD. Its children start with none blocked (start.py).
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             requests = self._private_table(ours, wakeup_fd)
         except OSError as exc:  # the thread ends, and its table with it
@@ -117,11 +118,9 @@ class SpawnThread:
         self._ready.set()
         while (request := self._requests.get()) is not None:
             *spawn, spawning = request
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            try:
-                result = self._spawn(requests, *spawn)
-            finally:
-                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            began = time.monotonic()
+            result = self._spawn(requests, *spawn)
+            self.exec_wait = time.monotonic() - began
             if isinstance(result, BaseException):
                 spawning.set_exception(result)
             else:

@@ -89,16 +89,20 @@ def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr:
     plain = launch.cwd is None and launch.umask is None and launch.account is None
     if path is not None and (plain or settings is not None):  # (not found on PATH: Popen searches it)
         with settings(launch) if settings is not None and not plain else contextlib.nullcontext():
-            return SpawnedProcess(posix_spawn(path, launch.argv, launch.env, file_actions=actions,
-                                              setsid=True, setsigdef=_RESTORED_SIGNALS))
+            return SpawnedProcess(posix_spawn(path, launch.argv, launch.env, file_actions=actions, setsid=True,
+                                              setsigdef=_RESTORED_SIGNALS, setsigmask=()))
     ids: dict = {}
     if launch.account is not None:
         account = launch.account
         ids = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
-    return subprocess.Popen(
-        launch.argv, executable=program, stdin=stdin, stdout=stdout, stderr=stderr, cwd=launch.cwd,
-        env=launch.env, umask=launch.umask if launch.umask is not None else -1, start_new_session=True,
-        close_fds=True, **ids)
+    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a Popen child inherits the caller's mask
+    try:
+        return subprocess.Popen(
+            launch.argv, executable=program, stdin=stdin, stdout=stdout, stderr=stderr, cwd=launch.cwd,
+            env=launch.env, umask=launch.umask if launch.umask is not None else -1, start_new_session=True,
+            close_fds=True, **ids)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _start_with_sockets(launch: Launch, path: str | None, actions: list[tuple]) -> SpawnedProcess:
@@ -112,7 +116,7 @@ def _start_with_sockets(launch: Launch, path: str | None, actions: list[tuple]) 
     env = {**launch.env, **listen_environment(launch)}  # last: a job's `env` cannot forge them
     argv = trampoline_argv(launch, path, env)
     return SpawnedProcess(posix_spawn(argv[0], argv, env, file_actions=actions + socket_actions(launch),
-                                      setsid=True, setsigdef=_RESTORED_SIGNALS))
+                                      setsid=True, setsigdef=_RESTORED_SIGNALS, setsigmask=()))
 
 
 def _stream_action(fd: int, target: int) -> tuple:

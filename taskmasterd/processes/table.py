@@ -9,11 +9,13 @@ cannot be reused, so its identity read then is its own; read once the exec has s
 a third less, and the slice's lines go in one write. Every stop goes through `Child.terminate`
 (stop signal to the cell or group through pidfds, SIGKILL — `cgroup.kill` — after the grace),
 and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
-shutdown. Spawns are queued, prepared a few milliseconds' worth per loop iteration, and made by
-the spawn thread (spawnthread.py), IN_FLIGHT at a time, while the loop runs on: it never waits for
-an exec (`spawn_soon`; `spawn` waits, for the few callers that need the process at once). While a
-spawn is in flight, a zombie the table does not know may be that spawn's: it is left alone (no
-further spawn is handed over meanwhile) until every spawn in flight has landed.
+shutdown. Spawns are queued and made a few milliseconds' worth per loop iteration. Where execs are
+quick the loop waits for each (inline, or through the spawn thread: `_thread_for`); once they are
+slow (a loaded machine, SLOW_EXEC), the spawn thread (spawnthread.py) makes them, IN_FLIGHT at a
+time, while the loop runs on (`spawn_soon`; `spawn` always waits, for the few callers that need the
+process at once). While a spawn is in flight, a zombie the table does not know may be that
+spawn's: it is left alone (no further spawn is handed over meanwhile) until every spawn in flight
+has landed.
 
 Every spawn has an id of its own (`Child.spawn_id`, unique in the daemon run), set with the run's
 id in its environment after everything else (SPAWN_VARIABLE, RUN_VARIABLE), so a job's `env`
@@ -61,9 +63,16 @@ SWEEP_INTERVAL = 0.5  # seconds between two sweeps for escapes, at the most
 CELL_REMOVAL_DELAY = 0.1  # seconds an emptied cell waits for its rmdir, with the others ended meanwhile
 CELLS_REMOVED_PER_WAKE = 64  # rmdirs per loop iteration (~0.1 ms each)
 PR_SET_CHILD_SUBREAPER = 36
+THREAD_SPAWN_DESCRIPTORS = 1000  # from this many descriptors on, spawns go through the spawn thread
 # Spawns handed to the spawn thread at once: one in the making and the next ready behind it. A
 # spawn that waits for its process (`spawn`) waits behind these, so there are few.
 IN_FLIGHT = 2
+# Seconds a spawn waits for its exec, on average (EXEC_WAIT_WEIGHT: the weight of the latest),
+# past which the loop no longer waits: 0.2-0.4 ms on the idle 2-core VM, 2-8 ms while a hundred
+# jobs start. Below it, waiting costs less than the hand-off to the thread and back (~0.3 ms of
+# the loop's CPU and latency on the VM), so a restart is quickest inline.
+SLOW_EXEC = 0.001
+EXEC_WAIT_WEIGHT = 0.3
 
 
 class SpawnRefused(Exception):
@@ -274,7 +283,9 @@ class ProcessTable:
         self.nofile_limit = _children_nofile or resource.getrlimit(resource.RLIMIT_NOFILE)  # what children get
         self._nofile_raised = self.nofile_limit != resource.getrlimit(resource.RLIMIT_NOFILE)
         self._spawn_thread: SpawnThread | None = None
+        self._table_size = 0  # about how many descriptors the daemon holds
         self._no_spawn_thread = False  # unshare refused
+        self._exec_wait = 0.0  # seconds a spawn waited for its exec, on average (SLOW_EXEC)
 
     @property
     def draining_orphans(self) -> bool:
@@ -350,12 +361,18 @@ class ProcessTable:
         self._queue_scheduled = False
         deadline = time.monotonic() + SPAWN_SLICE
         self._unjournaled = {}
+        made = False
         try:
-            while (self._queue and self._in_flight < IN_FLIGHT and not self._reap_deferred
-                   and time.monotonic() < deadline):
+            while self._queue and self._in_flight < IN_FLIGHT and not self._reap_deferred:
+                # Room for the next spawn's expected wait, past the first: a request that comes
+                # meanwhile waits for the slice, which must not run over by a whole exec.
+                waited = self._exec_wait if self._exec_wait < SLOW_EXEC else 0.0
+                if made and time.monotonic() + waited >= deadline:
+                    break
                 ticket = self._queue.popleft()
                 if not ticket.cancelled:
                     ticket.callback()
+                    made = True
         finally:
             self._journal_spawned()
         self._schedule_queue()
@@ -380,37 +397,38 @@ class ProcessTable:
         closing, ContainmentError when its limits cannot be had, and what Popen raises when it
         cannot start."""
         prepared = self._prepare(launch)
-        thread = self._spawn_thread_now()
+        return self._take(prepared, self._start_now(prepared, self._thread_for(prepared.launch, stdout, stderr),
+                                                    stdout, stderr))
+
+    def _start_now(self, prepared: _Prepared, thread: SpawnThread | None, stdout: int, stderr: int) -> Started:
+        """The spawn made while the loop waits: inline, or by the thread."""
         try:
             if thread is not None:
                 started = thread.start(prepared.launch, prepared.program, stdout, stderr, prepared.placement)
-            else:
-                started = start_process(prepared.launch, prepared.program, subprocess.DEVNULL, stdout, stderr,
-                                        prepared.placement)
+                self._exec_wait += EXEC_WAIT_WEIGHT * (thread.exec_wait - self._exec_wait)
+                return started
+            began = time.monotonic()
+            started = start_process(prepared.launch, prepared.program, subprocess.DEVNULL, stdout, stderr,
+                                    prepared.placement)
+            self._exec_wait += EXEC_WAIT_WEIGHT * (time.monotonic() - began - self._exec_wait)
+            return started
         except BaseException as exc:
             self._not_started(prepared, exc)
             raise
-        return self._take(prepared, started)
 
     def spawn_soon(self, launch: Launch, stdout: int, stderr: int, ticket: SpawnTicket,
                    done: Callable[[Child | BaseException], None]) -> None:
-        """As `spawn`, made by the spawn thread while the loop runs on: `done` is called on the
-        loop with the Child or the exception (SpawnRefused when the daemon began shutting down
-        meanwhile) — and never when `ticket` was cancelled meanwhile: that process is SIGKILLed,
-        whole, and reaped, for nobody wants it any more. `stdout` and `stderr` may be closed once
-        this returns. Raises what `spawn` raises before the fork."""
+        """As `spawn`, but when execs are slow (a loaded machine: SLOW_EXEC) made by the spawn
+        thread while the loop runs on. `done` is called with the Child or the exception — at once
+        when the loop waited, else on a later iteration (SpawnRefused when the daemon began
+        shutting down meanwhile), and never when `ticket` was cancelled meanwhile: that process is
+        SIGKILLed, whole, and reaped, for nobody wants it any more. `stdout` and `stderr` may be
+        closed once this returns. Raises what `spawn` raises before the fork."""
         prepared = self._prepare(launch)
-        thread = self._spawn_thread_now()
-        if thread is None:  # inline: the loop waits
+        thread = self._thread_for(prepared.launch, stdout, stderr)
+        if thread is None or (self._exec_wait < SLOW_EXEC and not self._in_flight):
             try:
-                started = start_process(prepared.launch, prepared.program, subprocess.DEVNULL, stdout, stderr,
-                                        prepared.placement)
-            except BaseException as exc:
-                self._not_started(prepared, exc)
-                done(exc)
-                return
-            try:
-                child = self._take(prepared, started)
+                child = self._take(prepared, self._start_now(prepared, thread, stdout, stderr))
             except BaseException as exc:
                 done(exc)
                 return
@@ -427,6 +445,8 @@ class ProcessTable:
                 done: Callable[[Child | BaseException], None]) -> None:
         """A spawn the thread made (or failed to make), back on the loop."""
         self._in_flight -= 1
+        if self._spawn_thread is not None:
+            self._exec_wait += EXEC_WAIT_WEIGHT * (self._spawn_thread.exec_wait - self._exec_wait)
         result: Child | BaseException | None
         failure = spawning.exception()
         if failure is not None:
@@ -495,6 +515,24 @@ class ProcessTable:
             cell.apply(resources)
         except OSError as exc:  # v1 refuses a memory limit below what it already uses
             raise ContainmentError(f"cannot set its limits: {exc.strerror or exc}") from None
+
+    def _thread_for(self, launch: Launch, *streams: int) -> SpawnThread | None:
+        """The spawn thread when this spawn should go through it, None for inline: when the
+        daemon holds enough descriptors that copying its table at the fork costs more than the
+        hand-off (about 0.3 µs a descriptor against 0.2-0.4 ms for the hand-off, on a busy 2-core
+        VM; descriptors are allocated lowest first, so a new pipe end's number is a fair measure
+        of the table), when the launch has a directory, umask or user (the thread takes them for
+        itself; inline, Popen would fork the daemon), when execs are slow (the loop must not wait
+        for them), and while spawns are in flight (one spawner at a time: each moves into its
+        cell)."""
+        real = [fd for fd in streams if fd >= 0]
+        if real:
+            self._table_size = max(real)
+        plain = launch.cwd is None and launch.umask is None and launch.account is None
+        if (self._table_size < THREAD_SPAWN_DESCRIPTORS and plain and self._exec_wait < SLOW_EXEC
+                and not self._in_flight):
+            return None
+        return self._spawn_thread_now()
 
     def _spawn_thread_now(self) -> SpawnThread | None:
         """The spawn thread (started when first needed), or None where it cannot be had."""
