@@ -5,8 +5,9 @@ import signal
 from tests.support.daemon import Daemon, wait_for
 
 LINES = 30000
-# at SIGTERM, a burst of numbered lines, then exit at once: most of it is still in the pipe then
-BURST = f'trap \'seq 1 {LINES}; exit 0\' TERM; while :; do sleep 0.05; done'
+# at SIGTERM, a burst of numbered lines, then exit at once: most of it is still in the pipe then.
+# "ready" once the trap is set: RUNNING (starttime 0) only says the shell was started.
+BURST = f'trap \'seq 1 {LINES}; exit 0\' TERM; echo ready; while :; do sleep 0.05; done'
 
 
 def test_the_lines_a_job_writes_as_it_stops_reach_the_console_at_shutdown(tmp_path):
@@ -14,7 +15,7 @@ def test_the_lines_a_job_writes_as_it_stops_reach_the_console_at_shutdown(tmp_pa
     daemon = Daemon(tmp_path, jobs, args=["--container"])
     daemon.stdout_path = tmp_path / "daemon.stdout"
     daemon.start()
-    wait_for(lambda: all(i["state"] == "RUNNING" for i in daemon.instances("burst")), 30)
+    wait_for(lambda: all(f"burst[{index}] | ready" in daemon.stdout_path.read_text() for index in range(4)), 30)
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(60) == 0
     out = daemon.stdout_path.read_text()
@@ -27,7 +28,9 @@ def test_the_bytes_a_job_writes_as_it_stops_reach_its_log_file_at_shutdown(tmp_p
                       "logmaxbytes": 0}}
     daemon = Daemon(tmp_path, jobs)
     daemon.start()
-    wait_for(lambda: all(i["state"] == "RUNNING" for i in daemon.instances("burst")), 30)
+    logs_dir = tmp_path / "logs"
+    wait_for(lambda: all((logs_dir / f"burst.{index}.out").exists()
+                         and (logs_dir / f"burst.{index}.out").read_text().startswith("ready") for index in range(4)), 30)
     assert daemon.stop() == 0
     logs = sorted(path for path in (tmp_path / "logs").iterdir() if path.name.startswith("burst"))
     assert len(logs) == 4
