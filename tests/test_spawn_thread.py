@@ -173,9 +173,15 @@ def test_posix_spawn_places_streams_starts_a_session_and_says_why_it_cannot(tmp_
 
 
 def loaded(table: ProcessTable) -> ProcessTable:
-    """As on a loaded machine, where a spawn's exec has been taking long: spawns go on without the loop."""
+    """As on a loaded machine, where a spawn's exec has been taking long: spawns that go through the
+    thread go on without the loop."""
     table._exec_wait = SLOW_EXEC
     return table
+
+
+def threaded(*argv: str, env: dict[str, str] | None = None) -> Launch:
+    """A launch that goes through the spawn thread (a directory: the thread takes it for itself)."""
+    return Launch(argv, env or {}, cwd="/")
 
 
 def test_once_execs_are_slow_the_loop_no_longer_waits_for_them():
@@ -184,7 +190,7 @@ def test_once_execs_are_slow_the_loop_no_longer_waits_for_them():
         table.open(asyncio.get_running_loop())
         try:
             order: list[str] = []
-            launch = Launch(("/bin/true", *SLOW_EXEC_ARGS * 5), {})  # 100 000 arguments: ~30 ms
+            launch = threaded("/bin/true", *SLOW_EXEC_ARGS * 5)  # 100 000 arguments: ~30 ms
             table.spawn_soon(launch, subprocess.DEVNULL, subprocess.DEVNULL, SpawnTicket(lambda: None),
                              lambda child: order.append("first made"))
             order.append("first returned")  # an idle machine: quicker to wait than to hand over
@@ -193,6 +199,10 @@ def test_once_execs_are_slow_the_loop_no_longer_waits_for_them():
             order.append("second returned")
             await table.queue_flushed()
             assert order == ["first made", "first returned", "second returned", "second made"]
+            # A plain launch of a small daemon stays inline all the same: cheaper in a burst.
+            table.spawn_soon(Launch(("/bin/true",), {}), subprocess.DEVNULL, subprocess.DEVNULL,
+                             SpawnTicket(lambda: None), lambda child: order.append("plain made"))
+            assert order[-1] == "plain made"
         finally:
             table.close()
 
@@ -205,7 +215,7 @@ def test_spawn_soon_reports_on_a_later_loop_iteration_and_the_loop_runs_meanwhil
         table.open(asyncio.get_running_loop())
         try:
             order: list[str] = []
-            table.spawn_soon(Launch(("/bin/true", *SLOW_EXEC_ARGS), {}), subprocess.DEVNULL, subprocess.DEVNULL,
+            table.spawn_soon(threaded("/bin/true", *SLOW_EXEC_ARGS), subprocess.DEVNULL, subprocess.DEVNULL,
                              SpawnTicket(lambda: None), lambda child: order.append("landed"))
             order.append("returned")
             asyncio.get_running_loop().call_soon(order.append, "the loop ran")
@@ -257,7 +267,7 @@ def test_a_spawn_cancelled_while_the_thread_makes_it_is_killed_and_never_reporte
         table.open(asyncio.get_running_loop())
         try:
             ticket = SpawnTicket(lambda: None)
-            launch = Launch(("/bin/sh", "-c", "exec sleep 300", "sh", *SLOW_EXEC_ARGS), mark)
+            launch = threaded("/bin/sh", "-c", "exec sleep 300", "sh", *SLOW_EXEC_ARGS, env=mark)
             landing = asyncio.ensure_future(spawned_meanwhile(table, launch, ticket))
             await asyncio.sleep(0)  # handed over
             ticket.cancel()  # a stop, while the thread makes it
@@ -278,7 +288,7 @@ def test_shutdown_waits_for_a_spawn_under_way_and_leaves_nothing():
         table = loaded(ProcessTable(adopt_orphans=True))
         table.open(asyncio.get_running_loop())
         results: list[object] = []
-        table.spawn_soon(Launch(("/bin/sh", "-c", "exec sleep 300", "sh", *SLOW_EXEC_ARGS), mark),
+        table.spawn_soon(threaded("/bin/sh", "-c", "exec sleep 300", "sh", *SLOW_EXEC_ARGS, env=mark),
                          subprocess.DEVNULL, subprocess.DEVNULL, SpawnTicket(lambda: None), results.append)
         await table.drain()  # while the thread makes it
         table.close()
@@ -294,12 +304,12 @@ def test_a_stop_while_the_thread_makes_the_spawn_ends_stopped_with_nothing_left(
     mark = new_mark()
 
     async def scenario():
-        job = {"cmd": ["sleep", "300"], "starttime": 0, "env": mark, "autostart": False}
+        job = {"cmd": ["sleep", "300"], "starttime": 0, "env": mark, "autostart": False, "workingdir": "/"}
         async with supervised(tmp_path, {"quick": job}) as sup:
             inst = sup.jobs["quick"].instances[0]
             table = loaded(sup.processes)
             ahead: list[object] = []
-            table.spawn_soon(Launch(("/bin/true", *SLOW_EXEC_ARGS * 5), {}), subprocess.DEVNULL,
+            table.spawn_soon(threaded("/bin/true", *SLOW_EXEC_ARGS * 5), subprocess.DEVNULL,
                              subprocess.DEVNULL, SpawnTicket(lambda: None), ahead.append)  # ~30 ms of exec
             starting = asyncio.ensure_future(sup.start("quick"))
             while table._in_flight < 2:
