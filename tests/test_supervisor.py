@@ -260,7 +260,8 @@ def test_a_jobs_user_is_looked_up_once_per_version_of_the_job(tmp_path, monkeypa
             job = sup.jobs["as_nobody"]
             for inst in job.instances:
                 await reach(inst, S.RUNNING)
-                assert os.stat(f"/proc/{inst.child.pid}").st_uid == 65534
+                # setpriv(1) takes the ids in the child, a moment after the spawn (same pid)
+                await eventually(lambda: os.stat(f"/proc/{inst.child.pid}").st_uid == 65534, what="its user")
             assert lookups == ["nobody"]
             await sup.kill("as_nobody")
             assert (await sup.start("as_nobody")).response == "success"

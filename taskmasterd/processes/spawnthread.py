@@ -3,8 +3,8 @@
 A spawn made here need not stop the event loop while the child execs: a vfork suspends only the
 thread that called it, and posix_spawn releases the GIL for it (kernel/posixspawn.py). `submit`
 hands a spawn over and returns a future (the table does so once execs are slow); `start` waits for
-it. A launch with a directory, umask or user is made here too: the thread takes them for itself
-(thread_identity.py) where Popen would fork the daemon.
+it. A launch with a directory, umask or user is made here too: the thread takes the directory and
+umask for itself (thread_fs.py), setpriv(1) the user in the child, where Popen would fork the daemon.
 
 A fork copies the caller's descriptor table and the exec then closes the copies, so a spawn costs
 time in proportion to the descriptors the daemon holds: with 5000 captured instances (10 000 pipe
@@ -39,9 +39,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, ContextManager
 
-from ..kernel import thread_identity
+from ..kernel import thread_fs
 from .heldsockets import FIRST_HELD_FD
-from .start import Placement, Started, start_process
+from .start import SETPRIV, Placement, Started, start_process
 
 if TYPE_CHECKING:
     from .launch import Launch
@@ -65,11 +65,10 @@ class SpawnThread:
         self._failure: OSError | None = None
         self._home = -1
         self.exec_wait = 0.0  # seconds the latest spawn took here, its exec included
-        # Ids a spawn can take for this thread alone: only root may take another's (else such a
-        # launch goes through Popen, which fails as it always did), and only where the system
-        # call numbers are known.
+        # Only root may give a child another's ids (else such a launch goes through Popen, which
+        # fails as it always did).
         self._ids = (os.getuid(), os.getgid(), tuple(os.getgroups()))
-        self._may_change_ids = thread_identity.available() and os.geteuid() == 0
+        self._may_change_ids = os.geteuid() == 0
         self._thread = threading.Thread(target=self._run, args=(theirs.fileno(), wakeup_fd),
                                         name="taskmasterd-spawn", daemon=True)
         self._thread.start()
@@ -142,16 +141,16 @@ class SpawnThread:
         return socket.socket(fileno=ours)
 
     def _can_take(self, launch: Launch) -> bool:
+        """Whether posix_spawn can serve this launch here (else Popen): its directory and umask
+        this thread takes for itself; its user, setpriv(1) takes in the child (start.py), which
+        only root may ask for another's ids."""
         account = launch.account
-        return account is None or self._may_change_ids or (account.uid, account.gid, account.groups) == self._ids
+        return (account is None or (account.uid, account.gid, account.groups) == self._ids
+                or (self._may_change_ids and SETPRIV is not None))
 
     def _settings(self, launch: Launch) -> ContextManager[None]:
-        """The launch's directory, umask and user, for this thread alone, around its spawn."""
-        account = launch.account
-        if account is not None and (account.uid, account.gid, account.groups) == self._ids:
-            account = None  # the daemon's own: nothing to take (and no privilege needed for it)
-        return thread_identity.taken(*((account.uid, account.gid, account.groups) if account else (None,) * 3),
-                                     launch.cwd, launch.umask, self._home)
+        """The launch's directory and umask, for this thread alone, around its spawn."""
+        return thread_fs.taken(launch.cwd, launch.umask, self._home)
 
     def _spawn(self, requests: socket.socket, launch: Launch, program: str | None,
                placement: Placement | None) -> Started | BaseException:
@@ -172,7 +171,7 @@ class SpawnThread:
                 launch = dataclasses.replace(launch, sockets=tuple(zip(held, (name for _, name in launch.sockets))))
             return start_process(launch, program, subprocess.DEVNULL, *streams, placement=placement,
                                  settings=self._settings if self._can_take(launch) else None)
-        except thread_identity.CannotGoBack as exc:  # a thread left as a job's user must not spawn again
+        except thread_fs.CannotGoBack as exc:  # a thread left in a job's directory must not spawn again
             log.critical("the spawn thread %s: exiting", exc)
             os._exit(70)  # EX_SOFTWARE; the next daemon drains what this one left
         except BaseException as exc:

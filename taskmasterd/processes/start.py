@@ -4,9 +4,10 @@ posix_spawn does in C what Popen does in a page of Python around the same vfork 
 10 000 spawns that page was a third of the daemon's time (0.57 against 0.32-0.40 ms of CPU per
 instance on the 2-core VM). It is called through kernel/posixspawn.py, which lets the event loop
 run while the child execs (os.posix_spawn would hold the GIL). It cannot change directory, umask
-or user itself: the spawn thread takes them for the moment of the spawn (`settings`:
-kernel/thread_identity.py), for Popen with a user forks the whole daemon, GIL held. Only an inline
-spawn (no spawn thread) of such a launch still goes through Popen. A spawn with held sockets goes
+or user itself: the spawn thread takes the directory and umask for the moment of the spawn
+(`settings`: kernel/thread_fs.py), and a launch with another user execs setpriv(1), which takes
+the ids and execs the program (Popen with a user forks the whole daemon, GIL held). Only an
+inline spawn (no spawn thread) of such a launch, or one without setpriv, still goes through Popen. A spawn with held sockets goes
 through posix_spawn and the trampoline of listenfds.py, which places the sockets at 3, 4, … and
 applies directory, umask and user itself.
 
@@ -28,7 +29,7 @@ from ..kernel.posixspawn import posix_spawn
 from .listenfds import listen_environment, socket_actions, trampoline_argv
 
 if TYPE_CHECKING:
-    from .launch import Launch
+    from .launch import Account, Launch
 
 # What Popen's restore_signals puts back to the default: Python ignores these for itself.
 _RESTORED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
@@ -64,6 +65,10 @@ class SpawnedProcess:
         return self.returncode
 
 
+# setpriv(1) (util-linux), from the system's own directories only: a spawn with a user execs it
+SETPRIV = next((path for path in ("/usr/bin/setpriv", "/bin/setpriv", "/usr/sbin/setpriv", "/sbin/setpriv")
+                if os.access(path, os.X_OK)), None)
+
 Placement = Callable[[], ContextManager[None]]  # puts the forking thread where the child must be born
 Settings = Callable[["Launch"], ContextManager[None]]  # gives the forking thread the launch's directory, umask, user
 
@@ -74,7 +79,7 @@ def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, 
     `program`: the file argv[0] names, when it was found on PATH; `placement`: entered around the
     fork (a cgroup cell: the child inherits the forking thread's cgroups); `settings`: gives the
     calling thread the launch's directory, umask and user for the spawn (the spawn thread's
-    thread_identity.taken), so that posix_spawn serves where Popen would fork. Raises what Popen
+    thread_fs.taken), so that posix_spawn serves where Popen would fork. Raises what Popen
     raises when the program cannot run."""
     with placement() if placement is not None else contextlib.nullcontext():
         return _start(launch, program, stdin, stdout, stderr, settings)
@@ -88,8 +93,12 @@ def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr:
         return _start_with_sockets(launch, path, actions)
     plain = launch.cwd is None and launch.umask is None and launch.account is None
     if path is not None and (plain or settings is not None):  # (not found on PATH: Popen searches it)
+        program_path, argv = path, launch.argv
+        if launch.account is not None and _other_ids(launch.account):
+            _check_runnable(path)  # as Popen would say, not as setpriv's exit code would
+            program_path, argv = _as_user(launch.account, path, launch.argv)
         with settings(launch) if settings is not None and not plain else contextlib.nullcontext():
-            return SpawnedProcess(posix_spawn(path, launch.argv, launch.env, file_actions=actions, setsid=True,
+            return SpawnedProcess(posix_spawn(program_path, argv, launch.env, file_actions=actions, setsid=True,
                                               setsigdef=_RESTORED_SIGNALS, setsigmask=()))
     ids: dict = {}
     if launch.account is not None:
@@ -105,14 +114,34 @@ def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-def _start_with_sockets(launch: Launch, path: str | None, actions: list[tuple]) -> SpawnedProcess:
-    """The sockets at 3, 4, … (after the streams: a stream's own number may be among them), then
-    the trampoline, which execs the program. A program that cannot run fails here, as Popen's
-    would, not later in the trampoline."""
+def _other_ids(account: Account) -> bool:
+    return (account.uid, account.gid) != (os.getuid(), os.getgid()) or tuple(account.groups) != tuple(os.getgroups())
+
+
+def _as_user(account: Account, path: str, argv: tuple[str, ...]) -> tuple[str, list[str]]:
+    """setpriv(1) as the program: it takes the account's groups, gid and uid (real, effective,
+    and at its exec saved: no way back, no capability left) and execs the program with the same
+    argv (found as `path` was, on the launch's PATH), same pid, in the same cell. A vfork and two
+    execs instead of Popen's fork of the whole daemon, GIL held."""
+    assert SETPRIV is not None
+    groups = ["--groups", ",".join(map(str, account.groups))] if account.groups else ["--clear-groups"]
+    first = argv[0] if "/" in argv[0] or os.path.basename(path) == argv[0] else path
+    return SETPRIV, [SETPRIV, "--reuid", str(account.uid), "--regid", str(account.gid), *groups, "--",
+                     first, *argv[1:]]
+
+
+def _check_runnable(path: str | None, name: str = "") -> None:
+    """A program that cannot run fails at the spawn, as Popen's would, not later in a helper."""
     if path is None or not os.access(path, os.X_OK):
         missing = path is None or not os.path.exists(path)
         raise OSError(errno.ENOENT if missing else errno.EACCES, os.strerror(errno.ENOENT if missing else errno.EACCES),
-                      path or launch.argv[0])
+                      path or name)
+
+
+def _start_with_sockets(launch: Launch, path: str | None, actions: list[tuple]) -> SpawnedProcess:
+    """The sockets at 3, 4, … (after the streams: a stream's own number may be among them), then
+    the trampoline, which execs the program."""
+    _check_runnable(path, launch.argv[0])
     env = {**launch.env, **listen_environment(launch)}  # last: a job's `env` cannot forge them
     argv = trampoline_argv(launch, path, env)
     return SpawnedProcess(posix_spawn(argv[0], argv, env, file_actions=actions + socket_actions(launch),
