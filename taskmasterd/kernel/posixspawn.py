@@ -45,6 +45,15 @@ def _check(code: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
+def _sigset(numbers: Iterable[int]) -> ctypes.Array[ctypes.c_char]:
+    sigset = ctypes.create_string_buffer(_SIGSET_SIZE)
+    _check(_libc.sigemptyset(sigset))
+    for number in numbers:
+        if _sigaddset(sigset, int(number)) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return sigset
+
+
 def _strings(items: Iterable[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     listed = list(items)
     return (ctypes.c_char_p * (len(listed) + 1))(*listed, None)
@@ -72,20 +81,10 @@ def posix_spawn(path: str, argv: Sequence[str], env: Mapping[str, str], file_act
             flags = POSIX_SPAWN_SETSID if setsid else 0
             defaults = list(setsigdef)
             if defaults:
-                sigset = ctypes.create_string_buffer(_SIGSET_SIZE)
-                _check(_libc.sigemptyset(sigset))
-                for number in defaults:
-                    if _sigaddset(sigset, int(number)) != 0:
-                        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-                _check(_libc.posix_spawnattr_setsigdefault(attr, sigset))
+                _check(_libc.posix_spawnattr_setsigdefault(attr, _sigset(defaults)))
                 flags |= POSIX_SPAWN_SETSIGDEF
             if setsigmask is not None:
-                mask = ctypes.create_string_buffer(_SIGSET_SIZE)
-                _check(_libc.sigemptyset(mask))
-                for number in setsigmask:
-                    if _sigaddset(mask, int(number)) != 0:
-                        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-                _check(_libc.posix_spawnattr_setsigmask(attr, mask))
+                _check(_libc.posix_spawnattr_setsigmask(attr, _sigset(setsigmask)))
                 flags |= POSIX_SPAWN_SETSIGMASK
             _check(_setflags(attr, flags))
             pid = ctypes.c_int()
