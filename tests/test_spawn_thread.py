@@ -12,7 +12,7 @@ from taskmasterd.kernel.posixspawn import posix_spawn
 from taskmasterd.processes.launch import Launch
 from taskmasterd.processes.table import THREAD_SPAWN_DESCRIPTORS
 from taskmasterd.processes.spawnthread import SpawnThread
-from taskmasterd.processes.table import SLOW_EXEC, Child, ProcessTable, SpawnRefused, SpawnTicket
+from taskmasterd.processes.table import SLOW_EXEC, ProcessTable, SpawnRefused, SpawnTicket
 from taskmasterd.lifecycle.states import State
 
 from .support.processes import marked, new_mark
