@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, ContextManager
 
 from ..kernel import thread_fs
 from .heldsockets import FIRST_HELD_FD
-from .start import SETPRIV, Placement, Started, start_process
+from .start import Placement, Started, account_taken_in_child, start_process
 
 if TYPE_CHECKING:
     from .launch import Launch
@@ -65,10 +65,6 @@ class SpawnThread:
         self._failure: OSError | None = None
         self._home = -1
         self.exec_wait = 0.0  # seconds the latest spawn took here, its exec included
-        # Only root may give a child another's ids (else such a launch goes through Popen, which
-        # fails as it always did).
-        self._ids = (os.getuid(), os.getgid(), tuple(os.getgroups()))
-        self._may_change_ids = os.geteuid() == 0
         self._thread = threading.Thread(target=self._run, args=(theirs.fileno(), wakeup_fd),
                                         name="taskmasterd-spawn", daemon=True)
         self._thread.start()
@@ -140,14 +136,6 @@ class SpawnThread:
         self._home = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # where a spawn's chdir comes back to
         return socket.socket(fileno=ours)
 
-    def _can_take(self, launch: Launch) -> bool:
-        """Whether posix_spawn can serve this launch here (else Popen): its directory and umask
-        this thread takes for itself; its user, setpriv(1) takes in the child (start.py), which
-        only root may ask for another's ids."""
-        account = launch.account
-        return (account is None or (account.uid, account.gid, account.groups) == self._ids
-                or (self._may_change_ids and SETPRIV is not None))
-
     def _settings(self, launch: Launch) -> ContextManager[None]:
         """The launch's directory and umask, for this thread alone, around its spawn."""
         return thread_fs.taken(launch.cwd, launch.umask, self._home)
@@ -170,7 +158,7 @@ class SpawnThread:
                 fds += held
                 launch = dataclasses.replace(launch, sockets=tuple(zip(held, (name for _, name in launch.sockets))))
             return start_process(launch, program, subprocess.DEVNULL, *streams, placement=placement,
-                                 settings=self._settings if self._can_take(launch) else None)
+                                 settings=self._settings if account_taken_in_child(launch) else None)
         except thread_fs.CannotGoBack as exc:  # a thread left in a job's directory must not spawn again
             log.critical("the spawn thread %s: exiting", exc)
             os._exit(70)  # EX_SOFTWARE; the next daemon drains what this one left

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import signal
 import subprocess
@@ -114,8 +115,20 @@ def _start(launch: Launch, program: str | None, stdin: int, stdout: int, stderr:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+@functools.cache
+def _own_ids() -> tuple[int, int, tuple[int, ...]]:
+    return os.getuid(), os.getgid(), tuple(os.getgroups())  # the daemon never changes its own
+
+
 def _other_ids(account: Account) -> bool:
-    return (account.uid, account.gid) != (os.getuid(), os.getgid()) or tuple(account.groups) != tuple(os.getgroups())
+    return (account.uid, account.gid, tuple(account.groups)) != _own_ids()
+
+
+def account_taken_in_child(launch: Launch) -> bool:
+    """Whether a posix_spawn can give the launch its account: none, the daemon's own, or another
+    that setpriv takes (which only root may ask for); else Popen, which fails as it always did."""
+    account = launch.account
+    return account is None or not _other_ids(account) or (os.geteuid() == 0 and SETPRIV is not None)
 
 
 def _as_user(account: Account, path: str, argv: tuple[str, ...]) -> tuple[str, list[str]]:
