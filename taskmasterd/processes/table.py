@@ -405,16 +405,19 @@ class ProcessTable:
         try:
             if thread is not None:
                 started = thread.start(prepared.launch, prepared.program, stdout, stderr, prepared.placement)
-                self._exec_wait += EXEC_WAIT_WEIGHT * (thread.exec_wait - self._exec_wait)
+                self._note_exec_wait(thread.exec_wait)
                 return started
             began = time.monotonic()
             started = start_process(prepared.launch, prepared.program, subprocess.DEVNULL, stdout, stderr,
                                     prepared.placement)
-            self._exec_wait += EXEC_WAIT_WEIGHT * (time.monotonic() - began - self._exec_wait)
+            self._note_exec_wait(time.monotonic() - began)
             return started
         except BaseException as exc:
             self._not_started(prepared, exc)
             raise
+
+    def _note_exec_wait(self, seconds: float) -> None:
+        self._exec_wait += EXEC_WAIT_WEIGHT * (seconds - self._exec_wait)
 
     def spawn_soon(self, launch: Launch, stdout: int, stderr: int, ticket: SpawnTicket,
                    done: Callable[[Child | BaseException], None]) -> None:
@@ -446,7 +449,7 @@ class ProcessTable:
         """A spawn the thread made (or failed to make), back on the loop."""
         self._in_flight -= 1
         if self._spawn_thread is not None:
-            self._exec_wait += EXEC_WAIT_WEIGHT * (self._spawn_thread.exec_wait - self._exec_wait)
+            self._note_exec_wait(self._spawn_thread.exec_wait)
         result: Child | BaseException | None
         failure = spawning.exception()
         if failure is not None:
