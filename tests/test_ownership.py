@@ -16,7 +16,7 @@ from taskmasterd.processes.orphans import Journal, find_leftovers, identity, rea
 from taskmasterd.lifecycle.states import State
 
 from .support.daemon import pid_alive, write_job
-from .support.processes import marked, new_mark
+from .support.processes import comm, marked, new_mark
 from .support.supervised import eventually, reach, run, supervised
 
 S = State
@@ -91,14 +91,6 @@ def test_shrink_then_grow_never_runs_two_processes_for_one_index(tmp_path):
         assert not marked(mark)
 
     run(scenario())
-
-
-def comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as src:
-            return src.read().strip()
-    except OSError:
-        return None
 
 
 def test_a_spawn_that_raises_anything_fails_the_start_and_shutdown_still_stops_the_rest(tmp_path):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from .support.daemon import Daemon, pid_alive, wait_for
-from .support.processes import environment_of, marked, new_mark
+from .support.processes import comm, environment_of, marked, new_mark
 
 
 def sleeper(mark, **fields):
@@ -73,14 +73,6 @@ def escapes_of(mark, job, leader):
     return [pid for pid in marked(mark) if environment_of(pid).get("TASKMASTER_JOB") == job and _sid(pid) != leader]
 
 
-def _comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as src:
-            return src.read().strip()
-    except OSError:
-        return None
-
-
 def _sid(pid):
     try:
         return os.getsid(pid)
@@ -99,7 +91,7 @@ def test_escaped_grandchildren_are_stopped_with_their_instance_and_at_shutdown(t
                            10, what="two escapes of esc")
         # the other job's three processes, once its shells have forked and exec'd (none in between)
         others = wait_for(lambda: len(found := [pid for pid in marked(mark) if environment_of(pid).get("OTHER") == "1"
-                                                and _comm(pid) == "sleep"]) == 3 and found, 10, what="other's processes")
+                                                and comm(pid) == "sleep"]) == 3 and found, 10, what="other's processes")
         assert daemon.request("stop", "esc")["response"] == "success"
         wait_for(lambda: not any(pid in marked(mark) for pid in escaped), 5, what="escapes of esc stopped")
         assert all(pid in marked(mark) for pid in others)  # the other job's processes, escapes included, are untouched

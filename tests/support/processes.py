@@ -39,3 +39,12 @@ def environment_of(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return {k.decode(): v.decode(errors="replace") for k, _, v in pairs}
+
+
+def comm(pid: int) -> str | None:
+    """The process's command name, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as src:
+            return src.read().strip()
+    except OSError:
+        return None
