@@ -4,16 +4,21 @@ In container mode an instance whose job names no log file (`stdout`/`stderr` lef
 default) writes into a pipe drained by logcapture.Drain as usual, but into a `ConsoleStream`
 instead of a file: its bytes are cut into lines, each prefixed with the instance's label (in a
 colour of its job's own when the stream is a terminal) and handed to a `LogWriter` thread, so a
-slow `docker logs` reader never blocks the loop (what it cannot take is dropped, counted, and
-said in the stream). A job that names a file, or discards its output (null), keeps doing so.
+slow `docker logs` reader never blocks the loop. While the writer is full the pipes are not read:
+a job writing faster than the stream takes slows down, as it would writing to the stream itself
+(and as under Docker's default `mode: blocking`), and loses nothing. Only a stream that has taken
+nothing for LogWriter.STALL seconds costs lines, dropped, counted, and said in the stream. A job
+that names a file, or discards its output (null), keeps doing so.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import sys
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..observe.daemonlog import LogWriter
 from ..processes.logcapture import CHUNK
@@ -38,19 +43,38 @@ class ConsoleStream:
     def room(self) -> int:
         return CHUNK
 
+    def room_or_wait(self, resume: Callable[[], None]) -> bool:
+        """Whether the writer takes more now; if not, `resume` is called on the loop once it does
+        (or once the stream has stalled long enough for what comes to be dropped)."""
+        loop = asyncio.get_running_loop()
+
+        def from_writer_thread() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed at exit: nothing to resume
+                loop.call_soon_threadsafe(resume)
+
+        if self._writer.room_or_wait(from_writer_thread):
+            return True
+        loop.call_later(self._writer.STALL, resume)
+        return False
+
     def write(self, data: memoryview) -> None:
         lines = (self._partial + bytes(data)).split(b"\n")
         self._partial = lines.pop()
         if len(self._partial) > MAX_LINE:
             lines.append(self._partial)
             self._partial = b""
-        for line in lines:
-            self._put(line)
+        if lines:
+            self._put(lines)
 
-    def _put(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace")
-        for start in range(0, max(len(text), 1), MAX_LINE):
-            self._writer.put(logging.makeLogRecord({"msg": self._prefix + text[start:start + MAX_LINE]}))
+    def _put(self, lines: list[bytes]) -> None:
+        prefix, pieces = self._prefix, []
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            if len(text) <= MAX_LINE:
+                pieces.append(text)
+            else:
+                pieces.extend(text[start:start + MAX_LINE] for start in range(0, len(text), MAX_LINE))
+        self._writer.put_text("".join(f"{prefix}{piece}\n" for piece in pieces), len(pieces))
 
     def check(self) -> None:
         """Nothing to check: the daemon's stream is not a file of ours."""
@@ -61,7 +85,7 @@ class ConsoleStream:
     def close(self) -> None:
         """The pipe's last writer closed it: a last line without its newline still goes out."""
         if self._partial:
-            self._put(self._partial)
+            self._put([self._partial])
             self._partial = b""
 
 

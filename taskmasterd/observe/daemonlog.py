@@ -16,6 +16,7 @@ import select
 import threading
 import time
 from collections import deque
+from typing import Callable
 
 from .fanout import Fanout
 from .following import FollowOptions, recent_then_stream
@@ -68,16 +69,27 @@ class LogWriter:
 
     A stream that takes nothing (a pager that stopped reading, a full disk) costs lines, never the
     daemon: at most MAX_PENDING wait, the rest are dropped, a failed write is lost without a
-    traceback, and the next line written says how many went; `stop` waits STOP_GRACE at most."""
+    traceback, and the next line written says how many went; `stop` waits STOP_GRACE at most.
+
+    Jobs' output (container mode) comes as blocks of text with flow control instead: a writer
+    holding MAX_PENDING_TEXT characters has no room (`room_or_wait`), and the pipes feeding it are
+    left unread until it is back under half of that, so a burst slows the jobs that write it and
+    costs no line. Only a stream that has taken nothing for STALL seconds costs lines (dropped,
+    counted, said), so one stuck reader does not hang every job that writes."""
 
     BATCH_DELAY = 0.01
     MAX_PENDING = 10_000  # records (a few MB); beyond, the log only costs memory and tells nothing
+    MAX_PENDING_TEXT = 4 << 20  # characters of jobs' output queued before their pipes wait
+    STALL = 5.0  # seconds without a finished write, with text waiting, after which text is dropped
     STOP_GRACE = 2.0  # seconds `stop` gives a stuck stream before the process exits without it
 
     def __init__(self, handler: logging.StreamHandler, what: str = "the daemon's log") -> None:
         self.handler = handler
         self.what = what  # named in the notes of lines dropped or lost
-        self._pending: deque[logging.LogRecord] = deque()
+        self._pending: deque[logging.LogRecord | str] = deque()
+        self._pending_text = 0  # characters of text blocks queued
+        self._progress = time.monotonic()  # when the last write finished, or text began to wait
+        self._room_waiters: list[Callable[[], None]] = []
         self._wake = threading.Event()
         self._stopping = False
         self._dropped = 0  # records refused since the last line written: the queue was full
@@ -95,10 +107,41 @@ class LogWriter:
         if len(self._pending) >= self.MAX_PENDING:
             with self._count_lock:
                 self._dropped += 1
+            if not self._wake.is_set():
+                self._wake.set()
             return
         self._pending.append(record)
         if not self._wake.is_set():
             self._wake.set()
+
+    def put_text(self, text: str, lines: int) -> None:
+        """A block of `lines` whole lines, each with its newline, written as it is (from the loop
+        thread; its callers ask `room_or_wait` first). Past MAX_PENDING_TEXT, with the stream
+        stalled, it is dropped and counted."""
+        with self._count_lock:
+            if self._pending_text >= self.MAX_PENDING_TEXT and self.stalled():
+                self._dropped += lines
+                self._wake.set()  # the thread says so as soon as the stream moves
+                return
+            if not self._pending_text:
+                self._progress = time.monotonic()
+            self._pending_text += len(text)
+        self._pending.append(text)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def room_or_wait(self, resume: Callable[[], None]) -> bool:
+        """Whether text may be put now: under MAX_PENDING_TEXT, or the stream has stalled (what is
+        put then is dropped). If not, `resume` is called, from the writer's thread, once the queue
+        is back under half of that."""
+        with self._count_lock:
+            if self._pending_text < self.MAX_PENDING_TEXT or self.stalled():
+                return True
+            self._room_waiters.append(resume)
+            return False
+
+    def stalled(self) -> bool:
+        return bool(self._pending_text) and time.monotonic() - self._progress > self.STALL
 
     def stop(self) -> None:
         """Write what is still queued, then end the thread; give up after STOP_GRACE (the thread
@@ -113,7 +156,9 @@ class LogWriter:
             if not self._stopping:
                 self._let_a_burst_gather()
             self._wake.clear()
-            self._write(self._take())
+            batch = self._take()
+            self._write(batch)
+            self._wrote(batch)
             if self._stopping and not self._pending:
                 return
 
@@ -126,23 +171,39 @@ class LogWriter:
         except OSError:
             pass
 
-    def _take(self) -> list[logging.LogRecord]:
+    def _take(self) -> list[logging.LogRecord | str]:
         batch = []
         while self._pending:
             batch.append(self._pending.popleft())
         return batch
 
-    def _write(self, batch: list[logging.LogRecord]) -> None:
-        if not batch:
+    def _wrote(self, batch: list[logging.LogRecord | str]) -> None:
+        """After a write (done or failed): the text it held no longer waits; pipes paused for
+        room may be read again."""
+        taken = sum(len(item) for item in batch if isinstance(item, str))
+        with self._count_lock:
+            self._progress = time.monotonic()
+            self._pending_text -= taken
+            if self._pending_text >= self.MAX_PENDING_TEXT // 2 or not self._room_waiters:
+                return
+            waiters, self._room_waiters = self._room_waiters, []
+        for resume in waiters:
+            resume()
+
+    def _write(self, batch: list[logging.LogRecord | str]) -> None:
+        """The batch, after a note of the lines dropped or lost since the last write (written on
+        its own when nothing else comes: a stream that moves again says what it missed)."""
+        with self._count_lock:
+            dropped, lost, why = self._dropped, self._lost, self._why_lost
+        if not batch and not dropped and not lost:
             return
         handler = self.handler
         try:
-            data = "".join(handler.format(record) + handler.terminator for record in batch).encode("utf-8", "replace")
+            data = "".join(item if isinstance(item, str) else handler.format(item) + handler.terminator
+                           for item in batch).encode("utf-8", "replace")
         except Exception:
             handler.handleError(batch[-1])  # a bug of ours, not of the stream: say it
             return
-        with self._count_lock:
-            dropped, lost, why = self._dropped, self._lost, self._why_lost
         notes = []
         if dropped:
             notes.append(f"{dropped} lines of {self.what} were dropped: they came faster than it could be written")
@@ -159,12 +220,12 @@ class LogWriter:
                 handler.stream.flush()  # whatever else was written to it goes first
                 fd = handler.stream.fileno()
             except (OSError, ValueError) as exc:  # ValueError: the stream was closed
-                self._count_lost(len(batch), exc)
+                self._count_lost(data.count(b"\n"), exc)
                 return
         written, error = _write_all(fd, head + data)
         if error is not None:
             self._mid_line = 0 < written and (head + data)[written - 1:written] != b"\n"
-            self._count_lost(len(batch) - data[:max(0, written - len(head))].count(b"\n"), error)
+            self._count_lost(data[max(0, written - len(head)):].count(b"\n"), error)
             return
         self._mid_line = False
         with self._count_lock:  # what the notes told is told; what came meanwhile is not

@@ -176,6 +176,10 @@ class LogFile:
             self.line_begun = min(self.line_begun, info.st_size)
             self.marks.clear()  # truncated in place: the offsets mean nothing now
 
+    def room_or_wait(self, resume: Callable[[], None]) -> bool:
+        """A file always takes more (a disk that refuses it costs bytes, counted: see `write`)."""
+        return True
+
     def rotate(self) -> None:
         """`path` → `path.1` → … → `path.N`, then a fresh file. Only the file this daemon has open
         is renamed or truncated: a path that now names another file is left alone."""
@@ -291,6 +295,8 @@ class Sink(Protocol):
 
     def room(self) -> int: ...
 
+    def room_or_wait(self, resume: Callable[[], None]) -> bool: ...
+
     def write(self, data: memoryview) -> None: ...
 
     def check(self) -> None: ...
@@ -300,7 +306,8 @@ class Sink(Protocol):
 
 class Drain:
     """Moves everything written into one pipe to a sink until the pipe's last writer closes it,
-    then calls `release`."""
+    then calls `release`. While the sink has no room the pipe is left unread (its writer blocks
+    once it is full) until the sink calls back."""
 
     def __init__(self, read_fd: int, file: Sink, release: Callable[[], None], loop: asyncio.AbstractEventLoop,
                  owner: LogFiles) -> None:
@@ -310,6 +317,7 @@ class Drain:
         self._loop = loop
         self._owner = owner
         self._grown = False
+        self._paused = False
         owner._track(self)
         loop.add_reader(read_fd, self._pump)
 
@@ -318,6 +326,10 @@ class Drain:
         file.check()
         deadline = time.monotonic() + PUMP_SLICE
         while True:
+            if not file.room_or_wait(self._resume):
+                self._loop.remove_reader(self._fd)
+                self._paused = True
+                return
             # A read fills the file at most up to one rotation (or finishes its line, or fills
             # the next file): a tiny logmaxbytes costs rotations, each one a wake-up's share.
             size = min(file.room() or file.maxbytes, CHUNK)
@@ -341,6 +353,11 @@ class Drain:
                     pass  # over the per-user pipe budget: the default size still works
             if time.monotonic() >= deadline:
                 return  # still readable: the loop calls again after serving everyone else
+
+    def _resume(self) -> None:
+        if self._paused and self._fd >= 0:
+            self._paused = False
+            self._loop.add_reader(self._fd, self._pump)
 
     def close(self) -> None:
         if self._fd < 0:
