@@ -11,8 +11,12 @@ reply that is not the protocol — raises `ConnectionFailed`; everything the dae
 """
 from __future__ import annotations
 
+import _signal
 import _socket
+import contextlib
+import os
 import select
+import time
 
 from taskmasterd.control.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
 from taskmasterd.reply import Reply
@@ -89,7 +93,7 @@ class Client:
         try:
             sock.sendall(encode_request(verb, job, data, nowait, deps, rolling, inline=True))
             while not self._bodies:
-                chunk = sock.recv(1 << 18)
+                chunk = _receive(sock, self.timeout)
                 if not chunk:
                     raise ConnectionFailed(f"taskmasterd at {self.address} closed the connection")
                 self._bodies += self._decoder.feed(chunk)
@@ -115,11 +119,12 @@ class Client:
         sock = self._connection()
         try:
             sock.sendall(encode_request(verb, job, data, inline=True))
+            timeout: float | None = self.timeout
             while True:
                 while self._bodies:
                     yield decode_reply(self._bodies.pop(0))
-                    sock.settimeout(None)
-                chunk = sock.recv(1 << 18)
+                    timeout = None
+                chunk = _receive(sock, timeout)
                 if not chunk:
                     return
                 self._bodies += self._decoder.feed(chunk)
@@ -189,3 +194,46 @@ def _connect(host: str | bytes, port: int, timeout: float) -> _socket.socket:
             sock.close()
             error = exc
     raise error
+
+
+_wake_pipe: tuple[int, int] | None = None  # the signal wakeup fd of a process whose main thread waits
+
+
+def _receive(sock: _socket.socket, timeout: float | None) -> bytes:
+    """The next bytes from the daemon (b"": it closed), waiting `timeout` seconds at most (None:
+    for as long as a follow stays quiet). On the main thread the wait also watches the signal
+    wakeup fd: a Ctrl-C that lands after the interpreter last looked at its signals and before
+    the wait began (microseconds, but a person types right after a line is shown) would
+    otherwise be seen only when the daemon next writes, which, following, may be never."""
+    global _wake_pipe
+    try:
+        if _wake_pipe is None:
+            _wake_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous = _signal.set_wakeup_fd(_wake_pipe[1], warn_on_full_buffer=False)
+    except ValueError:  # not the main thread: signals are not this thread's to handle
+        previous = None
+    if previous is not None and previous != -1:  # another's (an event loop's): it stays
+        _signal.set_wakeup_fd(previous)
+        previous = None
+    if previous is None:
+        sock.settimeout(timeout)
+        return sock.recv(1 << 18)
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(_wake_pipe[0], select.POLLIN)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
+            ready = {fd for fd, _ in poller.poll(left)}
+            if not ready:
+                raise TimeoutError
+            if _wake_pipe[0] in ready:  # the interpreter raises KeyboardInterrupt at its next step
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(_wake_pipe[0], 64):
+                        pass
+            if sock.fileno() in ready:
+                sock.settimeout(timeout)
+                return sock.recv(1 << 18)
+    finally:
+        _signal.set_wakeup_fd(-1)

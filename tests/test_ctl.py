@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -388,6 +389,36 @@ def test_shell_options_anywhere_help_of_a_command_and_a_follow_ended_by_ctrl_c(t
     terminal.expect(b"taskmaster> ")
     terminal.type(b"exit\n")
     assert terminal.close() == 0
+
+
+# The main thread blocks SIGINT, so the kernel hands it to the other thread: the main thread's
+# wait is never interrupted, as when the signal lands just before the wait begins (the shell
+# hung after Ctrl-C ended `events -f`: once in tens of runs).
+FOLLOW_WITH_SIGINT_ELSEWHERE = """
+import signal, sys, threading
+from taskmasterctl.client import Client
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+try:
+    for reply in Client(port=int(sys.argv[1])).stream("events", None, b'{"last":1,"follow":true}'):
+        print("following", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_ends_a_quiet_follow_even_when_the_wait_itself_is_not_interrupted(daemon: Daemon) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", FOLLOW_WITH_SIGINT_ELSEWHERE, str(daemon.port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "following\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        assert proc.stdout.read() == "interrupted\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_rollout_and_a_pending_file_show_in_the_table_and_a_halt_exits_3() -> None:
