@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Coroutine, Iterable, TypeVar
 from .foreground import Foreground
 
 T = TypeVar("T")
-SLICE = 0.005  # seconds of paced work per loop iteration
+SLICE = 0.002  # seconds of paced work per loop iteration (as a spawn slice: a request waits for one)
 MAX_BATCH = 1024
 
 

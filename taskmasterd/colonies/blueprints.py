@@ -74,7 +74,7 @@ class BlueprintReconciler:
         self._changed: set[str] = set()  # blueprints whose change the other daemons are to hear of
         self._waking: asyncio.Task[None] | None = None  # a round of wake-ups going out
         self._status = StatusWriter(shared.client, self._colony, self.host, shared.outage, shared.timing.status_interval,
-                                    self._report, self._list, self._prvkey)
+                                    self._report, self._list, self._prvkey, self._sup.foreground)
         self._tasks = [asyncio.create_task(self._main()), asyncio.create_task(self._follow_jobs())]
 
     # --- what the bridge asks ---------------------------------------------------------------------
@@ -363,19 +363,16 @@ class BlueprintReconciler:
         applied = self._jobs.blueprint_of(job)
         entry: dict[str, Any] = {"job": job, "generation": applied.get("generation") if applied else None,
                                  "instances": 0, "states": {}, "error": self._errors.get(job)}
-        reply = self._sup.status(job)
-        if reply.ok and reply.value and reply.value.get("jobs"):
-            found = reply.value["jobs"][0]
-            instances = found.get("instances") or []
+        # From the job itself, not its `status` document: a round reports every blueprint, twice.
+        found = self._sup.jobs.get(job)
+        if found is not None:
+            instances = found.instances
             entry["instances"] = len(instances)
-            entry["states"] = dict(collections.Counter(_text(i.get("state")) for i in instances))
-            health = collections.Counter(_text(i["health"]) for i in instances if i.get("health"))
+            entry["states"] = dict(collections.Counter(inst.state.value for inst in instances))
+            health = collections.Counter(state.value for inst in instances if (state := inst.health.state) is not None)
             if health:
                 entry["health"] = dict(health)
-            entry["error"] = entry["error"] or found.get("error")
+            entry["error"] = entry["error"] or found.error
+        elif job in self._sup.invalid:
+            entry["error"] = entry["error"] or self._sup.invalid[job]
         return entry, None
-
-
-def _text(value: Any) -> str:
-    """An instance's state or health as status documents carry it (an enum's value)."""
-    return str(getattr(value, "value", value))

@@ -128,14 +128,14 @@ class ColoniesBridge(JobListener):
     # --- status ---------------------------------------------------------------------------------
 
     def status_of(self, entries: dict[str, dict[str, Any]]) -> None:
-        for name, executor in self.executors.items():
-            entry = entries.get(name)
-            if entry is not None:
+        """The Colonies side of these jobs' status entries (one job's status costs one lookup, not
+        a pass over every executor)."""
+        for name, entry in entries.items():
+            executor = self.executors.get(name)
+            if executor is not None:
                 entry["colonies"] = executor.status()
-        if self.blueprints is not None:
-            for name, entry in entries.items():
-                if name.startswith(PREFIX):
-                    entry.update(self.blueprints.job_status(name))
+            if self.blueprints is not None and name.startswith(PREFIX):
+                entry.update(self.blueprints.job_status(name))
 
     def _retire(self, name: str, reason: str, unregister: bool) -> None:
         executor = self.executors.pop(name)

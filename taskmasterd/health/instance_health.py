@@ -142,6 +142,11 @@ class InstanceHealth:
         """Its check passes, or it has none (dependencies and ColonyOS count it healthy then)."""
         return self.checker is None or self.checker.state is Health.HEALTHY
 
+    @property
+    def state(self) -> Health | None:
+        """The check's verdict; None without a check under way."""
+        return self.checker.state if self.checker is not None else None
+
     def verdict(self) -> str | None:
         """"unhealthy (http 503)", "starting"; None without a check under way."""
         checker = self.checker

@@ -329,10 +329,8 @@ class Scheduler:
         return await self.run_now(name, nowait, index)
 
     def status_extra(self, entries: dict[str, dict]) -> None:
-        for name, table in self.jobs.items():
-            entry = entries.get(name)
-            if entry is not None:
-                entry["schedule"] = self._document(table)
+        for name in entries.keys() & self.jobs.keys():  # walks the smaller of the two
+            entries[name]["schedule"] = self._document(self.jobs[name])
 
     @staticmethod
     def _document(table: _Timetable) -> dict:
