@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import _signal
 import _socket
-import contextlib
 import os
 import select
 import time
@@ -196,44 +195,69 @@ def _connect(host: str | bytes, port: int, timeout: float) -> _socket.socket:
     raise error
 
 
-_wake_pipe: tuple[int, int] | None = None  # the signal wakeup fd of a process whose main thread waits
+_wake_pipe: tuple[int, int] | None = None  # the signal wakeup pipe, made on the first wait
+
+
+class SignalWakeup:
+    """Around a wait for the daemon: `with SignalWakeup() as wake` gives the read end of a pipe
+    that the interpreter's C signal handler writes to whenever a signal comes (`set_wakeup_fd`),
+    to wait on beside the sockets. A Ctrl-C that lands after the interpreter last looked at its
+    signals and before the wait began (microseconds, but a person types right after a line is
+    shown) would otherwise be seen only when the daemon next writes, which, following, may be
+    never. None off the main thread (its signals are not this thread's), or where a wakeup fd is
+    set already (an event loop's). A class, not contextlib: a one-shot taskmasterctl does not
+    import it."""
+
+    def __init__(self) -> None:
+        self._installed = False
+
+    def __enter__(self) -> int | None:
+        global _wake_pipe
+        try:
+            if _wake_pipe is None:
+                _wake_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            previous = _signal.set_wakeup_fd(_wake_pipe[1], warn_on_full_buffer=False)
+        except ValueError:
+            return None
+        if previous != -1:
+            _signal.set_wakeup_fd(previous)
+            return None
+        self._installed = True
+        return _wake_pipe[0]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            _signal.set_wakeup_fd(-1)
+            self._installed = False
+
+
+def drain_wakeup(fd: int) -> None:
+    """The wakeup fd was readable: empty it. The interpreter runs the handlers (KeyboardInterrupt)
+    at its next step."""
+    try:
+        while os.read(fd, 64):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _receive(sock: _socket.socket, timeout: float | None) -> bytes:
     """The next bytes from the daemon (b"": it closed), waiting `timeout` seconds at most (None:
-    for as long as a follow stays quiet). On the main thread the wait also watches the signal
-    wakeup fd: a Ctrl-C that lands after the interpreter last looked at its signals and before
-    the wait began (microseconds, but a person types right after a line is shown) would
-    otherwise be seen only when the daemon next writes, which, following, may be never."""
-    global _wake_pipe
-    try:
-        if _wake_pipe is None:
-            _wake_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        previous = _signal.set_wakeup_fd(_wake_pipe[1], warn_on_full_buffer=False)
-    except ValueError:  # not the main thread: signals are not this thread's to handle
-        previous = None
-    if previous is not None and previous != -1:  # another's (an event loop's): it stays
-        _signal.set_wakeup_fd(previous)
-        previous = None
-    if previous is None:
+    for as long as a follow stays quiet); a signal ends the wait (`SignalWakeup`)."""
+    with SignalWakeup() as wake:
+        if wake is not None:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            poller.register(wake, select.POLLIN)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
+                ready = {fd for fd, _ in poller.poll(left)}
+                if not ready:
+                    raise TimeoutError
+                if wake in ready:
+                    drain_wakeup(wake)
+                if sock.fileno() in ready:
+                    break
         sock.settimeout(timeout)
         return sock.recv(1 << 18)
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        poller.register(_wake_pipe[0], select.POLLIN)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
-            ready = {fd for fd, _ in poller.poll(left)}
-            if not ready:
-                raise TimeoutError
-            if _wake_pipe[0] in ready:  # the interpreter raises KeyboardInterrupt at its next step
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(_wake_pipe[0], 64):
-                        pass
-            if sock.fileno() in ready:
-                sock.settimeout(timeout)
-                return sock.recv(1 << 18)
-    finally:
-        _signal.set_wakeup_fd(-1)

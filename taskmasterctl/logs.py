@@ -18,11 +18,12 @@ import time
 
 from taskmasterd.control.protocol import FrameDecoder, ReplyError, decode_reply, encode_request
 
-from .client import MAX_REPLY, Client, ConnectionFailed
+from .client import MAX_REPLY, Client, ConnectionFailed, SignalWakeup, drain_wakeup
 from .session import EXIT_FAIL, EXIT_UNREACHABLE, Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import selectors
     from argparse import Namespace
 
     from taskmasterd.reply import Reply
@@ -231,16 +232,32 @@ def _run(session: Session, targets: list[Target], options: dict, printer: Printe
                                  json.dumps({**options, "stream": target.stream}).encode())
         target.sock.sendall(request)
         poll.register(target.sock, selectors.EVENT_READ, target)
+    with SignalWakeup() as wake:
+        _multiplex(session, targets, options, printer, poll, wake)
+
+
+def _multiplex(session: Session, targets: list[Target], options: dict, printer: Printer,
+               poll: selectors.BaseSelector, wake: int | None) -> None:
+    """Every stream's replies as they come, until each has ended; `wake` (client.SignalWakeup)
+    is watched too, so a Ctrl-C always ends the wait."""
+    import selectors
+
+    base = session.client
     backlog: list[tuple[float, int, Target, float | None, bytes]] = []
     waiting = len(targets)  # first replies still to come
     deadline = time.monotonic() + base.timeout
-    while poll.get_map():
+    if wake is not None:
+        poll.register(wake, selectors.EVENT_READ, None)
+    while len(poll.get_map()) > (wake is not None):  # a stream is still open
         timeout = None if waiting == 0 else max(deadline - time.monotonic(), 0)
         events = poll.select(timeout)
         if not events and waiting:
             raise ConnectionFailed(f"no reply from taskmasterd at {base.address} within {base.timeout:g} s")
         for key, _ in events:
             target = key.data
+            if target is None:
+                drain_wakeup(key.fd)
+                continue
             try:
                 chunk = target.sock.recv(1 << 18)
             except OSError as exc:

@@ -25,7 +25,7 @@ from taskmasterctl.render import reload_report, status_table, uptime
 from taskmasterctl.verdict import not_as_wanted
 from tests.support.control_fixtures import SLEEPER, daemon
 from tests.support.ctl import ctl, err, out
-from tests.support.daemon import ROOT, Daemon, write_job
+from tests.support.daemon import ROOT, Daemon, wait_for, write_job
 
 __all__ = ["daemon"]  # the fixture
 
@@ -170,7 +170,8 @@ def test_cannot_connect_exits_3() -> None:
 
 
 def test_one_shot_does_not_import_the_heavy_modules(daemon: Daemon) -> None:
-    heavy = ('orjson', 'psutil', 'asyncio', 'readline', 'dataclasses', 'typing', 'difflib', 'inspect')
+    heavy = ('orjson', 'psutil', 'asyncio', 'readline', 'dataclasses', 'typing', 'difflib', 'inspect', 'contextlib',
+             'json', 'socket', 'enum', 're', 'collections', 'selectors', 'argparse')
     code = ("import sys; from taskmasterctl.cli import main; main(['--port', sys.argv[1], 'status', 'web']); "
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     # -S: no site, so nothing but what the command itself imports (and no third-party package at all)
@@ -394,31 +395,33 @@ def test_shell_options_anywhere_help_of_a_command_and_a_follow_ended_by_ctrl_c(t
 # The main thread blocks SIGINT, so the kernel hands it to the other thread: the main thread's
 # wait is never interrupted, as when the signal lands just before the wait begins (the shell
 # hung after Ctrl-C ended `events -f`: once in tens of runs).
-FOLLOW_WITH_SIGINT_ELSEWHERE = """
+CTL_WITH_SIGINT_ELSEWHERE = """
 import signal, sys, threading
-from taskmasterctl.client import Client
+from taskmasterctl.cli import main
 threading.Thread(target=threading.Event().wait, daemon=True).start()
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-try:
-    for reply in Client(port=int(sys.argv[1])).stream("events", None, b'{"last":1,"follow":true}'):
-        print("following", flush=True)
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
+code = main(sys.argv[1:])
+print("ended", flush=True)
+sys.exit(code)
 """
 
 
-def test_ctrl_c_ends_a_quiet_follow_even_when_the_wait_itself_is_not_interrupted(daemon: Daemon) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", FOLLOW_WITH_SIGINT_ELSEWHERE, str(daemon.port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "following\n"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
-        assert proc.stdout.read() == "interrupted\n"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+@pytest.mark.parametrize("command", [["events", "-f", "-n", "1"], ["logs", "-f", "talker"]])
+def test_ctrl_c_ends_a_quiet_follow_even_when_the_wait_itself_is_not_interrupted(tmp_path: Path,
+                                                                                   command: list[str]) -> None:
+    with Daemon(tmp_path, {"talker": {"cmd": ["sh", "-c", "echo said; exec sleep 1000"], "starttime": 0}}) as daemon:
+        wait_for(lambda: (tmp_path / "logs" / "talker.0.out").exists(), 20)
+        proc = subprocess.Popen([sys.executable, "-c", CTL_WITH_SIGINT_ELSEWHERE, "--port", str(daemon.port), *command],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline()  # the last event, or the line said: following now
+            proc.send_signal(signal.SIGINT)
+            proc.wait(20)
+            assert proc.stdout.read().endswith("ended\n")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_rollout_and_a_pending_file_show_in_the_table_and_a_halt_exits_3() -> None:
