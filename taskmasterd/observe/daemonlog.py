@@ -156,9 +156,9 @@ class LogWriter:
             if not self._stopping:
                 self._let_a_burst_gather()
             self._wake.clear()
-            batch = self._take()
+            batch, text = self._take()
             self._write(batch)
-            self._wrote(batch)
+            self._wrote(text)
             if self._stopping and not self._pending:
                 return
 
@@ -171,16 +171,19 @@ class LogWriter:
         except OSError:
             pass
 
-    def _take(self) -> list[logging.LogRecord | str]:
-        batch = []
+    def _take(self) -> tuple[list[logging.LogRecord | str], int]:
+        """What is queued, and how many characters of text blocks that is."""
+        batch, text = [], 0
         while self._pending:
-            batch.append(self._pending.popleft())
-        return batch
+            item = self._pending.popleft()
+            batch.append(item)
+            if isinstance(item, str):
+                text += len(item)
+        return batch, text
 
-    def _wrote(self, batch: list[logging.LogRecord | str]) -> None:
-        """After a write (done or failed): the text it held no longer waits; pipes paused for
-        room may be read again."""
-        taken = sum(len(item) for item in batch if isinstance(item, str))
+    def _wrote(self, taken: int) -> None:
+        """After a write (done or failed): the `taken` characters of text it held no longer wait;
+        pipes paused for room may be read again."""
         with self._count_lock:
             self._progress = time.monotonic()
             self._pending_text -= taken

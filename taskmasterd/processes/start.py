@@ -7,9 +7,9 @@ run while the child execs (os.posix_spawn would hold the GIL). It cannot change 
 or user itself: the spawn thread takes the directory and umask for the moment of the spawn
 (`settings`: kernel/thread_fs.py), and a launch with another user execs setpriv(1), which takes
 the ids and execs the program (Popen with a user forks the whole daemon, GIL held). Only an
-inline spawn (no spawn thread) of such a launch, or one without setpriv, still goes through Popen. A spawn with held sockets goes
-through posix_spawn and the trampoline of listenfds.py, which places the sockets at 3, 4, … and
-applies directory, umask and user itself.
+inline spawn (no spawn thread) of such a launch, or one without setpriv, still goes through
+Popen. A spawn with held sockets goes through posix_spawn and the trampoline of listenfds.py,
+which places the sockets at 3, 4, … and applies directory, umask and user itself.
 
 posix_spawn closes no descriptor: the child gets exactly what is not close-on-exec. Every
 descriptor the daemon makes is (Python's default, and O_CLOEXEC/SOCK_CLOEXEC wherever one is made
@@ -71,7 +71,7 @@ SETPRIV = next((path for path in ("/usr/bin/setpriv", "/bin/setpriv", "/usr/sbin
                 if os.access(path, os.X_OK)), None)
 
 Placement = Callable[[], ContextManager[None]]  # puts the forking thread where the child must be born
-Settings = Callable[["Launch"], ContextManager[None]]  # gives the forking thread the launch's directory, umask, user
+Settings = Callable[["Launch"], ContextManager[None]]  # gives the forking thread the launch's directory and umask
 
 
 def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, stderr: int,
@@ -79,7 +79,7 @@ def start_process(launch: Launch, program: str | None, stdin: int, stdout: int, 
     """Start `launch` in a new session with these standard streams (fds, or subprocess.DEVNULL).
     `program`: the file argv[0] names, when it was found on PATH; `placement`: entered around the
     fork (a cgroup cell: the child inherits the forking thread's cgroups); `settings`: gives the
-    calling thread the launch's directory, umask and user for the spawn (the spawn thread's
+    calling thread the launch's directory and umask for the spawn (the spawn thread's
     thread_fs.taken), so that posix_spawn serves where Popen would fork. Raises what Popen
     raises when the program cannot run."""
     with placement() if placement is not None else contextlib.nullcontext():

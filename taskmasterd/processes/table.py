@@ -4,18 +4,18 @@
 holds until the spawn is entirely gone. With cgroups (containment.py) the spawn is born in a cell
 of its own, which is its record for crash recovery and holds whatever it forks. Without, it is
 journaled before anything else can happen to it: when it lands on the loop (an inline spawn: at
-the end of the slice it was made in), before any verb can name it or any reap take it. Until it is reaped its pid
-cannot be reused, so its identity read then is its own; read once the exec has settled it costs
-a third less, and the slice's lines go in one write. Every stop goes through `Child.terminate`
-(stop signal to the cell or group through pidfds, SIGKILL — `cgroup.kill` — after the grace),
-and `drain()` stops whatever is still alive, so nothing the daemon started outlives its
-shutdown. Spawns are queued and made a few milliseconds' worth per loop iteration. Where execs are
-quick the loop waits for each (inline, or through the spawn thread: `_thread_for`); once they are
-slow (a loaded machine, SLOW_EXEC), spawns that go through the spawn thread (spawnthread.py) are
-made there, IN_FLIGHT at a time, while the loop runs on (`spawn_soon`; `spawn` always waits, for
-the few callers that need the process at once). While a spawn is in flight, a zombie the table does not know may be that
-spawn's: it is left alone (no further spawn is handed over meanwhile) until every spawn in flight
-has landed.
+the end of the slice it was made in), before any verb can name it or any reap take it. Until it
+is reaped its pid cannot be reused, so its identity read then is its own; read once the exec has
+settled it costs a third less, and the slice's lines go in one write. Every stop goes through
+`Child.terminate` (stop signal to the cell or group through pidfds, SIGKILL — `cgroup.kill` —
+after the grace), and `drain()` stops whatever is still alive, so nothing the daemon started
+outlives its shutdown. Spawns are queued and made a few milliseconds' worth per loop iteration.
+Where execs are quick the loop waits for each (inline, or through the spawn thread:
+`_thread_for`); once they are slow (a loaded machine, SLOW_EXEC), spawns that go through the
+spawn thread (spawnthread.py) are made there, IN_FLIGHT at a time, while the loop runs on
+(`spawn_soon`; `spawn` always waits, for the few callers that need the process at once). While a
+spawn is in flight, a zombie the table does not know may be that spawn's: it is left alone (no
+further spawn is handed over meanwhile) until every spawn in flight has landed.
 
 Every spawn has an id of its own (`Child.spawn_id`, unique in the daemon run), set with the run's
 id in its environment after everything else (SPAWN_VARIABLE, RUN_VARIABLE), so a job's `env`
